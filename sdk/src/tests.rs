@@ -1,0 +1,143 @@
+//! Unit tests of the parts that need no host.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::prelude::*;
+use crate::{PluginKind, duration_ms, short_type_name};
+
+#[test]
+fn describe_builder_collects_channels_and_limits() {
+    let d = Describe::handler("batch-audit", "1.2.0")
+        .channel("audit.batch")
+        .channel("audit.extra")
+        .fuel(1_000)
+        .memory_bytes(1 << 20)
+        .timeout_ms(250);
+    assert_eq!(d.name(), "batch-audit");
+    assert_eq!(d.version(), "1.2.0");
+    assert_eq!(d.kind(), PluginKind::Handler);
+    assert_eq!(d.channels(), ["audit.batch", "audit.extra"]);
+    assert_eq!(d.fuel_limit(), Some(1_000));
+    assert_eq!(d.memory_limit(), Some(1 << 20));
+    assert_eq!(d.timeout_limit(), Some(250));
+}
+
+#[test]
+fn describe_defaults_to_host_limits() {
+    let d = Describe::mapper("m", "0.1.0");
+    assert_eq!(d.kind(), PluginKind::Mapper);
+    assert!(d.channels().is_empty());
+    assert_eq!(
+        (d.fuel_limit(), d.memory_limit(), d.timeout_limit()),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn outcome_helpers() {
+    assert_eq!(Outcome::done(), Outcome::Done(None));
+    assert_eq!(
+        Outcome::done_with(&serde_json::json!({"sent_to": ["a@b"]})),
+        Ok(Outcome::Done(Some(r#"{"sent_to":["a@b"]}"#.to_owned())))
+    );
+    assert_eq!(
+        Outcome::continue_at(String::from("100"), Duration::from_millis(5)),
+        Outcome::Continue {
+            cursor: "100".to_owned(),
+            delay: Duration::from_millis(5)
+        }
+    );
+}
+
+#[test]
+fn durations_saturate_to_u64_millis() {
+    assert_eq!(duration_ms(Duration::from_micros(1_999)), 1);
+    assert_eq!(duration_ms(Duration::MAX), u64::MAX);
+}
+
+#[test]
+fn errors_know_their_kind_and_display_it() {
+    let e = Error::retryable("db down");
+    assert!(e.is_retryable());
+    assert_eq!(e.message(), "db down");
+    assert_eq!(e.to_string(), "retryable error: db down");
+    let e = Error::permanent("nonsense");
+    assert!(!e.is_retryable());
+    assert_eq!(e.to_string(), "permanent error: nonsense");
+}
+
+#[test]
+fn serde_errors_convert_to_permanent() {
+    fn parse() -> Result<u32, Error> {
+        Ok(serde_json::from_str::<u32>("\"nope\"")?)
+    }
+    let e = parse().unwrap_err();
+    assert!(!e.is_retryable());
+    assert!(e.message().starts_with("JSON error: invalid type"), "{e}");
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Wire {
+    task: String,
+}
+
+#[test]
+fn message_json_names_the_type_on_failure() {
+    let mut m = Message {
+        id: "1".into(),
+        channel: "c".into(),
+        kind: MessageKind::Event,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: br#"{"task":"x"}"#.to_vec(),
+        attempt: 1,
+    };
+    assert_eq!(m.json::<Wire>(), Ok(Wire { task: "x".into() }));
+    assert_eq!(m.header("content-type"), Some("application/json"));
+    m.body = b"{}".to_vec();
+    let err = m.json::<Wire>().unwrap_err();
+    assert!(
+        err.starts_with("body is not a valid Wire: missing field `task`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn request_and_outgoing_json_round_trip() {
+    let r = Request::json("Wire", &Wire { task: "t".into() }).unwrap();
+    assert_eq!(r.name, "Wire");
+    assert_eq!(r.parse::<Wire>(), Ok(Wire { task: "t".into() }));
+    let o = Outgoing::json(&Wire { task: "t".into() })
+        .unwrap()
+        .header("k", "v");
+    assert_eq!(o.body, br#"{"task":"t"}"#);
+    assert_eq!(
+        o.headers,
+        [
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("k".to_owned(), "v".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn post_options_default_to_a_command() {
+    let o = PostOptions::new().event().name("N").header("a", "b");
+    assert_ne!(o, PostOptions::new());
+    assert_eq!(PostOptions::new(), PostOptions::new().command());
+    assert_eq!(MessageKind::default(), MessageKind::Command);
+}
+
+#[test]
+fn short_type_names_drop_module_paths() {
+    assert_eq!(short_type_name::<Wire>(), "Wire");
+    assert_eq!(short_type_name::<Vec<Wire>>(), "Vec<Wire>");
+    assert_eq!(
+        short_type_name::<std::collections::HashMap<String, [u8; 2]>>(),
+        "HashMap<String, [u8; 2]>"
+    );
+    assert_eq!(short_type_name::<u64>(), "u64");
+}
