@@ -1,0 +1,14 @@
+//! Sluice: a worker host for WebAssembly message handlers.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map. `main.rs`
+//! only parses the command line and calls into this library.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod message;
+pub mod pump;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,642 @@
+//! Jobs: publishing (routing a message to each handler of its channel),
+//! claiming, finishing with effects in one transaction, and the queries the
+//! CLI and API need.
+//!
+//! Routing follows Brighter's recipient list: a message gets one job per
+//! handler registered for its channel. A message for a channel nobody
+//! handles yet is kept as one "unrouted" job (consumer `''`) and is routed the
+//! moment a handler registers, so nothing posted early is lost.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::records::{ClaimedJob, JobRecord, JobState};
+use super::{Store, StoreError, state};
+use crate::message::{Message, MessageKind, new_id, now_ms};
+
+/// A message to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The message (its id makes the post idempotent per handler).
+    pub message: Message,
+    /// Unix ms from which it may run (now or earlier: at once).
+    pub visible_at: i64,
+    /// Unix ms after which it must not start.
+    pub expires_at: Option<i64>,
+}
+
+/// What publishing one message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message id.
+    pub message_id: String,
+    /// One job per handler (or one unrouted job).
+    pub job_ids: Vec<String>,
+    /// True when the id had been posted before: nothing new was enqueued.
+    pub duplicate: bool,
+}
+
+/// How a job's current call ended, and what to record.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// Done: apply the effects, record the result.
+    Succeeded {
+        /// The handler's result.
+        result: Option<String>,
+        /// The effects to apply.
+        commit: Commit,
+    },
+    /// A slice is done: apply its effects, record the cursor, schedule the
+    /// next slice.
+    Continue {
+        /// Where the next slice starts.
+        cursor: String,
+        /// Unix ms of the next slice.
+        visible_at: i64,
+        /// The effects to apply.
+        commit: Commit,
+    },
+    /// Failed; try again at `visible_at`.
+    Retry {
+        /// Why.
+        error: String,
+        /// Unix ms of the next attempt.
+        visible_at: i64,
+    },
+    /// Failed for good: a dead letter.
+    Dead {
+        /// Why.
+        error: String,
+    },
+    /// Started too late.
+    Expired,
+    /// Handed back unrun (shutdown, missing plugin): the attempt does not
+    /// count.
+    Release {
+        /// Unix ms from which it may run again.
+        visible_at: i64,
+        /// Why, for the record.
+        reason: String,
+    },
+}
+
+/// The effects of a successful call.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Last progress reported: percent and note.
+    pub progress: Option<(u8, Option<String>)>,
+    /// Plugin whose state the reads and writes are in.
+    pub state_plugin: String,
+    /// Versions the call read.
+    pub state_reads: BTreeMap<String, i64>,
+    /// Key -> new value (`None`: delete).
+    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Messages posted, already mapped to wire form.
+    pub posts: Vec<NewMessage>,
+}
+
+/// What a call to [`Store::finish`] recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishResult {
+    /// Recorded (with effects, if any).
+    Committed {
+        /// Jobs created by the posts.
+        posted: Vec<Published>,
+    },
+    /// The state the call read changed meanwhile: nothing was applied and the
+    /// job is queued again at once without losing an attempt.
+    Conflict,
+    /// The job was no longer running this attempt (e.g. cancelled): nothing
+    /// was applied.
+    Stale,
+}
+
+/// Which plugin version ran a call and what it cost.
+#[derive(Debug, Clone, Default)]
+pub struct CallRecord {
+    /// The plugin's version.
+    pub plugin_version: Option<String>,
+    /// The plugin's content hash.
+    pub plugin_hash: Option<String>,
+    /// Fuel the call used.
+    pub fuel_used: u64,
+}
+
+/// A filter for [`Store::jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs on this channel.
+    pub channel: Option<String>,
+    /// At most this many, newest first (0: 100).
+    pub limit: usize,
+}
+
+const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
+     attempts, slices, visible_at, expires_at, cursor, progress, progress_note, result, \
+     last_error, plugin_version, plugin_hash, fuel_used, replays, created_at, started_at, \
+     finished_at, updated_at";
+
+impl Store {
+    /// Enqueues messages: one job per registered handler of each channel.
+    /// Re-posting a message id is a no-op that returns the existing jobs.
+    pub async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            messages.iter().map(|m| publish_one(conn, m, now)).collect()
+        })
+        .await
+    }
+
+    /// Records that these handlers consume these channels (idempotent) and
+    /// routes every unrouted job of those channels to them.
+    pub async fn register_consumers(
+        &self,
+        subscriptions: Vec<(String, String)>,
+    ) -> Result<usize, StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            let mut add = conn.prepare_cached(
+                "INSERT OR IGNORE INTO consumers (channel, consumer, created_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (channel, consumer) in &subscriptions {
+                add.execute(params![channel, consumer, now])?;
+            }
+            let mut routed = 0;
+            let mut channels: Vec<&String> = subscriptions.iter().map(|(c, _)| c).collect();
+            channels.dedup();
+            for channel in channels {
+                routed += route_unrouted(conn, channel, now)?;
+            }
+            Ok(routed)
+        })
+        .await
+    }
+
+    /// Claims up to `max` runnable jobs of `(channel, consumer)`: they become
+    /// `running` and their attempt count goes up. Only one claimer can get a
+    /// job: claims run one at a time on the writer thread.
+    pub async fn claim(
+        &self,
+        channel: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let (channel, consumer) = (channel.to_owned(), consumer.to_owned());
+        self.call(move |conn| claim(conn, &channel, &consumer, max, now_ms()))
+            .await
+    }
+
+    /// Records how attempt `attempt` of job `job_id` ended; a success's
+    /// effects (state writes, posts, progress) commit in the same transaction.
+    pub async fn finish(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        call: CallRecord,
+        finish: Finish,
+    ) -> Result<FinishResult, StoreError> {
+        let job_id = job_id.to_owned();
+        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, now_ms()))
+            .await
+    }
+
+    /// At daemon start: jobs left `running` by a previous process that died
+    /// are queued again (the attempt they were on counts).
+    pub async fn recover_running(&self) -> Result<usize, StoreError> {
+        self.call(|conn| {
+            let now = now_ms();
+            Ok(conn.execute(
+                "UPDATE jobs SET state = 'queued', visible_at = ?1, updated_at = ?1,
+                     last_error = COALESCE(last_error, 'host stopped while running')
+                 WHERE state = 'running'",
+                params![now],
+            )?)
+        })
+        .await
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            stmt.query_row(params![id], record).optional()?.transpose()
+        })
+        .await
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        self.call(move |conn| {
+            let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM jobs
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR channel = ?2)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![filter.state.map(|s| s.as_str()), filter.channel, limit],
+                record,
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Job counts by (channel, state).
+    pub async fn counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel, state, COUNT(*) FROM jobs GROUP BY channel, state ORDER BY channel, state",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (channel, state, n) = row?;
+                let state = JobState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
+                out.push((channel, state, n as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Puts a dead letter back in the queue with a fresh set of attempts.
+    /// False when `id` is not a dead letter.
+    pub async fn replay(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| Ok(replay(conn, Some(&id), now_ms())? > 0))
+            .await
+    }
+
+    /// Replays every dead letter; returns how many.
+    pub async fn replay_all(&self) -> Result<usize, StoreError> {
+        self.call(|conn| replay(conn, None, now_ms())).await
+    }
+
+    /// Deletes finished jobs (succeeded, expired, cancelled) that finished
+    /// before `before_ms`. Dead letters stay until replayed or purged.
+    pub async fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.call(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM jobs WHERE state IN ('succeeded', 'expired', 'cancelled')
+                 AND finished_at < ?1",
+                params![before_ms],
+            )?)
+        })
+        .await
+    }
+}
+
+fn publish_one(conn: &Connection, m: &NewMessage, now: i64) -> Result<Published, StoreError> {
+    let msg = &m.message;
+    let mut consumers = consumers_of(conn, &msg.channel)?;
+    if consumers.is_empty() {
+        consumers.push(String::new());
+    }
+    let state = if m.visible_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    };
+    let headers = serde_json::to_string(&msg.headers)
+        .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
+             visible_at, expires_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+         ON CONFLICT (message_id, consumer) DO NOTHING",
+    )?;
+    let mut existing =
+        conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
+    let mut job_ids = Vec::with_capacity(consumers.len());
+    let mut duplicate = false;
+    for consumer in consumers {
+        let id = new_id();
+        let inserted = insert.execute(params![
+            id,
+            msg.id,
+            msg.channel,
+            consumer,
+            msg.kind.as_str(),
+            headers,
+            msg.body,
+            state.as_str(),
+            m.visible_at,
+            m.expires_at,
+            now
+        ])?;
+        if inserted == 1 {
+            job_ids.push(id);
+        } else {
+            duplicate = true;
+            job_ids.push(existing.query_row(params![msg.id, consumer], |r| r.get(0))?);
+        }
+    }
+    Ok(Published {
+        message_id: msg.id.clone(),
+        job_ids,
+        duplicate,
+    })
+}
+
+fn consumers_of(conn: &Connection, channel: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT consumer FROM consumers WHERE channel = ?1 ORDER BY consumer")?;
+    let rows = stmt.query_map(params![channel], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Gives each unrouted job of `channel` to the channel's handlers: the first
+/// handler takes the row itself (so its job id stays valid), the others get
+/// copies.
+fn route_unrouted(conn: &Connection, channel: &str, now: i64) -> Result<usize, StoreError> {
+    let consumers = consumers_of(conn, channel)?;
+    let Some((first, others)) = consumers.split_first() else {
+        return Ok(0);
+    };
+    let ids: Vec<String> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM jobs WHERE channel = ?1 AND consumer = ''")?;
+        let rows = stmt.query_map(params![channel], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut copy = conn.prepare_cached(
+        "INSERT OR IGNORE INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
+             visible_at, expires_at, created_at, updated_at)
+         SELECT ?1, message_id, channel, ?2, kind, headers, body, state, visible_at, expires_at,
+             created_at, ?3
+         FROM jobs WHERE id = ?4",
+    )?;
+    let mut take = conn
+        .prepare_cached("UPDATE OR IGNORE jobs SET consumer = ?1, updated_at = ?2 WHERE id = ?3")?;
+    for id in &ids {
+        for other in others {
+            copy.execute(params![new_id(), other, now, id])?;
+        }
+        take.execute(params![first, now, id])?;
+    }
+    Ok(ids.len())
+}
+
+fn claim(
+    conn: &Connection,
+    channel: &str,
+    consumer: &str,
+    max: usize,
+    now: i64,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1,
+             started_at = COALESCE(started_at, ?3), updated_at = ?3
+         WHERE id IN (
+             SELECT id FROM jobs
+             WHERE channel = ?1 AND consumer = ?2
+               AND state IN ('queued', 'scheduled', 'retrying') AND visible_at <= ?3
+             ORDER BY visible_at, id LIMIT ?4)
+         RETURNING id, message_id, kind, headers, body, attempts, cursor, expires_at",
+    )?;
+    let rows = stmt.query_map(params![channel, consumer, now, max as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Vec<u8>>(4)?,
+            r.get::<_, u32>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, Option<i64>>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (job_id, message_id, kind, headers, body, attempt, cursor, expires_at) = row?;
+        out.push(ClaimedJob {
+            job_id,
+            consumer: consumer.to_owned(),
+            message: Message {
+                id: message_id,
+                channel: channel.to_owned(),
+                kind: parse_kind(&kind)?,
+                headers: parse_headers(&headers)?,
+                body,
+            },
+            attempt,
+            cursor,
+            expires_at,
+        });
+    }
+    out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    Ok(out)
+}
+
+fn finish_job(
+    conn: &Connection,
+    job_id: &str,
+    attempt: u32,
+    call: &CallRecord,
+    finish: Finish,
+    now: i64,
+) -> Result<FinishResult, StoreError> {
+    let running: Option<u32> = conn
+        .prepare_cached("SELECT attempts FROM jobs WHERE id = ?1 AND state = 'running'")?
+        .query_row(params![job_id], |r| r.get(0))
+        .optional()?;
+    if running != Some(attempt) {
+        return Ok(FinishResult::Stale);
+    }
+    // Columns every outcome records: who ran it and what it cost.
+    conn.prepare_cached(
+        "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
+             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        job_id,
+        call.plugin_version,
+        call.plugin_hash,
+        call.fuel_used as i64,
+        now
+    ])?;
+    let mut posted = Vec::new();
+    match finish {
+        Finish::Succeeded { result, commit } => {
+            if !apply(conn, &commit, now, &mut posted)? {
+                release(conn, job_id, now, "state changed while running; re-running")?;
+                return Ok(FinishResult::Conflict);
+            }
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
+                     finished_at = ?3, last_error = NULL WHERE id = ?1",
+            )?
+            .execute(params![job_id, result, now])?;
+            set_progress(conn, job_id, commit.progress.as_ref(), true)?;
+        }
+        Finish::Continue {
+            cursor,
+            visible_at,
+            commit,
+        } => {
+            if !apply(conn, &commit, now, &mut posted)? {
+                release(conn, job_id, now, "state changed while running; re-running")?;
+                return Ok(FinishResult::Conflict);
+            }
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'scheduled', cursor = ?2, visible_at = ?3, attempts = 0,
+                     slices = slices + 1, last_error = NULL WHERE id = ?1",
+            )?
+            .execute(params![job_id, cursor, visible_at])?;
+            set_progress(conn, job_id, commit.progress.as_ref(), false)?;
+        }
+        Finish::Retry { error, visible_at } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'retrying', last_error = ?2, visible_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![job_id, error, visible_at])?;
+        }
+        Finish::Dead { error } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'dead', last_error = ?2, finished_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![job_id, error, now])?;
+        }
+        Finish::Expired => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'expired', finished_at = ?2,
+                     last_error = 'expired before it could start' WHERE id = ?1",
+            )?
+            .execute(params![job_id, now])?;
+        }
+        Finish::Release { visible_at, reason } => {
+            release(conn, job_id, visible_at, &reason)?;
+        }
+    }
+    Ok(FinishResult::Committed { posted })
+}
+
+/// Applies a success's effects; false (and nothing applied) on a state
+/// conflict.
+fn apply(
+    conn: &Connection,
+    commit: &Commit,
+    now: i64,
+    posted: &mut Vec<Published>,
+) -> Result<bool, StoreError> {
+    if !state::reads_hold(conn, &commit.state_plugin, &commit.state_reads)? {
+        return Ok(false);
+    }
+    state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
+    for post in &commit.posts {
+        posted.push(publish_one(conn, post, now)?);
+    }
+    Ok(true)
+}
+
+fn set_progress(
+    conn: &Connection,
+    job_id: &str,
+    progress: Option<&(u8, Option<String>)>,
+    done: bool,
+) -> Result<(), StoreError> {
+    let (percent, note) = match (progress, done) {
+        (Some((p, n)), false) => (Some(*p), n.clone()),
+        (Some((_, n)), true) => (Some(100), n.clone()),
+        (None, true) => (Some(100), None),
+        (None, false) => return Ok(()),
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET progress = ?2, progress_note = COALESCE(?3, progress_note) WHERE id = ?1",
+    )?
+    .execute(params![job_id, percent, note])?;
+    Ok(())
+}
+
+/// Back to the queue without counting the attempt.
+fn release(
+    conn: &Connection,
+    job_id: &str,
+    visible_at: i64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = CASE WHEN cursor IS NULL THEN 'queued' ELSE 'scheduled' END,
+             attempts = MAX(attempts - 1, 0), visible_at = ?2, last_error = ?3 WHERE id = ?1",
+    )?
+    .execute(params![job_id, visible_at, reason])?;
+    Ok(())
+}
+
+fn replay(conn: &Connection, id: Option<&str>, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE jobs SET state = CASE WHEN cursor IS NULL THEN 'queued' ELSE 'scheduled' END,
+             attempts = 0, visible_at = ?2, finished_at = NULL, replays = replays + 1,
+             updated_at = ?2
+         WHERE state = 'dead' AND (?1 IS NULL OR id = ?1)",
+        params![id, now],
+    )?)
+}
+
+fn parse_kind(kind: &str) -> Result<MessageKind, StoreError> {
+    MessageKind::parse(kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown message kind {kind:?}")))
+}
+
+fn parse_headers(headers: &str) -> Result<Vec<(String, String)>, StoreError> {
+    serde_json::from_str(headers).map_err(|e| StoreError::Corrupt(format!("headers: {e}")))
+}
+
+/// Reads one `RECORD_COLUMNS` row. The outer `Result` is rusqlite's, the
+/// inner one ours (unknown state, bad headers).
+fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+    let state: String = r.get(7)?;
+    let headers: String = r.get(5)?;
+    let body: Vec<u8> = r.get(6)?;
+    let Some(state) = JobState::parse(&state) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "unknown job state {state:?}"
+        ))));
+    };
+    let headers = match parse_headers(&headers) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(JobRecord {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        channel: r.get(2)?,
+        consumer: r.get(3)?,
+        kind: r.get(4)?,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        state,
+        attempts: r.get(8)?,
+        slices: r.get(9)?,
+        visible_at: r.get(10)?,
+        expires_at: r.get(11)?,
+        cursor: r.get(12)?,
+        progress: r.get(13)?,
+        progress_note: r.get(14)?,
+        result: r.get(15)?,
+        last_error: r.get(16)?,
+        plugin_version: r.get(17)?,
+        plugin_hash: r.get(18)?,
+        fuel_used: r.get::<_, i64>(19)? as u64,
+        replays: r.get(20)?,
+        created_at: r.get(21)?,
+        started_at: r.get(22)?,
+        finished_at: r.get(23)?,
+        updated_at: r.get(24)?,
+    }))
+}

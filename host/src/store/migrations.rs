@@ -1,0 +1,177 @@
+//! Opening the database and bringing its schema up to date.
+//!
+//! Migrations are an append-only list; each runs in its own transaction and
+//! bumps `PRAGMA user_version`. A database newer than this code is refused
+//! rather than guessed at. WAL and `synchronous` are connection pragmas and
+//! are set outside any transaction.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{StoreError, StoreOptions, Synchronous};
+
+/// Append-only. Never edit a shipped entry: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs (the embedded queue is the jobs table), consumers, state.
+    r#"
+    CREATE TABLE jobs (
+        id             TEXT PRIMARY KEY,
+        message_id     TEXT NOT NULL,
+        channel        TEXT NOT NULL,
+        -- handler plugin name; '' while no handler is known for the channel
+        consumer       TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        headers        TEXT NOT NULL,          -- JSON [[k, v], ...]
+        body           BLOB NOT NULL,
+        state          TEXT NOT NULL,
+        attempts       INTEGER NOT NULL DEFAULT 0, -- attempts at the current slice
+        slices         INTEGER NOT NULL DEFAULT 0, -- continuations committed
+        visible_at     INTEGER NOT NULL,        -- ms; claimable from then on
+        expires_at     INTEGER,                 -- ms; not started after this -> expired
+        cursor         TEXT,
+        progress       INTEGER,
+        progress_note  TEXT,
+        result         TEXT,
+        last_error     TEXT,
+        plugin_version TEXT,
+        plugin_hash    TEXT,
+        fuel_used      INTEGER NOT NULL DEFAULT 0, -- summed over every call
+        replays        INTEGER NOT NULL DEFAULT 0,
+        created_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        finished_at    INTEGER,
+        updated_at     INTEGER NOT NULL,
+        UNIQUE (message_id, consumer)
+    );
+    CREATE INDEX jobs_ready ON jobs (channel, consumer, visible_at)
+        WHERE state IN ('queued', 'scheduled', 'retrying');
+    CREATE INDEX jobs_by_state ON jobs (state, channel);
+    CREATE INDEX jobs_unrouted ON jobs (channel) WHERE consumer = '';
+
+    -- Which handler consumes which channel; survives restarts so a message
+    -- posted while a handler is away still gets its copy.
+    CREATE TABLE consumers (
+        channel    TEXT NOT NULL,
+        consumer   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, consumer)
+    ) WITHOUT ROWID;
+
+    -- Per-plugin key-value state; `version` drives optimistic concurrency.
+    CREATE TABLE state (
+        plugin  TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub(super) fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Opens the file, sets pragmas, migrates.
+pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, StoreError> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| open_err(e.to_string()))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| open_err(format!("not a usable SQLite database: {e}")))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_err(format!(
+            "cannot switch to WAL (journal_mode is {mode})"
+        )));
+    }
+    let sync = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(|e| open_err(e.to_string()))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > latest() {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported: latest(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Sql(format!("migration {version} failed: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_file_and_reopens_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.db");
+        let conn = open(&path, &StoreOptions::default())?;
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(v, latest());
+        drop(conn);
+        let conn = open(&path, &StoreOptions::default())?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(mode, "wal");
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_a_database_newer_than_the_code() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.db");
+        let conn = open(&path, &StoreOptions::default())?;
+        conn.execute_batch(&format!("PRAGMA user_version = {}", latest() + 1))?;
+        drop(conn);
+        match open(&path, &StoreOptions::default()) {
+            Err(StoreError::TooNew { found, .. }) => assert_eq!(found, latest() + 1),
+            other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_a_clear_error() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.db");
+        std::fs::write(
+            &path,
+            b"this is not a database, just some text that is long enough",
+        )?;
+        let err = open(&path, &StoreOptions::default()).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("s.db"), "{msg}");
+        Ok(())
+    }
+}

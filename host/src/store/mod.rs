@@ -1,0 +1,140 @@
+//! The only code that speaks SQL.
+//!
+//! One SQLite file in WAL mode holds job state, per-plugin state, and (on the
+//! embedded transport) the queue itself: a queued job *is* its message. All
+//! access goes through one dedicated writer thread fed by a channel, never a
+//! tokio worker: SQLite calls block, and one writer is what SQLite wants
+//! anyway.
+//!
+//! **Group commit.** The thread takes whatever operations are waiting (up to
+//! [`MAX_BATCH`]), runs each inside its own SAVEPOINT of ONE transaction, and
+//! commits once; only then does it answer the callers. So a caller never acks
+//! a message before its effects are durable, and durability costs one fsync
+//! per batch, not per job. An operation that fails rolls back its own
+//! savepoint only.
+
+mod jobs;
+mod migrations;
+mod records;
+mod state;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
+pub use records::{ClaimedJob, JobRecord, JobState};
+
+use writer::Writer;
+
+/// How many operations one transaction may group.
+pub const MAX_BATCH: usize = 512;
+
+/// SQLite's `synchronous` level: how often it fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: a committed job survives power loss. The default,
+    /// made cheap by group commit.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last
+    /// commits on power loss.
+    Normal,
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// fsync policy.
+    pub synchronous: Synchronous,
+    /// How long a writer waits for another process's lock (e.g. `sluice post`
+    /// while the daemon runs).
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or preparing the database file failed.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file was written by a newer Sluice.
+    #[error(
+        "database {path} has schema version {found}, newer than this sluice understands ({supported}); upgrade sluice"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Sql(String),
+    /// A row held something this build cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The writer thread is gone (shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+/// A handle on the database; cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it, and
+    /// starts the writer thread.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let conn = migrations::open(path, options)?;
+        Ok(Store {
+            writer: Writer::spawn(conn, path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the writer thread inside a savepoint of the current group
+    /// transaction, and answers once that transaction has committed.
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.call(f).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

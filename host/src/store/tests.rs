@@ -1,0 +1,270 @@
+//! Store unit tests on real SQLite files: routing, claiming, finishing with
+//! effects, conflicts, recovery.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::message::{Message, MessageKind, now_ms};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db"), &StoreOptions::default()).expect("open");
+    (dir, store)
+}
+
+fn msg(id: &str, channel: &str) -> NewMessage {
+    NewMessage {
+        message: Message {
+            id: id.into(),
+            channel: channel.into(),
+            kind: MessageKind::Command,
+            headers: vec![("h".into(), "v".into())],
+            body: b"{}".to_vec(),
+        },
+        visible_at: 0,
+        expires_at: None,
+    }
+}
+
+fn sub(channel: &str, consumer: &str) -> (String, String) {
+    (channel.into(), consumer.into())
+}
+
+#[tokio::test]
+async fn each_job_is_claimed_by_exactly_one_claimer() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    let msgs = (0..500).map(|i| msg(&format!("m{i}"), "c")).collect();
+    store.publish(msgs).await?;
+    let mut claimers = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim("c", "h", 7).await?;
+                if batch.is_empty() {
+                    return Ok::<_, StoreError>(got);
+                }
+                got.extend(batch.into_iter().map(|j| j.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.map_err(|e| StoreError::Sql(e.to_string()))??);
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(total, 500, "every job claimed");
+    assert_eq!(all.len(), 500, "no job claimed twice");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_reaches_every_handler_and_unrouted_messages_wait() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    let early = store.publish(vec![msg("early", "e")]).await?;
+    assert_eq!(early[0].job_ids.len(), 1, "kept as one unrouted job");
+    assert!(store.claim("e", "a", 10).await?.is_empty());
+    store
+        .register_consumers(vec![sub("e", "a"), sub("e", "b")])
+        .await?;
+    let late = store.publish(vec![msg("late", "e")]).await?;
+    assert_eq!(late[0].job_ids.len(), 2, "one copy per handler");
+    let a = store.claim("e", "a", 10).await?;
+    let b = store.claim("e", "b", 10).await?;
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 2);
+    assert!(
+        a.iter().any(|j| j.job_id == early[0].job_ids[0]),
+        "routing kept the job id"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn success_commits_effects_and_a_stale_finish_changes_nothing() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store.publish(vec![msg("m", "c")]).await?;
+    let job = store.claim("c", "h", 1).await?.remove(0);
+    let mut writes = BTreeMap::new();
+    writes.insert("k".to_string(), Some(b"1".to_vec()));
+    let commit = Commit {
+        progress: Some((50, Some("half".into()))),
+        state_plugin: "h".into(),
+        state_reads: BTreeMap::from([("k".to_string(), 0)]),
+        state_writes: writes,
+        posts: vec![msg("p1", "out")],
+    };
+    let r = store
+        .finish(
+            &job.job_id,
+            job.attempt,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: Some("ok".into()),
+                commit: commit.clone(),
+            },
+        )
+        .await?;
+    assert!(matches!(r, FinishResult::Committed { .. }));
+    let rec = store.job(&job.job_id).await?.expect("job");
+    assert_eq!(rec.state, JobState::Succeeded);
+    assert_eq!(rec.result.as_deref(), Some("ok"));
+    assert_eq!(rec.progress, Some(100));
+    assert_eq!(store.state_get("h", "k").await?, Some((b"1".to_vec(), 1)));
+    assert_eq!(
+        store
+            .jobs(JobFilter {
+                channel: Some("out".into()),
+                ..Default::default()
+            })
+            .await?
+            .len(),
+        1
+    );
+    // Finishing again (e.g. a duplicate worker) is refused and applies nothing.
+    let again = store
+        .finish(
+            &job.job_id,
+            job.attempt,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit,
+            },
+        )
+        .await?;
+    assert_eq!(again, FinishResult::Stale);
+    assert_eq!(store.state_get("h", "k").await?, Some((b"1".to_vec(), 1)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_state_conflict_applies_nothing_and_requeues_without_losing_an_attempt()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store.publish(vec![msg("m1", "c"), msg("m2", "c")]).await?;
+    let jobs = store.claim("c", "h", 2).await?;
+    let commit = |v: &[u8]| Commit {
+        state_plugin: "h".into(),
+        state_reads: BTreeMap::from([("n".to_string(), 0)]),
+        state_writes: BTreeMap::from([("n".to_string(), Some(v.to_vec()))]),
+        posts: vec![msg(&format!("post-{}", v[0]), "out")],
+        ..Commit::default()
+    };
+    let first = store
+        .finish(
+            &jobs[0].job_id,
+            1,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit: commit(b"1"),
+            },
+        )
+        .await?;
+    assert!(matches!(first, FinishResult::Committed { .. }));
+    let second = store
+        .finish(
+            &jobs[1].job_id,
+            1,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit: commit(b"2"),
+            },
+        )
+        .await?;
+    assert_eq!(second, FinishResult::Conflict);
+    assert_eq!(
+        store.state_get("h", "n").await?.map(|(v, _)| v),
+        Some(b"1".to_vec())
+    );
+    let out = store
+        .jobs(JobFilter {
+            channel: Some("out".into()),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(out.len(), 1, "the conflicting call's post was not applied");
+    let rec = store.job(&jobs[1].job_id).await?.expect("job");
+    assert_eq!((rec.state, rec.attempts), (JobState::Queued, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_dead_replay_continue_and_recovery() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store.publish(vec![msg("m", "c")]).await?;
+    let job = store.claim("c", "h", 1).await?.remove(0);
+    let later = now_ms() + 60_000;
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Retry {
+                error: "flaky".into(),
+                visible_at: later,
+            },
+        )
+        .await?;
+    assert!(
+        store.claim("c", "h", 1).await?.is_empty(),
+        "not before its backoff"
+    );
+    store
+        .call({
+            let id = job.job_id.clone();
+            move |c| Ok(c.execute("UPDATE jobs SET visible_at = 0 WHERE id = ?1", [id])?)
+        })
+        .await?;
+    let job = store.claim("c", "h", 1).await?.remove(0);
+    assert_eq!(job.attempt, 2);
+    store
+        .finish(
+            &job.job_id,
+            2,
+            CallRecord::default(),
+            Finish::Continue {
+                cursor: "10".into(),
+                visible_at: 0,
+                commit: Commit::default(),
+            },
+        )
+        .await?;
+    let job = store.claim("c", "h", 1).await?.remove(0);
+    assert_eq!(
+        (job.attempt, job.cursor.as_deref()),
+        (1, Some("10")),
+        "a new slice starts its attempts afresh"
+    );
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Dead {
+                error: "boom".into(),
+            },
+        )
+        .await?;
+    assert!(store.replay(&job.job_id).await?);
+    assert!(!store.replay(&job.job_id).await?, "no longer dead");
+    let job = store.claim("c", "h", 1).await?.remove(0);
+    assert_eq!(
+        job.cursor.as_deref(),
+        Some("10"),
+        "a replay resumes from the cursor"
+    );
+    // A host that dies while running: recovery queues it again.
+    assert_eq!(store.recover_running().await?, 1);
+    assert_eq!(store.claim("c", "h", 1).await?.len(), 1);
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The writer thread: one connection, group commit, answers after COMMIT.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{MAX_BATCH, StoreError};
+
+/// What an operation hands back to the thread: whether it succeeded (else its
+/// savepoint is rolled back) and how to answer its caller once the
+/// transaction's fate is known.
+struct Pending {
+    ok: bool,
+    answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+/// An operation. Given the connection (inside the group transaction) it runs
+/// and returns its [`Pending`]; given an error (the transaction could not
+/// begin) it answers its caller with that error at once.
+type Op = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Option<Pending> + Send>;
+
+/// Sends operations to the writer thread.
+#[derive(Clone)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl Writer {
+    pub(super) fn spawn(conn: Connection, path: &Path) -> Result<Writer, StoreError> {
+        let (tx, rx) = mpsc::channel::<Op>();
+        std::thread::Builder::new()
+            .name("sluice-store".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot start the store thread: {e}"),
+            })?;
+        Ok(Writer { tx })
+    }
+
+    pub(super) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Op = Box::new(move |conn| {
+            let conn = match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return None;
+                }
+            };
+            let result = f(conn);
+            Some(Pending {
+                ok: result.is_ok(),
+                answer: Box::new(move |commit_error| {
+                    let _ = reply.send(match commit_error {
+                        None => result,
+                        Some(e) => Err(e),
+                    });
+                }),
+            })
+        });
+        self.tx.send(op).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The thread's loop: block for one op, take what else is waiting, run them
+/// all in one transaction, commit, answer. Ends when every `Writer` is gone.
+fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Op>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(e);
+        tracing::error!(error = %err, "store: cannot begin a transaction");
+        for op in batch {
+            op(Err(err.clone()));
+        }
+        return;
+    }
+    let mut pendings = Vec::with_capacity(batch.len());
+    for op in batch {
+        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            tracing::error!(error = %e, "store: savepoint failed");
+        }
+        let Some(pending) = op(Ok(conn)) else {
+            continue;
+        };
+        let end = if pending.ok {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "store: ending a savepoint failed");
+        }
+        pendings.push(pending);
+    }
+    let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::from(e)
+    });
+    if let Some(e) = &commit_error {
+        tracing::error!(error = %e, "store: commit failed; every operation in the batch fails");
+    }
+    for p in pendings {
+        (p.answer)(commit_error.clone());
+    }
+}
