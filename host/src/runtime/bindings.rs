@@ -1,0 +1,45 @@
+//! Rust bindings generated from `wit/sluice.wit`, one module per world.
+//!
+//! Why two invocations: a plugin targets exactly one world, and each world
+//! gets its own typed `*Pre` (pre-instantiated, linked once per plugin
+//! version). The worlds share the `types` and `log` interfaces, so `log` is
+//! implemented twice in `host.rs` over one function.
+//!
+//! Options, and why:
+//! - every export is `async`: calls run on a wasmtime fiber so the epoch
+//!   callback can yield to tokio, and a call future can be dropped;
+//! - imports are `trappable`: the host stops a guest that exceeds its effect
+//!   bounds; `state-get` is also `async` because it awaits the store;
+//! - the mapper world uses borrowed parameters: `to-request` gets the wire
+//!   message's body without a copy. (The handler world cannot: wasmtime 48's
+//!   generator emits invalid code for its unused borrowed types; handler
+//!   arguments are owned anyway and moved in.)
+
+/// The `handler-plugin` world.
+pub(super) mod handler {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler-plugin",
+        imports: {
+            "sluice:plugin/effects.state-get": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+/// The `mapper-plugin` world.
+pub(super) mod mapper {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mapper-plugin",
+        imports: { default: trappable },
+        exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+/// Export names that identify a plugin's world.
+pub(super) const HANDLER_EXPORT: &str = "sluice:plugin/handler@0.1.0";
+/// See [`HANDLER_EXPORT`].
+pub(super) const MAPPER_EXPORT: &str = "sluice:plugin/mapper@0.1.0";

@@ -1,0 +1,286 @@
+//! The host side of the WIT imports: `log`, `effects`, and WASI's view.
+//!
+//! Effects are only *buffered* here, into the call's [`Effects`]; the pump
+//! applies them if the call succeeds. Every buffer is bounded so that a
+//! plugin can fail its own call but never exhaust the host: exceeding a
+//! bound traps the guest with a message that names the bound.
+
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+use super::bindings::{handler, mapper};
+use super::call::CallState;
+use super::trap::{HostTrap, truncate};
+use super::types::{Post, Progress};
+use super::validate::valid_channel;
+use crate::message::MessageKind;
+
+use handler::sluice::plugin::effects;
+
+/// Posts one call may buffer.
+pub(super) const MAX_POSTS: usize = 10_000;
+/// Bytes of one post's body.
+pub(super) const MAX_POST_BODY: usize = 1024 * 1024;
+/// Bytes of one state value.
+pub(super) const MAX_STATE_VALUE: usize = 1024 * 1024;
+/// Bytes of one state key.
+pub(super) const MAX_STATE_KEY: usize = 512;
+/// Distinct state keys one call may read or write.
+pub(super) const MAX_STATE_KEYS: usize = 10_000;
+/// Bytes one call may hold in the host: posts, state writes and the values
+/// it read, together. Without it, 10,000 posts of 1 MiB would be 10 GiB.
+pub(super) const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of one log line or progress note; longer ones are cut.
+pub(super) const MAX_LINE: usize = 4096;
+
+/// The `tracing` target of plugin log lines, for filtering
+/// (`RUST_LOG=sluice::plugin=debug`).
+const LOG_TARGET: &str = "sluice::plugin";
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl handler::sluice::plugin::types::Host for CallState {}
+impl mapper::sluice::plugin::types::Host for CallState {}
+
+impl handler::sluice::plugin::log::Host for CallState {
+    fn log(
+        &mut self,
+        level: handler::sluice::plugin::log::Level,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        use handler::sluice::plugin::log::Level as L;
+        let level = match level {
+            L::Trace => tracing::Level::TRACE,
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, &message);
+        Ok(())
+    }
+}
+
+impl mapper::sluice::plugin::log::Host for CallState {
+    fn log(
+        &mut self,
+        level: mapper::sluice::plugin::log::Level,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        use mapper::sluice::plugin::log::Level as L;
+        let level = match level {
+            L::Trace => tracing::Level::TRACE,
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
+        self.log_line(level, &message);
+        Ok(())
+    }
+}
+
+/// `tracing` wants its level at compile time.
+macro_rules! plugin_event {
+    ($level:expr, $($rest:tt)*) => {
+        match $level {
+            tracing::Level::TRACE => tracing::event!(target: LOG_TARGET, tracing::Level::TRACE, $($rest)*),
+            tracing::Level::DEBUG => tracing::event!(target: LOG_TARGET, tracing::Level::DEBUG, $($rest)*),
+            tracing::Level::INFO => tracing::event!(target: LOG_TARGET, tracing::Level::INFO, $($rest)*),
+            tracing::Level::WARN => tracing::event!(target: LOG_TARGET, tracing::Level::WARN, $($rest)*),
+            tracing::Level::ERROR => tracing::event!(target: LOG_TARGET, tracing::Level::ERROR, $($rest)*),
+        }
+    };
+}
+
+impl CallState {
+    fn log_line(&mut self, level: tracing::Level, message: &str) {
+        let (plugin, version) = (&self.plugin.name, &self.plugin.version);
+        let job_id = self.job_id.as_deref();
+        if self.log_lines >= self.max_log_lines {
+            if self.log_lines == self.max_log_lines {
+                tracing::warn!(
+                    target: LOG_TARGET, plugin = %plugin, version = %version, job_id,
+                    "plugin logged more than {} lines in one call; dropping the rest",
+                    self.max_log_lines
+                );
+                self.log_lines += 1;
+            }
+            return;
+        }
+        self.log_lines += 1;
+        let message: Cow<'_, str> = if message.len() > MAX_LINE {
+            Cow::Owned(truncate(message, MAX_LINE))
+        } else {
+            Cow::Borrowed(message)
+        };
+        plugin_event!(level, plugin = %plugin, version = %version, job_id, message = %message);
+    }
+
+    /// Counts `bytes` against [`MAX_CALL_BYTES`].
+    fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.effect_bytes = self.effect_bytes.saturating_add(bytes);
+        if self.effect_bytes > MAX_CALL_BYTES {
+            return limit(format!(
+                "too much data buffered: a call may hold at most {MAX_CALL_BYTES} bytes of posts and state"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Buffers a state write (`None`: delete), last write wins.
+    fn write_state(&mut self, key: String, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
+        check_key(&key)?;
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        let distinct = self.effects.state_writes.len() + self.read_values.len();
+        match self.effects.state_writes.entry(key) {
+            Entry::Occupied(mut e) => {
+                let old = e.key().len() + e.get().as_ref().map_or(0, Vec::len);
+                self.effect_bytes = self.effect_bytes.saturating_sub(old);
+                e.insert(value);
+            }
+            Entry::Vacant(e) => {
+                if distinct >= MAX_STATE_KEYS {
+                    return limit(format!(
+                        "too many state keys: a call may touch at most {MAX_STATE_KEYS}"
+                    ));
+                }
+                e.insert(value);
+            }
+        }
+        self.charge(size)
+    }
+}
+
+impl effects::Host for CallState {
+    fn post(
+        &mut self,
+        channel: String,
+        body: String,
+        options: effects::PostOptions,
+    ) -> wasmtime::Result<()> {
+        if self.effects.posts.len() >= MAX_POSTS {
+            return limit(format!(
+                "too many posts: a call may post at most {MAX_POSTS} messages"
+            ));
+        }
+        if body.len() > MAX_POST_BODY {
+            return limit(format!(
+                "post body of {} bytes is over the limit of {MAX_POST_BODY} bytes",
+                body.len()
+            ));
+        }
+        if !valid_channel(&channel) {
+            return limit(format!(
+                "post to an invalid channel name {:?} (allowed: A-Z a-z 0-9 . _ -, 1 to 200 chars)",
+                truncate(&channel, 100)
+            ));
+        }
+        let headers: usize = options.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let name_len = options.name.as_ref().map_or(channel.len(), String::len);
+        self.charge(channel.len() + name_len + body.len() + headers)?;
+        self.effects.posts.push(Post {
+            name: options.name.unwrap_or_else(|| channel.clone()),
+            channel,
+            body,
+            kind: match options.kind {
+                effects::MessageKind::Command => MessageKind::Command,
+                effects::MessageKind::Event => MessageKind::Event,
+            },
+            headers: options.headers,
+            delay_ms: options.delay_ms,
+            launch_at_ms: options.launch_at_ms,
+            expires_at_ms: options.expires_at_ms,
+        });
+        Ok(())
+    }
+
+    fn progress(&mut self, percent: u8, note: Option<String>) -> wasmtime::Result<()> {
+        self.effects.progress = Some(Progress {
+            percent: percent.min(100),
+            note: note.map(|n| {
+                if n.len() > MAX_LINE {
+                    truncate(&n, MAX_LINE)
+                } else {
+                    n
+                }
+            }),
+        });
+        Ok(())
+    }
+
+    async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        check_key(&key)?;
+        if let Some(written) = self.effects.state_writes.get(&key) {
+            return Ok(written.clone());
+        }
+        if let Some(read) = self.read_values.get(&key) {
+            return Ok(read.clone());
+        }
+        if self.effects.state_writes.len() + self.read_values.len() >= MAX_STATE_KEYS {
+            return limit(format!(
+                "too many state keys: a call may touch at most {MAX_STATE_KEYS}"
+            ));
+        }
+        let Some(source) = self.state.clone() else {
+            return fault("no state store for this call".into());
+        };
+        let plugin = self.plugin.clone();
+        let (value, version) = match source.get(&plugin.name, &key).await {
+            Ok(Some((value, version))) => (Some(value), version),
+            Ok(None) => (None, 0),
+            Err(e) => {
+                let message = format!("state store: {e}");
+                self.facts.host_fault = Some(message.clone());
+                return fault(message);
+            }
+        };
+        self.charge(key.len() + value.as_ref().map_or(0, Vec::len))?;
+        self.effects.state_reads.insert(key.clone(), version);
+        self.read_values.insert(key, value.clone());
+        Ok(value)
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        if value.len() > MAX_STATE_VALUE {
+            return limit(format!(
+                "state value of {} bytes is over the limit of {MAX_STATE_VALUE} bytes",
+                value.len()
+            ));
+        }
+        self.write_state(key, Some(value))
+    }
+
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.write_state(key, None)
+    }
+}
+
+fn check_key(key: &str) -> wasmtime::Result<()> {
+    if key.len() > MAX_STATE_KEY {
+        return limit(format!(
+            "state key of {} bytes is over the limit of {MAX_STATE_KEY} bytes",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Traps the guest for exceeding a bound.
+fn limit<T>(message: String) -> wasmtime::Result<T> {
+    Err(wasmtime::Error::new(HostTrap::GuestLimit(message)))
+}
+
+/// Fails the call as the host's fault (retried, not the plugin's).
+fn fault<T>(message: String) -> wasmtime::Result<T> {
+    Err(wasmtime::Error::new(HostTrap::HostFault(message)))
+}

@@ -1,0 +1,314 @@
+//! A loaded plugin version, and its calls.
+//!
+//! A call only instantiates from the `InstancePre` made at load (a pool
+//! slot reuse) into a fresh store (see `call.rs`) and calls one export.
+//! A `Plugin` is one compiled version: clones share it, and an in-flight
+//! call holds a clone, so replacing a plugin in the registry never pulls
+//! the code out from under a running call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::bindings::{handler, mapper};
+use super::call::{Call, CallSetup, CallState};
+use super::engine::Shared;
+use super::host::MAX_LINE;
+use super::load::LoadError;
+use super::trap::{Failure, truncate};
+use super::types::{
+    CallFailure, CallReport, Effects, JobContext, Limits, LimitsSpec, MapFailure, Outcome,
+    PluginInfo, StateSource,
+};
+use super::validate::check_limits;
+use crate::message::{Message, MessageKind, Outgoing, Request};
+
+use handler::exports::sluice::plugin::handler as wit_handler;
+
+/// One compiled, validated plugin version; cheap to clone.
+#[derive(Clone)]
+pub struct Plugin(Arc<Version>);
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = self.info();
+        f.debug_struct("Plugin")
+            .field("name", &info.name)
+            .field("version", &info.version)
+            .field("kind", &info.kind)
+            .field("hash", &self.hash())
+            .field("limits", &self.limits())
+            .finish()
+    }
+}
+
+/// A compiled plugin under one set of limits.
+struct Version {
+    compiled: Arc<Compiled>,
+    limits: Limits,
+}
+
+/// What loading produced, shared by every limits variant of it.
+pub(super) struct Compiled {
+    /// Keeps the engine (and so the epoch ticker) alive.
+    pub(super) runtime: Arc<Shared>,
+    pub(super) exports: Exports,
+    pub(super) info: Arc<PluginInfo>,
+    /// SHA-256 of the bytes, hex.
+    pub(super) hash: String,
+}
+
+/// The linked component, by world.
+pub(super) enum Exports {
+    Handler(handler::HandlerPluginPre<CallState>),
+    Mapper(mapper::MapperPluginPre<CallState>),
+}
+
+impl Plugin {
+    /// Resolves and checks the limits of a freshly compiled plugin.
+    pub(super) fn resolve(
+        compiled: Arc<Compiled>,
+        overrides: LimitsSpec,
+    ) -> Result<Plugin, LoadError> {
+        let config = &compiled.runtime.config;
+        let limits = Limits::resolve(config.defaults, compiled.info.limits, overrides);
+        let who = format!("plugin {}", compiled.info.name);
+        check_limits(&who, limits, config.max_memory_bytes).map_err(LoadError::Invalid)?;
+        Ok(Plugin(Arc::new(Version { compiled, limits })))
+    }
+
+    /// The same compiled plugin under other host overrides (they replace
+    /// the ones given to [`Runtime::load`]). No recompilation.
+    pub fn with_overrides(&self, overrides: LimitsSpec) -> Result<Plugin, LoadError> {
+        Plugin::resolve(Arc::clone(&self.0.compiled), overrides)
+    }
+
+    /// What `describe()` said.
+    pub fn info(&self) -> &PluginInfo {
+        &self.0.compiled.info
+    }
+
+    /// The limits every call runs under: host overrides, else the plugin's
+    /// ask, else the host defaults.
+    pub fn limits(&self) -> Limits {
+        self.0.limits
+    }
+
+    /// SHA-256 of the component's bytes, hex.
+    pub fn hash(&self) -> &str {
+        &self.0.compiled.hash
+    }
+
+    fn setup(&self, job_id: Option<String>, state: Option<Arc<dyn StateSource>>) -> CallSetup {
+        let compiled = &self.0.compiled;
+        CallSetup {
+            plugin: Arc::clone(&compiled.info),
+            limits: self.0.limits,
+            max_log_lines: compiled.runtime.config.max_log_lines_per_call,
+            job_id,
+            state,
+            cancel: None,
+        }
+    }
+
+    /// Runs the handler on one request in a fresh instance. Every failure,
+    /// the guest's or the host's, is in the report.
+    pub async fn handle(
+        &self,
+        ctx: JobContext,
+        request: Request,
+        state: Arc<dyn StateSource>,
+        cancel: CancellationToken,
+    ) -> CallReport {
+        let compiled = &self.0.compiled;
+        let Exports::Handler(pre) = &compiled.exports else {
+            let m = format!("plugin {} is a mapper, not a handler", compiled.info.name);
+            return failed_report(CallFailure::Host(m), Duration::ZERO);
+        };
+        let setup = CallSetup {
+            cancel: Some(cancel),
+            ..self.setup(Some(ctx.job_id.clone()), Some(state))
+        };
+        let mut call = match Call::new(&compiled.runtime.engine, setup) {
+            Ok(call) => call,
+            Err(f) => return failed_report(call_failure(f), Duration::ZERO),
+        };
+        let wit_ctx = wit_handler::JobContext {
+            job_id: ctx.job_id,
+            message_id: ctx.message_id,
+            channel: ctx.channel,
+            attempt: ctx.attempt,
+            headers: ctx.headers,
+            cursor: ctx.cursor,
+        };
+        let wit_request = handler::sluice::plugin::types::Request {
+            name: request.name,
+            body: request.body,
+        };
+        let guard = call.guard();
+        let store = &mut call.store;
+        let outcome = guard
+            .race(async {
+                let plugin = pre.instantiate_async(&mut *store).await?;
+                let guest = plugin.sluice_plugin_handler();
+                guest.call_handle(&mut *store, &wit_ctx, &wit_request).await
+            })
+            .await;
+        let finished = call.finish(outcome);
+        let result = match finished.result {
+            Ok(Ok(wit_handler::Outcome::Done(result))) => Ok(Outcome::Done { result }),
+            Ok(Ok(wit_handler::Outcome::Continue(c))) => Ok(Outcome::Continue {
+                cursor: c.cursor,
+                delay_ms: c.delay_ms,
+            }),
+            Ok(Err(wit_handler::HandlerError::Retryable(m))) => {
+                Err(CallFailure::Retryable(truncate(&m, MAX_LINE)))
+            }
+            Ok(Err(wit_handler::HandlerError::Permanent(m))) => {
+                Err(CallFailure::Permanent(truncate(&m, MAX_LINE)))
+            }
+            Err(f) => Err(call_failure(f)),
+        };
+        CallReport {
+            // Effects of a failed call must never be applied: drop them here.
+            effects: if result.is_ok() {
+                finished.effects
+            } else {
+                Effects::default()
+            },
+            result,
+            fuel_used: finished.fuel_used,
+            duration: finished.duration,
+        }
+    }
+
+    /// Wire message -> request, through this mapper.
+    pub async fn to_request(&self, message: &Message, attempt: u32) -> Result<Request, MapFailure> {
+        let compiled = &self.0.compiled;
+        let Exports::Mapper(pre) = &compiled.exports else {
+            return Err(not_a_mapper(&compiled.info.name));
+        };
+        let mut call =
+            Call::new(&compiled.runtime.engine, self.setup(None, None)).map_err(map_failure)?;
+        let headers: Vec<(&str, &str)> = message
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let wit_message = mapper::sluice::plugin::types::Message {
+            id: &message.id,
+            channel: &message.channel,
+            kind: match message.kind {
+                MessageKind::Command => mapper::sluice::plugin::types::MessageKind::Command,
+                MessageKind::Event => mapper::sluice::plugin::types::MessageKind::Event,
+            },
+            headers: &headers,
+            body: &message.body,
+            attempt,
+        };
+        let guard = call.guard();
+        let store = &mut call.store;
+        let outcome = guard
+            .race(async {
+                let plugin = pre.instantiate_async(&mut *store).await?;
+                let guest = plugin.sluice_plugin_mapper();
+                guest.call_to_request(&mut *store, wit_message).await
+            })
+            .await;
+        match call.finish(outcome).result.map_err(map_failure)? {
+            Ok(r) => Ok(Request {
+                name: r.name,
+                body: r.body,
+            }),
+            Err(reason) => Err(MapFailure::Rejected(truncate(&reason, MAX_LINE))),
+        }
+    }
+
+    /// Request -> wire message, through this mapper.
+    pub async fn to_message(&self, request: &Request) -> Result<Outgoing, MapFailure> {
+        let compiled = &self.0.compiled;
+        let Exports::Mapper(pre) = &compiled.exports else {
+            return Err(not_a_mapper(&compiled.info.name));
+        };
+        let mut call =
+            Call::new(&compiled.runtime.engine, self.setup(None, None)).map_err(map_failure)?;
+        let wit_request = mapper::sluice::plugin::types::RequestParam {
+            name: &request.name,
+            body: &request.body,
+        };
+        let guard = call.guard();
+        let store = &mut call.store;
+        let outcome = guard
+            .race(async {
+                let plugin = pre.instantiate_async(&mut *store).await?;
+                let guest = plugin.sluice_plugin_mapper();
+                guest.call_to_message(&mut *store, wit_request).await
+            })
+            .await;
+        match call.finish(outcome).result.map_err(map_failure)? {
+            Ok(o) => Ok(Outgoing {
+                headers: o.headers,
+                body: o.body,
+            }),
+            Err(reason) => Err(MapFailure::Rejected(truncate(&reason, MAX_LINE))),
+        }
+    }
+}
+
+fn not_a_mapper(name: &str) -> MapFailure {
+    MapFailure::Host(format!("plugin {name} is a handler, not a mapper"))
+}
+
+fn call_failure(f: Failure) -> CallFailure {
+    match f {
+        Failure::Trap(t) => CallFailure::Trap(t),
+        Failure::Host(m) => CallFailure::Host(m),
+    }
+}
+
+fn map_failure(f: Failure) -> MapFailure {
+    match f {
+        Failure::Trap(t) => MapFailure::Trap(t),
+        Failure::Host(m) => MapFailure::Host(m),
+    }
+}
+
+fn failed_report(failure: CallFailure, duration: Duration) -> CallReport {
+    CallReport {
+        result: Err(failure),
+        effects: Effects::default(),
+        fuel_used: 0,
+        duration,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtime;
+
+    /// Compile-time only: the pump spawns these futures.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        rt: &Runtime,
+        p: &Plugin,
+        m: &Message,
+        r: &Request,
+        s: Arc<dyn StateSource>,
+    ) {
+        fn send<T: Send>(_: &T) {}
+        send(&rt.load(Vec::new(), LimitsSpec::default()));
+        let ctx = JobContext {
+            job_id: String::new(),
+            message_id: String::new(),
+            channel: String::new(),
+            attempt: 1,
+            headers: Vec::new(),
+            cursor: None,
+        };
+        send(&p.handle(ctx, r.clone(), s, CancellationToken::new()));
+        send(&p.to_request(m, 1));
+        send(&p.to_message(r));
+    }
+}

@@ -1,0 +1,177 @@
+//! What a plugin may say about itself, checked once at load.
+//!
+//! Names and channels end up in NATS subjects, SQL rows, file names and log
+//! lines, so they are kept to a safe alphabet here rather than escaped
+//! everywhere else. Limits are checked after resolution (host config over
+//! the plugin's ask over defaults), because that is what calls will use.
+
+use super::types::{Limits, PluginInfo, PluginKind};
+
+/// Longest name or channel, in bytes.
+pub(super) const MAX_NAME: usize = 200;
+
+/// `[A-Za-z0-9._-]{1,200}`: plugin names and channels.
+pub(super) fn valid_channel(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks `describe()`'s answer for a component that exports `world`.
+pub(super) fn check_info(info: &PluginInfo, world: PluginKind) -> Result<(), String> {
+    if info.name.is_empty() {
+        return Err("describe() returned an empty name".into());
+    }
+    if !valid_channel(&info.name) {
+        return Err(format!(
+            "plugin name {:?} is invalid (allowed: A-Z a-z 0-9 . _ -, at most {MAX_NAME} chars)",
+            info.name
+        ));
+    }
+    if info.version.len() > MAX_NAME || info.version.chars().any(char::is_control) {
+        return Err(format!(
+            "plugin {}: version {:?} is invalid (at most {MAX_NAME} bytes, no control characters)",
+            info.name, info.version
+        ));
+    }
+    if info.kind != world {
+        return Err(format!(
+            "plugin {} says it is a {} but exports the {} interface",
+            info.name,
+            info.kind.as_str(),
+            world.as_str()
+        ));
+    }
+    if info.channels.is_empty() {
+        return Err(format!("plugin {} lists no channels", info.name));
+    }
+    for (i, channel) in info.channels.iter().enumerate() {
+        if !valid_channel(channel) {
+            return Err(format!(
+                "plugin {}: channel name {:?} is invalid (allowed: A-Z a-z 0-9 . _ -, 1 to {MAX_NAME} chars)",
+                info.name, channel
+            ));
+        }
+        if info.channels[..i].contains(channel) {
+            return Err(format!(
+                "plugin {}: channel {channel} is listed twice",
+                info.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks resolved limits against the host's ceiling. `who` starts the
+/// message: "plugin task-reminder", "the host overrides".
+pub(super) fn check_limits(who: &str, limits: Limits, max_memory_bytes: u64) -> Result<(), String> {
+    if limits.fuel == 0 {
+        return Err(format!("{who}: fuel limit must be above zero"));
+    }
+    if limits.timeout_ms == 0 {
+        return Err(format!("{who}: timeout must be above zero"));
+    }
+    if limits.memory_bytes == 0 {
+        return Err(format!("{who}: memory limit must be above zero"));
+    }
+    if limits.memory_bytes > max_memory_bytes {
+        return Err(format!(
+            "{who}: memory limit of {} bytes is above the host's max_memory_bytes ({max_memory_bytes})",
+            limits.memory_bytes
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::types::LimitsSpec;
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "task-reminder".into(),
+            version: "1.2.0".into(),
+            kind: PluginKind::Handler,
+            channels: vec!["tasks.due".into(), "tasks_v2-x".into()],
+            limits: LimitsSpec::default(),
+        }
+    }
+
+    fn err(i: &PluginInfo, world: PluginKind) -> String {
+        check_info(i, world).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_a_good_plugin() {
+        assert_eq!(check_info(&info(), PluginKind::Handler), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_info() {
+        let mut i = info();
+        i.name = String::new();
+        assert!(err(&i, PluginKind::Handler).contains("empty name"));
+        let mut i = info();
+        i.name = "a b".into();
+        assert!(err(&i, PluginKind::Handler).contains("invalid"));
+        let i = info();
+        assert!(err(&i, PluginKind::Mapper).contains("exports the mapper interface"));
+        let mut i = info();
+        i.channels.clear();
+        assert!(err(&i, PluginKind::Handler).contains("no channels"));
+        for bad in ["", "a/b", "sluice.>", "x*", "é"] {
+            let mut i = info();
+            i.channels.push(bad.into());
+            assert!(err(&i, PluginKind::Handler).contains("invalid"), "{bad:?}");
+        }
+        let mut i = info();
+        i.channels.push("c".repeat(MAX_NAME + 1));
+        assert!(err(&i, PluginKind::Handler).contains("invalid"));
+        let mut i = info();
+        i.channels.push("tasks.due".into());
+        assert!(err(&i, PluginKind::Handler).contains("twice"));
+    }
+
+    #[test]
+    fn limits_resolve_and_check() {
+        let defaults = Limits {
+            fuel: 10,
+            memory_bytes: 1 << 20,
+            timeout_ms: 100,
+        };
+        let ask = LimitsSpec {
+            fuel: Some(20),
+            memory_bytes: Some(2 << 20),
+            timeout_ms: None,
+        };
+        let overrides = LimitsSpec {
+            memory_bytes: Some(3 << 20),
+            ..LimitsSpec::default()
+        };
+        let got = Limits::resolve(defaults, ask, overrides);
+        let want = Limits {
+            fuel: 20,
+            memory_bytes: 3 << 20,
+            timeout_ms: 100,
+        };
+        assert_eq!(got, want);
+        assert_eq!(check_limits("plugin p", got, 4 << 20), Ok(()));
+        assert!(
+            check_limits("plugin p", got, 2 << 20).is_err_and(|e| e.contains("max_memory_bytes"))
+        );
+        let zero = Limits { fuel: 0, ..got };
+        assert!(check_limits("plugin p", zero, 4 << 20).is_err_and(|e| e.contains("fuel")));
+        let zero = Limits {
+            memory_bytes: 0,
+            ..got
+        };
+        assert!(check_limits("plugin p", zero, 4 << 20).is_err());
+        let zero = Limits {
+            timeout_ms: 0,
+            ..got
+        };
+        assert!(check_limits("plugin p", zero, 4 << 20).is_err());
+    }
+}
