@@ -1,0 +1,529 @@
+//! Configuration in two stages: the raw TOML file (every field optional,
+//! unknown keys rejected) and command-line flags, then one validated
+//! [`Config`] that is passed down explicitly. Nothing reads configuration from
+//! a global.
+//!
+//! ```toml
+//! plugins_dir = "./plugins"      # where the .wasm files are
+//! data_dir = "./sluice-data"     # SQLite database and lock file
+//! drain_timeout = "30s"          # on SIGINT/SIGTERM: time for in-flight jobs
+//! poll_interval = "100ms"        # idle pumps look for rows posted by others
+//! retention = "7d"               # succeeded jobs are pruned after this
+//!
+//! [store]
+//! synchronous = "full"           # or "normal": see README, Durability
+//!
+//! [limits]                       # sandbox defaults for every call
+//! fuel = 5_000_000_000
+//! memory = "64MiB"               # or bytes
+//! timeout = "10s"
+//!
+//! [policy]                       # handler defaults
+//! max_attempts = 5
+//! backoff_initial = "1s"
+//! backoff_max = "5m"
+//! concurrency = 16
+//! breaker_failures = 10          # 0: no circuit breaker
+//! breaker_cooldown = "30s"
+//!
+//! [plugin.task-reminder]         # per plugin (by describe() name): any of the above
+//! max_attempts = 3
+//! timeout = "2s"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::runtime::{Limits, LimitsSpec, RuntimeConfig};
+use crate::store::{StoreOptions, Synchronous};
+
+/// Why the configuration is unusable. Each message names the file or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, with the line.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The `[policy]` table and the policy part of `[plugins.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
+    concurrency: Option<usize>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
+}
+
+/// A size in bytes, written as an integer or as "64MiB" / "512KiB" / "1GiB".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bytes(u64);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Bytes(n)),
+            Raw::S(s) => parse_bytes(&s).map(Bytes).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 67108864, \"64MiB\")"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The sandbox-limit keys of `[limits]` and `[plugins.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    fuel: Option<u64>,
+    memory: Option<Bytes>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+/// One `[plugins.NAME]` table: policy and limit keys side by side.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
+    concurrency: Option<usize>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
+    fuel: Option<u64>,
+    memory: Option<Bytes>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    synchronous: Option<Synchronous>,
+}
+
+/// The config file as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    plugins_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retention: Option<Duration>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    plugin: BTreeMap<String, RawPlugin>,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--plugins DIR`.
+    pub plugins_dir: Option<PathBuf>,
+    /// `--data DIR`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How a handler's failures are retried and how many of its jobs run at once
+/// (Brighter's handler policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Attempts before a job is dead-lettered (>= 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time, with jitter.
+    pub backoff_initial: Duration,
+    /// Cap on the delay.
+    pub backoff_max: Duration,
+    /// Jobs of this handler running at once on this host.
+    pub concurrency: usize,
+    /// Consecutive failures that open the circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker pauses the handler's pump.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 5,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            concurrency: 16,
+            breaker_failures: 10,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One plugin's overrides, by its `describe()` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Its policy (defaults filled in).
+    pub policy: Policy,
+    /// Its limit overrides (unset: what the plugin asks, else the defaults).
+    pub limits: LimitsSpec,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the `.wasm` files are.
+    pub plugins_dir: PathBuf,
+    /// Where the database and lock file live.
+    pub data_dir: PathBuf,
+    /// SQLite options.
+    pub store: StoreOptions,
+    /// Engine settings and default limits.
+    pub runtime: RuntimeConfig,
+    /// Policy for plugins without their own table.
+    pub policy: Policy,
+    /// Per-plugin tables.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// How long in-flight jobs get to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// How often an idle pump looks for rows posted by other processes.
+    pub poll_interval: Duration,
+    /// Succeeded, expired and cancelled jobs are pruned after this.
+    pub retention: Duration,
+}
+
+impl Config {
+    /// Reads the file named in `overrides` (if any), applies the flags, and
+    /// validates the result.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = match &overrides.config_file {
+            Some(path) => read_file(path)?,
+            None => RawFile::default(),
+        };
+        build(raw, overrides)
+    }
+
+    /// The policy for the plugin named `name`.
+    pub fn policy_for(&self, name: &str) -> Policy {
+        self.plugins.get(name).map_or(self.policy, |p| p.policy)
+    }
+
+    /// Limit overrides for the plugin named `name`.
+    pub fn limits_for(&self, name: &str) -> LimitsSpec {
+        self.plugins.get(name).map(|p| p.limits).unwrap_or_default()
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sluice.db")
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
+fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let defaults = RuntimeConfig::default();
+    let limits = Limits {
+        fuel: raw.limits.fuel.unwrap_or(defaults.defaults.fuel),
+        memory_bytes: raw
+            .limits
+            .memory
+            .map_or(defaults.defaults.memory_bytes, |b| b.0),
+        timeout_ms: raw
+            .limits
+            .timeout
+            .map_or(defaults.defaults.timeout_ms, duration_ms),
+    };
+    check_limits("[limits]", &spec_of(limits), defaults.max_memory_bytes)?;
+    let base = Policy::default();
+    let policy = merge_policy(
+        base,
+        &RawPlugin {
+            max_attempts: raw.policy.max_attempts,
+            backoff_initial: raw.policy.backoff_initial,
+            backoff_max: raw.policy.backoff_max,
+            concurrency: raw.policy.concurrency,
+            breaker_failures: raw.policy.breaker_failures,
+            breaker_cooldown: raw.policy.breaker_cooldown,
+            ..RawPlugin::default()
+        },
+    );
+    check_policy("[policy]", &policy, defaults.max_instances)?;
+    let mut plugins = BTreeMap::new();
+    for (name, table) in &raw.plugin {
+        let where_ = format!("[plugin.{name}]");
+        let p = PluginConfig {
+            policy: merge_policy(policy, table),
+            limits: LimitsSpec {
+                fuel: table.fuel,
+                memory_bytes: table.memory.map(|b| b.0),
+                timeout_ms: table.timeout.map(duration_ms),
+            },
+        };
+        check_policy(&where_, &p.policy, defaults.max_instances)?;
+        check_limits(&where_, &p.limits, defaults.max_memory_bytes)?;
+        plugins.insert(name.clone(), p);
+    }
+    let poll_interval = raw.poll_interval.unwrap_or(Duration::from_millis(100));
+    if poll_interval.is_zero() {
+        return Err(ConfigError::Invalid("poll_interval must be above 0".into()));
+    }
+    Ok(Config {
+        plugins_dir: overrides
+            .plugins_dir
+            .clone()
+            .or(raw.plugins_dir)
+            .unwrap_or_else(|| PathBuf::from("plugins")),
+        data_dir: overrides
+            .data_dir
+            .clone()
+            .or(raw.data_dir)
+            .unwrap_or_else(|| PathBuf::from("sluice-data")),
+        store: StoreOptions {
+            synchronous: raw.store.synchronous.unwrap_or_default(),
+            ..StoreOptions::default()
+        },
+        runtime: RuntimeConfig {
+            defaults: limits,
+            ..defaults
+        },
+        policy,
+        plugins,
+        drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        poll_interval,
+        retention: raw.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+    })
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn spec_of(l: Limits) -> LimitsSpec {
+    LimitsSpec {
+        fuel: Some(l.fuel),
+        memory_bytes: Some(l.memory_bytes),
+        timeout_ms: Some(l.timeout_ms),
+    }
+}
+
+fn merge_policy(base: Policy, t: &RawPlugin) -> Policy {
+    Policy {
+        max_attempts: t.max_attempts.unwrap_or(base.max_attempts),
+        backoff_initial: t.backoff_initial.unwrap_or(base.backoff_initial),
+        backoff_max: t.backoff_max.unwrap_or(base.backoff_max),
+        concurrency: t.concurrency.unwrap_or(base.concurrency),
+        breaker_failures: t.breaker_failures.unwrap_or(base.breaker_failures),
+        breaker_cooldown: t.breaker_cooldown.unwrap_or(base.breaker_cooldown),
+    }
+}
+
+fn check_policy(where_: &str, p: &Policy, max_instances: u32) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(format!("{where_}: {m}")));
+    if p.max_attempts == 0 {
+        return bad("max_attempts must be at least 1".into());
+    }
+    if p.concurrency == 0 || p.concurrency > max_instances as usize {
+        return bad(format!(
+            "concurrency must be between 1 and {max_instances}, not {}",
+            p.concurrency
+        ));
+    }
+    if p.backoff_initial > p.backoff_max {
+        return bad(format!(
+            "backoff_initial ({}) is above backoff_max ({})",
+            humantime::format_duration(p.backoff_initial),
+            humantime::format_duration(p.backoff_max)
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(where_: &str, l: &LimitsSpec, max_memory: u64) -> Result<(), ConfigError> {
+    let bad = |m: String| Err(ConfigError::Invalid(format!("{where_}: {m}")));
+    if l.fuel == Some(0) {
+        return bad("fuel must be above 0".into());
+    }
+    if l.timeout_ms == Some(0) {
+        return bad("timeout must be above 0".into());
+    }
+    match l.memory_bytes {
+        Some(0) => bad("memory must be above 0".into()),
+        Some(m) if m > max_memory => bad(format!(
+            "memory {m} bytes is above the host's ceiling of {max_memory} bytes"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        build(raw, &Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_without_a_file() -> Result<(), String> {
+        let c = parse("")?;
+        assert_eq!(c.plugins_dir, PathBuf::from("plugins"));
+        assert_eq!(c.data_dir, PathBuf::from("sluice-data"));
+        assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.store.synchronous, Synchronous::Full);
+        Ok(())
+    }
+
+    #[test]
+    fn plugin_tables_override_the_policy_and_limits() -> Result<(), String> {
+        let c = parse(
+            r#"
+            [policy]
+            max_attempts = 7
+            backoff_initial = "50ms"
+            [limits]
+            memory = "32MiB"
+            [plugin.task-reminder]
+            max_attempts = 2
+            timeout = "2s"
+            "#,
+        )?;
+        assert_eq!(c.policy.max_attempts, 7);
+        assert_eq!(c.runtime.defaults.memory_bytes, 32 << 20);
+        let p = c.policy_for("task-reminder");
+        assert_eq!(p.max_attempts, 2);
+        assert_eq!(
+            p.backoff_initial,
+            Duration::from_millis(50),
+            "inherits [policy]"
+        );
+        assert_eq!(c.limits_for("task-reminder").timeout_ms, Some(2000));
+        assert_eq!(c.policy_for("other").max_attempts, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = parse("max_attempt = 3").err().unwrap_or_default();
+        assert!(err.contains("unknown field `max_attempt`"), "{err}");
+        let err = parse(
+            "[plugin.x]
+fuell = 1",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("unknown field `fuell`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors() {
+        let err = parse(
+            "[policy]
+max_attempts = 0",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            err.contains("[policy]: max_attempts must be at least 1"),
+            "{err}"
+        );
+        let err = parse(
+            "[plugin.p]
+memory = \"100GiB\"",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("[plugin.p]: memory"), "{err}");
+        let err = parse(
+            "[limits]
+memory = \"12 parsecs\"",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("unknown size unit"), "{err}");
+        let err = parse(
+            "[policy]
+backoff_initial = \"10m\"
+backoff_max = \"1m\"",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("is above backoff_max"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert!(parse_bytes("MiB").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! Message <-> request, on both sides of a handler: the channel's mapper
+//! component if it has one, JSON passthrough if not. Shared by the pump and
+//! by `sluice send`.
+
+use sha2::{Digest, Sha256};
+
+use crate::message::{Message, REQUEST_NAME_HEADER, Request, now_ms};
+use crate::registry::PluginSet;
+use crate::runtime::{MapFailure, Post};
+use crate::store::NewMessage;
+
+/// Header on every posted message naming the message whose handling posted it.
+pub const CAUSATION_HEADER: &str = "sluice-causation-id";
+
+/// Why a message could not become a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// The message is poison: dead-letter it now, never retry.
+    Poison(String),
+    /// The mapper failed (trap, host problem): retry like a handler failure.
+    Fault(String),
+}
+
+/// Wire message -> request for the handler.
+pub async fn to_request(
+    set: &PluginSet,
+    message: &Message,
+    attempt: u32,
+) -> Result<Request, MapError> {
+    match set.mappers.get(&message.channel) {
+        Some(mapper) => {
+            let name = &mapper.info().name;
+            mapper
+                .to_request(message, attempt)
+                .await
+                .map_err(|f| match f {
+                    MapFailure::Rejected(reason) => {
+                        MapError::Poison(format!("rejected by mapper {name}: {reason}"))
+                    }
+                    other => MapError::Fault(format!("mapper {name} failed: {other}")),
+                })
+        }
+        None => passthrough(message),
+    }
+}
+
+/// The default mapper: the body must be UTF-8 JSON; the request is named by
+/// the `sluice-request` header, else after the channel.
+pub fn passthrough(message: &Message) -> Result<Request, MapError> {
+    let body = std::str::from_utf8(&message.body)
+        .map_err(|e| MapError::Poison(format!("body is not UTF-8 text: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(body)
+        .map_err(|e| MapError::Poison(format!("body is not valid JSON: {e}")))?;
+    Ok(Request {
+        name: message
+            .header(REQUEST_NAME_HEADER)
+            .unwrap_or(&message.channel)
+            .to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// A handler's posts -> wire messages, through each target channel's mapper.
+/// Ids are derived from the consumed message, the handler, the slice cursor
+/// and the post's index, so re-running the same call posts the same ids and
+/// the queue's idempotency drops the repeat.
+pub async fn to_messages(
+    set: &PluginSet,
+    posts: &[Post],
+    cause: &Message,
+    consumer: &str,
+    cursor: Option<&str>,
+) -> Result<Vec<NewMessage>, String> {
+    let now = now_ms();
+    let mut out = Vec::with_capacity(posts.len());
+    for (index, post) in posts.iter().enumerate() {
+        let request = Request {
+            name: post.name.clone(),
+            body: post.body.clone(),
+        };
+        let mut headers = post.headers.clone();
+        let body = match set.mappers.get(&post.channel) {
+            Some(mapper) => {
+                let outgoing = mapper.to_message(&request).await.map_err(|f| {
+                    format!(
+                        "post #{index} to {}: mapper {} failed: {f}",
+                        post.channel,
+                        mapper.info().name
+                    )
+                })?;
+                headers.extend(outgoing.headers);
+                outgoing.body
+            }
+            None => {
+                if post.name != post.channel {
+                    headers.push((REQUEST_NAME_HEADER.to_owned(), post.name.clone()));
+                }
+                post.body.clone().into_bytes()
+            }
+        };
+        headers.push((CAUSATION_HEADER.to_owned(), cause.id.clone()));
+        let visible_at = match (post.launch_at_ms, post.delay_ms) {
+            (Some(at), _) => i64::try_from(at).unwrap_or(i64::MAX),
+            (None, Some(d)) => now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
+            (None, None) => now,
+        };
+        out.push(NewMessage {
+            message: Message {
+                id: post_id(&cause.id, consumer, cursor, index),
+                channel: post.channel.clone(),
+                kind: post.kind,
+                headers,
+                body,
+            },
+            visible_at,
+            expires_at: post
+                .expires_at_ms
+                .map(|e| i64::try_from(e).unwrap_or(i64::MAX)),
+        });
+    }
+    Ok(out)
+}
+
+/// Deterministic id of post `index` made while handling `cause`.
+pub fn post_id(cause: &str, consumer: &str, cursor: Option<&str>, index: usize) -> String {
+    let mut h = Sha256::new();
+    for part in [cause, consumer, cursor.unwrap_or("")] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(index.to_le_bytes());
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageKind;
+
+    fn msg(body: &[u8]) -> Message {
+        Message {
+            id: "m1".into(),
+            channel: "orders".into(),
+            kind: MessageKind::Command,
+            headers: vec![],
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn passthrough_names_the_request_after_the_channel_or_header() {
+        assert_eq!(
+            passthrough(&msg(br#"{"a":1}"#)),
+            Ok(Request {
+                name: "orders".into(),
+                body: r#"{"a":1}"#.into()
+            })
+        );
+        let mut m = msg(b"{}");
+        m.headers
+            .push((REQUEST_NAME_HEADER.into(), "PlaceOrder".into()));
+        assert_eq!(passthrough(&m).map(|r| r.name), Ok("PlaceOrder".into()));
+    }
+
+    #[test]
+    fn passthrough_rejects_non_json_as_poison() {
+        match passthrough(&msg(b"{not json")) {
+            Err(MapError::Poison(r)) => assert!(r.starts_with("body is not valid JSON"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            passthrough(&msg(&[0xff, 0xfe])),
+            Err(MapError::Poison(_))
+        ));
+    }
+
+    #[test]
+    fn post_ids_are_deterministic_and_distinct() {
+        let a = post_id("m1", "h", None, 0);
+        assert_eq!(a, post_id("m1", "h", None, 0));
+        assert_ne!(a, post_id("m1", "h", None, 1));
+        assert_ne!(a, post_id("m1", "h2", None, 0));
+        assert_ne!(a, post_id("m1", "h", Some("10"), 0));
+        assert_eq!(a.len(), 32);
+    }
+}

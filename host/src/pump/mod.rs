@@ -1,0 +1,134 @@
+//! One pump per subscription (channel, handler): pull, map, handle, commit,
+//! settle.
+//!
+//! A pump holds a `Semaphore` of `concurrency` permits and fetches only as
+//! many messages as it has free permits, so nothing waits in memory that
+//! another host could be running. Each message runs as its own task. On
+//! shutdown the pump stops fetching, gives in-flight jobs the drain period,
+//! then cancels what is left (the sandbox stops the guest) and hands those
+//! jobs back unrun. Pumps never hold a lock across `.await`.
+
+mod mapping;
+mod policy;
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use mapping::{CAUSATION_HEADER, MapError, passthrough, post_id, to_messages, to_request};
+pub use policy::{Breaker, backoff};
+pub use process::StoreState;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::transport::{Subscription, Transport};
+
+/// What every pump shares.
+pub struct Deps<T> {
+    /// Job records and state.
+    pub store: Store,
+    /// Where messages come from.
+    pub transport: T,
+    /// The live plugins.
+    pub registry: Arc<Registry>,
+    /// Policies and timings.
+    pub config: Arc<Config>,
+}
+
+/// How long a pump waits before looking again when its handler is not
+/// loaded or its transport failed.
+const IDLE_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the pump for `sub` until `shutdown` is cancelled, then drains.
+/// `hard_stop` is cancelled when the drain period is over (or on a second
+/// signal): in-flight guests are then interrupted and their jobs handed back.
+pub async fn run<T: Transport>(
+    sub: Subscription,
+    deps: Arc<Deps<T>>,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let policy = deps.config.policy_for(&sub.consumer);
+    let gate = Arc::new(Semaphore::new(policy.concurrency));
+    let breaker = Arc::new(Breaker::new(&policy));
+    let tasks = TaskTracker::new();
+    tracing::info!(channel = %sub.channel, handler = %sub.consumer, concurrency = policy.concurrency, "pump started");
+    let mut paused_logged = false;
+    loop {
+        let first = tokio::select! {
+            permit = gate.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Checked after a permit frees up: the job that just released it may
+        // be the failure that opened the breaker.
+        if let Some(pause) = breaker.open_for() {
+            drop(first);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let mut permits = vec![first];
+        while let Ok(p) = gate.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        if !deps.registry.current().handlers.contains_key(&sub.consumer) {
+            // Paused: the handler is not loaded; messages stay queued.
+            if !paused_logged {
+                tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
+                paused_logged = true;
+            }
+            drop(permits);
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_RETRY) => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        paused_logged = false;
+        let deliveries = match deps.transport.fetch(&sub, permits.len()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(channel = %sub.channel, handler = %sub.consumer, error = %e, "fetch failed; retrying");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_RETRY) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        if deliveries.is_empty() {
+            drop(permits);
+            tokio::select! {
+                _ = deps.transport.wait(&sub, IDLE_RETRY) => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        for (delivery, permit) in deliveries.into_iter().zip(permits) {
+            let deps = deps.clone();
+            let sub = sub.clone();
+            let breaker = breaker.clone();
+            let cancel = hard_stop.child_token();
+            tasks.spawn(async move {
+                process::process(&deps, &sub, &policy, &breaker, delivery, cancel).await;
+                drop(permit);
+            });
+        }
+    }
+    tasks.close();
+    if !tasks.is_empty() {
+        tracing::info!(channel = %sub.channel, handler = %sub.consumer, in_flight = tasks.len(), "pump draining");
+    }
+    tokio::select! {
+        _ = tasks.wait() => {}
+        _ = hard_stop.cancelled() => tasks.wait().await,
+    }
+    tracing::info!(channel = %sub.channel, handler = %sub.consumer, "pump stopped");
+}

@@ -1,0 +1,251 @@
+//! The life of one delivery in a pump: expiry check, map, handle under the
+//! sandbox, then record the outcome (with the call's effects, in one store
+//! transaction) and only then settle it on the transport.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::Deps;
+use super::mapping::{self, MapError};
+use super::policy::{Breaker, backoff};
+use crate::config::Policy;
+use crate::message::now_ms;
+use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
+use crate::store::{CallRecord, Commit, Finish, FinishResult, Store};
+use crate::transport::{Delivery, Settle, Subscription, Transport};
+
+/// Committed plugin state, read through the store's thread.
+pub struct StoreState(pub Store);
+
+impl StateSource for StoreState {
+    fn get(
+        &self,
+        plugin: &str,
+        key: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<(Vec<u8>, i64)>, String>> + Send + '_>> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        Box::pin(async move {
+            self.0
+                .state_get(&plugin, &key)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// What to record for a finished call and how to settle the delivery.
+struct Verdict {
+    finish: Finish,
+    settle: Settle,
+    /// For the log line.
+    outcome: &'static str,
+    error: Option<String>,
+}
+
+pub(super) async fn process<T: Transport>(
+    deps: &Deps<T>,
+    sub: &Subscription,
+    policy: &Policy,
+    breaker: &Breaker,
+    delivery: Delivery,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let job = &delivery.job;
+    let set = deps.registry.current();
+    let Some(handler) = set.handlers.get(&sub.consumer).cloned() else {
+        let verdict = release("handler not loaded", Duration::from_secs(1));
+        record(deps, &delivery, None, 0, verdict, started).await;
+        return;
+    };
+    let mut fuel_used = 0;
+    let verdict = if job.expires_at.is_some_and(|at| at <= now_ms()) {
+        Verdict {
+            finish: Finish::Expired,
+            settle: Settle::Ack,
+            outcome: "expired",
+            error: None,
+        }
+    } else {
+        match mapping::to_request(&set, &job.message, job.attempt).await {
+            Err(MapError::Poison(reason)) => dead(reason, "poison"),
+            Err(MapError::Fault(reason)) => failed(policy, breaker, job.attempt, reason),
+            Ok(request) => {
+                let ctx = JobContext {
+                    job_id: job.job_id.clone(),
+                    message_id: job.message.id.clone(),
+                    channel: job.message.channel.clone(),
+                    attempt: job.attempt,
+                    headers: job.message.headers.clone(),
+                    cursor: job.cursor.clone(),
+                };
+                let state: Arc<dyn StateSource> = Arc::new(StoreState(deps.store.clone()));
+                let report = handler.handle(ctx, request, state, cancel).await;
+                fuel_used = report.fuel_used;
+                match report.result {
+                    Ok(outcome) => {
+                        match mapping::to_messages(
+                            &set,
+                            &report.effects.posts,
+                            &job.message,
+                            &sub.consumer,
+                            job.cursor.as_deref(),
+                        )
+                        .await
+                        {
+                            Ok(posts) => {
+                                breaker.success();
+                                let commit = Commit {
+                                    progress: report.effects.progress.map(|p| (p.percent, p.note)),
+                                    state_plugin: handler.info().name.clone(),
+                                    state_reads: report.effects.state_reads,
+                                    state_writes: report.effects.state_writes,
+                                    posts,
+                                };
+                                succeeded(outcome, commit)
+                            }
+                            Err(reason) => dead(reason, "dead"),
+                        }
+                    }
+                    Err(CallFailure::Permanent(m)) => dead(format!("permanent error: {m}"), "dead"),
+                    Err(CallFailure::Trap(TrapKind::Cancelled)) => {
+                        release("interrupted by shutdown; handed back", Duration::ZERO)
+                    }
+                    Err(failure) => failed(policy, breaker, job.attempt, failure.to_string()),
+                }
+            }
+        }
+    };
+    record(deps, &delivery, Some(&handler), fuel_used, verdict, started).await;
+}
+
+fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
+    match outcome {
+        Outcome::Done { result } => Verdict {
+            finish: Finish::Succeeded { result, commit },
+            settle: Settle::Ack,
+            outcome: "succeeded",
+            error: None,
+        },
+        Outcome::Continue { cursor, delay_ms } => Verdict {
+            finish: Finish::Continue {
+                cursor,
+                visible_at: now_ms().saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+                commit,
+            },
+            settle: Settle::Nak {
+                delay: Duration::from_millis(delay_ms),
+            },
+            outcome: "continued",
+            error: None,
+        },
+    }
+}
+
+fn dead(reason: String, outcome: &'static str) -> Verdict {
+    Verdict {
+        finish: Finish::Dead {
+            error: reason.clone(),
+        },
+        settle: Settle::Ack,
+        outcome,
+        error: Some(reason),
+    }
+}
+
+/// A retryable failure: retry with backoff, or dead-letter on the last
+/// attempt.
+fn failed(policy: &Policy, breaker: &Breaker, attempt: u32, reason: String) -> Verdict {
+    if breaker.failure() {
+        tracing::warn!(cooldown = ?policy.breaker_cooldown, "circuit breaker open: pausing this handler's pump");
+    }
+    if attempt >= policy.max_attempts {
+        return dead(
+            format!(
+                "{reason} (gave up after {attempt} of {} attempts)",
+                policy.max_attempts
+            ),
+            "dead",
+        );
+    }
+    let delay = backoff(policy, attempt);
+    Verdict {
+        finish: Finish::Retry {
+            error: reason.clone(),
+            visible_at: now_ms()
+                .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        },
+        settle: Settle::Nak { delay },
+        outcome: "retrying",
+        error: Some(reason),
+    }
+}
+
+fn release(reason: &str, after: Duration) -> Verdict {
+    Verdict {
+        finish: Finish::Release {
+            visible_at: now_ms()
+                .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
+            reason: reason.to_owned(),
+        },
+        settle: Settle::Nak { delay: after },
+        outcome: "released",
+        error: Some(reason.to_owned()),
+    }
+}
+
+/// Commits the verdict, then settles the delivery, then logs one line.
+async fn record<T: Transport>(
+    deps: &Deps<T>,
+    delivery: &Delivery,
+    plugin: Option<&Plugin>,
+    fuel_used: u64,
+    verdict: Verdict,
+    started: Instant,
+) {
+    let job = &delivery.job;
+    let call = CallRecord {
+        plugin_version: plugin.map(|p| p.info().version.clone()),
+        plugin_hash: plugin.map(|p| p.hash().to_owned()),
+        fuel_used,
+    };
+    let (outcome, settle) = match deps
+        .store
+        .finish(&job.job_id, job.attempt, call, verdict.finish)
+        .await
+    {
+        Ok(FinishResult::Committed { .. }) => (verdict.outcome, verdict.settle),
+        Ok(FinishResult::Conflict) => (
+            "conflict",
+            Settle::Nak {
+                delay: Duration::ZERO,
+            },
+        ),
+        Ok(FinishResult::Stale) => ("stale", Settle::Ack),
+        Err(e) => {
+            // Not recorded: leave the delivery unsettled so it comes back.
+            tracing::error!(job_id = %job.job_id, error = %e, "cannot record job outcome; it will be redelivered");
+            return;
+        }
+    };
+    if let Err(e) = deps.transport.settle(delivery, settle).await {
+        tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
+    }
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let plugin_name = plugin.map_or("", |p| p.info().name.as_str());
+    let version = plugin.map_or("", |p| p.info().version.as_str());
+    match verdict.error {
+        Some(error) if outcome != "succeeded" => tracing::warn!(
+            job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
+            attempt = job.attempt, duration_ms, fuel = fuel_used, outcome, %error, "job"
+        ),
+        _ => tracing::info!(
+            job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
+            attempt = job.attempt, duration_ms, fuel = fuel_used, outcome, "job"
+        ),
+    }
+}

@@ -1,0 +1,96 @@
+//! Where messages come from and go to, behind one trait so the pump does not
+//! care whether it runs on the embedded SQLite queue or (later) JetStream.
+//!
+//! The contract, in the order the pump uses it: `register` the (channel,
+//! handler) pairs it serves; `fetch` up to N deliveries (never more than it
+//! can run at once); `wait` when there was nothing; after the job's outcome is
+//! committed to the store, `settle` the delivery (ack, nak with delay, term).
+//! A backend must never lose a delivery that was fetched but not settled: it
+//! comes back (lease expiry, restart recovery, redelivery).
+//!
+//! `transport` knows nothing about plugins.
+
+mod embedded;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use embedded::Embedded;
+
+use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
+
+/// One durable consumer: the handler `consumer` reading `channel`. Hosts that
+/// share a subscription compete for its messages; each handler of an event
+/// channel has its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subscription {
+    /// The channel.
+    pub channel: String,
+    /// The handler plugin's name.
+    pub consumer: String,
+}
+
+/// A message handed to a pump, with what the backend needs to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The job and its message.
+    pub job: ClaimedJob,
+}
+
+/// How a delivery ends on the transport, once the store has recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with (succeeded, dead-lettered, expired): never redeliver.
+    Ack,
+    /// Redeliver after `delay` (retry, continuation, hand-back).
+    Nak {
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Poison: never redeliver, and it was not processed.
+    Term,
+}
+
+/// Transport failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The embedded queue's store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A message transport. See the module docs for the contract.
+pub trait Transport: Send + Sync + 'static {
+    /// Declares the subscriptions this host serves (idempotent).
+    fn register(
+        &self,
+        subscriptions: &[Subscription],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Enqueues messages (idempotent per message id).
+    fn publish(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> impl Future<Output = Result<Vec<Published>, TransportError>> + Send;
+
+    /// Up to `max` deliveries that are due now; empty if none.
+    fn fetch(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, TransportError>> + Send;
+
+    /// Returns when new work may have arrived, or after `timeout`.
+    fn wait(
+        &self,
+        subscription: &Subscription,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Ends a delivery after the store recorded its outcome.
+    fn settle(
+        &self,
+        delivery: &Delivery,
+        settle: Settle,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
