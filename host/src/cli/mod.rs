@@ -1,0 +1,103 @@
+//! The command line: clap definitions and dispatch. This is the edge, so it
+//! uses `anyhow`; every error reaches the user as one line and a non-zero
+//! exit (see `main.rs`).
+
+mod inspect;
+mod plugins;
+mod post;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Overrides};
+use crate::store::Store;
+
+/// Sluice: run WebAssembly message handlers with retries, dead letters and
+/// exactly-once effects.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file (TOML). Flags override it.
+    #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of plugin .wasm files [default: ./plugins]
+    #[arg(long, global = true, env = "SLUICE_PLUGINS", value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Data directory (SQLite database) [default: ./sluice-data]
+    #[arg(long, global = true, env = "SLUICE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: pull messages, run handlers, until SIGINT/SIGTERM.
+    Run,
+    /// Queue messages: one JSON argument, or one message per line on stdin.
+    Post(post::PostArgs),
+    /// Run a channel's handler(s) now, in-process, without the queue; print
+    /// the outcome and the effects it would commit.
+    Send(plugins::SendArgs),
+    /// List jobs, newest first.
+    Jobs(inspect::JobsArgs),
+    /// Show one job.
+    Job(inspect::JobArgs),
+    /// Dead letters: list or replay.
+    #[command(subcommand)]
+    Dlq(inspect::DlqCommand),
+    /// Load the plugins directory and show what each file provides.
+    Plugins(plugins::PluginsArgs),
+}
+
+impl Cli {
+    /// The validated configuration for this invocation.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(&Overrides {
+            config_file: self.config.clone(),
+            plugins_dir: self.plugins.clone(),
+            data_dir: self.data.clone(),
+        })?)
+    }
+}
+
+/// Runs one command. `shutdown` / `hard_stop` are wired to signals by `main`.
+pub async fn execute(
+    cli: Cli,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    match cli.command {
+        Command::Run => Ok(crate::daemon::run(config, shutdown, hard_stop).await?),
+        Command::Post(args) => post::run(&config, args).await,
+        Command::Send(args) => plugins::send(&config, args).await,
+        Command::Jobs(args) => inspect::jobs(&open_existing(&config)?, args).await,
+        Command::Job(args) => inspect::job(&open_existing(&config)?, args).await,
+        Command::Dlq(cmd) => inspect::dlq(&open_existing(&config)?, cmd).await,
+        Command::Plugins(args) => plugins::list(&config, args).await,
+    }
+}
+
+/// Opens (creating if needed) the data directory's database.
+pub(super) fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open(&config.database_path(), &config.store)?)
+}
+
+/// Opens the database for reading commands, which must not create one: a
+/// typo in `--data` should say so, not show an empty queue.
+fn open_existing(config: &Config) -> anyhow::Result<Store> {
+    let path = config.database_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no sluice database at {} (run `sluice run` or `sluice post` first, or pass --data)",
+            path.display()
+        );
+    }
+    open_store(config).with_context(|| format!("opening {}", path.display()))
+}

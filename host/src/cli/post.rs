@@ -1,0 +1,160 @@
+//! `sluice post`: queue wire messages from the command line or stdin.
+
+use std::io::BufRead;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::config::Config;
+use crate::message::{Message, MessageKind, new_id, now_ms};
+use crate::store::NewMessage;
+
+/// How many stdin lines go into one store transaction.
+const CHUNK: usize = 1000;
+
+/// `sluice post` arguments.
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    /// Channel to post to.
+    pub channel: String,
+    /// Message body (JSON). Omit it, or pass `-`, to read one message per
+    /// line from stdin.
+    pub body: Option<String>,
+    /// command (one handler) or event (every handler gets a copy).
+    #[arg(long, default_value = "command", value_parser = ["command", "event"])]
+    pub kind: String,
+    /// Header, repeatable: `--header key=value`.
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    pub headers: Vec<String>,
+    /// Message id (makes the post idempotent); only with a single message.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Deliver after this delay, e.g. `30s`, `5m`.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+    /// Deliver at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub at: Option<SystemTime>,
+    /// Drop the message (job expired) if not started within this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Send the body bytes as they are, without checking that they are JSON.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| match h.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => bail!("--header {h:?} is not KEY=VALUE"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let kind = MessageKind::parse(&args.kind).unwrap_or_default();
+    let now = now_ms();
+    let visible_at = match (args.at, args.delay) {
+        (Some(at), _) => at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .context("--at is before 1970")?,
+        (None, Some(d)) => now + d.as_millis() as i64,
+        (None, None) => now,
+    };
+    let expires_at = args.expires_in.map(|d| now + d.as_millis() as i64);
+    let make = |line_no: Option<usize>, body: &str| -> anyhow::Result<NewMessage> {
+        if !args.raw
+            && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(body)
+        {
+            {
+                match line_no {
+                    Some(n) => bail!(
+                        "stdin line {n} is not valid JSON ({e}); the lines before it were queued, nothing from it on (use --raw to send non-JSON bodies)"
+                    ),
+                    None => bail!("the body is not valid JSON ({e}); use --raw to send it anyway"),
+                }
+            }
+        }
+        Ok(NewMessage {
+            message: Message {
+                id: args.id.clone().unwrap_or_else(new_id),
+                channel: args.channel.clone(),
+                kind,
+                headers: headers.clone(),
+                body: body.as_bytes().to_vec(),
+            },
+            visible_at,
+            expires_at,
+        })
+    };
+    let mut printer = Printer { json: args.json };
+    match args.body.as_deref() {
+        Some(body) if body != "-" => {
+            // Validate before opening: a rejected post creates nothing.
+            let message = make(None, body)?;
+            let published = super::open_store(config)?.publish(vec![message]).await?;
+            printer.print(&published);
+        }
+        _ => {
+            if args.id.is_some() {
+                bail!("--id names one message; it cannot be used with stdin");
+            }
+            let store = super::open_store(config)?;
+            let stdin = std::io::stdin();
+            let mut chunk = Vec::with_capacity(CHUNK);
+            for (i, line) in stdin.lock().lines().enumerate() {
+                let line = line.context("reading stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match make(Some(i + 1), &line) {
+                    Ok(m) => chunk.push(m),
+                    Err(e) => {
+                        // Queue what came before the bad line, then stop.
+                        printer.print(&store.publish(std::mem::take(&mut chunk)).await?);
+                        return Err(e);
+                    }
+                }
+                if chunk.len() == CHUNK {
+                    printer.print(&store.publish(std::mem::take(&mut chunk)).await?);
+                }
+            }
+            if !chunk.is_empty() {
+                printer.print(&store.publish(chunk).await?);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    fn print(&mut self, published: &[crate::store::Published]) {
+        for p in published {
+            if self.json {
+                let v = serde_json::json!({
+                    "message_id": p.message_id, "job_ids": p.job_ids, "duplicate": p.duplicate,
+                });
+                println!("{v}");
+            } else {
+                for job in &p.job_ids {
+                    println!("{job}");
+                }
+                if p.duplicate {
+                    eprintln!(
+                        "note: message {} was posted before; nothing new queued",
+                        p.message_id
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `sluice run`: open the store, load the plugins, start one pump per
+//! subscription, and on shutdown drain them.
+//!
+//! Shutdown is two tokens passed in by the caller (`main` wires them to
+//! signals): `shutdown` stops pulling and starts the drain period;
+//! `hard_stop` (the drain period ran out, or a second signal) interrupts the
+//! guests still running and hands their jobs back unrun. Nothing in flight is
+//! dropped silently.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::message::now_ms;
+use crate::pump::{self, Deps};
+use crate::registry::{self, Registry};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::store::{Store, StoreError};
+use crate::transport::{Embedded, Transport, TransportError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Another daemon holds the data directory.
+    #[error(
+        "data directory {dir} is in use by another sluice daemon ({holder}); stop it or use --data"
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// The data directory cannot be created or locked.
+    #[error("cannot use data directory {dir}: {reason}")]
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The plugins directory is unusable.
+    #[error("{0}")]
+    Plugins(String),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Holds the data directory for one daemon; released when dropped (and by
+/// the OS if the process dies).
+pub struct DataLock {
+    _file: File,
+}
+
+impl DataLock {
+    /// Locks `dir/sluice.lock`, creating `dir` if needed.
+    pub fn acquire(dir: &Path) -> Result<DataLock, RunError> {
+        let err = |reason: String| RunError::DataDir {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let path = dir.join("sluice.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(RunError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: holder.trim().to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e.to_string())),
+        }
+        file.set_len(0).map_err(|e| err(e.to_string()))?;
+        let _ = write!(file, "pid {}", std::process::id());
+        Ok(DataLock { _file: file })
+    }
+}
+
+/// Runs the daemon on the embedded transport until `shutdown`, then drains.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(), RunError> {
+    let _lock = DataLock::acquire(&config.data_dir)?;
+    let store = Store::open(&config.database_path(), &config.store)?;
+    let recovered = store.recover_running().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "requeued jobs left running by a previous host that stopped abruptly"
+        );
+    }
+    let runtime = Runtime::new(config.runtime.clone())?;
+    let set = registry::load_dir(&runtime, &config, &config.plugins_dir)
+        .await
+        .map_err(RunError::Plugins)?;
+    for plugin in set.handlers.values().chain(set.mappers.values()) {
+        let info = plugin.info();
+        tracing::info!(
+            plugin = %info.name, version = %info.version, kind = info.kind.as_str(),
+            channels = ?info.channels, "plugin loaded"
+        );
+    }
+    let subscriptions = set.subscriptions();
+    let transport = Embedded::new(store.clone(), config.poll_interval);
+    transport.register(&subscriptions).await?;
+    let config = Arc::new(config);
+    let deps = Arc::new(Deps {
+        store: store.clone(),
+        transport,
+        registry: Arc::new(Registry::new(set)),
+        config: config.clone(),
+    });
+    tracing::info!(
+        plugins_dir = %config.plugins_dir.display(), data_dir = %config.data_dir.display(),
+        pumps = subscriptions.len(), "sluice running on the embedded queue"
+    );
+    let tracker = TaskTracker::new();
+    for sub in subscriptions {
+        tracker.spawn(pump::run(
+            sub,
+            deps.clone(),
+            shutdown.child_token(),
+            hard_stop.clone(),
+        ));
+    }
+    tracker.spawn(prune(store, config.retention, shutdown.clone()));
+    tracker.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: no new work; draining in-flight jobs");
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!("drain period over: interrupting in-flight jobs and handing them back");
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        _ = hard_stop.cancelled() => tracker.wait().await,
+    }
+    tracing::info!("sluice stopped");
+    Ok(())
+}
+
+/// Deletes finished jobs older than `retention`, once a minute.
+async fn prune(store: Store, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        match store.prune(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned finished jobs past retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
