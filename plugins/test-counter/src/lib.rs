@@ -17,7 +17,10 @@ impl Handler for TestCounter {
     type Request = Count;
 
     fn describe() -> Describe {
-        Describe::handler("test-counter", "0.1.0").channel("test.counter")
+        Describe::handler("test-counter", "0.1.0")
+            .channel("test.counter")
+            // Shared with test-flaky: an event channel with two handlers.
+            .channel("test.fanout")
     }
 
     fn handle(ctx: &mut Context, req: Count) -> Result<Outcome, Error> {

@@ -20,7 +20,10 @@ impl Handler for TestFlaky {
     type Request = Flaky;
 
     fn describe() -> Describe {
-        Describe::handler("test-flaky", "0.1.0").channel("test.flaky")
+        Describe::handler("test-flaky", "0.1.0")
+            .channel("test.flaky")
+            // Shared with test-counter: an event channel with two handlers.
+            .channel("test.fanout")
     }
 
     fn handle(ctx: &mut Context, req: Flaky) -> Result<Outcome, Error> {

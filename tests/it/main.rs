@@ -1,0 +1,13 @@
+//! Integration tests: the real `sluice` binary, real SQLite files in temp
+//! dirs, real plugins compiled to wasm32-wasip2. One test binary (faster to
+//! link) with shared fixtures in `util`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod effects;
+mod examples;
+mod failures;
+mod lifecycle;
+mod rejects;

@@ -1,0 +1,301 @@
+//! Fixtures: real plugins (built once per test run by scripts/build-plugins),
+//! a temp data dir with a real SQLite file, and the real `sluice` binary run
+//! as a user would. A daemon is killed when its fixture drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sluice::store::{JobFilter, JobRecord, JobState, Store, StoreOptions};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Directory holding every compiled test and example plugin.
+pub fn built_plugins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
+        let out = Command::new("bash")
+            .arg(root.join("scripts/build-plugins"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scripts/build-plugins: {e}"));
+        assert!(
+            out.status.success(),
+            "scripts/build-plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root.join("target/plugins/test")
+    })
+}
+
+/// One test's world: a plugins dir with chosen plugins, a data dir, a config.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub plugins: PathBuf,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    rt: tokio::runtime::Runtime,
+    store: OnceLock<Store>,
+}
+
+impl Env {
+    /// `plugins`: names of built plugins to copy in (e.g. "test-counter").
+    /// `config`: TOML for the config file.
+    pub fn new(plugins: &[&str], config: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).expect("mkdir");
+        for name in plugins {
+            let src = built_plugins().join(format!("{name}.wasm"));
+            std::fs::copy(&src, plugin_dir.join(format!("{name}.wasm")))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        }
+        let config_path = dir.path().join("sluice.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Env {
+            plugins: plugin_dir,
+            data: dir.path().join("data"),
+            config: config_path,
+            dir,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            store: OnceLock::new(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("--plugins")
+            .arg(&self.plugins)
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("SLUICE_LOG")
+            .env_remove("SLUICE_CONFIG");
+        cmd
+    }
+
+    /// Runs a CLI command to completion.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run sluice")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.sluice(args);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a CLI command with `input` on stdin.
+    pub fn sluice_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait sluice")
+    }
+
+    /// Posts one message; returns its job id.
+    pub fn post(&self, channel: &str, body: &str) -> String {
+        self.ok(&["post", channel, body]).trim().to_owned()
+    }
+
+    /// Starts `sluice run`; its log goes to a file in the temp dir.
+    pub fn start(&self) -> Daemon {
+        let log = self.dir.path().join(format!("daemon-{}.log", now_nanos()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command(&["run"])
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.store.get_or_init(|| {
+            let path = self.data.join("sluice.db");
+            self.rt
+                .block_on(async { Store::open(&path, &StoreOptions::default()) })
+                .expect("open store")
+        })
+    }
+
+    /// Runs a future on this env's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Jobs on `channel` (any state), read from the real database.
+    pub fn jobs(&self, channel: &str) -> Vec<JobRecord> {
+        self.block_on(self.store().jobs(JobFilter {
+            channel: Some(channel.to_owned()),
+            limit: 1_000_000,
+            ..JobFilter::default()
+        }))
+        .expect("jobs")
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> JobRecord {
+        self.block_on(self.store().job(id))
+            .expect("job")
+            .unwrap_or_else(|| panic!("no job {id}"))
+    }
+
+    /// A plugin's committed state value, as UTF-8.
+    pub fn state(&self, plugin: &str, key: &str) -> Option<String> {
+        self.block_on(self.store().state_get(plugin, key))
+            .expect("state")
+            .map(|(v, _)| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Waits until every job on `channel` is in a final state; returns them.
+    pub fn wait_settled(&self, channel: &str, count: usize, timeout: Duration) -> Vec<JobRecord> {
+        let mut last = Vec::new();
+        let ok = wait_until(timeout, || {
+            last = self.jobs(channel);
+            last.len() == count && last.iter().all(|j| is_final(j.state))
+        });
+        assert!(
+            ok,
+            "jobs on {channel} did not settle in {timeout:?}; states: {:?}",
+            last.iter().map(|j| j.state).collect::<Vec<_>>()
+        );
+        last
+    }
+}
+
+/// Succeeded, dead, expired, cancelled.
+pub fn is_final(s: JobState) -> bool {
+    matches!(
+        s,
+        JobState::Succeeded | JobState::Dead | JobState::Expired | JobState::Cancelled
+    )
+}
+
+/// A running `sluice run`; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Sends a signal (e.g. "TERM", "KILL") to the daemon.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// SIGTERM, then wait for exit (up to `timeout`).
+    pub fn stop(mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not stop within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the host dies on the spot.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// What the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A config with fast retries, for tests.
+pub const FAST: &str = r#"
+poll_interval = "20ms"
+drain_timeout = "10s"
+[policy]
+backoff_initial = "20ms"
+backoff_max = "100ms"
+"#;
