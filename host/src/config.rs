@@ -13,6 +13,13 @@
 //! [store]
 //! synchronous = "full"           # or "normal": see README, Durability
 //!
+//! [nats]                         # run on JetStream instead of the embedded queue
+//! url = "nats://127.0.0.1:4222"  # or --nats URL
+//! ack_wait = "30s"               # no ack or heartbeat for this long: redelivered
+//! replicas = 1                   # 3 on a production cluster
+//! max_age = "7d"                 # how long the stream keeps messages
+//! duplicate_window = "2m"        # re-sent message ids dropped within this
+//!
 //! [limits]                       # sandbox defaults for every call
 //! fuel = 5_000_000_000
 //! memory = "64MiB"               # or bytes
@@ -39,6 +46,7 @@ use serde::Deserialize;
 
 use crate::runtime::{Limits, LimitsSpec, RuntimeConfig};
 use crate::store::{StoreOptions, Synchronous};
+use crate::transport::JetStreamSettings;
 
 /// Why the configuration is unusable. Each message names the file or flag.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +159,19 @@ struct RawPlugin {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+struct RawNats {
+    url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    ack_wait: Option<Duration>,
+    replicas: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    duplicate_window: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct RawStore {
     synchronous: Option<Synchronous>,
 }
@@ -169,6 +190,7 @@ struct RawFile {
     retention: Option<Duration>,
     #[serde(default)]
     store: RawStore,
+    nats: Option<RawNats>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -186,6 +208,8 @@ pub struct Overrides {
     pub plugins_dir: Option<PathBuf>,
     /// `--data DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `--nats URL`: run on JetStream.
+    pub nats_url: Option<String>,
 }
 
 /// How a handler's failures are retried and how many of its jobs run at once
@@ -237,6 +261,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// SQLite options.
     pub store: StoreOptions,
+    /// JetStream, when configured (`--nats` or `[nats]`); else the embedded
+    /// queue.
+    pub nats: Option<JetStreamSettings>,
     /// Engine settings and default limits.
     pub runtime: RuntimeConfig,
     /// Policy for plugins without their own table.
@@ -332,6 +359,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         check_limits(&where_, &p.limits, defaults.max_memory_bytes)?;
         plugins.insert(name.clone(), p);
     }
+    let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
     let poll_interval = raw.poll_interval.unwrap_or(Duration::from_millis(100));
     if poll_interval.is_zero() {
         return Err(ConfigError::Invalid("poll_interval must be above 0".into()));
@@ -351,6 +379,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             synchronous: raw.store.synchronous.unwrap_or_default(),
             ..StoreOptions::default()
         },
+        nats,
         runtime: RuntimeConfig {
             defaults: limits,
             ..defaults
@@ -361,6 +390,46 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         poll_interval,
         retention: raw.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
     })
+}
+
+/// JetStream settings when a URL is given by flag or file.
+fn nats_settings(
+    raw: Option<&RawNats>,
+    flag_url: Option<&str>,
+) -> Result<Option<JetStreamSettings>, ConfigError> {
+    let url = flag_url
+        .map(str::to_owned)
+        .or(raw.and_then(|r| r.url.clone()));
+    let Some(url) = url else {
+        if raw.is_some() {
+            return Err(ConfigError::Invalid(
+                "[nats]: url is missing (or pass --nats URL)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let d = JetStreamSettings::default();
+    let raw = raw.cloned().unwrap_or_default();
+    let s = JetStreamSettings {
+        url,
+        ack_wait: raw.ack_wait.unwrap_or(d.ack_wait),
+        replicas: raw.replicas.unwrap_or(d.replicas),
+        max_age: raw.max_age.unwrap_or(d.max_age),
+        duplicate_window: raw.duplicate_window.unwrap_or(d.duplicate_window),
+        fetch_wait: d.fetch_wait,
+    };
+    if s.ack_wait < Duration::from_secs(1) {
+        return Err(ConfigError::Invalid(
+            "[nats]: ack_wait must be at least 1s".into(),
+        ));
+    }
+    if !(1..=5).contains(&s.replicas) {
+        return Err(ConfigError::Invalid(format!(
+            "[nats]: replicas must be between 1 and 5, not {}",
+            s.replicas
+        )));
+    }
+    Ok(Some(s))
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -518,6 +587,27 @@ backoff_max = \"1m\"",
         .err()
         .unwrap_or_default();
         assert!(err.contains("is above backoff_max"), "{err}");
+    }
+
+    #[test]
+    fn nats_comes_from_the_file_or_the_flag() -> Result<(), String> {
+        assert!(parse("")?.nats.is_none());
+        let c = parse("[nats]\nurl = \"nats://h:4222\"\nack_wait = \"5s\"")?;
+        let n = c.nats.ok_or("nats")?;
+        assert_eq!(
+            (n.url.as_str(), n.ack_wait),
+            ("nats://h:4222", Duration::from_secs(5))
+        );
+        let raw: RawFile = toml::from_str("").map_err(|e| e.to_string())?;
+        let flag = Overrides {
+            nats_url: Some("nats://x:1".into()),
+            ..Overrides::default()
+        };
+        let c = build(raw, &flag).map_err(|e| e.to_string())?;
+        assert_eq!(c.nats.map(|n| n.url), Some("nats://x:1".into()));
+        let err = parse("[nats]\nack_wait = \"5s\"").err().unwrap_or_default();
+        assert!(err.contains("url is missing"), "{err}");
+        Ok(())
     }
 
     #[test]

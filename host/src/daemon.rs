@@ -19,10 +19,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::message::now_ms;
 use crate::pump::{self, Deps};
-use crate::registry::{self, Registry};
+use crate::registry::{PluginSet, Registry};
+use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::store::{Store, StoreError};
-use crate::transport::{Embedded, Transport, TransportError};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::transport::{Embedded, JetStream, Transport, TransportError};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +99,20 @@ impl DataLock {
     }
 }
 
-/// Runs the daemon on the embedded transport until `shutdown`, then drains.
+/// Runs the daemon until `shutdown`, then drains: on JetStream when the
+/// config names a NATS server, else on the embedded queue.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), RunError> {
     let _lock = DataLock::acquire(&config.data_dir)?;
-    let store = Store::open(&config.database_path(), &config.store)?;
+    let store_options = StoreOptions {
+        // Off the embedded queue, posts leave through the outbox.
+        outbox: config.nats.is_some(),
+        ..config.store.clone()
+    };
+    let store = Store::open(&config.database_path(), &store_options)?;
     let recovered = store.recover_running().await?;
     if recovered > 0 {
         tracing::warn!(
@@ -113,21 +120,59 @@ pub async fn run(
             "requeued jobs left running by a previous host that stopped abruptly"
         );
     }
-    let runtime = Runtime::new(config.runtime.clone())?;
-    let set = registry::load_dir(&runtime, &config, &config.plugins_dir)
+    // Hot reload: the watcher does the first load (logging each plugin) and
+    // later swaps; compiled components are cached in DATA_DIR/cache.
+    let runtime = Runtime::with_cache(config.runtime.clone(), reload::cache_dir(&config))?;
+    let (watcher, set) = reload::Watcher::load(runtime, &config)
         .await
         .map_err(RunError::Plugins)?;
-    for plugin in set.handlers.values().chain(set.mappers.values()) {
-        let info = plugin.info();
-        tracing::info!(
-            plugin = %info.name, version = %info.version, kind = info.kind.as_str(),
-            channels = ?info.channels, "plugin loaded"
-        );
-    }
-    let subscriptions = set.subscriptions();
-    let transport = Embedded::new(store.clone(), config.poll_interval);
-    transport.register(&subscriptions).await?;
     let config = Arc::new(config);
+    let Some(settings) = config.nats.clone() else {
+        let transport = Embedded::new(store.clone(), config.poll_interval);
+        let stopped = serve(transport, store, config, watcher, set, shutdown, hard_stop).await;
+        tracing::info!("sluice stopped");
+        return stopped;
+    };
+    let concurrency = {
+        let config = config.clone();
+        Arc::new(move |name: &str| config.policy_for(name).concurrency)
+    };
+    let url = settings.url.clone();
+    let js = JetStream::connect(settings, store.clone(), concurrency)
+        .await
+        .map_err(TransportError::from)?;
+    tracing::info!(%url, "connected to JetStream");
+    // The relay outlives the pumps so the last commits' posts go out too.
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn({
+        let (js, stop) = (js.clone(), relay_stop.clone());
+        async move { js.relay(stop).await }
+    });
+    let stopped = serve(js, store, config, watcher, set, shutdown, hard_stop).await;
+    relay_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .is_err()
+    {
+        tracing::warn!("outbox relay did not finish in 10s; unsent rows go out on the next start");
+    }
+    tracing::info!("sluice stopped");
+    stopped
+}
+
+/// Registers the subscriptions, runs one pump per subscription plus the
+/// watcher and pruning, and on `shutdown` drains them.
+async fn serve<T: Transport>(
+    transport: T,
+    store: Store,
+    config: Arc<Config>,
+    watcher: reload::Watcher,
+    set: PluginSet,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(), RunError> {
+    let subscriptions = set.subscriptions();
+    transport.register(&subscriptions).await?;
     let deps = Arc::new(Deps {
         store: store.clone(),
         transport,
@@ -136,7 +181,9 @@ pub async fn run(
     });
     tracing::info!(
         plugins_dir = %config.plugins_dir.display(), data_dir = %config.data_dir.display(),
-        pumps = subscriptions.len(), "sluice running on the embedded queue"
+        pumps = subscriptions.len(),
+        transport = if config.nats.is_some() { "jetstream" } else { "embedded" },
+        "sluice running"
     );
     let tracker = TaskTracker::new();
     for sub in subscriptions {
@@ -147,6 +194,21 @@ pub async fn run(
             hard_stop.clone(),
         ));
     }
+    // Hot reload: a new subscription gets its pump here; existing pumps
+    // keep running across swaps.
+    let spawn_pump = {
+        let (tracker, deps) = (tracker.clone(), deps.clone());
+        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+        move |sub| {
+            tracker.spawn(pump::run(
+                sub,
+                deps.clone(),
+                shutdown.child_token(),
+                hard_stop.clone(),
+            ));
+        }
+    };
+    tracker.spawn(watcher.run(deps.clone(), spawn_pump, shutdown.clone()));
     tracker.spawn(prune(store, config.retention, shutdown.clone()));
     tracker.close();
 
@@ -161,7 +223,6 @@ pub async fn run(
         }
         _ = hard_stop.cancelled() => tracker.wait().await,
     }
-    tracing::info!("sluice stopped");
     Ok(())
 }
 

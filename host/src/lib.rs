@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod message;
 pub mod pump;
 pub mod registry;
+pub mod reload;
 pub mod runtime;
 pub mod store;
 pub mod transport;

@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 /// mapper uses it, and falls back to the channel name.
 pub const REQUEST_NAME_HEADER: &str = "sluice-request";
 
+/// Header on a continuation: where the next slice starts.
+pub const CURSOR_HEADER: &str = "sluice-cursor";
+
+/// Header on a continuation: the number of the slice it starts (the original
+/// message is slice 0). Lets a host tell a fresh continuation from a stale
+/// redelivery of a slice that was already committed.
+pub const SLICE_HEADER: &str = "sluice-slice";
+
 /// A command has exactly one handler; an event may have several, each of
 /// which gets its own copy (Brighter's recipient list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

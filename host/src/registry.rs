@@ -2,12 +2,14 @@
 //!
 //! Pumps load the current set per message and never wait for a swap; a
 //! call that started on one version finishes on it, because it holds that
-//! version's [`Plugin`] (an `Arc`). Loading compiles off the pump path.
+//! version's [`Plugin`] (an `Arc`). Loading compiles off the pump path, and
+//! hot reload (`reload`) builds a whole new set and swaps it in at once, so
+//! a pump sees either the old set or the new one, never a mix.
 //!
-//! Rules checked when a directory is loaded, each rejection naming the file:
+//! Rules checked when a set is built, each rejection naming the file:
 //! plugin names are unique, a channel has at most one mapper.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +34,32 @@ pub enum FileStatus {
         /// Why.
         error: String,
     },
+    /// The file now on disk was rejected (`error`), and the plugin `name`
+    /// loaded from this path before keeps serving.
+    Kept {
+        /// `describe()` name of the version still serving.
+        name: String,
+        /// Why the new file was rejected.
+        error: String,
+    },
+}
+
+impl FileStatus {
+    /// The plugin serving from this file, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            FileStatus::Loaded { name } | FileStatus::Kept { name, .. } => Some(name),
+            FileStatus::Failed { .. } => None,
+        }
+    }
+
+    /// The last load error of this file, if any.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            FileStatus::Failed { error } | FileStatus::Kept { error, .. } => Some(error),
+            FileStatus::Loaded { .. } => None,
+        }
+    }
 }
 
 /// One consistent set of plugins.
@@ -43,6 +71,10 @@ pub struct PluginSet {
     pub mappers: BTreeMap<String, Plugin>,
     /// Every file looked at, and what became of it.
     pub files: BTreeMap<PathBuf, FileStatus>,
+    /// Channels whose mapper was removed while the host ran: their pumps
+    /// wait for it rather than fall back to JSON passthrough, which would
+    /// hand the handler messages in a format it does not expect.
+    pub paused_channels: BTreeSet<String>,
 }
 
 impl PluginSet {
@@ -63,6 +95,25 @@ impl PluginSet {
         subs
     }
 
+    /// Whether the pump of `sub` may take work: its handler is loaded and
+    /// its channel is not waiting for a removed mapper.
+    pub fn serves(&self, sub: &Subscription) -> bool {
+        self.handlers.contains_key(&sub.consumer) && !self.paused_channels.contains(&sub.channel)
+    }
+
+    /// Carries over from `previous` the channels that lost their mapper:
+    /// those it mapped (or had paused) that have no mapper here.
+    pub fn carry_pauses(&mut self, previous: &PluginSet) {
+        let lost: Vec<String> = previous
+            .mappers
+            .keys()
+            .chain(previous.paused_channels.iter())
+            .filter(|c| !self.mappers.contains_key(*c))
+            .cloned()
+            .collect();
+        self.paused_channels.extend(lost);
+    }
+
     /// The handlers of `channel`.
     pub fn handlers_of(&self, channel: &str) -> Vec<&Plugin> {
         self.handlers
@@ -75,21 +126,29 @@ impl PluginSet {
     pub fn errors(&self) -> Vec<(&Path, &str)> {
         self.files
             .iter()
-            .filter_map(|(path, st)| match st {
-                FileStatus::Failed { error } => Some((path.as_path(), error.as_str())),
-                FileStatus::Loaded { .. } => None,
-            })
+            .filter_map(|(path, st)| st.error().map(|e| (path.as_path(), e)))
             .collect()
     }
 
+    /// Records that the file at `path` was rejected for `error`. If a
+    /// plugin from that path is in this set, it is marked as kept.
+    pub fn reject(&mut self, path: &Path, error: String) {
+        let status = match self.files.remove(path) {
+            Some(FileStatus::Loaded { name } | FileStatus::Kept { name, .. }) => {
+                FileStatus::Kept { name, error }
+            }
+            _ => FileStatus::Failed { error },
+        };
+        self.files.insert(path.to_path_buf(), status);
+    }
+
     /// Adds a loaded plugin, or says why it cannot join this set.
-    fn admit(&mut self, path: &Path, plugin: Plugin) -> Result<(), String> {
+    pub fn admit(&mut self, path: &Path, plugin: Plugin) -> Result<(), String> {
         let info = plugin.info();
         let taken_by = |name: &str| {
-            self.files.iter().find_map(|(p, st)| match st {
-                FileStatus::Loaded { name: n } if n == name => Some(p.display().to_string()),
-                _ => None,
-            })
+            self.files
+                .iter()
+                .find_map(|(p, st)| (st.name() == Some(name)).then(|| p.display().to_string()))
         };
         if let Some(other) = taken_by(&info.name) {
             return Err(format!(
@@ -148,25 +207,40 @@ impl Registry {
     }
 }
 
-/// Loads every `*.wasm` file of `dir` (sorted by name). A file that fails is
-/// recorded with its reason and logged; the rest still load. A missing
-/// directory is an error.
-pub async fn load_dir(runtime: &Runtime, config: &Config, dir: &Path) -> Result<PluginSet, String> {
+/// The plugin files of `dir`, sorted: regular `*.wasm` files whose name does
+/// not start with a dot (editors and copy tools write their temporary files
+/// as dot files). A missing directory is an error.
+pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read plugins directory {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .filter(|p| is_plugin_file(p) && p.is_file())
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// `*.wasm`, not a dot file.
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "wasm")
+        && path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+}
+
+/// Loads every plugin file of `dir` (see [`plugin_files`]). A file that
+/// fails is recorded with its reason and logged; the rest still load. A
+/// missing directory is an error.
+pub async fn load_dir(runtime: &Runtime, config: &Config, dir: &Path) -> Result<PluginSet, String> {
     let mut set = PluginSet::default();
-    for path in paths {
+    for path in plugin_files(dir)? {
         let outcome = match load_file(runtime, config, &path).await {
             Ok(plugin) => set.admit(&path, plugin),
             Err(e) => Err(e),
         };
         if let Err(error) = outcome {
             tracing::error!(path = %path.display(), %error, "plugin rejected");
-            set.files.insert(path, FileStatus::Failed { error });
+            set.reject(&path, error);
         }
     }
     Ok(set)
@@ -177,6 +251,16 @@ pub async fn load_file(runtime: &Runtime, config: &Config, path: &Path) -> Resul
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| format!("cannot read: {e}"))?;
+    load_bytes(runtime, config, bytes).await
+}
+
+/// Compiles and validates the bytes of one file and applies its config
+/// overrides. The error is one line.
+pub async fn load_bytes(
+    runtime: &Runtime,
+    config: &Config,
+    bytes: Vec<u8>,
+) -> Result<Plugin, String> {
     let plugin = runtime
         .load(bytes, Default::default())
         .await

@@ -4,10 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod nats;
 mod util;
 
+mod crash;
 mod effects;
 mod examples;
 mod failures;
+mod jetstream;
 mod lifecycle;
 mod rejects;
+mod reload;

@@ -131,6 +131,8 @@ impl Env {
         let child = self
             .command(&["run"])
             .env("SLUICE_LOG", "info")
+            // Plain log lines: tests read fields like `version=2.0.0`.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -139,6 +141,21 @@ impl Env {
             child: Some(child),
             log,
         }
+    }
+
+    /// Puts built plugin `built` (e.g. "test-version-1") into the plugins
+    /// dir as `file` the way a careful deploy does: a temp file renamed over
+    /// the target.
+    pub fn deploy(&self, built: &str, file: &str) {
+        let tmp = self.plugins.join(format!(".{file}.tmp"));
+        std::fs::copy(built_plugins().join(format!("{built}.wasm")), &tmp).expect("copy plugin");
+        std::fs::rename(&tmp, self.plugins.join(file)).expect("rename plugin");
+    }
+
+    /// Overwrites `file` in the plugins dir in place (truncate, then write),
+    /// the way `cp` over an existing file does.
+    pub fn overwrite(&self, file: &str, bytes: &[u8]) {
+        std::fs::write(self.plugins.join(file), bytes).expect("overwrite plugin");
     }
 
     fn store(&self) -> &Store {
@@ -259,6 +276,34 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Log lines containing every one of `parts`.
+    pub fn log_lines(&self, parts: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until at least `n` log lines contain every one of `parts`;
+    /// panics with the log if that takes longer than `timeout`.
+    pub fn wait_log(&self, parts: &[&str], n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, || self.log_lines(parts).len() >= n);
+        assert!(
+            ok,
+            "no {n} log line(s) with {parts:?} within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+/// The value of `field=...` in a log line (quotes stripped).
+pub fn log_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {field}="))? + field.len() + 2;
+    let rest = &line[at..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
 }
 
 impl Drop for Daemon {

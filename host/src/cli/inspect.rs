@@ -118,7 +118,11 @@ pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) async fn dlq(store: &Store, cmd: DlqCommand) -> anyhow::Result<()> {
+pub(super) async fn dlq(
+    store: &Store,
+    nats: Option<&crate::transport::JetStreamSettings>,
+    cmd: DlqCommand,
+) -> anyhow::Result<()> {
     match cmd {
         DlqCommand::List {
             channel,
@@ -134,16 +138,55 @@ pub(super) async fn dlq(store: &Store, cmd: DlqCommand) -> anyhow::Result<()> {
                 .await?;
             print_jobs(&jobs, json)
         }
-        DlqCommand::Replay { id: Some(id), .. } => {
-            if !store.replay(&id).await? {
-                bail!("no dead letter with id {id}");
+        DlqCommand::Replay { id, all } => {
+            // On JetStream the queue is the stream: replaying re-publishes
+            // each job to its handler, resuming from its cursor.
+            let js = match nats {
+                None => None,
+                Some(s) => Some(
+                    crate::transport::JetStream::connect(
+                        s.clone(),
+                        store.clone(),
+                        std::sync::Arc::new(|_: &str| 1),
+                    )
+                    .await?,
+                ),
+            };
+            let ids = match id {
+                Some(id) => vec![id],
+                None => store
+                    .jobs(JobFilter {
+                        state: Some(JobState::Dead),
+                        channel: None,
+                        limit: usize::MAX >> 1,
+                    })
+                    .await?
+                    .into_iter()
+                    .map(|j| j.id)
+                    .collect(),
+            };
+            let mut n = 0;
+            for id in &ids {
+                if !store.replay(id).await? {
+                    if !all {
+                        bail!("no dead letter with id {id}");
+                    }
+                    continue;
+                }
+                if let Some(js) = &js {
+                    let job = store
+                        .job(id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?;
+                    js.replay(&job).await?;
+                }
+                n += 1;
             }
-            println!("replayed {id}");
-            Ok(())
-        }
-        DlqCommand::Replay { id: None, .. } => {
-            let n = store.replay_all().await?;
-            println!("replayed {n} dead letter{}", if n == 1 { "" } else { "s" });
+            if !all {
+                println!("replayed {}", ids.join(" "));
+            } else {
+                println!("replayed {n} dead letter{}", if n == 1 { "" } else { "s" });
+            }
             Ok(())
         }
     }

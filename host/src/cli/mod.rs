@@ -3,6 +3,7 @@
 //! exit (see `main.rs`).
 
 mod inspect;
+mod outbox;
 mod plugins;
 mod post;
 
@@ -29,6 +30,9 @@ pub struct Cli {
     /// Data directory (SQLite database) [default: ./sluice-data]
     #[arg(long, global = true, env = "SLUICE_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Run on NATS JetStream at this URL instead of the embedded queue.
+    #[arg(long, global = true, env = "SLUICE_NATS", value_name = "URL")]
+    pub nats: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -53,6 +57,9 @@ pub enum Command {
     Dlq(inspect::DlqCommand),
     /// Load the plugins directory and show what each file provides.
     Plugins(plugins::PluginsArgs),
+    /// The outbox (JetStream): messages committed for publishing.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
 }
 
 impl Cli {
@@ -62,6 +69,7 @@ impl Cli {
             config_file: self.config.clone(),
             plugins_dir: self.plugins.clone(),
             data_dir: self.data.clone(),
+            nats_url: self.nats.clone(),
         })?)
     }
 }
@@ -79,8 +87,11 @@ pub async fn execute(
         Command::Send(args) => plugins::send(&config, args).await,
         Command::Jobs(args) => inspect::jobs(&open_existing(&config)?, args).await,
         Command::Job(args) => inspect::job(&open_existing(&config)?, args).await,
-        Command::Dlq(cmd) => inspect::dlq(&open_existing(&config)?, cmd).await,
+        Command::Dlq(cmd) => {
+            inspect::dlq(&open_existing(&config)?, config.nats.as_ref(), cmd).await
+        }
         Command::Plugins(args) => plugins::list(&config, args).await,
+        Command::Outbox(cmd) => outbox::run(&open_existing(&config)?, cmd).await,
     }
 }
 

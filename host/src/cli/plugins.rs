@@ -1,4 +1,11 @@
-//! `sluice plugins` and `sluice send`: load the plugins directory in-process.
+//! `sluice plugins` and `sluice send`.
+//!
+//! `sluice send` and `sluice plugins --check` load the plugins directory in
+//! this process. Plain `sluice plugins` shows what the running daemon
+//! serves, from the view it records in its database (with hot reload, a
+//! file on disk may have been rejected while the version loaded from it
+//! before keeps serving, which only the daemon knows); with no daemon
+//! running it loads the directory like `--check`.
 
 use std::sync::Arc;
 
@@ -9,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, MapError, StoreState};
-use crate::registry::{self, FileStatus, PluginSet};
-use crate::runtime::{JobContext, Outcome, Runtime};
+use crate::registry::{self, PluginSet};
+use crate::reload;
+use crate::runtime::{JobContext, Limits, Outcome, Runtime};
 use crate::store::Store;
 
 /// `sluice plugins` arguments.
@@ -19,6 +27,10 @@ pub struct PluginsArgs {
     /// One JSON object per file.
     #[arg(long)]
     pub json: bool,
+    /// Load and validate the plugins directory here, even if a daemon is
+    /// running (what a new daemon would load).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `sluice send` arguments.
@@ -34,30 +46,53 @@ pub struct SendArgs {
 }
 
 async fn load(config: &Config) -> anyhow::Result<PluginSet> {
-    let runtime = Runtime::new(config.runtime.clone())?;
+    // Use the daemon's compile cache if there is one; never create a data
+    // dir just for it.
+    let runtime = if config.data_dir.is_dir() {
+        Runtime::with_cache(config.runtime.clone(), reload::cache_dir(config))?
+    } else {
+        Runtime::new(config.runtime.clone())?
+    };
     registry::load_dir(&runtime, config, &config.plugins_dir)
         .await
         .map_err(anyhow::Error::msg)
 }
 
+/// Whether a daemon holds the data directory. Probes its lock with a
+/// shared lock released at once (a daemon starting in that microsecond
+/// would be told the directory is in use, and can simply be started again).
+fn daemon_running(config: &Config) -> bool {
+    let Ok(file) = std::fs::File::open(config.data_dir.join("sluice.lock")) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
 pub(super) async fn list(config: &Config, args: PluginsArgs) -> anyhow::Result<()> {
+    if !args.check && daemon_running(config) && config.database_path().exists() {
+        return list_daemon(config, &args).await;
+    }
     let set = load(config).await?;
     let plugins = set.handlers.values().chain(set.mappers.values());
     let mut seen = std::collections::BTreeSet::new();
     if !args.json {
-        println!(
-            "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>9}  {:>8}  {:<12}  FILE",
-            "NAME", "VERSION", "KIND", "CHANNELS", "FUEL", "MEMORY", "TIMEOUT", "HASH"
-        );
+        print_header();
     }
     for (path, status) in &set.files {
-        let FileStatus::Loaded { name } = status else {
+        let Some(name) = status.name() else {
             continue;
         };
-        let Some(p) = plugins.clone().find(|p| &p.info().name == name) else {
+        let Some(p) = plugins.clone().find(|p| p.info().name == name) else {
             continue;
         };
-        if !seen.insert(name.clone()) {
+        if !seen.insert(name) {
             continue;
         }
         let info = p.info();
@@ -69,17 +104,14 @@ pub(super) async fn list(config: &Config, args: PluginsArgs) -> anyhow::Result<(
             });
             println!("{v}");
         } else {
-            println!(
-                "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>8}M  {:>6}ms  {:<12}  {}",
-                info.name,
-                info.version,
+            print_row(
+                &info.name,
+                &info.version,
                 info.kind.as_str(),
-                info.channels.join(","),
-                limits.fuel,
-                limits.memory_bytes >> 20,
-                limits.timeout_ms,
-                &p.hash()[..12.min(p.hash().len())],
-                path.display()
+                &info.channels,
+                limits,
+                p.hash(),
+                &path.display().to_string(),
             );
         }
     }
@@ -100,6 +132,106 @@ pub(super) async fn list(config: &Config, args: PluginsArgs) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// `sluice plugins` from the running daemon's recorded view.
+async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> {
+    let store = super::open_store(config)?;
+    let files = store.plugin_files().await?;
+    if !args.json {
+        print_header();
+    }
+    let mut errors = 0;
+    for f in &files {
+        let limits = f.serving.as_ref().map(|p| Limits {
+            fuel: p.fuel,
+            memory_bytes: p.memory_bytes,
+            timeout_ms: p.timeout_ms,
+        });
+        if args.json {
+            // The shape of the `--check` listing, plus the error of a file
+            // whose older version keeps serving.
+            let mut v = serde_json::json!({"file": f.path, "source": "daemon"});
+            if let (Some(p), Some(limits)) = (&f.serving, limits) {
+                v["name"] = p.name.clone().into();
+                v["version"] = p.version.clone().into();
+                v["kind"] = p.kind.clone().into();
+                v["channels"] = p.channels.clone().into();
+                v["limits"] = serde_json::to_value(limits)?;
+                v["hash"] = p.hash.clone().into();
+                v["loaded_at"] = p.loaded_at.into();
+            }
+            if let Some(e) = &f.error {
+                v["error"] = e.clone().into();
+            }
+            println!("{v}");
+        } else if let (Some(p), Some(limits)) = (&f.serving, limits) {
+            print_row(
+                &p.name,
+                &p.version,
+                &p.kind,
+                &p.channels,
+                limits,
+                &p.hash,
+                &f.path,
+            );
+        }
+        if let Some(error) = &f.error {
+            errors += 1;
+            if !args.json {
+                match &f.serving {
+                    Some(p) => eprintln!(
+                        "error: {}: {error} (still serving {} {} loaded from it before)",
+                        f.path, p.name, p.version
+                    ),
+                    None => eprintln!("error: {}: {error}", f.path),
+                }
+            }
+        }
+    }
+    if !args.json {
+        eprintln!(
+            "(served by the running daemon on {}; `sluice plugins --check` loads the directory here instead)",
+            config.data_dir.display()
+        );
+    }
+    if errors > 0 {
+        bail!(
+            "{errors} plugin file{} rejected by the running daemon",
+            if errors == 1 { " was" } else { "s were" }
+        );
+    }
+    Ok(())
+}
+
+fn print_header() {
+    println!(
+        "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>9}  {:>8}  {:<12}  FILE",
+        "NAME", "VERSION", "KIND", "CHANNELS", "FUEL", "MEMORY", "TIMEOUT", "HASH"
+    );
+}
+
+fn print_row(
+    name: &str,
+    version: &str,
+    kind: &str,
+    channels: &[String],
+    limits: Limits,
+    hash: &str,
+    file: &str,
+) {
+    println!(
+        "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>8}M  {:>6}ms  {:<12}  {}",
+        name,
+        version,
+        kind,
+        channels.join(","),
+        limits.fuel,
+        limits.memory_bytes >> 20,
+        limits.timeout_ms,
+        hash.get(..12).unwrap_or(hash),
+        file
+    );
 }
 
 pub(super) async fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id, now_ms};
-use crate::store::NewMessage;
+use crate::store::{NewMessage, Published};
 
 /// How many stdin lines go into one store transaction.
 const CHUNK: usize = 1000;
@@ -97,14 +97,14 @@ pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
         Some(body) if body != "-" => {
             // Validate before opening: a rejected post creates nothing.
             let message = make(None, body)?;
-            let published = super::open_store(config)?.publish(vec![message]).await?;
+            let published = Sink::open(config).await?.publish(vec![message]).await?;
             printer.print(&published);
         }
         _ => {
             if args.id.is_some() {
                 bail!("--id names one message; it cannot be used with stdin");
             }
-            let store = super::open_store(config)?;
+            let store = Sink::open(config).await?;
             let stdin = std::io::stdin();
             let mut chunk = Vec::with_capacity(CHUNK);
             for (i, line) in stdin.lock().lines().enumerate() {
@@ -132,6 +132,38 @@ pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where posts go: the embedded queue in the data dir's database, or
+/// straight onto JetStream when `--nats` is given.
+enum Sink {
+    Store(crate::store::Store),
+    JetStream(crate::transport::JetStream),
+}
+
+impl Sink {
+    async fn open(config: &Config) -> anyhow::Result<Sink> {
+        let store = super::open_store(config)?;
+        Ok(match &config.nats {
+            None => Sink::Store(store),
+            Some(settings) => Sink::JetStream(
+                crate::transport::JetStream::connect(
+                    settings.clone(),
+                    store,
+                    std::sync::Arc::new(|_: &str| 1),
+                )
+                .await?,
+            ),
+        })
+    }
+
+    async fn publish(&self, messages: Vec<NewMessage>) -> anyhow::Result<Vec<Published>> {
+        use crate::transport::Transport;
+        Ok(match self {
+            Sink::Store(store) => store.publish(messages).await?,
+            Sink::JetStream(js) => js.publish(messages).await?,
+        })
+    }
+}
+
 struct Printer {
     json: bool,
 }
@@ -144,6 +176,9 @@ impl Printer {
                     "message_id": p.message_id, "job_ids": p.job_ids, "duplicate": p.duplicate,
                 });
                 println!("{v}");
+            } else if p.job_ids.is_empty() {
+                // On JetStream jobs are created by the hosts that receive it.
+                println!("{}", p.message_id);
             } else {
                 for job in &p.job_ids {
                     println!("{job}");

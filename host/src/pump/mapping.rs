@@ -40,6 +40,13 @@ pub async fn to_request(
                     other => MapError::Fault(format!("mapper {name} failed: {other}")),
                 })
         }
+        // The mapper was removed while the host runs (hot reload): the
+        // pump pauses the channel, this covers a message claimed just
+        // before; it is retried rather than passed through unmapped.
+        None if set.paused_channels.contains(&message.channel) => Err(MapError::Fault(format!(
+            "the mapper of channel {} was removed; waiting for it to be back",
+            message.channel
+        ))),
         None => passthrough(message),
     }
 }

@@ -80,8 +80,9 @@ pub async fn run<T: Transport>(
         while let Ok(p) = gate.clone().try_acquire_owned() {
             permits.push(p);
         }
-        if !deps.registry.current().handlers.contains_key(&sub.consumer) {
-            // Paused: the handler is not loaded; messages stay queued.
+        if !deps.registry.current().serves(&sub) {
+            // Paused: the handler (or the channel's mapper) is not loaded;
+            // messages stay queued. Hot reload resumes it.
             if !paused_logged {
                 tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
                 paused_logged = true;

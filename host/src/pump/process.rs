@@ -84,7 +84,8 @@ pub(super) async fn process<T: Transport>(
                     cursor: job.cursor.clone(),
                 };
                 let state: Arc<dyn StateSource> = Arc::new(StoreState(deps.store.clone()));
-                let report = handler.handle(ctx, request, state, cancel).await;
+                let call = handler.handle(ctx, request, state, cancel);
+                let report = with_heartbeats(&deps.transport, &delivery, call).await;
                 fuel_used = report.fuel_used;
                 match report.result {
                     Ok(outcome) => {
@@ -123,6 +124,28 @@ pub(super) async fn process<T: Transport>(
     record(deps, &delivery, Some(&handler), fuel_used, verdict, started).await;
 }
 
+/// Runs `call`, telling the transport every `heartbeat_every` that the
+/// delivery is still being worked on (Turnout's check-ins), so a long job is
+/// not handed to another host while this one is alive. If this host dies the
+/// heartbeats stop and the transport redelivers after its ack wait.
+async fn with_heartbeats<T: Transport, F: std::future::Future>(
+    transport: &T,
+    delivery: &Delivery,
+    call: F,
+) -> F::Output {
+    let Some(every) = transport.heartbeat_every() else {
+        return call.await;
+    };
+    tokio::pin!(call);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut call => return out,
+            _ = ticks.tick() => transport.in_progress(delivery).await,
+        }
+    }
+}
+
 fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
     match outcome {
         Outcome::Done { result } => Verdict {
@@ -137,7 +160,7 @@ fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
                 visible_at: now_ms().saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
                 commit,
             },
-            settle: Settle::Nak {
+            settle: Settle::Continue {
                 delay: Duration::from_millis(delay_ms),
             },
             outcome: "continued",
@@ -151,7 +174,9 @@ fn dead(reason: String, outcome: &'static str) -> Verdict {
         finish: Finish::Dead {
             error: reason.clone(),
         },
-        settle: Settle::Ack,
+        settle: Settle::DeadLetter {
+            reason: reason.clone(),
+        },
         outcome,
         error: Some(reason),
     }

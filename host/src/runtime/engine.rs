@@ -11,6 +11,7 @@
 //! every plugin (each holds the runtime) are gone.
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{handler, mapper};
+use super::cache::{CacheStats, CompileCache};
 use super::call::CallState;
 use super::types::Limits;
 
@@ -91,6 +93,8 @@ pub(super) struct Shared {
     pub(super) handler_linker: Linker<CallState>,
     /// WASI p2 + `log`: a mapper has no effects.
     pub(super) mapper_linker: Linker<CallState>,
+    /// Compiled components on disk, if this runtime has a cache dir.
+    pub(super) cache: Option<CompileCache>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -103,8 +107,19 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Builds the engine, its instance pool and linkers, and starts the
-    /// epoch ticker.
+    /// epoch ticker. Every load compiles (no cache).
     pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        Runtime::build(config, None)
+    }
+
+    /// Like [`Runtime::new`], with a compile cache in `cache_dir` (created
+    /// on first use): loading a component compiled before by an engine with
+    /// the same settings reads it instead of compiling it. See `cache.rs`.
+    pub fn with_cache(config: RuntimeConfig, cache_dir: PathBuf) -> Result<Runtime, RuntimeError> {
+        Runtime::build(config, Some(cache_dir))
+    }
+
+    fn build(config: RuntimeConfig, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
         check_config(&config)?;
         let engine = Arc::new(
             Engine::new(&engine_config(&config)?)
@@ -113,17 +128,35 @@ impl Runtime {
         let handler_linker = handler_linker(&engine)?;
         let mapper_linker = mapper_linker(&engine)?;
         start_ticker(Arc::downgrade(&engine), config.epoch_tick)?;
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
         Ok(Runtime(Arc::new(Shared {
             engine,
             config,
             handler_linker,
             mapper_linker,
+            cache,
         })))
     }
 
     /// The settings this runtime was built with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.0.config
+    }
+
+    /// Compile cache hits and misses so far (zeros without a cache).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.0
+            .cache
+            .as_ref()
+            .map(CompileCache::stats)
+            .unwrap_or_default()
+    }
+
+    /// Removes cache entries of other engine settings, and entries unused
+    /// for `max_age` whose content hash is not in `keep` (the plugins in
+    /// use). Returns how many files went.
+    pub fn prune_cache(&self, keep: &[&str], max_age: Duration) -> usize {
+        self.0.cache.as_ref().map_or(0, |c| c.prune(keep, max_age))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Loading: bytes of a `.wasm` file -> a validated [`Plugin`].
 //!
 //! The expensive work happens once per plugin version, off the call path:
-//! compile (on a blocking thread: seconds of CPU for a big component), tell
+//! compile (on a blocking thread: seconds of CPU for a big component; or
+//! read it from the compile cache, see `cache.rs`), tell
 //! the world by the interface the component exports, link it against the
 //! host's imports into an `InstancePre`, ask it `describe()` in a sandboxed
 //! call, and validate the answer. Every error is one line an operator can
@@ -66,10 +67,14 @@ impl Runtime {
     pub async fn load(&self, bytes: Vec<u8>, overrides: LimitsSpec) -> Result<Plugin, LoadError> {
         check_header(&bytes)?;
         let shared = &self.0;
-        let engine = wasmtime::Engine::clone(&shared.engine);
+        let owned = Arc::clone(shared);
         let (component, hash) = tokio::task::spawn_blocking(move || {
             let hash = sha256_hex(&bytes);
-            Component::new(&engine, &bytes).map(|c| (c, hash))
+            let component = match &owned.cache {
+                Some(cache) => cache.get_or_compile(&owned.engine, &hash, &bytes),
+                None => Component::new(&owned.engine, &bytes),
+            };
+            component.map(|c| (c, hash))
         })
         .await
         .map_err(|e| LoadError::Compile(format!("the compiler thread failed: {e}")))?
@@ -113,15 +118,9 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        // Writing to a String cannot fail.
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+/// SHA-256 of `bytes`, lower-case hex: a plugin version's identity.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    super::cache::hex(&Sha256::digest(bytes))
 }
 
 /// wasmtime's error chain on one line.

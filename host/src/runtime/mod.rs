@@ -17,6 +17,8 @@
 //! - `engine.rs`: [`Runtime`], [`RuntimeConfig`], the engine and its ticker;
 //! - `load.rs`: [`Runtime::load`]: compile, detect the world, link,
 //!   describe, validate;
+//! - `cache.rs`: compiled components on disk, keyed by content and engine
+//!   settings, so restarts and swaps back do not recompile;
 //! - `plugin.rs`: [`Plugin`] and its calls;
 //! - `validate.rs`: what a plugin may say about itself;
 //! - `call.rs`: one call's store, limits, deadline and cancellation;
@@ -28,6 +30,7 @@
 //! - `types.rs`: the plain data that crosses this module's boundary.
 
 mod bindings;
+mod cache;
 mod call;
 mod engine;
 mod host;
@@ -38,7 +41,8 @@ mod trap;
 pub mod types;
 mod validate;
 
+pub use cache::CacheStats;
 pub use engine::{Runtime, RuntimeConfig, RuntimeError};
-pub use load::LoadError;
+pub use load::{LoadError, sha256_hex};
 pub use plugin::Plugin;
 pub use types::*;

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::records::{ClaimedJob, JobRecord, JobState};
-use super::{Store, StoreError, state};
-use crate::message::{Message, MessageKind, new_id, now_ms};
+use super::{Store, StoreError, outbox, state};
+use crate::message::{CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms};
 
 /// A message to enqueue.
 #[derive(Debug, Clone)]
@@ -199,7 +199,8 @@ impl Store {
         finish: Finish,
     ) -> Result<FinishResult, StoreError> {
         let job_id = job_id.to_owned();
-        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, now_ms()))
+        let outbox = self.outbox;
+        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, outbox, now_ms()))
             .await
     }
 
@@ -287,14 +288,20 @@ impl Store {
     }
 
     /// Deletes finished jobs (succeeded, expired, cancelled) that finished
-    /// before `before_ms`. Dead letters stay until replayed or purged.
+    /// before `before_ms`, and outbox rows sent before then. Dead letters
+    /// stay until replayed or purged.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.call(move |conn| {
-            Ok(conn.execute(
+            let jobs = conn.execute(
                 "DELETE FROM jobs WHERE state IN ('succeeded', 'expired', 'cancelled')
                  AND finished_at < ?1",
                 params![before_ms],
-            )?)
+            )?;
+            let sent = conn.execute(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1",
+                params![before_ms],
+            )?;
+            Ok(jobs + sent)
         })
         .await
     }
@@ -448,6 +455,7 @@ fn finish_job(
     attempt: u32,
     call: &CallRecord,
     finish: Finish,
+    outbox: bool,
     now: i64,
 ) -> Result<FinishResult, StoreError> {
     let running: Option<u32> = conn
@@ -473,7 +481,7 @@ fn finish_job(
     let mut posted = Vec::new();
     match finish {
         Finish::Succeeded { result, commit } => {
-            if !apply(conn, &commit, now, &mut posted)? {
+            if !apply(conn, &commit, outbox, now, &mut posted)? {
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
@@ -489,7 +497,7 @@ fn finish_job(
             visible_at,
             commit,
         } => {
-            if !apply(conn, &commit, now, &mut posted)? {
+            if !apply(conn, &commit, outbox, now, &mut posted)? {
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
@@ -498,6 +506,9 @@ fn finish_job(
                      slices = slices + 1, last_error = NULL WHERE id = ?1",
             )?
             .execute(params![job_id, cursor, visible_at])?;
+            if outbox {
+                continuation(conn, job_id, &cursor, visible_at, now)?;
+            }
             set_progress(conn, job_id, commit.progress.as_ref(), false)?;
         }
         Finish::Retry { error, visible_at } => {
@@ -531,6 +542,7 @@ fn finish_job(
 fn apply(
     conn: &Connection,
     commit: &Commit,
+    outbox: bool,
     now: i64,
     posted: &mut Vec<Published>,
 ) -> Result<bool, StoreError> {
@@ -539,9 +551,68 @@ fn apply(
     }
     state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
     for post in &commit.posts {
-        posted.push(publish_one(conn, post, now)?);
+        if outbox {
+            outbox::insert(conn, &post.message.id, None, post, None, now)?;
+        } else {
+            posted.push(publish_one(conn, post, now)?);
+        }
     }
     Ok(true)
+}
+
+/// On an external transport the next slice must reach whichever host picks
+/// it up, so it travels as a message of its own, addressed to this handler
+/// only and carrying the cursor and slice number.
+fn continuation(
+    conn: &Connection,
+    job_id: &str,
+    cursor: &str,
+    visible_at: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (message_id, channel, consumer, kind, headers, body, slices, expires_at): (
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<u8>,
+        u32,
+        Option<i64>,
+    ) = conn
+        .prepare_cached(
+            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![job_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?;
+    let mut headers = parse_headers(&headers)?;
+    headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+    headers.push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
+    headers.push((SLICE_HEADER.to_owned(), slices.to_string()));
+    let post = NewMessage {
+        message: Message {
+            id: message_id.clone(),
+            channel,
+            kind: parse_kind(&kind)?,
+            headers,
+            body,
+        },
+        visible_at,
+        expires_at,
+    };
+    let dedupe = format!("{message_id}/{consumer}/slice/{slices}");
+    outbox::insert(conn, &dedupe, Some(&consumer), &post, Some(cursor), now)
 }
 
 fn set_progress(

@@ -67,6 +67,48 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, key)
     ) WITHOUT ROWID;
     "#,
+    // 2: the outbox, for transports that live outside this database
+    // (JetStream): posts and continuations are written here in the job's
+    // transaction and published by the relay after commit.
+    r#"
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT, -- publish order
+        id         TEXT NOT NULL UNIQUE,  -- the broker's dedupe id (Nats-Msg-Id)
+        message_id TEXT NOT NULL,
+        -- NULL: a post to the channel (every handler gets it); else a
+        -- continuation addressed to that handler only
+        consumer   TEXT,
+        channel    TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        headers    TEXT NOT NULL,         -- JSON [[k, v], ...]
+        body       BLOB NOT NULL,
+        cursor     TEXT,                  -- set on continuations
+        visible_at INTEGER NOT NULL,      -- ms; published from then on
+        expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        sent_at    INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox (visible_at) WHERE sent_at IS NULL;
+    "#,
+    // 3: the daemon's view of its plugins directory (store/plugins.rs), for
+    // `sluice plugins` in another process.
+    r#"
+    CREATE TABLE plugin_files (
+        path         TEXT PRIMARY KEY,
+        -- the version serving from this file; all NULL if none
+        name         TEXT,
+        version      TEXT,
+        kind         TEXT,
+        channels     TEXT,                  -- JSON array
+        hash         TEXT,
+        fuel         INTEGER,
+        memory_bytes INTEGER,
+        timeout_ms   INTEGER,
+        loaded_at    INTEGER,               -- ms; when it was swapped in
+        error        TEXT,                  -- why the file on disk was rejected
+        updated_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -13,8 +13,11 @@
 //! per batch, not per job. An operation that fails rolls back its own
 //! savepoint only.
 
+mod inbox;
 mod jobs;
 mod migrations;
+mod outbox;
+mod plugins;
 mod records;
 mod state;
 mod writer;
@@ -22,7 +25,10 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use inbox::{Delivered, Received, job_id_for};
 pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
+pub use outbox::OutboxRow;
+pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};
 
 use writer::Writer;
@@ -51,6 +57,10 @@ pub struct StoreOptions {
     /// How long a writer waits for another process's lock (e.g. `sluice post`
     /// while the daemon runs).
     pub busy_timeout: Duration,
+    /// Where a committed call's posts go: `false`, straight into the jobs
+    /// table (the embedded queue); `true`, into the outbox for a relay to
+    /// publish on an external transport.
+    pub outbox: bool,
 }
 
 impl Default for StoreOptions {
@@ -58,6 +68,7 @@ impl Default for StoreOptions {
         StoreOptions {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(10),
+            outbox: false,
         }
     }
 }
@@ -107,6 +118,7 @@ impl From<rusqlite::Error> for StoreError {
 pub struct Store {
     writer: Writer,
     path: PathBuf,
+    outbox: bool,
 }
 
 impl Store {
@@ -117,6 +129,7 @@ impl Store {
         Ok(Store {
             writer: Writer::spawn(conn, path)?,
             path: path.to_path_buf(),
+            outbox: options.outbox,
         })
     }
 

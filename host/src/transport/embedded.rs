@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{Delivery, Settle, Subscription, Transport, TransportError};
+use super::{Delivery, Receipt, Settle, Subscription, Transport, TransportError};
 use crate::store::{NewMessage, Published, Store};
 
 /// The embedded SQLite queue.
@@ -75,7 +75,13 @@ impl Transport for Embedded {
             .store
             .claim(&subscription.channel, &subscription.consumer, max)
             .await?;
-        Ok(jobs.into_iter().map(|job| Delivery { job }).collect())
+        Ok(jobs
+            .into_iter()
+            .map(|job| Delivery {
+                job,
+                receipt: Receipt::Embedded,
+            })
+            .collect())
     }
 
     async fn wait(&self, _subscription: &Subscription, timeout: Duration) {
@@ -86,9 +92,20 @@ impl Transport for Embedded {
     async fn settle(&self, _delivery: &Delivery, settle: Settle) -> Result<(), TransportError> {
         // The store's finish transaction already moved the row; a retry or
         // continuation may be due soon, so let idle pumps look again.
-        if matches!(settle, Settle::Nak { .. }) {
+        if matches!(settle, Settle::Nak { .. } | Settle::Continue { .. }) {
             self.wake();
         }
         Ok(())
+    }
+
+    fn heartbeat_every(&self) -> Option<Duration> {
+        // A claim is held until the host's own transaction releases it.
+        None
+    }
+
+    async fn in_progress(&self, _delivery: &Delivery) {}
+
+    fn uses_outbox(&self) -> bool {
+        false
     }
 }

@@ -11,11 +11,14 @@
 //! `transport` knows nothing about plugins.
 
 mod embedded;
+mod jetstream;
+mod wire;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::Embedded;
+pub use jetstream::{JetStream, JetStreamError, JetStreamSettings};
 
 use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
 
@@ -35,28 +38,52 @@ pub struct Subscription {
 pub struct Delivery {
     /// The job and its message.
     pub job: ClaimedJob,
+    /// The backend's handle on it.
+    pub receipt: Receipt,
+}
+
+/// A backend's handle on a delivery.
+#[derive(Debug)]
+pub enum Receipt {
+    /// Embedded: the store's finish transaction is the ack.
+    Embedded,
+    /// JetStream: the message, acked/naked/termed through its reply subject.
+    JetStream(Box<async_nats::jetstream::Message>),
 }
 
 /// How a delivery ends on the transport, once the store has recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
-    /// Done with (succeeded, dead-lettered, expired): never redeliver.
+    /// Done with (succeeded, expired): never redeliver.
     Ack,
-    /// Redeliver after `delay` (retry, continuation, hand-back).
+    /// Redeliver after `delay` (retry, hand-back).
     Nak {
         /// How long to wait.
         delay: Duration,
     },
-    /// Poison: never redeliver, and it was not processed.
-    Term,
+    /// A slice was committed; the next one is scheduled (on JetStream it
+    /// travels as its own message through the outbox, so this one is acked).
+    Continue {
+        /// When the next slice runs.
+        delay: Duration,
+    },
+    /// Failed for good: keep a copy on the dead-letter subject and never
+    /// redeliver.
+    DeadLetter {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Transport failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The embedded queue's store failed.
+    /// The store (embedded queue, inbox) failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// JetStream failed.
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
 }
 
 /// A message transport. See the module docs for the contract.
@@ -93,4 +120,16 @@ pub trait Transport: Send + Sync + 'static {
         delivery: &Delivery,
         settle: Settle,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// How often a running delivery must say it is still being worked on,
+    /// or `None` if the backend does not need to hear it.
+    fn heartbeat_every(&self) -> Option<Duration>;
+
+    /// Tells the backend this delivery is still being worked on, so it is not
+    /// handed to another host.
+    fn in_progress(&self, delivery: &Delivery) -> impl Future<Output = ()> + Send;
+
+    /// True when a committed call's posts go to the store's outbox (for a
+    /// relay to publish) rather than straight into the queue.
+    fn uses_outbox(&self) -> bool;
 }

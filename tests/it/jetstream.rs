@@ -1,0 +1,288 @@
+//! The JetStream transport against a real nats-server: competing hosts,
+//! recipient lists, long-job heartbeats, kill -9 hand-off, graceful hand-back,
+//! server restarts, dead letters.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sluice::store::JobState;
+
+use crate::nats::NatsServer;
+use crate::util::{Env, FAST, wait_until};
+
+fn config(nats: &NatsServer, ack_wait: &str, extra: &str) -> String {
+    format!(
+        "{FAST}\n{extra}\n[nats]\nurl = \"{}\"\nack_wait = \"{ack_wait}\"\n",
+        nats.url()
+    )
+}
+
+fn succeeded(env: &Env, channel: &str) -> BTreeSet<String> {
+    env.jobs(channel)
+        .into_iter()
+        .filter(|j| j.state == JobState::Succeeded)
+        .map(|j| j.message_id)
+        .collect()
+}
+
+#[test]
+fn two_hosts_on_one_command_channel_split_the_work_and_handle_each_message_once() {
+    let nats = NatsServer::start();
+    let cfg = config(&nats, "10s", "");
+    let a = Env::new(&["test-counter"], &cfg);
+    let b = Env::new(&["test-counter"], &cfg);
+    let host_a = a.start();
+    let host_b = b.start();
+    for host in [&host_a, &host_b] {
+        assert!(wait_until(Duration::from_secs(30), || host
+            .log_text()
+            .contains("sluice running")));
+    }
+    let n = 300;
+    let input: String = (0..n).map(|_| "{\"amount\": 1}\n").collect();
+    let out = a.sluice_stdin(&["post", "test.counter"], &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        n,
+        "one message id per line"
+    );
+    let done = || succeeded(&a, "test.counter").len() + succeeded(&b, "test.counter").len();
+    assert!(
+        wait_until(Duration::from_secs(90), || done() >= n),
+        "{} of {n} done\nA:\n{}\nB:\n{}",
+        done(),
+        host_a.log_text(),
+        host_b.log_text()
+    );
+    let (sa, sb) = (succeeded(&a, "test.counter"), succeeded(&b, "test.counter"));
+    assert_eq!(sa.len() + sb.len(), n, "every message handled");
+    assert!(sa.is_disjoint(&sb), "no message handled by both hosts");
+    assert!(
+        !sa.is_empty() && !sb.is_empty(),
+        "both hosts took work: {} / {}",
+        sa.len(),
+        sb.len()
+    );
+    let total = |e: &Env| {
+        e.state("test-counter", "total")
+            .map_or(0, |t| t.parse::<usize>().unwrap_or(0))
+    };
+    assert_eq!(total(&a) + total(&b), n);
+    // Each handled message posted once, through each host's outbox.
+    let sent = |e: &Env| {
+        e.block_on(async {
+            sluice::store::Store::open(&e.data.join("sluice.db"), &Default::default())
+                .expect("store")
+                .outbox_list(false, 100_000)
+                .await
+                .expect("outbox")
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || {
+        let rows: Vec<_> = sent(&a).into_iter().chain(sent(&b)).collect();
+        rows.len() == n && rows.iter().all(|r| r.sent_at.is_some())
+    }));
+}
+
+#[test]
+fn an_event_with_two_handlers_is_handled_by_each() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-counter", "test-flaky"], &config(&nats, "10s", ""));
+    let host = env.start();
+    assert!(wait_until(Duration::from_secs(30), || host
+        .log_text()
+        .contains("sluice running")));
+    let out = env.ok(&["post", "test.fanout", r#"{"amount": 5}"#, "--kind", "event"]);
+    let jobs = env.wait_settled("test.fanout", 2, Duration::from_secs(30));
+    let handlers: BTreeSet<&str> = jobs.iter().map(|j| j.consumer.as_str()).collect();
+    assert_eq!(handlers, BTreeSet::from(["test-counter", "test-flaky"]));
+    assert!(
+        jobs.iter()
+            .all(|j| j.state == JobState::Succeeded && j.message_id == out.trim())
+    );
+}
+
+#[test]
+fn a_long_job_keeps_its_host_with_heartbeats_and_moves_when_the_host_is_killed() {
+    let nats = NatsServer::start();
+    // ack_wait 2s; the job runs 5s: only heartbeats keep it on its host.
+    let cfg = config(&nats, "2s", "");
+    let a = Env::new(&["test-spin"], &cfg);
+    let b = Env::new(&["test-spin"], &cfg);
+    let host_a = a.start();
+    assert!(wait_until(Duration::from_secs(30), || host_a
+        .log_text()
+        .contains("sluice running")));
+    let short = a.ok(&["post", "test.spin", r#"{"millis": 5000}"#]);
+    assert!(wait_until(Duration::from_secs(30), || a
+        .jobs("test.spin")
+        .iter()
+        .any(|j| j.state == JobState::Running)));
+    let host_b = b.start();
+    // Heartbeats: A keeps it past several ack waits; B never sees it.
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&a, "test.spin")
+            .contains(short.trim())),
+        "{}",
+        host_a.log_text()
+    );
+    assert!(
+        b.jobs("test.spin").is_empty(),
+        "B never got the job A was working on"
+    );
+
+    // Now kill whichever host takes a long job, mid-job: the other one takes
+    // it over after the ack wait.
+    let long = a.ok(&["post", "test.spin", r#"{"millis": 4000}"#]);
+    let long = long.trim();
+    let running_on = |env: &Env| {
+        env.jobs("test.spin")
+            .iter()
+            .any(|j| j.message_id == long && j.state == JobState::Running)
+    };
+    assert!(wait_until(Duration::from_secs(30), || running_on(&a) || running_on(&b)));
+    let (survivor, survivor_host) = if running_on(&a) {
+        host_a.kill();
+        (&b, host_b)
+    } else {
+        host_b.kill();
+        (&a, host_a)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(survivor, "test.spin")
+            .contains(long)),
+        "{}",
+        survivor_host.log_text()
+    );
+}
+
+#[test]
+fn a_graceful_stop_hands_in_flight_work_back_to_another_host() {
+    let nats = NatsServer::start();
+    // A long ack wait: only a hand-back (not expiry) can move the job in time.
+    let cfg = config(&nats, "60s", "").replacen(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"300ms\"",
+        1,
+    );
+    let a = Env::new(&["test-spin"], &cfg);
+    let b = Env::new(&["test-spin"], &cfg);
+    let host_a = a.start();
+    assert!(wait_until(Duration::from_secs(30), || host_a
+        .log_text()
+        .contains("sluice running")));
+    let id = a.ok(&["post", "test.spin", r#"{"millis": 3000}"#]);
+    assert!(wait_until(Duration::from_secs(30), || a
+        .jobs("test.spin")
+        .iter()
+        .any(|j| j.state == JobState::Running)));
+    let host_b = b.start();
+    assert!(wait_until(Duration::from_secs(30), || host_b
+        .log_text()
+        .contains("sluice running")));
+    let status = host_a.stop(Duration::from_secs(20));
+    assert!(status.success(), "graceful stop exits 0");
+    let job = a.jobs("test.spin").remove(0);
+    assert_ne!(
+        job.state,
+        JobState::Running,
+        "A released the job it could not finish"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || succeeded(&b, "test.spin")
+            .contains(id.trim())),
+        "B finished the handed-back job well before the 60s ack wait\n{}",
+        host_b.log_text()
+    );
+}
+
+#[test]
+fn a_server_restart_under_load_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let env = Env::new(
+        &["test-counter"],
+        &config(&nats, "5s", "[plugin.test-counter]\nconcurrency = 2"),
+    );
+    let n = 1500;
+    let input: String = (0..n).map(|_| "{\"amount\": 1}\n").collect();
+    assert!(
+        env.sluice_stdin(&["post", "test.counter"], &input)
+            .status
+            .success()
+    );
+    let host = env.start();
+    assert!(wait_until(Duration::from_secs(60), || succeeded(
+        &env,
+        "test.counter"
+    )
+    .len()
+        >= 50));
+    nats.restart();
+    assert!(
+        wait_until(Duration::from_secs(120), || succeeded(&env, "test.counter")
+            .len()
+            == n),
+        "{} of {n}\n{}",
+        succeeded(&env, "test.counter").len(),
+        host.log_text()
+    );
+    assert_eq!(
+        env.state("test-counter", "total"),
+        Some(n.to_string()),
+        "each effect once"
+    );
+    assert!(
+        host.log_text().contains("disconnected from NATS"),
+        "the outage was logged"
+    );
+}
+
+#[test]
+fn max_attempts_dead_letters_terminates_and_can_be_replayed() {
+    let nats = NatsServer::start();
+    let env = Env::new(
+        &["test-flaky"],
+        &config(&nats, "2s", "[plugin.test-flaky]\nmax_attempts = 2"),
+    );
+    let host = env.start();
+    assert!(wait_until(Duration::from_secs(30), || host
+        .log_text()
+        .contains("sluice running")));
+    env.ok(&["post", "test.flaky", r#"{"fail_times": 100}"#]);
+    let jobs = env.wait_settled("test.flaky", 1, Duration::from_secs(30));
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Dead, "{}", host.log_text());
+    assert_eq!(job.attempts, 2);
+    // Kept on the dead-letter stream, and terminated: no more deliveries.
+    let dlq = env.block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream("SLUICE_DLQ").await.expect("dlq stream");
+        s.info().await.expect("info").state.messages
+    });
+    assert_eq!(dlq, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        env.job(&job.id).attempts,
+        2,
+        "terminated: not redelivered after the ack wait"
+    );
+    // Replay re-publishes it to its handler, with fresh attempts.
+    assert_eq!(
+        env.ok(&["dlq", "replay", &job.id]).trim(),
+        format!("replayed {}", job.id)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let j = env.job(&job.id);
+            j.replays == 1 && j.state == JobState::Dead && j.attempts == 2
+        }),
+        "{}",
+        host.log_text()
+    );
+}
