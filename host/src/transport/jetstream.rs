@@ -543,16 +543,44 @@ impl Transport for JetStream {
             return Ok(Vec::new());
         };
         let name = consumer_name(subscription);
-        let err = nats_err(&name);
-        let mut batch = consumer
-            .batch()
-            .max_messages(max)
-            .expires(self.inner.settings.fetch_wait)
-            .messages()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(msg) = batch.try_next().await.map_err(|e| err(e.to_string()))? {
+        // Take what is there now without waiting (a batch pull would hold
+        // its messages until it is full or expires); only when nothing is
+        // there, wait up to `fetch_wait` for the first message to arrive.
+        // Both pulls are bounded on the client too: a pull request lost in a
+        // reconnect would otherwise never be answered.
+        let wait = self.inner.settings.fetch_wait;
+        let pull = |batch: bool| {
+            let consumer = consumer.clone();
+            let err = nats_err(&name);
+            async move {
+                let stream = if batch {
+                    consumer
+                        .batch()
+                        .max_messages(1)
+                        .expires(wait)
+                        .messages()
+                        .await
+                } else {
+                    consumer
+                        .fetch()
+                        .max_messages(max)
+                        .expires(wait)
+                        .messages()
+                        .await
+                }
+                .map_err(|e| err(e.to_string()))?;
+                match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
+                    Ok(r) => r.map_err(|e| err(e.to_string())),
+                    Err(_) => Ok(Vec::new()),
+                }
+            }
+        };
+        let mut messages: Vec<jetstream::Message> = pull(false).await?;
+        if messages.is_empty() {
+            messages = pull(true).await?;
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for msg in messages {
             let decoded =
                 match wire::decode(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
                     Ok(d) => d,
