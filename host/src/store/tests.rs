@@ -268,3 +268,159 @@ async fn retry_dead_replay_continue_and_recovery() -> Result<(), StoreError> {
     assert_eq!(store.claim("c", "h", 1).await?.len(), 1);
     Ok(())
 }
+
+fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>) -> Delivered {
+    Delivered {
+        consumer: "h".into(),
+        message: msg(id, "c").message,
+        slice,
+        cursor: cursor.map(str::to_owned),
+        not_before,
+        expires_at: None,
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_runs_new_deliveries_and_acks_finished_ones_without_running()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let Received::Run(job) = store.receive(delivered("m", 0, None, None)).await? else {
+        panic!("a new delivery runs");
+    };
+    assert_eq!(
+        job.job_id,
+        job_id_for("m", "h"),
+        "every host names the job alike"
+    );
+    assert_eq!(job.attempt, 1);
+    // Redelivered while still running here (e.g. after a lost ack): a new
+    // attempt; the older call's finish will be refused as stale.
+    let Received::Run(again) = store.receive(delivered("m", 0, None, None)).await? else {
+        panic!("runs again");
+    };
+    assert_eq!(again.attempt, 2);
+    store
+        .finish(
+            &again.job_id,
+            2,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit: Commit::default(),
+            },
+        )
+        .await?;
+    // Committed but not acked before a crash: redelivery is acked unrun.
+    assert!(matches!(
+        store.receive(delivered("m", 0, None, None)).await?,
+        Received::Done(JobState::Succeeded)
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inbox_tells_a_fresh_slice_from_a_stale_one_and_waits_for_launch_time()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let Received::Run(job) = store.receive(delivered("m", 0, None, None)).await? else {
+        panic!("runs");
+    };
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Continue {
+                cursor: "100".into(),
+                visible_at: 0,
+                commit: Commit::default(),
+            },
+        )
+        .await?;
+    // The original message comes back (its ack was lost): slice 0 is done.
+    assert!(matches!(
+        store.receive(delivered("m", 0, None, None)).await?,
+        Received::Done(_)
+    ));
+    // The continuation (slice 1) runs from its cursor.
+    let Received::Run(next) = store.receive(delivered("m", 1, Some("100"), None)).await? else {
+        panic!("slice 1 runs");
+    };
+    assert_eq!((next.attempt, next.cursor.as_deref()), (1, Some("100")));
+    // Not due yet: scheduled, redelivered at its launch time.
+    let later = now_ms() + 60_000;
+    assert!(matches!(
+        store.receive(delivered("n", 0, None, Some(later))).await?,
+        Received::NotYet(t) if t == later
+    ));
+    assert_eq!(
+        store.job(&job_id_for("n", "h")).await?.map(|j| j.state),
+        Some(JobState::Scheduled)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn outbox_rows_wait_until_due_and_a_continuation_is_addressed_to_its_handler()
+-> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        &dir.path().join("s.db"),
+        &StoreOptions {
+            outbox: true,
+            ..StoreOptions::default()
+        },
+    )?;
+    let Received::Run(job) = store.receive(delivered("m", 0, None, None)).await? else {
+        panic!("runs");
+    };
+    let mut later = msg("p-later", "out");
+    later.visible_at = now_ms() + 60_000;
+    let commit = Commit {
+        posts: vec![msg("p-now", "out"), later],
+        ..Commit::default()
+    };
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Continue {
+                cursor: "7".into(),
+                visible_at: 0,
+                commit,
+            },
+        )
+        .await?;
+    assert!(
+        store
+            .jobs(JobFilter {
+                channel: Some("out".into()),
+                ..Default::default()
+            })
+            .await?
+            .is_empty(),
+        "posts go to the outbox, not the queue"
+    );
+    let due = store.outbox_due(now_ms(), 100).await?;
+    let ids: Vec<&str> = due.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["p-now", "m/h/slice/1"],
+        "in commit order; the delayed post waits"
+    );
+    let cont = &due[1];
+    assert_eq!(
+        (cont.consumer.as_deref(), cont.cursor.as_deref()),
+        (Some("h"), Some("7"))
+    );
+    store
+        .outbox_mark_sent(due.iter().map(|r| r.seq).collect(), now_ms())
+        .await?;
+    assert!(store.outbox_due(now_ms(), 100).await?.is_empty());
+    assert!(
+        store.outbox_due(now_ms() + 120_000, 100).await?.len() == 1,
+        "due later"
+    );
+    Ok(())
+}
