@@ -20,6 +20,11 @@
 //! max_age = "7d"                 # how long the stream keeps messages
 //! duplicate_window = "2m"        # re-sent message ids dropped within this
 //!
+//! [http]                         # the HTTP API (or --http ADDR)
+//! addr = "127.0.0.1:8080"        # a non-loopback address needs a token
+//! token = "..."                  # bearer token (or SLUICE_HTTP_TOKEN)
+//! body_limit = "1MiB"            # larger request bodies get 413
+//!
 //! [limits]                       # sandbox defaults for every call
 //! fuel = 5_000_000_000
 //! memory = "64MiB"               # or bytes
@@ -29,7 +34,7 @@
 //! max_attempts = 5
 //! backoff_initial = "1s"
 //! backoff_max = "5m"
-//! concurrency = 16
+//! concurrency = 64
 //! breaker_failures = 10          # 0: no circuit breaker
 //! breaker_cooldown = "30s"
 //!
@@ -172,6 +177,26 @@ struct RawNats {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    addr: Option<String>,
+    token: Option<String>,
+    body_limit: Option<Bytes>,
+}
+
+/// The HTTP API's settings (`[http]`, `--http ADDR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Bearer token every request must carry (except the health probes);
+    /// required unless `addr` is a loopback address.
+    pub token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct RawStore {
     synchronous: Option<Synchronous>,
 }
@@ -191,6 +216,7 @@ struct RawFile {
     #[serde(default)]
     store: RawStore,
     nats: Option<RawNats>,
+    http: Option<RawHttp>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -210,6 +236,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--nats URL`: run on JetStream.
     pub nats_url: Option<String>,
+    /// `--http ADDR`: serve (or, for `pause`/`resume`, call) the HTTP API.
+    pub http_addr: Option<String>,
+    /// `SLUICE_HTTP_TOKEN`: the API's bearer token.
+    pub http_token: Option<String>,
 }
 
 /// How a handler's failures are retried and how many of its jobs run at once
@@ -236,7 +266,7 @@ impl Default for Policy {
             max_attempts: 5,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
-            concurrency: 16,
+            concurrency: 64,
             breaker_failures: 10,
             breaker_cooldown: Duration::from_secs(30),
         }
@@ -264,6 +294,8 @@ pub struct Config {
     /// JetStream, when configured (`--nats` or `[nats]`); else the embedded
     /// queue.
     pub nats: Option<JetStreamSettings>,
+    /// The HTTP API, when configured (`--http` or `[http]`).
+    pub http: Option<HttpSettings>,
     /// Engine settings and default limits.
     pub runtime: RuntimeConfig,
     /// Policy for plugins without their own table.
@@ -360,6 +392,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         plugins.insert(name.clone(), p);
     }
     let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
+    let http = http_settings(raw.http.as_ref(), overrides)?;
     let poll_interval = raw.poll_interval.unwrap_or(Duration::from_millis(100));
     if poll_interval.is_zero() {
         return Err(ConfigError::Invalid("poll_interval must be above 0".into()));
@@ -380,6 +413,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             ..StoreOptions::default()
         },
         nats,
+        http,
         runtime: RuntimeConfig {
             defaults: limits,
             ..defaults
@@ -430,6 +464,52 @@ fn nats_settings(
         )));
     }
     Ok(Some(s))
+}
+
+/// The HTTP API's settings when an address is given by flag or file.
+fn http_settings(
+    raw: Option<&RawHttp>,
+    overrides: &Overrides,
+) -> Result<Option<HttpSettings>, ConfigError> {
+    let addr = overrides
+        .http_addr
+        .clone()
+        .or(raw.and_then(|r| r.addr.clone()));
+    let Some(addr) = addr else {
+        if raw.is_some() {
+            return Err(ConfigError::Invalid(
+                "[http]: addr is missing (or pass --http ADDR)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = addr.trim().parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "http address {addr:?} is not IP:PORT (e.g. 127.0.0.1:8080)"
+        ))
+    })?;
+    let token = overrides
+        .http_token
+        .clone()
+        .or(raw.and_then(|r| r.token.clone()))
+        .filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ConfigError::Invalid(format!(
+            "[http]: a token is required to listen on {addr}, which is not a loopback address \
+             (set [http] token or SLUICE_HTTP_TOKEN, or listen on 127.0.0.1)"
+        )));
+    }
+    let body_limit = raw.and_then(|r| r.body_limit).map_or(1 << 20, |b| b.0);
+    if body_limit == 0 {
+        return Err(ConfigError::Invalid(
+            "[http]: body_limit must be above 0".into(),
+        ));
+    }
+    Ok(Some(HttpSettings {
+        addr,
+        token,
+        body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+    }))
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -607,6 +687,26 @@ backoff_max = \"1m\"",
         assert_eq!(c.nats.map(|n| n.url), Some("nats://x:1".into()));
         let err = parse("[nats]\nack_wait = \"5s\"").err().unwrap_or_default();
         assert!(err.contains("url is missing"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn http_needs_a_token_off_loopback() -> Result<(), String> {
+        assert!(parse("")?.http.is_none());
+        let c = parse("[http]\naddr = \"127.0.0.1:8080\"")?;
+        let h = c.http.ok_or("http")?;
+        assert_eq!((h.token, h.body_limit), (None, 1 << 20));
+        let err = parse("[http]\naddr = \"0.0.0.0:8080\"")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("a token is required"), "{err}");
+        let c = parse("[http]\naddr = \"0.0.0.0:8080\"\ntoken = \"s\"\nbody_limit = \"4KiB\"")?;
+        let h = c.http.ok_or("http")?;
+        assert_eq!((h.token.as_deref(), h.body_limit), (Some("s"), 4096));
+        let err = parse("[http]\naddr = \"localhost\"")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("is not IP:PORT"), "{err}");
         Ok(())
     }
 

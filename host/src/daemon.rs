@@ -58,6 +58,9 @@ pub enum RunError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The HTTP API could not start.
+    #[error(transparent)]
+    Api(#[from] crate::api::ServeError),
 }
 
 /// Holds the data directory for one daemon; released when dropped (and by
@@ -129,7 +132,10 @@ pub async fn run(
     let config = Arc::new(config);
     let Some(settings) = config.nats.clone() else {
         let transport = Embedded::new(store.clone(), config.poll_interval);
-        let stopped = serve(transport, store, config, watcher, set, shutdown, hard_stop).await;
+        let stopped = serve(
+            transport, None, store, config, watcher, set, shutdown, hard_stop,
+        )
+        .await;
         tracing::info!("sluice stopped");
         return stopped;
     };
@@ -148,7 +154,8 @@ pub async fn run(
         let (js, stop) = (js.clone(), relay_stop.clone());
         async move { js.relay(stop).await }
     });
-    let stopped = serve(js, store, config, watcher, set, shutdown, hard_stop).await;
+    let api_js = Some(js.clone());
+    let stopped = serve(js, api_js, store, config, watcher, set, shutdown, hard_stop).await;
     relay_stop.cancel();
     if tokio::time::timeout(Duration::from_secs(10), relay)
         .await
@@ -161,9 +168,12 @@ pub async fn run(
 }
 
 /// Registers the subscriptions, runs one pump per subscription plus the
-/// watcher and pruning, and on `shutdown` drains them.
+/// watcher and pruning (and the HTTP API when configured; `js` is the
+/// JetStream connection it uses), and on `shutdown` drains them.
+#[allow(clippy::too_many_arguments)]
 async fn serve<T: Transport>(
     transport: T,
+    js: Option<JetStream>,
     store: Store,
     config: Arc<Config>,
     watcher: reload::Watcher,
@@ -178,7 +188,13 @@ async fn serve<T: Transport>(
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),
+        control: Arc::default(),
     });
+    // Bound before the pumps start: a taken port fails the start.
+    let api = match &config.http {
+        Some(http) => Some(crate::api::start(http, deps.clone(), js, shutdown.clone()).await?),
+        None => None,
+    };
     tracing::info!(
         plugins_dir = %config.plugins_dir.display(), data_dir = %config.data_dir.display(),
         pumps = subscriptions.len(),
@@ -222,6 +238,9 @@ async fn serve<T: Transport>(
             tracker.wait().await;
         }
         _ = hard_stop.cancelled() => tracker.wait().await,
+    }
+    if let Some(api) = api {
+        api.finish().await;
     }
     Ok(())
 }

@@ -3,10 +3,13 @@
 //! See `ARCHITECTURE.md` at the repository root for the code map. `main.rs`
 //! only parses the command line and calls into this library.
 
+pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod message;
+pub mod metrics;
 pub mod pump;
 pub mod registry;
 pub mod reload;

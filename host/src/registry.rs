@@ -186,6 +186,8 @@ impl PluginSet {
 /// The live plugin set.
 pub struct Registry {
     current: ArcSwap<PluginSet>,
+    /// Swaps since start (hot reloads), for `GET /metrics`.
+    swaps: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -193,6 +195,7 @@ impl Registry {
     pub fn new(set: PluginSet) -> Registry {
         Registry {
             current: ArcSwap::from_pointee(set),
+            swaps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -204,6 +207,13 @@ impl Registry {
     /// Replaces the set; in-flight calls keep the versions they hold.
     pub fn swap(&self, set: PluginSet) {
         self.current.store(Arc::new(set));
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times a new set was swapped in since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -7,6 +7,8 @@
 mod nats;
 mod util;
 
+mod api;
+mod bench;
 mod crash;
 mod effects;
 mod examples;

@@ -2,6 +2,7 @@
 //! uses `anyhow`; every error reaches the user as one line and a non-zero
 //! exit (see `main.rs`).
 
+mod control;
 mod inspect;
 mod outbox;
 mod plugins;
@@ -33,6 +34,19 @@ pub struct Cli {
     /// Run on NATS JetStream at this URL instead of the embedded queue.
     #[arg(long, global = true, env = "SLUICE_NATS", value_name = "URL")]
     pub nats: Option<String>,
+    /// Serve the HTTP API on this address (`run`), or call the running
+    /// daemon's API there (`pause`, `resume`).
+    #[arg(long, global = true, env = "SLUICE_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Bearer token for the HTTP API (overrides `[http] token`).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_HTTP_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub http_token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +74,15 @@ pub enum Command {
     /// The outbox (JetStream): messages committed for publishing.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Stop a channel's pumps fetching (messages stay queued), through the
+    /// running daemon's HTTP API.
+    Pause(control::ChannelArgs),
+    /// Let a paused channel's pumps fetch again, through the running
+    /// daemon's HTTP API.
+    Resume(control::ChannelArgs),
+    /// Benchmark: drive messages through an in-process host on the embedded
+    /// queue and JetStream, with baselines measured in the same run.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Cli {
@@ -70,6 +93,8 @@ impl Cli {
             plugins_dir: self.plugins.clone(),
             data_dir: self.data.clone(),
             nats_url: self.nats.clone(),
+            http_addr: self.http.clone(),
+            http_token: self.http_token.clone(),
         })?)
     }
 }
@@ -92,6 +117,9 @@ pub async fn execute(
         }
         Command::Plugins(args) => plugins::list(&config, args).await,
         Command::Outbox(cmd) => outbox::run(&open_existing(&config)?, cmd).await,
+        Command::Pause(args) => control::channel(&config, "pause", args).await,
+        Command::Resume(args) => control::channel(&config, "resume", args).await,
+        Command::Bench(args) => crate::bench::run(config, cli.data, args).await,
     }
 }
 

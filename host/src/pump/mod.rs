@@ -8,6 +8,7 @@
 //! then cancels what is left (the sandbox stops the guest) and hands those
 //! jobs back unrun. Pumps never hold a lock across `.await`.
 
+mod control;
 mod mapping;
 mod policy;
 mod process;
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use control::{Control, Running};
 pub use mapping::{CAUSATION_HEADER, MapError, passthrough, post_id, to_messages, to_request};
 pub use policy::{Breaker, backoff};
 pub use process::StoreState;
@@ -38,6 +40,8 @@ pub struct Deps<T> {
     pub registry: Arc<Registry>,
     /// Policies and timings.
     pub config: Arc<Config>,
+    /// Operator control (paused channels, running calls) and metrics.
+    pub control: Arc<Control>,
 }
 
 /// How long a pump waits before looking again when its handler is not
@@ -80,11 +84,17 @@ pub async fn run<T: Transport>(
         while let Ok(p) = gate.clone().try_acquire_owned() {
             permits.push(p);
         }
-        if !deps.registry.current().serves(&sub) {
-            // Paused: the handler (or the channel's mapper) is not loaded;
-            // messages stay queued. Hot reload resumes it.
+        let held = deps.control.is_paused(&sub.channel);
+        if held || !deps.registry.current().serves(&sub) {
+            // Paused: by an operator, or the handler (or the channel's
+            // mapper) is not loaded; messages stay queued. A resume or hot
+            // reload resumes it.
             if !paused_logged {
-                tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
+                if held {
+                    tracing::info!(channel = %sub.channel, handler = %sub.consumer, "channel paused by operator; messages stay queued");
+                } else {
+                    tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
+                }
                 paused_logged = true;
             }
             drop(permits);

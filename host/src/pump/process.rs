@@ -56,6 +56,9 @@ pub(super) async fn process<T: Transport>(
 ) {
     let started = Instant::now();
     let job = &delivery.job;
+    // Registered so an operator can interrupt it (DELETE /v1/jobs/{id}).
+    let running = deps.control.start(&job.job_id, &cancel);
+    deps.control.changed(&job.job_id);
     let set = deps.registry.current();
     let Some(handler) = set.handlers.get(&sub.consumer).cloned() else {
         let verdict = release("handler not loaded", Duration::from_secs(1));
@@ -113,6 +116,11 @@ pub(super) async fn process<T: Transport>(
                         }
                     }
                     Err(CallFailure::Permanent(m)) => dead(format!("permanent error: {m}"), "dead"),
+                    Err(CallFailure::Trap(TrapKind::Cancelled))
+                        if running.cancelled_by_operator() =>
+                    {
+                        cancelled()
+                    }
                     Err(CallFailure::Trap(TrapKind::Cancelled)) => {
                         release("interrupted by shutdown; handed back", Duration::ZERO)
                     }
@@ -166,6 +174,20 @@ fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
             outcome: "continued",
             error: None,
         },
+    }
+}
+
+/// An operator cancelled the job while it ran: recorded as final, and
+/// acked so no host runs it again.
+fn cancelled() -> Verdict {
+    let reason = "cancelled by an operator while running".to_owned();
+    Verdict {
+        finish: Finish::Cancelled {
+            reason: reason.clone(),
+        },
+        settle: Settle::Ack,
+        outcome: "cancelled",
+        error: Some(reason),
     }
 }
 
@@ -257,11 +279,15 @@ async fn record<T: Transport>(
             return;
         }
     };
+    deps.control.changed(&job.job_id);
     if let Err(e) = deps.transport.settle(delivery, settle).await {
         tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
     }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plugin_name = plugin.map_or("", |p| p.info().name.as_str());
+    deps.control
+        .metrics
+        .record_job(&job.consumer, outcome, duration_ms / 1000.0, fuel_used);
     let version = plugin.map_or("", |p| p.info().version.as_str());
     match verdict.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(

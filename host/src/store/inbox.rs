@@ -65,89 +65,111 @@ pub struct Delivered {
 impl Store {
     /// Records a delivery and says whether to run it.
     pub async fn receive(&self, d: Delivered) -> Result<Received, StoreError> {
+        self.call(move |conn| receive_one(conn, d, now_ms())).await
+    }
+
+    /// Records a batch of deliveries in one operation (one commit round
+    /// trip for a whole pull), answering for each in order. All or
+    /// nothing: if one cannot be recorded, none is, and none may run.
+    pub async fn receive_all(&self, batch: Vec<Delivered>) -> Result<Vec<Received>, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
-            let id = job_id_for(&d.message.id, &d.consumer);
-            let row: Option<(String, u32, u32)> = conn
-                .prepare_cached("SELECT state, attempts, slices FROM jobs WHERE id = ?1")?
-                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let not_yet = d.not_before.filter(|t| *t > now);
-            let attempts = match row {
-                None => {
-                    let headers = serde_json::to_string(&d.message.headers)
-                        .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
-                    let state = if not_yet.is_some() { "scheduled" } else { "running" };
-                    conn.prepare_cached(
-                        "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body,
-                             state, attempts, slices, visible_at, expires_at, cursor, created_at,
-                             started_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?14)",
-                    )?
-                    .execute(params![
-                        id,
-                        d.message.id,
-                        d.message.channel,
-                        d.consumer,
-                        d.message.kind.as_str(),
-                        headers,
-                        d.message.body,
-                        state,
-                        if not_yet.is_some() { 0 } else { 1 },
-                        d.slice,
-                        not_yet.unwrap_or(now),
-                        d.expires_at,
-                        d.cursor,
-                        now,
-                        not_yet.map_or(Some(now), |_| None),
-                    ])?;
-                    if let Some(at) = not_yet {
-                        return Ok(Received::NotYet(at));
-                    }
-                    1
-                }
-                Some((state, attempts, slices)) => {
-                    let state = JobState::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
-                    if matches!(
-                        state,
-                        JobState::Succeeded | JobState::Dead | JobState::Expired | JobState::Cancelled
-                    ) || d.slice < slices
-                    {
-                        return Ok(Received::Done(state));
-                    }
-                    if let Some(at) = not_yet {
-                        conn.prepare_cached(
-                            "UPDATE jobs SET state = 'scheduled', visible_at = ?2, updated_at = ?3
-                             WHERE id = ?1",
-                        )?
-                        .execute(params![id, at, now])?;
-                        return Ok(Received::NotYet(at));
-                    }
-                    // A newer slice than this host has seen starts afresh.
-                    let attempts = if d.slice > slices { 1 } else { attempts + 1 };
-                    conn.prepare_cached(
-                        "UPDATE jobs SET state = 'running', attempts = ?2, slices = ?3,
-                             cursor = COALESCE(?4, cursor), started_at = COALESCE(started_at, ?5),
-                             updated_at = ?5
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, attempts, d.slice.max(slices), d.cursor, now])?;
-                    attempts
-                }
-            };
-            let cursor: Option<String> = conn
-                .prepare_cached("SELECT cursor FROM jobs WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))?;
-            Ok(Received::Run(ClaimedJob {
-                job_id: id,
-                consumer: d.consumer,
-                message: d.message,
-                attempt: attempts,
-                cursor,
-                expires_at: d.expires_at,
-            }))
+            batch
+                .into_iter()
+                .map(|d| receive_one(conn, d, now))
+                .collect()
         })
         .await
     }
+}
+
+fn receive_one(
+    conn: &rusqlite::Connection,
+    d: Delivered,
+    now: i64,
+) -> Result<Received, StoreError> {
+    let id = job_id_for(&d.message.id, &d.consumer);
+    let row: Option<(String, u32, u32)> = conn
+        .prepare_cached("SELECT state, attempts, slices FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let not_yet = d.not_before.filter(|t| *t > now);
+    let attempts = match row {
+        None => {
+            let headers = serde_json::to_string(&d.message.headers)
+                .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
+            let state = if not_yet.is_some() {
+                "scheduled"
+            } else {
+                "running"
+            };
+            conn.prepare_cached(
+                "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body,
+                     state, attempts, slices, visible_at, expires_at, cursor, created_at,
+                     started_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?14)",
+            )?
+            .execute(params![
+                id,
+                d.message.id,
+                d.message.channel,
+                d.consumer,
+                d.message.kind.as_str(),
+                headers,
+                d.message.body,
+                state,
+                if not_yet.is_some() { 0 } else { 1 },
+                d.slice,
+                not_yet.unwrap_or(now),
+                d.expires_at,
+                d.cursor,
+                now,
+                not_yet.map_or(Some(now), |_| None),
+            ])?;
+            if let Some(at) = not_yet {
+                return Ok(Received::NotYet(at));
+            }
+            1
+        }
+        Some((state, attempts, slices)) => {
+            let state = JobState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
+            if matches!(
+                state,
+                JobState::Succeeded | JobState::Dead | JobState::Expired | JobState::Cancelled
+            ) || d.slice < slices
+            {
+                return Ok(Received::Done(state));
+            }
+            if let Some(at) = not_yet {
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = 'scheduled', visible_at = ?2, updated_at = ?3
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, at, now])?;
+                return Ok(Received::NotYet(at));
+            }
+            // A newer slice than this host has seen starts afresh.
+            let attempts = if d.slice > slices { 1 } else { attempts + 1 };
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'running', attempts = ?2, slices = ?3,
+                     cursor = COALESCE(?4, cursor), started_at = COALESCE(started_at, ?5),
+                     updated_at = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, attempts, d.slice.max(slices), d.cursor, now])?;
+            attempts
+        }
+    };
+    let cursor: Option<String> = conn
+        .prepare_cached("SELECT cursor FROM jobs WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))?;
+    Ok(Received::Run(ClaimedJob {
+        job_id: id,
+        consumer: d.consumer,
+        message: d.message,
+        attempt: attempts,
+        cursor,
+        expires_at: d.expires_at,
+    }))
 }

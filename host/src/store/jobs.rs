@@ -71,6 +71,12 @@ pub enum Finish {
     },
     /// Started too late.
     Expired,
+    /// Interrupted by an operator while running: final, like a cancel of
+    /// a queued job.
+    Cancelled {
+        /// Why, for the record.
+        reason: String,
+    },
     /// Handed back unrun (shutdown, missing plugin): the attempt does not
     /// count.
     Release {
@@ -134,7 +140,7 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
-const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
+pub(super) const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
      attempts, slices, visible_at, expires_at, cursor, progress, progress_note, result, \
      last_error, plugin_version, plugin_hash, fuel_used, replays, created_at, started_at, \
      finished_at, updated_at";
@@ -485,12 +491,14 @@ fn finish_job(
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
+            // One statement (outcome and progress): the hot path of a drain.
+            let note = commit.progress.and_then(|(_, note)| note);
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
-                     finished_at = ?3, last_error = NULL WHERE id = ?1",
+                     finished_at = ?3, last_error = NULL, progress = 100,
+                     progress_note = COALESCE(?4, progress_note) WHERE id = ?1",
             )?
-            .execute(params![job_id, result, now])?;
-            set_progress(conn, job_id, commit.progress.as_ref(), true)?;
+            .execute(params![job_id, result, now, note])?;
         }
         Finish::Continue {
             cursor,
@@ -529,6 +537,12 @@ fn finish_job(
                      last_error = 'expired before it could start' WHERE id = ?1",
             )?
             .execute(params![job_id, now])?;
+        }
+        Finish::Cancelled { reason } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', last_error = ?2, finished_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![job_id, reason, now])?;
         }
         Finish::Release { visible_at, reason } => {
             release(conn, job_id, visible_at, &reason)?;
@@ -670,7 +684,7 @@ fn parse_headers(headers: &str) -> Result<Vec<(String, String)>, StoreError> {
 
 /// Reads one `RECORD_COLUMNS` row. The outer `Result` is rusqlite's, the
 /// inner one ours (unknown state, bad headers).
-fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+pub(super) fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
     let state: String = r.get(7)?;
     let headers: String = r.get(5)?;
     let body: Vec<u8> = r.get(6)?;

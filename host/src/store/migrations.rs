@@ -109,6 +109,22 @@ const MIGRATIONS: &[&str] = &[
         updated_at   INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 4: one row the daemon rewrites for `GET /readyz`: proof that the
+    // store can still commit a write (store/control.rs).
+    r#"
+    CREATE TABLE health (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        checked_at INTEGER NOT NULL
+    );
+    "#,
+    // 5: the claim query orders by (visible_at, id); with id in the index
+    // it walks the index and stops at its LIMIT instead of sorting every
+    // due job on each claim (a backlog drained in quadratic time).
+    r#"
+    DROP INDEX jobs_ready;
+    CREATE INDEX jobs_ready ON jobs (channel, consumer, visible_at, id)
+        WHERE state IN ('queued', 'scheduled', 'retrying');
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -13,6 +13,7 @@
 //! per batch, not per job. An operation that fails rolls back its own
 //! savepoint only.
 
+mod control;
 mod inbox;
 mod jobs;
 mod migrations;
@@ -25,6 +26,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use control::{Cancel, OutboxLag};
 pub use inbox::{Delivered, Received, job_id_for};
 pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
 pub use outbox::OutboxRow;

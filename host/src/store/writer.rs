@@ -97,18 +97,18 @@ fn run_batch(conn: &Connection, batch: Vec<Op>) {
     }
     let mut pendings = Vec::with_capacity(batch.len());
     for op in batch {
-        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        if let Err(e) = exec(conn, "SAVEPOINT op") {
             tracing::error!(error = %e, "store: savepoint failed");
         }
         let Some(pending) = op(Ok(conn)) else {
             continue;
         };
         let end = if pending.ok {
-            "RELEASE op"
+            exec(conn, "RELEASE op")
         } else {
-            "ROLLBACK TO op; RELEASE op"
+            exec(conn, "ROLLBACK TO op").and_then(|()| exec(conn, "RELEASE op"))
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             tracing::error!(error = %e, "store: ending a savepoint failed");
         }
         pendings.push(pending);
@@ -123,4 +123,11 @@ fn run_batch(conn: &Connection, batch: Vec<Op>) {
     for p in pendings {
         (p.answer)(commit_error.clone());
     }
+}
+
+/// Runs one statement from the connection's statement cache: the savepoint
+/// statements run twice per operation, so they are parsed once, not each
+/// time.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }

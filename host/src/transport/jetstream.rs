@@ -579,7 +579,10 @@ impl Transport for JetStream {
         if messages.is_empty() {
             messages = pull(true).await?;
         }
-        let mut out = Vec::with_capacity(messages.len());
+        // The whole pull is recorded in the inbox in one store operation
+        // (one commit round trip), not one per message.
+        let mut pulled = Vec::with_capacity(messages.len());
+        let mut delivered = Vec::with_capacity(messages.len());
         for msg in messages {
             let decoded =
                 match wire::decode(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
@@ -589,18 +592,22 @@ impl Transport for JetStream {
                         continue;
                     }
                 };
-            let received = self
-                .inner
-                .store
-                .receive(Delivered {
-                    consumer: subscription.consumer.clone(),
-                    message: decoded.message,
-                    slice: decoded.slice,
-                    cursor: decoded.cursor,
-                    not_before: decoded.not_before,
-                    expires_at: decoded.expires_at,
-                })
-                .await?;
+            delivered.push(Delivered {
+                consumer: subscription.consumer.clone(),
+                message: decoded.message,
+                slice: decoded.slice,
+                cursor: decoded.cursor,
+                not_before: decoded.not_before,
+                expires_at: decoded.expires_at,
+            });
+            pulled.push(msg);
+        }
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let received = self.inner.store.receive_all(delivered).await?;
+        let mut out = Vec::with_capacity(received.len());
+        for (msg, received) in pulled.into_iter().zip(received) {
             match received {
                 Received::Run(job) => out.push(Delivery {
                     job,

@@ -1,0 +1,206 @@
+//! Operator endpoints: dead letters (list, replay), plugins, and pausing
+//! or resuming a channel (Brighter's stop and start of a single channel).
+//!
+//! Replay goes through the store like `sluice dlq replay`; on JetStream the
+//! job is also re-published to its handler, because there the stream, not
+//! the jobs table, is the queue.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState};
+use crate::store::{JobFilter, JobState};
+use crate::transport::Transport;
+
+/// `GET /v1/dead-letters` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadParams {
+    channel: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// `GET /v1/dead-letters?channel=&limit=&before=`: dead jobs, newest
+/// first, with their errors.
+pub async fn dead_letters<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    params: Result<Query<DeadParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    super::jobs::page(
+        &state,
+        Some(JobState::Dead),
+        p.channel,
+        p.limit,
+        p.before,
+        "/v1/dead-letters",
+    )
+    .await
+}
+
+/// Puts one dead letter back; false when `id` is not one.
+async fn replay_one<T: Transport>(state: &ApiState<T>, id: &str) -> Result<bool, ApiError> {
+    let store = &state.deps.store;
+    if !store.replay(id).await? {
+        return Ok(false);
+    }
+    state.deps.control.changed(id);
+    if let Some(js) = &state.jetstream {
+        let Some(job) = store.job(id).await? else {
+            return Ok(false);
+        };
+        js.replay(&job).await.map_err(|e| {
+            tracing::error!(job_id = %id, error = %e, "api: replay publish failed");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("job {id} was marked for replay but could not be re-published: {e}"),
+            )
+        })?;
+    }
+    Ok(true)
+}
+
+/// `POST /v1/dead-letters/{id}/replay`.
+pub async fn replay<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !replay_one(&state, &id).await? {
+        return Err(match state.deps.store.job(&id).await? {
+            None => ApiError::not_found(format!("no job {id}")),
+            Some(j) => ApiError::conflict(format!("job {id} is {}, not a dead letter", j.state)),
+        });
+    }
+    tracing::info!(job_id = %id, "dead letter replayed through the API");
+    Ok(Json(json!({ "replayed": [id] })))
+}
+
+/// `POST /v1/dead-letters/replay`: every dead letter.
+pub async fn replay_all<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Json<Value>, ApiError> {
+    let dead = state
+        .deps
+        .store
+        .jobs(JobFilter {
+            state: Some(JobState::Dead),
+            channel: None,
+            limit: usize::MAX >> 1,
+        })
+        .await?;
+    let mut replayed = Vec::new();
+    for job in dead {
+        if replay_one(&state, &job.id).await? {
+            replayed.push(job.id);
+        }
+    }
+    tracing::info!(
+        count = replayed.len(),
+        "dead letters replayed through the API"
+    );
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// `GET /v1/plugins`: what the registry serves now, and each plugin
+/// file's last load error.
+pub async fn plugins<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Json<Value>, ApiError> {
+    let set = state.deps.registry.current();
+    let plugins: Vec<Value> = set
+        .handlers
+        .values()
+        .chain(set.mappers.values())
+        .map(|p| {
+            let info = p.info();
+            json!({
+                "name": info.name,
+                "version": info.version,
+                "kind": info.kind.as_str(),
+                "channels": info.channels,
+                "limits": p.limits(),
+                "hash": p.hash(),
+            })
+        })
+        .collect();
+    let files: Vec<Value> = set
+        .files
+        .iter()
+        .map(|(path, status)| {
+            json!({
+                "path": path.display().to_string(),
+                "plugin": status.name(),
+                "error": status.error(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "plugins": plugins, "files": files })))
+}
+
+/// `GET /v1/channels`: every channel with a handler here, its handlers,
+/// and whether it is paused.
+pub async fn channels<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Json<Value>, ApiError> {
+    let set = state.deps.registry.current();
+    let mut by_channel: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for sub in set.subscriptions() {
+        by_channel
+            .entry(sub.channel)
+            .or_default()
+            .push(sub.consumer);
+    }
+    let control = &state.deps.control;
+    for channel in control.paused() {
+        by_channel.entry(channel).or_default();
+    }
+    let channels: Vec<Value> = by_channel
+        .into_iter()
+        .map(|(channel, handlers)| {
+            json!({
+                "channel": channel,
+                "handlers": handlers,
+                "paused": control.is_paused(&channel),
+                "waiting_for_mapper": set.paused_channels.contains(&channel),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "channels": channels })))
+}
+
+/// `POST /v1/channels/{channel}/pause`: the channel's pumps stop fetching;
+/// running jobs finish; its messages stay queued.
+pub async fn pause<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(channel): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    super::check_channel(&channel)?;
+    let changed = state.deps.control.pause(&channel);
+    if changed {
+        tracing::info!(%channel, "channel paused through the API");
+    }
+    Ok(Json(
+        json!({ "channel": channel, "paused": true, "changed": changed }),
+    ))
+}
+
+/// `POST /v1/channels/{channel}/resume`.
+pub async fn resume<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(channel): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    super::check_channel(&channel)?;
+    let changed = state.deps.control.resume(&channel);
+    if changed {
+        tracing::info!(%channel, "channel resumed through the API");
+    }
+    Ok(Json(
+        json!({ "channel": channel, "paused": false, "changed": changed }),
+    ))
+}

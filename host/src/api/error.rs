@@ -1,0 +1,120 @@
+//! Errors as the API answers them: a status code and `{"error": "..."}`.
+//!
+//! Why one type: every handler returns `Result<_, ApiError>`, so no path can
+//! leak a stack trace or a plain-text body, and the status for each kind of
+//! mistake is decided in one place. Store and transport failures are logged
+//! in full here and answered with a short 500/503 message.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+use crate::transport::TransportError;
+
+/// An error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The status code.
+    pub status: StatusCode,
+    /// One line for the client.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any status with a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: a malformed parameter or header.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409: the resource is in the wrong state for this.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 422: well-formed, but not something this host can accept.
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "api: store failed");
+        match e {
+            StoreError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is shutting down",
+            ),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed; see the daemon log",
+            ),
+        }
+    }
+}
+
+impl From<TransportError> for ApiError {
+    fn from(e: TransportError) -> ApiError {
+        tracing::error!(error = %e, "api: transport failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the transport failed: {e}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} for the HTTP API: {reason}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The job status bucket on JetStream is unusable.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_hide_details() {
+        let e = ApiError::from(StoreError::Sql("near \"x\": syntax error".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("syntax"));
+        assert_eq!(
+            ApiError::from(StoreError::Closed).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Probes and metrics.
+//!
+//! `/healthz` says the process answers (liveness: restart it if not).
+//! `/readyz` says it can do its job (readiness: send it traffic): the store
+//! commits a write, and on JetStream the client is connected. `/metrics`
+//! is Prometheus text: the in-memory counters (`crate::metrics`) plus what
+//! the store knows when scraped (jobs by channel and state, dead letters,
+//! outbox lag), so the numbers hold across restarts.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{ApiError, ApiState};
+use crate::message::now_ms;
+use crate::metrics::escape;
+use crate::store::JobState;
+use crate::transport::Transport;
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 when ready, else 503 with what is wrong.
+pub async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Response {
+    let mut problems = Vec::new();
+    let store = match state.deps.store.probe_write().await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            problems.push(format!("store: {e}"));
+            "failing".to_owned()
+        }
+    };
+    let nats = state.jetstream.as_ref().map(|js| {
+        let connection = js.client().connection_state();
+        if connection != async_nats::connection::State::Connected {
+            problems.push(format!("nats: {connection}"));
+        }
+        connection.to_string()
+    });
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if problems.is_empty() { "ready" } else { "not ready" },
+        "store": store,
+        "nats": nats,
+        "problems": problems,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`.
+pub async fn metrics<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Response, ApiError> {
+    let deps = &state.deps;
+    let counts = deps.store.counts().await?;
+    let lag = deps.store.outbox_lag().await?;
+    let mut out = String::new();
+    out.push_str(
+        "# HELP sluice_jobs Jobs in the store by channel and state.\n# TYPE sluice_jobs gauge\n",
+    );
+    let mut dead = 0;
+    for (channel, job_state, n) in &counts {
+        if *job_state == JobState::Dead {
+            dead += n;
+        }
+        let _ = writeln!(
+            out,
+            "sluice_jobs{{channel=\"{}\",state=\"{job_state}\"}} {n}",
+            escape(channel)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_dead_letters Dead letters waiting for a replay.\n\
+         # TYPE sluice_dead_letters gauge\nsluice_dead_letters {dead}"
+    );
+    let oldest_age = lag.oldest_ms.map_or(0.0, |at| {
+        (now_ms().saturating_sub(at).max(0)) as f64 / 1000.0
+    });
+    let _ = writeln!(
+        out,
+        "# HELP sluice_outbox_pending Outbox rows committed but not yet published.\n\
+         # TYPE sluice_outbox_pending gauge\nsluice_outbox_pending {}\n\
+         # HELP sluice_outbox_oldest_pending_seconds Age of the oldest unpublished outbox row.\n\
+         # TYPE sluice_outbox_oldest_pending_seconds gauge\nsluice_outbox_oldest_pending_seconds {oldest_age}",
+        lag.pending
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sluice_reloads_total Plugin sets swapped in by hot reload since start.\n\
+         # TYPE sluice_reloads_total counter\nsluice_reloads_total {}",
+        deps.registry.swaps()
+    );
+    let paused = deps.control.paused();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_channels_paused Channels paused by an operator.\n\
+         # TYPE sluice_channels_paused gauge\nsluice_channels_paused {}",
+        paused.len()
+    );
+    deps.control.metrics.render(&mut out);
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response())
+}

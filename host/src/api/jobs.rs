@@ -1,0 +1,430 @@
+//! Job status, result, listing and cancel: the polling half of
+//! asynchronous request-reply.
+//!
+//! A client polls `GET /v1/jobs/{id}` (with `Retry-After` telling it how
+//! often) until the job is final; a succeeded job answers `303 See Other`
+//! so the client follows to its result. The estimate is the simplest one
+//! that is honest about what the host knows: elapsed time scaled by the
+//! progress the handler last committed, and none without progress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::message::now_ms;
+use crate::store::{Cancel, JobFilter, JobRecord, JobState};
+use crate::transport::Transport;
+
+/// Largest page `GET /v1/jobs` returns.
+const MAX_PAGE: usize = 1000;
+
+/// How long `DELETE` waits for an interrupted job to record its end.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// Message id (the `Idempotency-Key` when one was given).
+    pub message_id: String,
+    /// Channel.
+    pub channel: String,
+    /// Handler plugin; empty while no handler is known for the channel.
+    pub handler: String,
+    /// command | event.
+    pub kind: String,
+    /// queued, scheduled, running, succeeded, retrying, dead, cancelled,
+    /// expired.
+    pub state: JobState,
+    /// Attempts at the current slice.
+    pub attempts: u32,
+    /// Continuation slices committed.
+    pub slices: u32,
+    /// Last committed progress, 0..=100.
+    pub progress: Option<u8>,
+    /// The note that came with it.
+    pub progress_note: Option<String>,
+    /// Milliseconds to completion, from elapsed time and progress.
+    pub estimate_ms: Option<i64>,
+    /// Whether a result is recorded (`GET /v1/jobs/{id}/result`).
+    pub has_result: bool,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Version of the plugin that last ran it.
+    pub plugin_version: Option<String>,
+    /// Fuel used over every call.
+    pub fuel_used: u64,
+    /// Times replayed from the dead letters.
+    pub replays: u32,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the first start.
+    pub started_at: Option<i64>,
+    /// Unix ms of the end.
+    pub finished_at: Option<i64>,
+    /// Unix ms of the last change.
+    pub updated_at: i64,
+    /// Unix ms from which it may run.
+    pub visible_at: i64,
+    /// Unix ms after which it must not start.
+    pub expires_at: Option<i64>,
+    /// The handler's result (kept out of the status; see `/result`).
+    #[serde(skip)]
+    pub result: Option<String>,
+}
+
+impl JobView {
+    /// The view of a stored job, with the estimate as of `now`.
+    pub fn of(job: JobRecord, now: i64) -> JobView {
+        JobView {
+            estimate_ms: estimate(&job, now),
+            has_result: job.result.is_some(),
+            id: job.id,
+            message_id: job.message_id,
+            channel: job.channel,
+            handler: job.consumer,
+            kind: job.kind,
+            state: job.state,
+            attempts: job.attempts,
+            slices: job.slices,
+            progress: job.progress,
+            progress_note: job.progress_note,
+            last_error: job.last_error,
+            plugin_version: job.plugin_version,
+            fuel_used: job.fuel_used,
+            replays: job.replays,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            updated_at: job.updated_at,
+            visible_at: job.visible_at,
+            expires_at: job.expires_at,
+            result: job.result,
+        }
+    }
+}
+
+/// elapsed * (100 - p) / p, for a started, unfinished job with progress
+/// strictly between 0 and 100.
+fn estimate(job: &JobRecord, now: i64) -> Option<i64> {
+    if is_final(job.state) {
+        return Some(0).filter(|_| job.state == JobState::Succeeded);
+    }
+    let p = i64::from(job.progress.filter(|p| (1..100).contains(p))?);
+    let elapsed = now.saturating_sub(job.started_at?).max(0);
+    Some(elapsed.saturating_mul(100 - p) / p)
+}
+
+/// Succeeded, dead, cancelled, expired.
+pub fn is_final(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Succeeded | JobState::Dead | JobState::Cancelled | JobState::Expired
+    )
+}
+
+/// A job from this host's store, or (on JetStream) the status another
+/// host shared.
+async fn find<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Option<JobView>, ApiError> {
+    if let Some(job) = state.deps.store.job(id).await? {
+        return Ok(Some(JobView::of(job, now_ms())));
+    }
+    match &state.board {
+        Some(board) => Ok(board.get(id).await),
+        None => Ok(None),
+    }
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn status<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(view) = find(&state, &id).await? else {
+        return Err(ApiError::not_found(format!("no job {id}")));
+    };
+    let mut response = Json(&view).into_response();
+    if view.state == JobState::Succeeded {
+        *response.status_mut() = StatusCode::SEE_OTHER;
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}/result", view.id)) {
+            response.headers_mut().insert(LOCATION, v);
+        }
+    } else if !is_final(view.state) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+/// `GET /v1/jobs/{id}/result`: the handler's result as it returned it
+/// (JSON), once the job succeeded.
+pub async fn result<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(view) = find(&state, &id).await? else {
+        return Err(ApiError::not_found(format!("no job {id}")));
+    };
+    match view.state {
+        JobState::Succeeded => {}
+        s if is_final(s) => {
+            return Err(ApiError::conflict(format!(
+                "job {id} ended {s} without a result{}",
+                view.last_error
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )));
+        }
+        s => {
+            return Err(ApiError::conflict(format!(
+                "job {id} is {s}; poll /v1/jobs/{id} until it succeeds"
+            )));
+        }
+    }
+    let body = match view.result {
+        None => "null".to_owned(),
+        Some(r) if serde_json::from_str::<serde::de::IgnoredAny>(&r).is_ok() => r,
+        Some(r) => serde_json::Value::String(r).to_string(),
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /v1/jobs` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    state: Option<String>,
+    channel: Option<String>,
+    limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    before: Option<String>,
+}
+
+/// `GET /v1/jobs?state=&channel=&limit=&before=`: newest first, paged with
+/// the `next` link of each page.
+pub async fn list<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let job_state = params
+        .state
+        .as_deref()
+        .map(|s| {
+            JobState::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::bad_request(format!("unknown state {s:?}; one of: {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
+    page(
+        &state,
+        job_state,
+        params.channel,
+        params.limit,
+        params.before,
+        "/v1/jobs",
+    )
+    .await
+}
+
+/// One page of jobs as `{"jobs": [...], "next": link-or-null}`.
+pub(super) async fn page<T: Transport>(
+    state: &ApiState<T>,
+    job_state: Option<JobState>,
+    channel: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+    path: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(c) = &channel {
+        super::check_channel(c).map_err(|e| ApiError::bad_request(e.message))?;
+    }
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let cursor = before.as_deref().map(parse_cursor).transpose()?;
+    let jobs = state
+        .deps
+        .store
+        .jobs_page(
+            JobFilter {
+                state: job_state,
+                channel: channel.clone(),
+                limit,
+            },
+            cursor,
+        )
+        .await?;
+    let now = now_ms();
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last())
+        .flatten()
+        .map(|last| {
+            let mut link = format!(
+                "{path}?limit={limit}&before={}%3A{}",
+                last.created_at, last.id
+            );
+            if let (Some(s), true) = (job_state, path == "/v1/jobs") {
+                link.push_str(&format!("&state={s}"));
+            }
+            if let Some(c) = &channel {
+                link.push_str(&format!("&channel={c}"));
+            }
+            link
+        });
+    let jobs: Vec<JobView> = jobs.into_iter().map(|j| JobView::of(j, now)).collect();
+    Ok(Json(serde_json::json!({ "jobs": jobs, "next": next })))
+}
+
+/// `created_at:id`, as the `next` links write it.
+fn parse_cursor(s: &str) -> Result<(i64, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("before={s:?} is not a cursor from a next link"));
+    let (at, id) = s.split_once(':').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.to_owned()))
+}
+
+/// `DELETE /v1/jobs/{id}`: a waiting job is cancelled at once; a job
+/// running on this host is interrupted (the sandbox stops the guest) and
+/// recorded as cancelled; a finished job is a 409.
+pub async fn cancel<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = &state.deps.store;
+    let control = &state.deps.control;
+    // A job just claimed registers its call a moment later; give it that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match store.cancel(&id).await? {
+            Cancel::Cancelled(job) => {
+                tracing::info!(job_id = %id, "job cancelled by an operator");
+                control.changed(&id);
+                return Ok(Json(JobView::of(*job, now_ms())).into_response());
+            }
+            Cancel::NotFound => {
+                // On JetStream it may be another host's job.
+                if let Some(board) = &state.board
+                    && let Some(view) = board.get(&id).await
+                {
+                    return Err(ApiError::conflict(format!(
+                        "job {id} ({}) is recorded by another host; cancel it through that host's API",
+                        view.state
+                    )));
+                }
+                return Err(ApiError::not_found(format!("no job {id}")));
+            }
+            Cancel::Finished(s) => {
+                return Err(ApiError::conflict(format!("job {id} already ended: {s}")));
+            }
+            Cancel::Running if control.interrupt(&id) => break,
+            Cancel::Running if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Cancel::Running => {
+                return Err(ApiError::conflict(format!(
+                    "job {id} is running on another host; cancel it through that host's API"
+                )));
+            }
+        }
+    }
+    tracing::info!(job_id = %id, "running job interrupted by an operator");
+    // Wait for the pump to record how it ended (normally `cancelled`; a
+    // call that finished just before the interrupt keeps its outcome).
+    let until = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        let job = store
+            .job(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        if job.state != JobState::Running || tokio::time::Instant::now() >= until {
+            let status = match job.state {
+                JobState::Cancelled => StatusCode::OK,
+                // The call ended on its own just before the interrupt.
+                s if is_final(s) => {
+                    return Err(ApiError::conflict(format!(
+                        "job {id} ended {s} before it could be interrupted"
+                    )));
+                }
+                // Still recording, or handed back by a shutdown meanwhile.
+                _ => StatusCode::ACCEPTED,
+            };
+            return Ok((status, Json(JobView::of(job, now_ms()))).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState, progress: Option<u8>, started_at: Option<i64>) -> JobRecord {
+        JobRecord {
+            id: "j".into(),
+            message_id: "m".into(),
+            channel: "c".into(),
+            consumer: "h".into(),
+            kind: "command".into(),
+            headers: vec![],
+            body: String::new(),
+            state,
+            attempts: 1,
+            slices: 0,
+            visible_at: 0,
+            expires_at: None,
+            cursor: None,
+            progress,
+            progress_note: None,
+            result: None,
+            last_error: None,
+            plugin_version: None,
+            plugin_hash: None,
+            fuel_used: 0,
+            replays: 0,
+            created_at: 0,
+            started_at,
+            finished_at: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn estimate_scales_elapsed_by_progress() {
+        assert_eq!(
+            estimate(&job(JobState::Scheduled, Some(25), Some(1000)), 2000),
+            Some(3000)
+        );
+        assert_eq!(estimate(&job(JobState::Running, None, Some(0)), 10), None);
+        assert_eq!(
+            estimate(&job(JobState::Running, Some(0), Some(0)), 10),
+            None
+        );
+        assert_eq!(estimate(&job(JobState::Queued, Some(50), None), 10), None);
+        assert_eq!(
+            estimate(&job(JobState::Succeeded, Some(100), Some(0)), 10),
+            Some(0)
+        );
+        assert_eq!(estimate(&job(JobState::Dead, Some(50), Some(0)), 10), None);
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(parse_cursor("12:abc-1"), Ok((12, "abc-1".to_owned())));
+        assert!(parse_cursor("x:abc").is_err());
+        assert!(parse_cursor("12").is_err());
+    }
+}

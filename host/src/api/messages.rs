@@ -1,0 +1,189 @@
+//! `POST /v1/channels/{channel}/messages`: the starting half of
+//! asynchronous request-reply.
+//!
+//! The body is the message body. It is published through the daemon's
+//! transport, exactly like `sluice post`, and the answer is `202 Accepted`
+//! with the job to poll in `Location`. An `Idempotency-Key` header becomes
+//! the message id, so a client that retries a post after a timeout gets
+//! the same job back instead of a second one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{LOCATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{ApiError, ApiState};
+use crate::message::{Message, MessageKind, new_id, now_ms};
+use crate::store::{NewMessage, job_id_for};
+use crate::transport::Transport;
+
+/// Longest `Idempotency-Key` accepted (it becomes the message id).
+const MAX_KEY: usize = 200;
+
+/// Query parameters of a post.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostParams {
+    /// Run after this delay (`30s`, `5m`).
+    delay: Option<String>,
+    /// Run at this time (RFC 3339).
+    at: Option<String>,
+    /// Expire (never start) if not started within this long.
+    expires_in: Option<String>,
+    /// command (default) or event.
+    kind: Option<String>,
+}
+
+/// `POST /v1/channels/{channel}/messages`.
+pub async fn post<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(channel): Path<String>,
+    params: Result<Query<PostParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    super::check_channel(&channel)?;
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body = body.map_err(|e| ApiError::new(e.status(), body_error(e.status())))?;
+    let message = build(&state, channel, params, &headers, body)?;
+    let channel = message.message.channel.clone();
+    let mut published = state.deps.transport.publish(vec![message]).await?;
+    let Some(mut published) = published.pop() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the transport accepted nothing",
+        ));
+    };
+    if published.job_ids.is_empty() {
+        // JetStream: hosts create jobs on receipt, each named by (message
+        // id, handler), so the ids are known here already.
+        published.job_ids = state
+            .deps
+            .registry
+            .current()
+            .handlers_of(&channel)
+            .iter()
+            .map(|h| job_id_for(&published.message_id, &h.info().name))
+            .collect();
+    }
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "message_id": published.message_id,
+            "job_ids": published.job_ids,
+            "duplicate": published.duplicate,
+            "status": published.job_ids.first().map(|id| format!("/v1/jobs/{id}")),
+        })),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Some(v) = published
+        .job_ids
+        .first()
+        .and_then(|id| HeaderValue::from_str(&format!("/v1/jobs/{id}")).ok())
+    {
+        headers.insert(LOCATION, v);
+    }
+    Ok(response)
+}
+
+fn body_error(status: StatusCode) -> &'static str {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is larger than the configured body_limit"
+    } else {
+        "cannot read the request body"
+    }
+}
+
+/// Checks the request and turns it into a message.
+fn build<T: Transport>(
+    state: &ApiState<T>,
+    channel: String,
+    params: PostParams,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<NewMessage, ApiError> {
+    let kind = match params.kind.as_deref() {
+        None => MessageKind::Command,
+        Some(k) => MessageKind::parse(k)
+            .ok_or_else(|| ApiError::bad_request(format!("kind={k:?}: use command or event")))?,
+    };
+    let id = match headers.get("idempotency-key") {
+        None => new_id(),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"
+                    ))
+                })?;
+            key.to_owned()
+        }
+    };
+    let now = now_ms();
+    let visible_at = match (params.at.as_deref(), params.delay.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give delay or at, not both"));
+        }
+        (Some(at), None) => {
+            let t = humantime::parse_rfc3339_weak(at).map_err(|e| {
+                ApiError::bad_request(format!("at={at:?} is not an RFC 3339 time: {e}"))
+            })?;
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| ApiError::bad_request("at is before 1970"))?
+                .as_millis();
+            i64::try_from(ms).unwrap_or(i64::MAX)
+        }
+        (None, Some(d)) => now.saturating_add(millis(duration("delay", d)?)),
+        (None, None) => now,
+    };
+    let expires_at = params
+        .expires_in
+        .as_deref()
+        .map(|d| duration("expires_in", d).map(|d| now.saturating_add(millis(d))))
+        .transpose()?;
+    // Without a mapper the handler gets the body as JSON, so anything else
+    // could only end as a poison message: refuse it now instead.
+    let mapped = state.deps.registry.current().mappers.contains_key(&channel);
+    if !mapped && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::unprocessable(format!(
+            "the body is not JSON ({e}), and channel {channel} has no mapper to read it"
+        )));
+    }
+    Ok(NewMessage {
+        message: Message {
+            id,
+            channel,
+            kind,
+            headers: Vec::new(),
+            body: body.to_vec(),
+        },
+        visible_at,
+        expires_at,
+    })
+}
+
+fn duration(name: &str, value: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(value).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{name}={value:?} is not a duration like 30s or 5m: {e}"
+        ))
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,228 @@
+//! The HTTP API: asynchronous request-reply over the daemon's own store.
+//!
+//! A web application hands long work to Sluice with `POST
+//! /v1/channels/{channel}/messages`, gets `202 Accepted` and a `Location`
+//! at once, polls `GET /v1/jobs/{id}` (state, progress, an estimate), and
+//! is sent on (`303 See Other`) to `/v1/jobs/{id}/result` when the job
+//! succeeded. Around that: job control (list, cancel), dead letters,
+//! plugins, channel pause/resume, health probes and Prometheus metrics.
+//!
+//! Why inside the daemon: the API must see what the pumps see (the plugin
+//! registry, running calls, paused channels) and publish through the same
+//! transport. It never bypasses `store`: every read and write is a store
+//! operation on the writer thread, and posts go through `Transport::publish`
+//! exactly like `sluice post`.
+//!
+//! Files: `auth` (bearer token), `error` (JSON errors), `messages` (post),
+//! `jobs` (status, result, list, cancel), `admin` (dead letters, plugins,
+//! channels), `health` (probes, metrics), `cluster` (job status shared
+//! over JetStream), `client` (the CLI's minimal caller).
+
+mod admin;
+mod auth;
+pub mod client;
+mod cluster;
+mod error;
+mod health;
+mod jobs;
+mod messages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use cluster::StatusBoard;
+pub use error::{ApiError, ServeError};
+
+use crate::config::HttpSettings;
+use crate::pump::Deps;
+use crate::transport::{JetStream, Transport};
+
+/// What the handlers share.
+pub struct ApiState<T> {
+    /// The daemon's store, transport, registry, config and control.
+    pub deps: Arc<Deps<T>>,
+    /// The JetStream connection when the daemon runs on it (replay
+    /// re-publishes; readiness checks the connection).
+    pub jetstream: Option<JetStream>,
+    /// Job statuses from every host (JetStream only).
+    pub board: Option<StatusBoard>,
+}
+
+/// The running API, for the daemon to finish after its pumps drained.
+pub struct Running {
+    server: tokio::task::JoinHandle<()>,
+    board: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+}
+
+/// Binds the address and starts serving (and, on JetStream, sharing job
+/// statuses). The server stops accepting on `shutdown`.
+pub async fn start<T: Transport>(
+    settings: &HttpSettings,
+    deps: Arc<Deps<T>>,
+    jetstream: Option<JetStream>,
+    shutdown: CancellationToken,
+) -> Result<Running, ServeError> {
+    let listener = bind(settings).await?;
+    let mut board = None;
+    if let Some(js) = &jetstream {
+        let (replicas, max_age) = deps
+            .config
+            .nats
+            .as_ref()
+            .map_or((1, std::time::Duration::ZERO), |n| (n.replicas, n.max_age));
+        let opened = StatusBoard::open(js, replicas, max_age)
+            .await
+            .map_err(ServeError::Cluster)?;
+        let done = CancellationToken::new();
+        let changes = deps.control.subscribe_changes();
+        let task = tokio::spawn(
+            opened
+                .clone()
+                .run(deps.store.clone(), changes, done.clone()),
+        );
+        board = Some((opened, task, done));
+    }
+    let state = Arc::new(ApiState {
+        deps,
+        jetstream,
+        board: board.as_ref().map(|(b, _, _)| b.clone()),
+    });
+    let server = tokio::spawn(serve(listener, router(state, settings), shutdown));
+    Ok(Running {
+        server,
+        board: board.map(|(_, task, done)| (task, done)),
+    })
+}
+
+impl Running {
+    /// After the pumps drained: waits for the server's last requests and
+    /// shares the last statuses (bounded, so a lost NATS cannot hang exit).
+    pub async fn finish(self) {
+        let limit = std::time::Duration::from_secs(10);
+        if tokio::time::timeout(limit, self.server).await.is_err() {
+            tracing::warn!("HTTP API requests still open after 10s; closing");
+        }
+        if let Some((task, done)) = self.board {
+            done.cancel();
+            if tokio::time::timeout(limit, task).await.is_err() {
+                tracing::warn!("job statuses not all shared within 10s");
+            }
+        }
+    }
+}
+
+/// Binds the API's address; done before the pumps start so a taken port
+/// fails the daemon's start instead of leaving it running without its API.
+pub async fn bind(settings: &HttpSettings) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(settings.addr)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: settings.addr,
+            reason: e.to_string(),
+        })
+}
+
+/// The routes. Everything but the health probes needs the bearer token
+/// when one is configured.
+pub fn router<T: Transport>(state: Arc<ApiState<T>>, settings: &HttpSettings) -> Router {
+    let protected = Router::new()
+        .route("/v1/channels/{channel}/messages", post(messages::post::<T>))
+        .route("/v1/channels", get(admin::channels::<T>))
+        .route("/v1/channels/{channel}/pause", post(admin::pause::<T>))
+        .route("/v1/channels/{channel}/resume", post(admin::resume::<T>))
+        .route("/v1/jobs", get(jobs::list::<T>))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::status::<T>).delete(jobs::cancel::<T>),
+        )
+        .route("/v1/jobs/{id}/result", get(jobs::result::<T>))
+        .route("/v1/dead-letters", get(admin::dead_letters::<T>))
+        .route("/v1/dead-letters/replay", post(admin::replay_all::<T>))
+        .route("/v1/dead-letters/{id}/replay", post(admin::replay::<T>))
+        .route("/v1/plugins", get(admin::plugins::<T>))
+        .route("/metrics", get(health::metrics::<T>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(settings.token.clone()),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz::<T>))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`, then stops accepting and lets the requests in
+/// progress finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string());
+    tracing::info!(%addr, "HTTP API listening");
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP API stopped");
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Channel names end up in NATS subjects and SQL rows: the plugins'
+/// alphabet (`[A-Za-z0-9._-]`, 1 to 200 bytes), and no empty subject token.
+pub(crate) fn valid_channel(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+}
+
+/// 422 unless `channel` is a valid channel name.
+pub(crate) fn check_channel(channel: &str) -> Result<(), ApiError> {
+    if valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "channel name {channel:?} is not valid (allowed: A-Z a-z 0-9 . _ -, 1 to 200 chars, no empty segment)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_channel;
+
+    #[test]
+    fn channel_names() {
+        assert!(valid_channel("task.reminder"));
+        assert!(valid_channel("a-b_c"));
+        assert!(!valid_channel(""));
+        assert!(!valid_channel("a..b"));
+        assert!(!valid_channel(".a"));
+        assert!(!valid_channel("a b"));
+        assert!(!valid_channel("a*"));
+        assert!(!valid_channel(&"x".repeat(201)));
+    }
+}

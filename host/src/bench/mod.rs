@@ -1,0 +1,332 @@
+//! `sluice bench`: drives messages through a real in-process host (the
+//! store, runtime, registry and pumps `sluice run` uses) on the embedded
+//! queue and on JetStream, and measures, in the same run, the baselines its
+//! figures are judged against. In the spirit of `nats bench`: one command,
+//! a few lines of numbers, each next to its target.
+//!
+//! Why in-process rather than driving the `sluice` binary: timestamps can
+//! then be taken where the work happens (see `probe.rs`), and the host's
+//! memory is this process's memory. What runs is the production code path;
+//! only the transport is wrapped to time its `settle`.
+//!
+//! Files, one concept each: `drive.rs` (backlog drain and steady-state
+//! runs), `probe.rs` (post -> handled timestamps), `baseline.rs` (raw
+//! JetStream consume + ack, sandbox vs native call), `swap.rs` (hot reload
+//! swap latency), `natsd.rs` (a throwaway nats-server), `stats.rs`
+//! (percentiles, RSS), `report.rs` (the printed lines).
+//!
+//! This is an edge like `cli`, so errors are `anyhow`.
+
+mod baseline;
+mod drive;
+mod natsd;
+mod probe;
+mod report;
+mod stats;
+mod swap;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::message::{Message, MessageKind, new_id};
+use crate::registry::{self, PluginSet};
+use crate::runtime::{PluginKind, Runtime};
+use crate::store::{Store, StoreOptions};
+use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
+
+use drive::{Host, Mode};
+use report::Report;
+
+/// Which transports to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// The embedded SQLite queue only.
+    Embedded,
+    /// JetStream only.
+    Jetstream,
+    /// Both (JetStream is skipped, with a note, when no server is at hand).
+    Both,
+}
+
+/// `sluice bench` options. `--data DIR` (global) keeps the run's databases
+/// there instead of a temp dir; `--nats URL` (global) uses that server
+/// instead of starting a throwaway `nats-server -js`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Handler plugin: a .wasm path, or a name looked up in --plugins and
+    /// target/plugins/test.
+    #[arg(long, default_value = "test-flaky", value_name = "PATH_OR_NAME")]
+    pub plugin: String,
+    /// Request body of every message [default: {"amount":1} for
+    /// test-counter, else {}].
+    #[arg(long, value_name = "JSON")]
+    pub body: Option<String>,
+    /// Messages per backlog drain (and for the raw JetStream baseline).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub messages: usize,
+    /// Transports to drive.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    pub transport: Which,
+    /// Also run a steady-state phase: this many messages/s offered for
+    /// --duration, after each drain.
+    #[arg(long, value_name = "MSGS_PER_S")]
+    pub rate: Option<u32>,
+    /// How long the steady-state phase offers messages.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Jobs of the handler running at once (overrides the config's policy).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Sandboxed calls timed for the sandbox-cost baseline (0: skip).
+    #[arg(long, default_value_t = 5_000, value_name = "N")]
+    pub sandbox_calls: usize,
+    /// Hot reload swaps timed (0: skip).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub swaps: usize,
+}
+
+/// Runs the benchmark and prints its report. `data`: the `--data` flag.
+pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    if let Some(n) = args.concurrency {
+        anyhow::ensure!(n > 0, "--concurrency must be at least 1");
+        config.policy.concurrency = n;
+        for p in config.plugins.values_mut() {
+            p.policy.concurrency = n;
+        }
+    }
+    let work = WorkDir::new(data)?;
+    let runtime = Runtime::with_cache(config.runtime.clone(), work.path.join("cache"))?;
+    let path = find_plugin(&args.plugin, &config.plugins_dir)?;
+    let plugin = registry::load_file(&runtime, &config, &path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let info = plugin.info().clone();
+    if info.kind != PluginKind::Handler {
+        bail!("{} is a mapper; bench needs a handler", path.display());
+    }
+    let Some(channel) = info.channels.first().cloned() else {
+        bail!("{} handles no channel", path.display());
+    };
+    let body = args.body.clone().unwrap_or_else(|| {
+        if info.name == "test-counter" {
+            r#"{"amount":1}"#.into()
+        } else {
+            "{}".into()
+        }
+    });
+    let mut set = PluginSet::default();
+    set.admit(&path, plugin.clone())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let policy = config.policy_for(&info.name);
+    let config = Arc::new(config);
+    let mut report = Report::new();
+    report.header(&info, &channel, &body, &args, &policy, &config);
+    let host = |store: Store| Host {
+        store,
+        set: set.clone(),
+        sub: Subscription {
+            channel: channel.clone(),
+            consumer: info.name.clone(),
+        },
+        config: config.clone(),
+        body: body.clone().into_bytes(),
+    };
+    let steady = args.rate.map(|rate| Mode::Steady {
+        rate,
+        duration: args.duration,
+    });
+    let drain = Mode::Drain {
+        messages: args.messages,
+    };
+
+    if args.transport != Which::Jetstream {
+        for (i, mode) in std::iter::once(drain).chain(steady).enumerate() {
+            let store = open(&config, &work.path.join(format!("embedded-{i}")), false)?;
+            let transport = Embedded::new(store.clone(), config.poll_interval);
+            let run = drive::run(&host(store), transport, mode).await?;
+            report.run("embedded", mode, &run);
+        }
+    }
+
+    let mut raw = None;
+    if args.transport != Which::Embedded {
+        match nats_url(&config, &work.path, args.transport) {
+            Ok((url, server)) => {
+                for (i, mode) in std::iter::once(drain).chain(steady).enumerate() {
+                    let store = open(&config, &work.path.join(format!("jetstream-{i}")), true)?;
+                    let run =
+                        jetstream_run(&config, &url, &host(store.clone()), store, mode).await?;
+                    report.run("jetstream", mode, &run);
+                    if matches!(mode, Mode::Drain { .. }) {
+                        report.jetstream_drain = Some(run);
+                    }
+                }
+                let body = body.as_bytes();
+                let r = baseline::raw_jetstream(&url, body, args.messages).await?;
+                report.raw(args.messages, &r);
+                raw = Some(r);
+                drop(server);
+            }
+            Err(why) if args.transport == Which::Both => report.skipped("jetstream", &why),
+            Err(why) => return Err(why),
+        }
+    }
+    report.jetstream_vs_raw(args.messages, raw.as_ref());
+
+    if args.sandbox_calls > 0 {
+        let request = crate::pump::passthrough(&Message {
+            id: new_id(),
+            channel: channel.clone(),
+            kind: MessageKind::Command,
+            headers: Vec::new(),
+            body: body.clone().into_bytes(),
+        })
+        .map_err(|e| anyhow::anyhow!("the request body: {e:?}"))?;
+        let r = baseline::sandbox(&plugin, &channel, &request, args.sandbox_calls).await;
+        report.sandbox(&r);
+    }
+
+    if args.swaps > 0 {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let builds = ["test-version-1", "test-version-2"]
+            .map(|n| find_plugin(n, dir).or_else(|_| find_plugin(n, &config.plugins_dir)));
+        match builds {
+            [Ok(v1), Ok(v2)] => {
+                let r = swap::run(
+                    &runtime,
+                    &config,
+                    &work.path.join("swap"),
+                    &v1,
+                    &v2,
+                    args.swaps,
+                )
+                .await?;
+                report.swap(args.swaps, &r);
+            }
+            _ => report.skipped(
+                "reload",
+                &anyhow::anyhow!("test-version-1/2.wasm not found (scripts/build-plugins)"),
+            ),
+        }
+    }
+    report.finish();
+    drop(plugin);
+    Ok(())
+}
+
+/// One JetStream run: connect the transport to `store`, run the outbox
+/// relay alongside, drive, stop the relay.
+async fn jetstream_run(
+    config: &Config,
+    url: &str,
+    host: &Host,
+    store: Store,
+    mode: Mode,
+) -> anyhow::Result<drive::RunReport> {
+    let settings = JetStreamSettings {
+        url: url.to_owned(),
+        ..config.nats.clone().unwrap_or_default()
+    };
+    let concurrency = {
+        let config = host.config.clone();
+        Arc::new(move |name: &str| config.policy_for(name).concurrency)
+    };
+    let js = JetStream::connect(settings, store, concurrency)
+        .await
+        .with_context(|| format!("connecting to JetStream at {url}"))?;
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn({
+        let (js, stop) = (js.clone(), stop.clone());
+        async move { js.relay(stop).await }
+    });
+    let run = drive::run(host, js, mode).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), relay).await;
+    run
+}
+
+/// The server to use: `--nats`, else a throwaway one.
+fn nats_url(
+    config: &Config,
+    dir: &Path,
+    which: Which,
+) -> anyhow::Result<(String, Option<natsd::NatsServer>)> {
+    if let Some(n) = &config.nats {
+        return Ok((n.url.clone(), None));
+    }
+    let server = natsd::NatsServer::start(&dir.join("nats")).with_context(|| match which {
+        Which::Both => "no --nats URL given and cannot start nats-server",
+        _ => "no --nats URL given",
+    })?;
+    Ok((server.url(), Some(server)))
+}
+
+fn open(config: &Config, dir: &Path, outbox: bool) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let options = StoreOptions {
+        outbox,
+        ..config.store.clone()
+    };
+    Ok(Store::open(&dir.join("sluice.db"), &options)?)
+}
+
+/// A path as given, else `<dir>/<name>.wasm`, else
+/// `target/plugins/test/<name>.wasm`.
+fn find_plugin(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = format!("{name}.wasm");
+    let candidates = [
+        PathBuf::from(name),
+        dir.join(&file),
+        Path::new("target/plugins/test").join(&file),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no plugin {name:?} (looked for {}); build them with scripts/build-plugins",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Where a run keeps its databases, caches and server: `--data` (kept), or
+/// a temp dir removed at the end.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new(data: Option<PathBuf>) -> anyhow::Result<WorkDir> {
+        let (path, remove) = match data {
+            Some(d) => (d.join(format!("bench-{}", new_id())), false),
+            None => (
+                std::env::temp_dir().join(format!("sluice-bench-{}", new_id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, remove })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

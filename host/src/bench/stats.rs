@@ -1,0 +1,146 @@
+//! Numbers for the report: latency percentiles from raw samples, rates,
+//! and the process's peak resident memory.
+//!
+//! Why raw samples rather than a histogram: a run holds at most a few
+//! hundred thousand of them (8 bytes each), sorting them once is cheap, and
+//! exact p99 and max are what the targets are stated in.
+
+use std::time::Duration;
+
+/// p50 / p99 / max of a set of durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// How many samples.
+    pub count: usize,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest.
+    pub max: Duration,
+}
+
+impl Percentiles {
+    /// From samples in nanoseconds (reordered in place).
+    pub fn of_nanos(samples: &mut [u64]) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            Duration::from_nanos(samples[i.min(samples.len() - 1)])
+        };
+        Percentiles {
+            count: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+
+    /// `p50 1.2 ms  p99 3.4 ms  max 5.6 ms`.
+    pub fn line(&self) -> String {
+        format!(
+            "p50 {}  p99 {}  max {}",
+            human(self.p50),
+            human(self.p99),
+            human(self.max)
+        )
+    }
+}
+
+/// A duration in the unit that reads best (ns, us, ms, s).
+pub fn human(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1} us", ns as f64 / 1e3)
+    } else if ns < 10_000_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2} s", ns as f64 / 1e9)
+    }
+}
+
+/// Items per second; 0 for an empty interval.
+pub fn rate(items: usize, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        0.0
+    } else {
+        items as f64 / secs
+    }
+}
+
+/// `ours / base` as `0.42x`; `n/a` when the base is zero.
+pub fn ratio(ours: f64, base: f64) -> String {
+    if base <= 0.0 {
+        "n/a".into()
+    } else {
+        format!("{:.2}x", ours / base)
+    }
+}
+
+/// Peak resident set size of this process so far (`VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    status_kib("VmHWM:").map(|k| k * 1024)
+}
+
+/// Current resident set size (`VmRSS`), in bytes.
+pub fn current_rss() -> Option<u64> {
+    status_kib("VmRSS:").map(|k| k * 1024)
+}
+
+/// Resets the peak (`VmHWM`) to the current RSS, so the next reading is the
+/// peak of what runs from now on. Best effort: needs Linux 4.0+.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Bytes as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_samples() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        let p = Percentiles::of_nanos(&mut v);
+        assert_eq!(p.count, 100);
+        assert_eq!(p.p50, Duration::from_nanos(51));
+        assert_eq!(p.p99, Duration::from_nanos(99));
+        assert_eq!(p.max, Duration::from_nanos(100));
+        assert_eq!(Percentiles::of_nanos(&mut []), Percentiles::default());
+    }
+
+    #[test]
+    fn reads_this_process_memory() {
+        assert!(peak_rss().is_some_and(|b| b > 0));
+        assert!(current_rss().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(human(Duration::from_nanos(950)), "950 ns");
+        assert_eq!(human(Duration::from_micros(12)), "12.0 us");
+        assert_eq!(human(Duration::from_millis(15)), "15.00 ms");
+        assert_eq!(human(Duration::from_millis(5)), "5.00 ms");
+        assert_eq!(ratio(1.0, 4.0), "0.25x");
+        assert_eq!(ratio(1.0, 0.0), "n/a");
+    }
+}

@@ -1,0 +1,186 @@
+//! Operator control of running pumps: pausing a channel (Brighter's stop and
+//! start of a single channel) and interrupting one running job.
+//!
+//! Why here and not in the store: both act on this process's pumps, not on
+//! records. A paused channel's pump keeps running but stops fetching, so
+//! its messages stay queued (or in the stream, on JetStream) and a resume
+//! picks them up without a restart. Pauses live in memory: a restarted
+//! daemon serves every channel again, which is what an operator who forgot
+//! a pause wants more often than not.
+//!
+//! Interrupting uses the same sandbox cancellation as shutdown, so a pump
+//! must tell the two apart: a shutdown hands the job back to the queue,
+//! an operator cancel records it `cancelled`. Each running call therefore
+//! registers its token with a flag that only [`Control::interrupt`] sets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{InFlight, Metrics};
+
+/// One running call, as [`Control`] knows it.
+#[derive(Debug)]
+struct RunningCall {
+    token: CancellationToken,
+    by_operator: AtomicBool,
+}
+
+/// Shared by the pumps and the API. The locks are std mutexes held for a
+/// map operation only, never across `.await`.
+#[derive(Debug, Default)]
+pub struct Control {
+    running: Mutex<HashMap<String, Arc<RunningCall>>>,
+    paused: Mutex<BTreeSet<String>>,
+    /// Where job ids go after their record changed (the API's cluster
+    /// status board listens on JetStream); `None`: nobody listens.
+    changes: Mutex<Option<UnboundedSender<String>>>,
+    /// This process's counters.
+    pub metrics: Metrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Control {
+    /// Stops the pumps of `channel` fetching; false if it was paused already.
+    pub fn pause(&self, channel: &str) -> bool {
+        lock(&self.paused).insert(channel.to_owned())
+    }
+
+    /// Lets the pumps of `channel` fetch again; false if it was not paused.
+    pub fn resume(&self, channel: &str) -> bool {
+        lock(&self.paused).remove(channel)
+    }
+
+    /// Whether an operator paused `channel`.
+    pub fn is_paused(&self, channel: &str) -> bool {
+        lock(&self.paused).contains(channel)
+    }
+
+    /// Channels paused now, sorted.
+    pub fn paused(&self) -> Vec<String> {
+        lock(&self.paused).iter().cloned().collect()
+    }
+
+    /// From now on, the id of every job whose record changes (started,
+    /// outcome committed, cancelled, replayed) is sent to the returned
+    /// receiver.
+    pub fn subscribe_changes(&self) -> UnboundedReceiver<String> {
+        let (tx, rx) = unbounded_channel();
+        *lock(&self.changes) = Some(tx);
+        rx
+    }
+
+    /// Says the record of `job_id` changed.
+    pub fn changed(&self, job_id: &str) {
+        if let Some(tx) = lock(&self.changes).as_ref() {
+            let _ = tx.send(job_id.to_owned());
+        }
+    }
+
+    /// Registers a call about to run `job_id` under `token`, until the
+    /// returned guard drops.
+    pub fn start(&self, job_id: &str, token: &CancellationToken) -> Running<'_> {
+        let call = Arc::new(RunningCall {
+            token: token.clone(),
+            by_operator: AtomicBool::new(false),
+        });
+        lock(&self.running).insert(job_id.to_owned(), call.clone());
+        Running {
+            control: self,
+            job_id: job_id.to_owned(),
+            call,
+            _in_flight: self.metrics.call_started(),
+        }
+    }
+
+    /// An operator's cancel: interrupts the call running `job_id` on this
+    /// host. False if no such call runs here.
+    pub fn interrupt(&self, job_id: &str) -> bool {
+        let Some(call) = lock(&self.running).get(job_id).cloned() else {
+            return false;
+        };
+        call.by_operator.store(true, Ordering::SeqCst);
+        call.token.cancel();
+        true
+    }
+
+    /// Whether a call for `job_id` runs on this host now.
+    pub fn is_running(&self, job_id: &str) -> bool {
+        lock(&self.running).contains_key(job_id)
+    }
+}
+
+/// A registered running call; unregisters itself when dropped.
+pub struct Running<'a> {
+    control: &'a Control,
+    job_id: String,
+    call: Arc<RunningCall>,
+    _in_flight: InFlight<'a>,
+}
+
+impl Running<'_> {
+    /// True when an operator (not shutdown) interrupted this call.
+    pub fn cancelled_by_operator(&self) -> bool {
+        self.call.by_operator.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.control.running);
+        if map
+            .get(&self.job_id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.call))
+        {
+            map.remove(&self.job_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupt_marks_the_call_and_cancels_its_token() {
+        let control = Control::default();
+        let token = CancellationToken::new();
+        let running = control.start("j1", &token);
+        assert!(control.is_running("j1"));
+        assert_eq!(control.metrics.in_flight(), 1);
+        assert!(!control.interrupt("other"));
+        assert!(control.interrupt("j1"));
+        assert!(token.is_cancelled());
+        assert!(running.cancelled_by_operator());
+        drop(running);
+        assert!(!control.is_running("j1"));
+        assert_eq!(control.metrics.in_flight(), 0);
+    }
+
+    #[test]
+    fn shutdown_cancel_is_not_an_operator_cancel() {
+        let control = Control::default();
+        let token = CancellationToken::new();
+        let running = control.start("j1", &token);
+        token.cancel();
+        assert!(!running.cancelled_by_operator());
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        let control = Control::default();
+        assert!(control.pause("a"));
+        assert!(!control.pause("a"));
+        assert!(control.is_paused("a"));
+        assert_eq!(control.paused(), vec!["a".to_owned()]);
+        assert!(control.resume("a"));
+        assert!(!control.resume("a"));
+        assert!(!control.is_paused("a"));
+    }
+}
