@@ -238,25 +238,8 @@ impl Store {
 
     /// Jobs matching `filter`, newest first.
     pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
-        self.call(move |conn| {
-            let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-            let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM jobs
-                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR channel = ?2)
-                 ORDER BY created_at DESC, id DESC LIMIT ?3"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![filter.state.map(|s| s.as_str()), filter.channel, limit],
-                record,
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row??);
-            }
-            Ok(out)
-        })
-        .await
+        // The first page of the keyset-paged query.
+        self.jobs_page(filter, None).await
     }
 
     /// Job counts by (channel, state).
