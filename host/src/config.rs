@@ -77,21 +77,6 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The `[policy]` table and the policy part of `[plugins.NAME]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    max_attempts: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    backoff_initial: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    backoff_max: Option<Duration>,
-    concurrency: Option<usize>,
-    breaker_failures: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    breaker_cooldown: Option<Duration>,
-}
-
 /// A size in bytes, written as an integer or as "64MiB" / "512KiB" / "1GiB".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Bytes(u64);
@@ -220,7 +205,9 @@ struct RawFile {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    policy: RawPolicy,
+    /// Read with the per-plugin table's type; its limit keys are refused
+    /// (they belong in `[limits]`).
+    policy: RawPlugin,
     #[serde(default)]
     plugin: BTreeMap<String, RawPlugin>,
 }
@@ -363,18 +350,13 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
     };
     check_limits("[limits]", &spec_of(limits), defaults.max_memory_bytes)?;
     let base = Policy::default();
-    let policy = merge_policy(
-        base,
-        &RawPlugin {
-            max_attempts: raw.policy.max_attempts,
-            backoff_initial: raw.policy.backoff_initial,
-            backoff_max: raw.policy.backoff_max,
-            concurrency: raw.policy.concurrency,
-            breaker_failures: raw.policy.breaker_failures,
-            breaker_cooldown: raw.policy.breaker_cooldown,
-            ..RawPlugin::default()
-        },
-    );
+    let p = &raw.policy;
+    if p.fuel.is_some() || p.memory.is_some() || p.timeout.is_some() {
+        return Err(ConfigError::Invalid(
+            "[policy]: fuel, memory and timeout are sandbox limits: put them in [limits]".into(),
+        ));
+    }
+    let policy = merge_policy(base, p);
     check_policy("[policy]", &policy, defaults.max_instances)?;
     let mut plugins = BTreeMap::new();
     for (name, table) in &raw.plugin {
