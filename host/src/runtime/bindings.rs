@@ -2,8 +2,9 @@
 //!
 //! Why two invocations: a plugin targets exactly one world, and each world
 //! gets its own typed `*Pre` (pre-instantiated, linked once per plugin
-//! version). The worlds share the `types` and `log` interfaces, so `log` is
-//! implemented twice in `host.rs` over one function.
+//! version). The worlds share the `log` interface: the mapper bindings reuse
+//! the handler's (`with`), so `host.rs` implements it once. `types` stays
+//! per world because the mapper borrows its records.
 //!
 //! Options, and why:
 //! - every export is `async`: calls run on a wasmtime fiber so the epoch
@@ -36,6 +37,8 @@ pub(super) mod mapper {
         imports: { default: trappable },
         exports: { default: async },
         ownership: Borrowing { duplicate_if_necessary: true },
+        // One `log` interface for both worlds, so the host implements it once.
+        with: { "sluice:plugin/log": super::handler::sluice::plugin::log },
     });
 }
 

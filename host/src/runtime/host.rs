@@ -70,25 +70,6 @@ impl handler::sluice::plugin::log::Host for CallState {
     }
 }
 
-impl mapper::sluice::plugin::log::Host for CallState {
-    fn log(
-        &mut self,
-        level: mapper::sluice::plugin::log::Level,
-        message: String,
-    ) -> wasmtime::Result<()> {
-        use mapper::sluice::plugin::log::Level as L;
-        let level = match level {
-            L::Trace => tracing::Level::TRACE,
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        self.log_line(level, &message);
-        Ok(())
-    }
-}
-
 /// `tracing` wants its level at compile time.
 macro_rules! plugin_event {
     ($level:expr, $($rest:tt)*) => {
