@@ -1,0 +1,117 @@
+//! Pulling deliveries: a batch from the consumer, decoded and recorded in
+//! this host's inbox in one store operation; what the inbox says was done
+//! already is acked here, and only the rest reaches the pump.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures_util::TryStreamExt;
+
+use super::super::wire;
+use super::super::{Delivery, Receipt, Subscription, TransportError};
+use super::{JetStream, JetStreamError, consumer_name};
+use crate::message::now_ms;
+use crate::store::{Delivered, Received};
+
+fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
+    move |reason| JetStreamError::Fetch {
+        consumer: consumer.to_owned(),
+        reason,
+    }
+}
+
+impl JetStream {
+    /// Up to `max` deliveries of `subscription` that should run now.
+    pub(super) async fn fetch_deliveries(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        let Some(consumer) = self.consumer(subscription) else {
+            tokio::time::sleep(self.inner.settings.fetch_wait).await;
+            return Ok(Vec::new());
+        };
+        let name = consumer_name(subscription);
+        // Take what is there now without waiting (a batch pull would hold
+        // its messages until it is full or expires); only when nothing is
+        // there, wait up to `fetch_wait` for the first message to arrive.
+        // Both pulls are bounded on the client too: a pull request lost in a
+        // reconnect would otherwise never be answered.
+        let wait = self.inner.settings.fetch_wait;
+        let pull = |batch: bool| {
+            let consumer = consumer.clone();
+            let err = nats_err(&name);
+            async move {
+                let stream = if batch {
+                    consumer
+                        .batch()
+                        .max_messages(1)
+                        .expires(wait)
+                        .messages()
+                        .await
+                } else {
+                    consumer
+                        .fetch()
+                        .max_messages(max)
+                        .expires(wait)
+                        .messages()
+                        .await
+                }
+                .map_err(|e| err(e.to_string()))?;
+                match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
+                    Ok(r) => r.map_err(|e| err(e.to_string())),
+                    Err(_) => Ok(Vec::new()),
+                }
+            }
+        };
+        let mut messages: Vec<jetstream::Message> = pull(false).await?;
+        if messages.is_empty() {
+            messages = pull(true).await?;
+        }
+        // The whole pull is recorded in the inbox in one store operation
+        // (one commit round trip), not one per message.
+        let mut pulled = Vec::with_capacity(messages.len());
+        let mut delivered = Vec::with_capacity(messages.len());
+        for msg in messages {
+            let decoded =
+                match wire::decode(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
+                    Ok(d) => d,
+                    Err(reason) => {
+                        self.reject_undecodable(&msg, &reason).await;
+                        continue;
+                    }
+                };
+            delivered.push(Delivered {
+                consumer: subscription.consumer.clone(),
+                message: decoded.message,
+                slice: decoded.slice,
+                cursor: decoded.cursor,
+                not_before: decoded.not_before,
+                expires_at: decoded.expires_at,
+            });
+            pulled.push(msg);
+        }
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let received = self.inner.store.receive_all(delivered).await?;
+        let mut out = Vec::with_capacity(received.len());
+        for (msg, received) in pulled.into_iter().zip(received) {
+            match received {
+                Received::Run(job) => out.push(Delivery {
+                    job,
+                    receipt: Receipt::JetStream(Box::new(msg)),
+                }),
+                Received::Done(state) => {
+                    tracing::debug!(%state, "redelivered message already handled here; acking");
+                    let _ = msg.ack().await;
+                }
+                Received::NotYet(at) => {
+                    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

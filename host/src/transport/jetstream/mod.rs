@@ -1,0 +1,260 @@
+//! The JetStream transport: what several hosts on several machines share.
+//!
+//! One stream `SLUICE` holds every channel (`sluice.<channel>`) and the
+//! continuations addressed to one handler (`sluice-cont.<handler>.<channel>`);
+//! `SLUICE_DLQ` keeps dead letters. Each (channel, handler) pair is a durable
+//! pull consumer: hosts sharing it compete for its messages, and each handler
+//! of an event channel has its own, so each gets a copy.
+//!
+//! A delivery becomes a job row in this host's store on receipt (the inbox):
+//! a message whose job already finished here is acked without running it
+//! again. Acks, naks and terms go out only after the store committed the
+//! outcome. Posts and continuations leave through the store's outbox,
+//! published by [`JetStream::relay`] once their transaction committed.
+//!
+//! Files: `streams` (stream and consumer setup), `fetch` (pulling and the
+//! inbox), `settle` (ack, NAK, dead letters), `relay` (the outbox),
+//! `publish` (direct publishes: posts from the CLI and API, replays).
+
+mod fetch;
+mod publish;
+mod relay;
+mod settle;
+mod streams;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use tokio::sync::Notify;
+
+pub use streams::consumer_name;
+
+use super::wire;
+use super::{Delivery, Receipt, Settle, Subscription, Transport, TransportError};
+use crate::store::{NewMessage, Published, Store};
+
+/// The work stream's name.
+pub const STREAM: &str = "SLUICE";
+/// The dead-letter stream's name.
+pub const DLQ_STREAM: &str = "SLUICE_DLQ";
+
+/// JetStream failures, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    /// The server could not be reached.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream could not be created or read.
+    #[error("JetStream stream {name}: {reason}")]
+    Stream {
+        /// Stream name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream exists with settings sluice cannot work with.
+    #[error(
+        "JetStream stream {name} exists with incompatible settings: {reason}; fix or delete it"
+    )]
+    Incompatible {
+        /// Stream name.
+        name: String,
+        /// What differs.
+        reason: String,
+    },
+    /// A consumer could not be created or updated.
+    #[error("JetStream consumer {name}: {reason}")]
+    Consumer {
+        /// Consumer name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Publishing failed.
+    #[error("publishing to {subject} failed: {reason}")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// Pulling messages failed.
+    #[error("fetching from {consumer} failed: {reason}")]
+    Fetch {
+        /// Consumer name.
+        consumer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Connection and stream settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamSettings {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// How long a delivery may go without an ack or heartbeat before the
+    /// server hands it to another host.
+    pub ack_wait: Duration,
+    /// Stream replicas (3 in production clusters).
+    pub replicas: usize,
+    /// How long the stream keeps messages.
+    pub max_age: Duration,
+    /// Window in which a re-published message id is dropped as a duplicate.
+    pub duplicate_window: Duration,
+    /// How long one pull waits for messages before returning empty.
+    pub fetch_wait: Duration,
+}
+
+impl Default for JetStreamSettings {
+    fn default() -> Self {
+        JetStreamSettings {
+            url: "nats://127.0.0.1:4222".into(),
+            ack_wait: Duration::from_secs(30),
+            replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            fetch_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Concurrency per handler name, which becomes its consumer's
+/// `max_ack_pending`.
+pub type ConcurrencyOf = Arc<dyn Fn(&str) -> usize + Send + Sync>;
+
+/// The JetStream transport; cheap to clone.
+#[derive(Clone)]
+pub struct JetStream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: Store,
+    settings: JetStreamSettings,
+    concurrency: ConcurrencyOf,
+    consumers: Mutex<HashMap<Subscription, consumer::PullConsumer>>,
+    relay_wake: Notify,
+}
+
+impl JetStream {
+    /// Connects, and creates or verifies the streams.
+    pub async fn connect(
+        settings: JetStreamSettings,
+        store: Store,
+        concurrency: ConcurrencyOf,
+    ) -> Result<JetStream, JetStreamError> {
+        let url = settings.url.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("sluice")
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting (in-flight acks may be lost and their messages redelivered; the inbox keeps effects exactly-once)")
+                    }
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| JetStreamError::Connect {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        streams::ensure_stream(
+            &js,
+            STREAM,
+            vec![
+                format!("{}.>", wire::PREFIX),
+                format!("{}.>", wire::CONT_PREFIX),
+            ],
+            &settings,
+        )
+        .await?;
+        streams::ensure_stream(
+            &js,
+            DLQ_STREAM,
+            vec![format!("{}.>", wire::DLQ_PREFIX)],
+            &settings,
+        )
+        .await?;
+        Ok(JetStream {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                store,
+                settings,
+                concurrency,
+                consumers: Mutex::new(HashMap::new()),
+                relay_wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// The NATS client (for tests and diagnostics).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    fn consumer(&self, sub: &Subscription) -> Option<consumer::PullConsumer> {
+        self.inner
+            .consumers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sub).cloned())
+    }
+}
+
+impl Transport for JetStream {
+    async fn register(&self, subscriptions: &[Subscription]) -> Result<(), TransportError> {
+        Ok(self.register_consumers(subscriptions).await?)
+    }
+
+    async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, TransportError> {
+        Ok(self.publish_messages(messages).await?)
+    }
+
+    async fn fetch(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        self.fetch_deliveries(subscription, max).await
+    }
+
+    async fn wait(&self, _subscription: &Subscription, _timeout: Duration) {
+        // `fetch` already waited `fetch_wait` for messages.
+    }
+
+    async fn settle(&self, delivery: &Delivery, settle: Settle) -> Result<(), TransportError> {
+        Ok(self.settle_delivery(delivery, settle).await?)
+    }
+
+    fn heartbeat_every(&self) -> Option<Duration> {
+        Some(self.inner.settings.ack_wait / 2)
+    }
+
+    async fn in_progress(&self, delivery: &Delivery) {
+        if let Receipt::JetStream(msg) = &delivery.receipt
+            && let Err(e) = msg.ack_with(AckKind::Progress).await
+        {
+            tracing::warn!(job_id = %delivery.job.job_id, error = %e, "in-progress ack failed");
+        }
+    }
+
+    fn uses_outbox(&self) -> bool {
+        true
+    }
+}

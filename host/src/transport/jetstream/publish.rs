@@ -1,0 +1,88 @@
+//! Publishing straight to the stream (not through the outbox): `sluice
+//! post`, the HTTP API's posts, and dead-letter replays.
+
+use super::super::wire::{self, Envelope};
+use super::{JetStream, JetStreamError};
+use crate::message::{CURSOR_HEADER, SLICE_HEADER, now_ms};
+use crate::store::{JobRecord, NewMessage, Published};
+
+impl JetStream {
+    /// Publishes each message to its channel's subject; a message delayed
+    /// into the future carries its not-before time.
+    pub(super) async fn publish_messages(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Published>, JetStreamError> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            let now = now_ms();
+            let duplicate = self
+                .publish_one(
+                    &wire::subject(&m.message.channel),
+                    &m.message,
+                    &m.message.id,
+                    (m.visible_at > now).then_some(m.visible_at),
+                    m.expires_at,
+                )
+                .await?;
+            out.push(Published {
+                message_id: m.message.id,
+                job_ids: Vec::new(),
+                duplicate,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Re-publishes a job (replayed from the dead letters) to its handler
+    /// only, resuming from its cursor.
+    pub async fn replay(&self, job: &JobRecord) -> Result<(), JetStreamError> {
+        let mut headers = job.headers.clone();
+        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+        if let Some(c) = &job.cursor {
+            headers.push((CURSOR_HEADER.into(), c.clone()));
+        }
+        headers.push((SLICE_HEADER.into(), job.slices.to_string()));
+        let message = crate::message::Message {
+            id: job.message_id.clone(),
+            channel: job.channel.clone(),
+            kind: crate::message::MessageKind::parse(&job.kind).unwrap_or_default(),
+            headers,
+            body: job.body.clone().into_bytes(),
+        };
+        let dedupe = format!("{}/{}/replay/{}", job.message_id, job.consumer, job.replays);
+        let subject = wire::continuation_subject(&job.consumer, &job.channel);
+        self.publish_one(&subject, &message, &dedupe, None, job.expires_at)
+            .await
+            .map(|_| ())
+    }
+
+    async fn publish_one(
+        &self,
+        subject: &str,
+        message: &crate::message::Message,
+        dedupe_id: &str,
+        not_before: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<bool, JetStreamError> {
+        let err = |e: String| JetStreamError::Publish {
+            subject: subject.to_owned(),
+            reason: e,
+        };
+        let headers = wire::headers(&Envelope {
+            message,
+            dedupe_id,
+            not_before,
+            expires_at,
+        });
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(subject.to_owned(), headers, message.body.clone().into())
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(ack.duplicate)
+    }
+}
