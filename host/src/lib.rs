@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod message;
 pub mod metrics;
+pub mod names;
 pub mod pump;
 pub mod registry;
 pub mod reload;

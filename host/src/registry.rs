@@ -6,8 +6,13 @@
 //! hot reload (`reload`) builds a whole new set and swaps it in at once, so
 //! a pump sees either the old set or the new one, never a mix.
 //!
-//! Rules checked when a set is built, each rejection naming the file:
-//! plugin names are unique, a channel has at most one mapper.
+//! Rules checked when a set is built ([`compose`]), each rejection naming
+//! the files: plugin names are unique, a channel has at most one mapper. A
+//! name (or a mapped channel) claimed by two files is an error for *both*:
+//! neither serves until one is removed or renamed. Letting one win would
+//! make the winner depend on file names or on which file arrived first, so
+//! a new file could take over another plugin's name and its state, and a
+//! restart could hand the name to the other file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -142,8 +147,9 @@ impl PluginSet {
         self.files.insert(path.to_path_buf(), status);
     }
 
-    /// Adds a loaded plugin, or says why it cannot join this set.
-    pub fn admit(&mut self, path: &Path, plugin: Plugin) -> Result<(), String> {
+    /// Adds a loaded plugin, or says why it cannot join this set (a
+    /// safety net: [`compose`] only admits plugins that fit).
+    fn admit(&mut self, path: &Path, plugin: Plugin) -> Result<(), String> {
         let info = plugin.info();
         let taken_by = |name: &str| {
             self.files
@@ -162,11 +168,7 @@ impl PluginSet {
             }
             PluginKind::Mapper => {
                 if let Some(c) = info.channels.iter().find(|c| self.mappers.contains_key(*c)) {
-                    let other = self.mappers.get(c).map(|p| p.info().name.clone());
-                    return Err(format!(
-                        "channel {c:?} already has a mapper ({})",
-                        other.unwrap_or_default()
-                    ));
+                    return Err(format!("channel {c:?} already has a mapper"));
                 }
                 for c in &info.channels {
                     self.mappers.insert(c.clone(), plugin.clone());
@@ -181,6 +183,88 @@ impl PluginSet {
         );
         Ok(())
     }
+}
+
+/// One plugin file as [`compose`] sees it: the plugin loaded from it (the
+/// current content, or the last good one), and the last load error.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The file.
+    pub path: PathBuf,
+    /// The plugin that would serve from it.
+    pub plugin: Option<Plugin>,
+    /// Why its current content was rejected, if it was.
+    pub error: Option<String>,
+}
+
+/// Builds a consistent set from every file's plugin. A plugin whose name,
+/// or (for a mapper) one of whose channels, another file's plugin claims
+/// too is left out with an error that names the other files; the rest are
+/// admitted. The outcome never depends on the order of `entries`.
+pub fn compose(entries: &[Entry]) -> PluginSet {
+    let mut by_name: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+    let mut by_mapped: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+    for e in entries {
+        let Some(p) = &e.plugin else { continue };
+        by_name.entry(&p.info().name).or_default().push(&e.path);
+        if p.info().kind == PluginKind::Mapper {
+            for c in &p.info().channels {
+                by_mapped.entry(c).or_default().push(&e.path);
+            }
+        }
+    }
+    let others = |claims: &[&Path], me: &Path| -> String {
+        let list: Vec<String> = claims
+            .iter()
+            .filter(|p| **p != me)
+            .map(|p| p.display().to_string())
+            .collect();
+        list.join(", ")
+    };
+    let mut set = PluginSet::default();
+    for e in entries {
+        let Some(plugin) = &e.plugin else {
+            if let Some(error) = &e.error {
+                set.files.insert(
+                    e.path.clone(),
+                    FileStatus::Failed {
+                        error: error.clone(),
+                    },
+                );
+            }
+            continue;
+        };
+        let info = plugin.info();
+        let mut conflict = None;
+        if let Some(claims) = by_name.get(info.name.as_str()).filter(|c| c.len() > 1) {
+            conflict = Some(format!(
+                "plugin name {:?} is also declared by {}: neither file serves until one is removed or renamed",
+                info.name,
+                others(claims, &e.path)
+            ));
+        } else if info.kind == PluginKind::Mapper {
+            conflict = info.channels.iter().find_map(|c| {
+                let claims = by_mapped.get(c.as_str()).filter(|c| c.len() > 1)?;
+                Some(format!(
+                    "channel {c:?} is also mapped by {}: neither mapper serves until one is removed",
+                    others(claims, &e.path)
+                ))
+            });
+        }
+        let outcome = match conflict {
+            Some(c) => Err(c),
+            None => set.admit(&e.path, plugin.clone()),
+        };
+        match (outcome, &e.error) {
+            (Err(conflict), _) => {
+                set.files
+                    .insert(e.path.clone(), FileStatus::Failed { error: conflict });
+            }
+            (Ok(()), Some(error)) => set.reject(&e.path, error.clone()),
+            (Ok(()), None) => {}
+        }
+    }
+    set
 }
 
 /// The live plugin set.
@@ -238,20 +322,25 @@ pub fn is_plugin_file(path: &Path) -> bool {
             .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
 }
 
-/// Loads every plugin file of `dir` (see [`plugin_files`]). A file that
-/// fails is recorded with its reason and logged; the rest still load. A
-/// missing directory is an error.
+/// Loads every plugin file of `dir` (see [`plugin_files`]) and builds the
+/// set ([`compose`]). A file that fails is recorded with its reason and
+/// logged; the rest still load. A missing directory is an error.
 pub async fn load_dir(runtime: &Runtime, config: &Config, dir: &Path) -> Result<PluginSet, String> {
-    let mut set = PluginSet::default();
+    let mut entries = Vec::new();
     for path in plugin_files(dir)? {
-        let outcome = match load_file(runtime, config, &path).await {
-            Ok(plugin) => set.admit(&path, plugin),
-            Err(e) => Err(e),
+        let (plugin, error) = match load_file(runtime, config, &path).await {
+            Ok(plugin) => (Some(plugin), None),
+            Err(error) => (None, Some(error)),
         };
-        if let Err(error) = outcome {
-            tracing::error!(path = %path.display(), %error, "plugin rejected");
-            set.reject(&path, error);
-        }
+        entries.push(Entry {
+            path,
+            plugin,
+            error,
+        });
+    }
+    let set = compose(&entries);
+    for (path, error) in set.errors() {
+        tracing::error!(path = %path.display(), %error, "plugin rejected");
     }
     Ok(set)
 }

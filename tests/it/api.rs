@@ -358,8 +358,14 @@ fn api_rejects_bad_tokens_and_bad_input_with_json_errors() {
     );
     assert_eq!(anonymous.get("/metrics").status, 401);
 
-    let cases: [(&str, &str, &str, u16); 7] = [
+    let cases: [(&str, &str, &str, u16); 13] = [
         ("POST", "/v1/channels/bad..name/messages", "{}", 422),
+        ("POST", "/v1/channels/.lead/messages", "{}", 422),
+        ("POST", "/v1/channels/trail./messages", "{}", 422),
+        ("POST", "/v1/channels/a%20b/messages", "{}", 422),
+        ("POST", "/v1/channels/a%0Ab/messages", "{}", 422),
+        ("POST", "/v1/channels/sluice.%3E/messages", "{}", 422),
+        ("POST", "/v1/channels/a*/pause", "", 422),
         (
             "POST",
             "/v1/channels/test.counter/messages",

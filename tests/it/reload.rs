@@ -235,48 +235,59 @@ fn a_new_handler_gets_a_pump_without_restarting_the_others() {
 }
 
 #[test]
-fn sighup_rescans_and_loads_a_file_that_was_rejected_for_a_conflict() {
-    let env = Env::new(&[], FAST);
-    // Both files say they are "test-version": the second (by name) is
-    // rejected while the first serves.
-    env.deploy("test-version-1", "a.wasm");
-    env.deploy("test-version-2", "b.wasm");
+fn a_plugin_name_claimed_by_two_files_serves_from_neither_until_one_goes() {
+    let env = Env::new(&["test-counter"], FAST);
+    // Both files say they are "test-version": neither may take the name
+    // (and its state) from the other, whatever their names sort as.
+    env.deploy("test-version-1", "b.wasm");
+    env.deploy("test-version-2", "a.wasm");
+    let id = env.post("test.version", r#"{"seq": 7}"#);
     let daemon = start_watching(&env);
     let out = env.sluice(&["plugins"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("b.wasm") && err.contains("already loaded from"),
-        "{err}"
+    for (file, other) in [("a.wasm", "b.wasm"), ("b.wasm", "a.wasm")] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(file) && l.contains("is also declared by"))
+            .unwrap_or_else(|| panic!("no conflict line for {file}: {err}"));
+        assert!(line.contains(other), "{line}");
+    }
+    // The check of a fresh load agrees with the running daemon.
+    let check = env.sluice(&["plugins", "--check"]);
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("is also declared by"));
+    // The name's messages stay queued; other channels are served.
+    let counted = env.post("test.counter", r#"{"amount": 1}"#);
+    env.wait_settled("test.counter", 1, LONG);
+    assert_eq!(env.job(&counted).state, JobState::Succeeded);
+    assert_eq!(
+        env.job(&id).state,
+        JobState::Queued,
+        "{}",
+        daemon.log_text()
     );
 
-    // Removing a.wasm pauses the handler; b.wasm did not change, so the
-    // poller leaves it alone...
+    // Removing one file lets the other serve, without a rescan request.
     std::fs::remove_file(env.plugins.join("a.wasm")).expect("rm");
     daemon.wait_log(&["plugin file removed", "a.wasm"], 1, LONG);
-    let out = env.sluice(&["plugins"]);
-    assert!(
-        !out.status.success(),
-        "the daemon still has b.wasm rejected"
-    );
-    // `--check` loads the directory as a new daemon would: b.wasm is fine.
-    let check = env.ok(&["plugins", "--check"]);
-    assert!(
-        check.contains("b.wasm") && check.contains("2.0.0"),
-        "{check}"
-    );
-    // ... until SIGHUP asks for a full rescan, which retries it.
-    daemon.signal("HUP");
-    daemon.wait_log(&["SIGHUP: rescanning"], 1, LONG);
-    daemon.wait_log(&["plugin loaded", "b.wasm", "version=2.0.0"], 1, LONG);
-    let id = env.post("test.version", r#"{"seq": 7}"#);
     env.wait_settled("test.version", 1, LONG);
-    assert_eq!(env.job(&id).plugin_version.as_deref(), Some("2.0.0"));
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    assert_eq!(env.job(&id).plugin_version.as_deref(), Some("1.0.0"));
     let listing = env.ok(&["plugins"]);
     assert!(
-        listing.contains("b.wasm") && listing.contains("2.0.0"),
+        listing.contains("b.wasm") && listing.contains("1.0.0"),
         "{listing}"
     );
+
+    // A second file taking the name while it serves stops both again.
+    env.deploy("test-version-2", "c.wasm");
+    daemon.wait_log(&["plugin not served", "c.wasm"], 1, LONG);
+    let late = env.post("test.version", r#"{"seq": 8}"#);
+    std::fs::remove_file(env.plugins.join("c.wasm")).expect("rm");
+    daemon.wait_log(&["plugin file removed", "c.wasm"], 1, LONG);
+    env.wait_settled("test.version", 2, LONG);
+    assert_eq!(env.job(&late).plugin_version.as_deref(), Some("1.0.0"));
 
     // A SIGHUP with nothing to do changes nothing and stops nothing.
     daemon.signal("HUP");

@@ -187,42 +187,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Channel names end up in NATS subjects and SQL rows: the plugins'
-/// alphabet (`[A-Za-z0-9._-]`, 1 to 200 bytes), and no empty subject token.
-pub(crate) fn valid_channel(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !s.starts_with('.')
-        && !s.ends_with('.')
-        && !s.contains("..")
-}
-
-/// 422 unless `channel` is a valid channel name.
+/// 422 unless `channel` is a valid channel name (`crate::names`).
 pub(crate) fn check_channel(channel: &str) -> Result<(), ApiError> {
-    if valid_channel(channel) {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(format!(
-            "channel name {channel:?} is not valid (allowed: A-Z a-z 0-9 . _ -, 1 to 200 chars, no empty segment)"
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_channel;
-
-    #[test]
-    fn channel_names() {
-        assert!(valid_channel("task.reminder"));
-        assert!(valid_channel("a-b_c"));
-        assert!(!valid_channel(""));
-        assert!(!valid_channel("a..b"));
-        assert!(!valid_channel(".a"));
-        assert!(!valid_channel("a b"));
-        assert!(!valid_channel("a*"));
-        assert!(!valid_channel(&"x".repeat(201)));
-    }
+    crate::names::check_channel(channel).map_err(|e| ApiError::unprocessable(e.to_string()))
 }

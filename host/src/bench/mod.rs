@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id};
-use crate::registry::{self, PluginSet};
+use crate::registry;
 use crate::runtime::{PluginKind, Runtime};
 use crate::store::{Store, StoreOptions};
 use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
@@ -121,9 +121,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             "{}".into()
         }
     });
-    let mut set = PluginSet::default();
-    set.admit(&path, plugin.clone())
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let set = registry::compose(&[registry::Entry {
+        path: path.clone(),
+        plugin: Some(plugin.clone()),
+        error: None,
+    }]);
     let policy = config.policy_for(&info.name);
     let config = Arc::new(config);
     let mut report = Report::new();

@@ -23,12 +23,7 @@ pub(super) async fn channel(
     let Some(http) = &config.http else {
         bail!("no daemon API address: pass --http ADDR (or set [http] addr in the config file)");
     };
-    if !crate::api::valid_channel(&args.channel) {
-        bail!(
-            "channel name {:?} is not valid (allowed: A-Z a-z 0-9 . _ -, 1 to 200 chars)",
-            args.channel
-        );
-    }
+    crate::names::check_channel(&args.channel)?;
     let path = format!("/v1/channels/{}/{action}", args.channel);
     let (status, body) = client::call(http.addr, "POST", &path, http.token.as_deref()).await?;
     let json: serde_json::Value = serde_json::from_str(&body)

@@ -48,6 +48,7 @@ pub struct PostArgs {
 }
 
 pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
+    crate::names::check_channel(&args.channel)?;
     let headers = args
         .headers
         .iter()

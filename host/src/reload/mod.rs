@@ -13,9 +13,10 @@
 //! 1. its stat settles, then it is read and hashed; identical content (a
 //!    `touch`, a rebuild that produced the same bytes) is not reloaded;
 //! 2. it is compiled (or read from the compile cache), linked, described
-//!    and validated, and checked against the other plugins (unique names,
-//!    one mapper per channel);
-//! 3. a new `PluginSet` is built and swapped in with one atomic store
+//!    and validated;
+//! 3. a new `PluginSet` is built from every path's plugin by the
+//!    registry's rules (unique names, one mapper per channel: a name two
+//!    files claim serves from neither) and swapped in with one atomic store
 //!    (`Registry::swap`). Calls in flight hold the `Plugin` they started
 //!    with and finish on it; the next message gets the new version, and
 //!    each job records the version (and content hash) that ran it.
@@ -44,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::message::now_ms;
 use crate::pump::Deps;
-use crate::registry::{self, PluginSet};
-use crate::runtime::{Plugin, Runtime, sha256_hex};
+use crate::registry::{self, FileStatus, PluginSet};
+use crate::runtime::{Runtime, sha256_hex};
 use crate::store::{PluginFile, ServingPlugin};
 use crate::transport::{Subscription, Transport};
 
@@ -142,7 +143,7 @@ impl Watcher {
         spawn: impl Fn(Subscription) + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) {
-        self.record(&deps).await;
+        self.record(&deps, &deps.registry.current()).await;
         tracing::info!(dir = %self.dir.display(), poll_ms = POLL.as_millis() as u64, "watching the plugins directory (SIGHUP: rescan now)");
         loop {
             let wait = if self.changes.any() {
@@ -195,7 +196,7 @@ impl Watcher {
             let set = self.compose(&deps.registry.current());
             let subs = set.subscriptions();
             deps.registry.swap(set);
-            self.record(deps).await;
+            self.record(deps, &deps.registry.current()).await;
             self.start_pumps(deps, spawn, subs).await;
         } else if force {
             tracing::info!("rescan done: nothing changed");
@@ -300,9 +301,6 @@ impl Watcher {
             Ok(p) => p,
             Err(e) => return self.reject(path, stamp, Some(hash), e, force),
         };
-        if let Err(conflict) = self.fits(path, &plugin) {
-            return self.reject(path, stamp, Some(hash), conflict, force);
-        }
         let info = plugin.info();
         let load_ms = loading.elapsed().as_secs_f64() * 1000.0;
         let previous = self.files.get(path).and_then(|s| s.plugin.clone());
@@ -361,34 +359,27 @@ impl Watcher {
         true
     }
 
-    /// Whether `plugin` can serve from `path` alongside every other file's
-    /// plugin. The plugins in `files` always fit together: a new one joins
-    /// only if it fits, so a file never displaces one that is serving.
-    fn fits(&self, path: &Path, plugin: &Plugin) -> Result<(), String> {
-        let mut set = PluginSet::default();
-        for (p, slot) in &self.files {
-            if let (false, Some(other)) = (p == path, &slot.plugin) {
-                let _ = set.admit(p, other.clone());
-            }
-        }
-        set.admit(path, plugin.clone())
-    }
-
-    /// The set to serve: every path's plugin, every path's last error, and
-    /// the channels that lost their mapper since `previous`.
+    /// The set to serve: every path's plugin and last error, composed by
+    /// the registry's rules (a name or mapped channel claimed by two files
+    /// serves from neither), plus the channels that lost their mapper since
+    /// `previous`. Conflicts are logged when they appear.
     fn compose(&self, previous: &PluginSet) -> PluginSet {
-        let mut set = PluginSet::default();
-        for (path, slot) in &self.files {
-            if let Some(p) = &slot.plugin
-                && let Err(e) = set.admit(path, p.clone())
-            {
-                // `fits` keeps this from happening; never drop a file silently.
-                tracing::error!(path = %path.display(), error = %e, "plugin left out of the set");
-            }
-        }
-        for (path, slot) in &self.files {
-            if let Some(e) = &slot.error {
-                set.reject(path, e.clone());
+        let entries: Vec<registry::Entry> = self
+            .files
+            .iter()
+            .map(|(path, slot)| registry::Entry {
+                path: path.clone(),
+                plugin: slot.plugin.clone(),
+                error: slot.error.clone(),
+            })
+            .collect();
+        let mut set = registry::compose(&entries);
+        for (path, status) in &set.files {
+            let conflicted = matches!(status, FileStatus::Failed { .. })
+                && self.files.get(path).is_some_and(|s| s.plugin.is_some());
+            let new = previous.files.get(path).map(FileStatus::error) != Some(status.error());
+            if conflicted && new {
+                tracing::error!(path = %path.display(), error = status.error().unwrap_or_default(), "plugin not served");
             }
         }
         set.carry_pauses(previous);
@@ -400,28 +391,37 @@ impl Watcher {
         set
     }
 
-    /// Writes the daemon's view for `sluice plugins`.
-    async fn record<T: Transport>(&self, deps: &Deps<T>) {
+    /// Writes the daemon's view (what `set` serves from each file, and
+    /// each file's error) for `sluice plugins`.
+    async fn record<T: Transport>(&self, deps: &Deps<T>, set: &PluginSet) {
         let view = self
             .files
             .iter()
             .map(|(path, slot)| PluginFile {
                 path: path.display().to_string(),
-                serving: slot.plugin.as_ref().map(|p| {
-                    let (info, limits) = (p.info(), p.limits());
-                    ServingPlugin {
-                        name: info.name.clone(),
-                        version: info.version.clone(),
-                        kind: info.kind.as_str().to_owned(),
-                        channels: info.channels.clone(),
-                        hash: p.hash().to_owned(),
-                        fuel: limits.fuel,
-                        memory_bytes: limits.memory_bytes,
-                        timeout_ms: limits.timeout_ms,
-                        loaded_at: slot.loaded_at,
-                    }
-                }),
-                error: slot.error.clone(),
+                serving: slot
+                    .plugin
+                    .as_ref()
+                    .filter(|_| set.files.get(path).and_then(FileStatus::name).is_some())
+                    .map(|p| {
+                        let (info, limits) = (p.info(), p.limits());
+                        ServingPlugin {
+                            name: info.name.clone(),
+                            version: info.version.clone(),
+                            kind: info.kind.as_str().to_owned(),
+                            channels: info.channels.clone(),
+                            hash: p.hash().to_owned(),
+                            fuel: limits.fuel,
+                            memory_bytes: limits.memory_bytes,
+                            timeout_ms: limits.timeout_ms,
+                            loaded_at: slot.loaded_at,
+                        }
+                    }),
+                error: set
+                    .files
+                    .get(path)
+                    .and_then(FileStatus::error)
+                    .map(str::to_owned),
                 updated_at: 0,
             })
             .collect();

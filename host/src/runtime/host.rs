@@ -14,7 +14,6 @@ use super::bindings::{handler, mapper};
 use super::call::CallState;
 use super::trap::{HostTrap, truncate};
 use super::types::{Post, Progress};
-use super::validate::valid_channel;
 use crate::message::MessageKind;
 
 use handler::sluice::plugin::effects;
@@ -160,11 +159,8 @@ impl effects::Host for CallState {
                 body.len()
             ));
         }
-        if !valid_channel(&channel) {
-            return limit(format!(
-                "post to an invalid channel name {:?} (allowed: A-Z a-z 0-9 . _ -, 1 to 200 chars)",
-                truncate(&channel, 100)
-            ));
+        if let Err(e) = crate::names::check_channel(&channel) {
+            return limit(format!("post: {e}"));
         }
         let headers: usize = options.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         let name_len = options.name.as_ref().map_or(channel.len(), String::len);

@@ -6,33 +6,22 @@
 //! the plugin's ask over defaults), because that is what calls will use.
 
 use super::types::{Limits, PluginInfo, PluginKind};
+use crate::names;
 
-/// Longest name or channel, in bytes.
-pub(super) const MAX_NAME: usize = 200;
-
-/// `[A-Za-z0-9._-]{1,200}`: plugin names and channels.
-pub(super) fn valid_channel(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+/// Longest version string, in bytes.
+const MAX_VERSION: usize = 200;
 
 /// Checks `describe()`'s answer for a component that exports `world`.
 pub(super) fn check_info(info: &PluginInfo, world: PluginKind) -> Result<(), String> {
     if info.name.is_empty() {
         return Err("describe() returned an empty name".into());
     }
-    if !valid_channel(&info.name) {
+    names::check_plugin_name(&info.name).map_err(|e| e.to_string())?;
+    if info.version.len() > MAX_VERSION || info.version.chars().any(char::is_control) {
         return Err(format!(
-            "plugin name {:?} is invalid (allowed: A-Z a-z 0-9 . _ -, at most {MAX_NAME} chars)",
-            info.name
-        ));
-    }
-    if info.version.len() > MAX_NAME || info.version.chars().any(char::is_control) {
-        return Err(format!(
-            "plugin {}: version {:?} is invalid (at most {MAX_NAME} bytes, no control characters)",
-            info.name, info.version
+            "plugin {}: version {} is invalid (at most {MAX_VERSION} bytes, no control characters)",
+            info.name,
+            names::quote(&info.version)
         ));
     }
     if info.kind != world {
@@ -46,13 +35,16 @@ pub(super) fn check_info(info: &PluginInfo, world: PluginKind) -> Result<(), Str
     if info.channels.is_empty() {
         return Err(format!("plugin {} lists no channels", info.name));
     }
+    if info.channels.len() > names::MAX_CHANNELS_PER_PLUGIN {
+        return Err(format!(
+            "plugin {} lists {} channels; at most {} are allowed",
+            info.name,
+            info.channels.len(),
+            names::MAX_CHANNELS_PER_PLUGIN
+        ));
+    }
     for (i, channel) in info.channels.iter().enumerate() {
-        if !valid_channel(channel) {
-            return Err(format!(
-                "plugin {}: channel name {:?} is invalid (allowed: A-Z a-z 0-9 . _ -, 1 to {MAX_NAME} chars)",
-                info.name, channel
-            ));
-        }
+        names::check_channel(channel).map_err(|e| format!("plugin {}: {e}", info.name))?;
         if info.channels[..i].contains(channel) {
             return Err(format!(
                 "plugin {}: channel {channel} is listed twice",
@@ -121,17 +113,25 @@ mod tests {
         let mut i = info();
         i.channels.clear();
         assert!(err(&i, PluginKind::Handler).contains("no channels"));
-        for bad in ["", "a/b", "sluice.>", "x*", "é"] {
+        for bad in ["", "a/b", "sluice.>", "x*", "é", "a..b", ".a", "a\nb"] {
             let mut i = info();
             i.channels.push(bad.into());
             assert!(err(&i, PluginKind::Handler).contains("invalid"), "{bad:?}");
         }
         let mut i = info();
-        i.channels.push("c".repeat(MAX_NAME + 1));
+        i.channels.push("c".repeat(names::MAX_CHANNEL + 1));
         assert!(err(&i, PluginKind::Handler).contains("invalid"));
         let mut i = info();
         i.channels.push("tasks.due".into());
         assert!(err(&i, PluginKind::Handler).contains("twice"));
+        let mut i = info();
+        i.name = "a.b".into();
+        assert!(err(&i, PluginKind::Handler).contains("has a dot"));
+        let mut i = info();
+        i.channels = (0..=names::MAX_CHANNELS_PER_PLUGIN)
+            .map(|n| format!("c{n}"))
+            .collect();
+        assert!(err(&i, PluginKind::Handler).contains("at most 32"));
     }
 
     #[test]

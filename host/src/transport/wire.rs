@@ -108,6 +108,7 @@ pub fn decode(subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Result
             .strip_prefix(&format!("{PREFIX}."))
             .ok_or_else(|| format!("subject {subject:?} is not a sluice channel"))?
     };
+    crate::names::check_channel(channel).map_err(|e| format!("subject {subject:?}: {e}"))?;
     let get = |name: &str| {
         headers
             .and_then(|h| h.get(name))
@@ -207,5 +208,11 @@ mod tests {
     fn a_foreign_message_without_ids_is_rejected() {
         assert!(decode("sluice.x", None, b"{}").is_err());
         assert!(decode("other.x", None, b"{}").is_err());
+        let mut h = HeaderMap::new();
+        h.insert(H_ID, "m1");
+        assert!(decode("sluice.ok", Some(&h), b"{}").is_ok());
+        for bad in ["sluice.a..b", "sluice.", "sluice-cont.h.a b"] {
+            assert!(decode(bad, Some(&h), b"{}").is_err(), "{bad}");
+        }
     }
 }
