@@ -25,7 +25,7 @@
 //! token = "..."                  # bearer token (or SLUICE_HTTP_TOKEN)
 //! body_limit = "1MiB"            # larger request bodies get 413
 //!
-//! [limits]                       # sandbox defaults for every call
+//! [limits]                       # sandbox ceilings for every call
 //! fuel = 5_000_000_000
 //! memory = "64MiB"               # or bytes
 //! timeout = "10s"
@@ -260,13 +260,14 @@ impl Default for Policy {
     }
 }
 
-/// One plugin's overrides, by its `describe()` name.
+/// One plugin's settings, by its `describe()` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginConfig {
     /// Its policy (defaults filled in).
     pub policy: Policy,
-    /// Its limit overrides (unset: what the plugin asks, else the defaults).
-    pub limits: LimitsSpec,
+    /// Its sandbox ceiling: the table's limit keys, the rest from
+    /// `[limits]`. The plugin may ask for less, never for more.
+    pub ceiling: Limits,
 }
 
 /// The validated configuration.
@@ -313,9 +314,12 @@ impl Config {
         self.plugins.get(name).map_or(self.policy, |p| p.policy)
     }
 
-    /// Limit overrides for the plugin named `name`.
-    pub fn limits_for(&self, name: &str) -> LimitsSpec {
-        self.plugins.get(name).map(|p| p.limits).unwrap_or_default()
+    /// The sandbox ceiling of the plugin named `name`: its `[plugin.NAME]`
+    /// limits, else `[limits]`.
+    pub fn ceiling_for(&self, name: &str) -> Limits {
+        self.plugins
+            .get(name)
+            .map_or(self.runtime.ceiling, |p| p.ceiling)
     }
 
     /// The SQLite database file.
@@ -337,18 +341,13 @@ fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
 
 fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
     let defaults = RuntimeConfig::default();
-    let limits = Limits {
-        fuel: raw.limits.fuel.unwrap_or(defaults.defaults.fuel),
-        memory_bytes: raw
-            .limits
-            .memory
-            .map_or(defaults.defaults.memory_bytes, |b| b.0),
-        timeout_ms: raw
-            .limits
-            .timeout
-            .map_or(defaults.defaults.timeout_ms, duration_ms),
+    let raw_limits = LimitsSpec {
+        fuel: raw.limits.fuel,
+        memory_bytes: raw.limits.memory.map(|b| b.0),
+        timeout_ms: raw.limits.timeout.map(duration_ms),
     };
-    check_limits("[limits]", &spec_of(limits), defaults.max_memory_bytes)?;
+    let limits = ceiling(defaults.ceiling, raw_limits);
+    check_limits("[limits]", &raw_limits)?;
     let base = Policy::default();
     let p = &raw.policy;
     if p.fuel.is_some() || p.memory.is_some() || p.timeout.is_some() {
@@ -361,18 +360,25 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
     let mut plugins = BTreeMap::new();
     for (name, table) in &raw.plugin {
         let where_ = format!("[plugin.{name}]");
+        let table_limits = LimitsSpec {
+            fuel: table.fuel,
+            memory_bytes: table.memory.map(|b| b.0),
+            timeout_ms: table.timeout.map(duration_ms),
+        };
+        check_limits(&where_, &table_limits)?;
         let p = PluginConfig {
             policy: merge_policy(policy, table),
-            limits: LimitsSpec {
-                fuel: table.fuel,
-                memory_bytes: table.memory.map(|b| b.0),
-                timeout_ms: table.timeout.map(duration_ms),
-            },
+            ceiling: ceiling(limits, table_limits),
         };
         check_policy(&where_, &p.policy, defaults.max_instances)?;
-        check_limits(&where_, &p.limits, defaults.max_memory_bytes)?;
         plugins.insert(name.clone(), p);
     }
+    // One pool slot must hold the largest memory any plugin may get.
+    let max_memory = plugins
+        .values()
+        .map(|p| p.ceiling.memory_bytes)
+        .fold(limits.memory_bytes, u64::max)
+        .next_multiple_of(WASM_PAGE);
     let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
     let http = http_settings(raw.http.as_ref(), overrides)?;
     let poll_interval = raw.poll_interval.unwrap_or(Duration::from_millis(100));
@@ -397,7 +403,8 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         nats,
         http,
         runtime: RuntimeConfig {
-            defaults: limits,
+            ceiling: limits,
+            max_memory_bytes: max_memory,
             ..defaults
         },
         policy,
@@ -498,11 +505,15 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn spec_of(l: Limits) -> LimitsSpec {
-    LimitsSpec {
-        fuel: Some(l.fuel),
-        memory_bytes: Some(l.memory_bytes),
-        timeout_ms: Some(l.timeout_ms),
+/// WebAssembly's page size: memory caps are rounded up to it.
+const WASM_PAGE: u64 = 64 * 1024;
+
+/// `base` with the fields `set` gives replaced.
+fn ceiling(base: Limits, set: LimitsSpec) -> Limits {
+    Limits {
+        fuel: set.fuel.unwrap_or(base.fuel),
+        memory_bytes: set.memory_bytes.unwrap_or(base.memory_bytes),
+        timeout_ms: set.timeout_ms.unwrap_or(base.timeout_ms),
     }
 }
 
@@ -538,18 +549,37 @@ fn check_policy(where_: &str, p: &Policy, max_instances: u32) -> Result<(), Conf
     Ok(())
 }
 
-fn check_limits(where_: &str, l: &LimitsSpec, max_memory: u64) -> Result<(), ConfigError> {
+/// Every limit a table sets is above zero and at most its hard maximum
+/// (`Limits::HARD_MAX`).
+fn check_limits(where_: &str, l: &LimitsSpec) -> Result<(), ConfigError> {
     let bad = |m: String| Err(ConfigError::Invalid(format!("{where_}: {m}")));
-    if l.fuel == Some(0) {
-        return bad("fuel must be above 0".into());
+    let max = Limits::HARD_MAX;
+    match l.fuel {
+        Some(0) => return bad("fuel must be above 0".into()),
+        Some(f) if f > max.fuel => {
+            return bad(format!(
+                "fuel {f} is above the hard maximum of {}",
+                max.fuel
+            ));
+        }
+        _ => {}
     }
-    if l.timeout_ms == Some(0) {
-        return bad("timeout must be above 0".into());
+    match l.timeout_ms {
+        Some(0) => return bad("timeout must be above 0".into()),
+        Some(t) if t > max.timeout_ms => {
+            return bad(format!(
+                "timeout {} is above the hard maximum of {}",
+                humantime::format_duration(Duration::from_millis(t)),
+                humantime::format_duration(Duration::from_millis(max.timeout_ms))
+            ));
+        }
+        _ => {}
     }
     match l.memory_bytes {
         Some(0) => bad("memory must be above 0".into()),
-        Some(m) if m > max_memory => bad(format!(
-            "memory {m} bytes is above the host's ceiling of {max_memory} bytes"
+        Some(m) if m > max.memory_bytes => bad(format!(
+            "memory {m} bytes is above the hard maximum of {} bytes (4 GiB, all a 32-bit memory can address)",
+            max.memory_bytes
         )),
         _ => Ok(()),
     }
@@ -589,7 +619,7 @@ mod tests {
             "#,
         )?;
         assert_eq!(c.policy.max_attempts, 7);
-        assert_eq!(c.runtime.defaults.memory_bytes, 32 << 20);
+        assert_eq!(c.runtime.ceiling.memory_bytes, 32 << 20);
         let p = c.policy_for("task-reminder");
         assert_eq!(p.max_attempts, 2);
         assert_eq!(
@@ -597,7 +627,9 @@ mod tests {
             Duration::from_millis(50),
             "inherits [policy]"
         );
-        assert_eq!(c.limits_for("task-reminder").timeout_ms, Some(2000));
+        let ceiling = c.ceiling_for("task-reminder");
+        assert_eq!((ceiling.timeout_ms, ceiling.memory_bytes), (2000, 32 << 20));
+        assert_eq!(c.ceiling_for("other"), c.runtime.ceiling);
         assert_eq!(c.policy_for("other").max_attempts, 7);
         Ok(())
     }
@@ -649,6 +681,34 @@ backoff_max = \"1m\"",
         .err()
         .unwrap_or_default();
         assert!(err.contains("is above backoff_max"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_bounded_by_hard_maxima_and_size_the_pool_slot() -> Result<(), String> {
+        let err = parse("[limits]\nfuel = 18446744073709551615")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("[limits]: fuel") && err.contains("hard maximum"),
+            "{err}"
+        );
+        let err = parse("[plugin.p]\ntimeout = \"2days\"")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("[plugin.p]: timeout") && err.contains("hard maximum"),
+            "{err}"
+        );
+        let c = parse("[limits]\nmemory = \"16MiB\"\n[plugin.big]\nmemory = \"1000000\"")?;
+        assert_eq!(c.runtime.ceiling.memory_bytes, 16 << 20);
+        assert_eq!(c.runtime.max_memory_bytes, 16 << 20);
+        let c = parse("[limits]\nmemory = \"16MiB\"\n[plugin.big]\nmemory = \"100000000\"")?;
+        assert_eq!(c.ceiling_for("big").memory_bytes, 100_000_000);
+        assert_eq!(
+            c.runtime.max_memory_bytes, 100_007_936,
+            "rounded up to 64 KiB pages"
+        );
+        Ok(())
     }
 
     #[test]

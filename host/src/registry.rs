@@ -353,22 +353,31 @@ pub async fn load_file(runtime: &Runtime, config: &Config, path: &Path) -> Resul
     load_bytes(runtime, config, bytes).await
 }
 
-/// Compiles and validates the bytes of one file and applies its config
-/// overrides. The error is one line.
+/// Compiles and validates the bytes of one file under the operator's
+/// ceiling for it (`[plugin.NAME]`, else `[limits]`). The error is one line.
 pub async fn load_bytes(
     runtime: &Runtime,
     config: &Config,
     bytes: Vec<u8>,
 ) -> Result<Plugin, String> {
-    let plugin = runtime
-        .load(bytes, Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let overrides = config.limits_for(&plugin.info().name);
-    if overrides == Default::default() {
-        return Ok(plugin);
+    let plugin = runtime.load(bytes).await.map_err(|e| e.to_string())?;
+    let info = plugin.info();
+    let ceiling = config.ceiling_for(&info.name);
+    let plugin = if ceiling == runtime.config().ceiling {
+        plugin
+    } else {
+        plugin
+            .with_ceiling(ceiling)
+            .map_err(|e| format!("config [plugin.{}]: {e}", info.name))?
+    };
+    let capped = plugin.limits().capped(plugin.info().limits);
+    if !capped.is_empty() {
+        let (info, limits) = (plugin.info(), plugin.limits());
+        tracing::warn!(
+            plugin = %info.name, version = %info.version, capped = ?capped,
+            asked = ?info.limits, in_force = ?limits,
+            "the plugin asked for more than the operator's ceiling; the ceiling applies"
+        );
     }
-    plugin
-        .with_overrides(overrides)
-        .map_err(|e| format!("config [plugin.{}]: {e}", plugin.info().name))
+    Ok(plugin)
 }

@@ -62,22 +62,22 @@ impl Describe {
     }
 
     /// Asks for a fuel budget per call (roughly instructions executed), so a
-    /// runaway loop is stopped. Unset means the host default; the host
-    /// configuration may override it.
+    /// runaway loop is stopped. The host's configured limit is a ceiling: a
+    /// plugin gets what it asks for up to it, and the ceiling when unset.
     pub fn fuel(mut self, fuel: u64) -> Self {
         self.fuel = Some(fuel);
         self
     }
 
-    /// Asks for a largest linear memory, in bytes. Unset means the host
-    /// default; the host configuration may override it.
+    /// Asks for a largest linear memory, in bytes, up to the host's
+    /// ceiling (the ceiling when unset).
     pub fn memory_bytes(mut self, bytes: u64) -> Self {
         self.memory_bytes = Some(bytes);
         self
     }
 
-    /// Asks for a wall-clock budget per call, in milliseconds. Unset means
-    /// the host default; the host configuration may override it.
+    /// Asks for a wall-clock budget per call, in milliseconds, up to the
+    /// host's ceiling (the ceiling when unset).
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = Some(ms);
         self

@@ -17,3 +17,4 @@ mod jetstream;
 mod lifecycle;
 mod rejects;
 mod reload;
+mod sandbox;

@@ -336,10 +336,14 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-/// A config with fast retries, for tests.
+/// A config with fast retries, for tests. test-spin's long calls need a
+/// higher ceiling than the defaults (it asks for more in `describe()`).
 pub const FAST: &str = r#"
 poll_interval = "20ms"
 drain_timeout = "10s"
+[plugin.test-spin]
+fuel = 10_000_000_000_000
+timeout = "120s"
 [policy]
 backoff_initial = "20ms"
 backoff_max = "100ms"

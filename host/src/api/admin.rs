@@ -125,6 +125,7 @@ pub async fn plugins<T: Transport>(
                 "kind": info.kind.as_str(),
                 "channels": info.channels,
                 "limits": p.limits(),
+                "asked": info.limits,
                 "hash": p.hash(),
             })
         })

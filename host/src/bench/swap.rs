@@ -56,7 +56,7 @@ pub async fn run(
     for bytes in &builds {
         // Compiles each build once, so the swaps load from the cache.
         let plugin = runtime
-            .load(bytes.clone(), Default::default())
+            .load(bytes.clone())
             .await
             .map_err(|e| anyhow::anyhow!("loading the test-version plugin: {e}"))?;
         versions.push(plugin.info().version.clone());

@@ -18,7 +18,7 @@ use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, MapError, StoreState};
 use crate::registry::{self, PluginSet};
 use crate::reload;
-use crate::runtime::{JobContext, Limits, Outcome, Runtime};
+use crate::runtime::{JobContext, Limits, LimitsSpec, Outcome, Runtime};
 use crate::store::Store;
 
 /// `sluice plugins` arguments.
@@ -82,6 +82,7 @@ pub(super) async fn list(config: &Config, args: PluginsArgs) -> anyhow::Result<(
     let set = load(config).await?;
     let plugins = set.handlers.values().chain(set.mappers.values());
     let mut seen = std::collections::BTreeSet::new();
+    let mut any_capped = false;
     if !args.json {
         print_header();
     }
@@ -100,20 +101,24 @@ pub(super) async fn list(config: &Config, args: PluginsArgs) -> anyhow::Result<(
         if args.json {
             let v = serde_json::json!({
                 "file": path, "name": info.name, "version": info.version, "kind": info.kind,
-                "channels": info.channels, "limits": limits, "hash": p.hash(),
+                "channels": info.channels, "limits": limits, "asked": info.limits,
+                "hash": p.hash(),
             });
             println!("{v}");
         } else {
-            print_row(
+            any_capped |= print_row(
                 &info.name,
                 &info.version,
                 info.kind.as_str(),
                 &info.channels,
-                limits,
+                (limits, info.limits),
                 p.hash(),
                 &path.display().to_string(),
             );
         }
+    }
+    if any_capped {
+        println!("{CAPPED_NOTE}");
     }
     let errors = set.errors();
     for (path, error) in &errors {
@@ -142,11 +147,20 @@ async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> 
         print_header();
     }
     let mut errors = 0;
+    let mut any_capped = false;
     for f in &files {
-        let limits = f.serving.as_ref().map(|p| Limits {
-            fuel: p.fuel,
-            memory_bytes: p.memory_bytes,
-            timeout_ms: p.timeout_ms,
+        let limits = f.serving.as_ref().map(|p| {
+            let in_force = Limits {
+                fuel: p.fuel,
+                memory_bytes: p.memory_bytes,
+                timeout_ms: p.timeout_ms,
+            };
+            let asked = LimitsSpec {
+                fuel: p.asked_fuel,
+                memory_bytes: p.asked_memory_bytes,
+                timeout_ms: p.asked_timeout_ms,
+            };
+            (in_force, asked)
         });
         if args.json {
             // The shape of the `--check` listing, plus the error of a file
@@ -157,7 +171,8 @@ async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> 
                 v["version"] = p.version.clone().into();
                 v["kind"] = p.kind.clone().into();
                 v["channels"] = p.channels.clone().into();
-                v["limits"] = serde_json::to_value(limits)?;
+                v["limits"] = serde_json::to_value(limits.0)?;
+                v["asked"] = serde_json::to_value(limits.1)?;
                 v["hash"] = p.hash.clone().into();
                 v["loaded_at"] = p.loaded_at.into();
             }
@@ -166,7 +181,7 @@ async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> 
             }
             println!("{v}");
         } else if let (Some(p), Some(limits)) = (&f.serving, limits) {
-            print_row(
+            any_capped |= print_row(
                 &p.name,
                 &p.version,
                 &p.kind,
@@ -189,6 +204,9 @@ async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> 
             }
         }
     }
+    if any_capped {
+        println!("{CAPPED_NOTE}");
+    }
     if !args.json {
         eprintln!(
             "(served by the running daemon on {}; `sluice plugins --check` loads the directory here instead)",
@@ -204,6 +222,10 @@ async fn list_daemon(config: &Config, args: &PluginsArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// After the table: what a `*` means.
+const CAPPED_NOTE: &str =
+    "(* the plugin asked for more; the operator's ceiling applies: --json shows the ask)";
+
 fn print_header() {
     println!(
         "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>9}  {:>8}  {:<12}  FILE",
@@ -211,27 +233,34 @@ fn print_header() {
     );
 }
 
+/// One plugin's line. Returns whether a limit was capped (marked `*`).
 fn print_row(
     name: &str,
     version: &str,
     kind: &str,
     channels: &[String],
-    limits: Limits,
+    (limits, asked): (Limits, LimitsSpec),
     hash: &str,
     file: &str,
-) {
+) -> bool {
+    let capped = limits.capped(asked);
+    let mark = |field: &str| if capped.contains(&field) { "*" } else { " " };
     println!(
-        "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}  {:>8}M  {:>6}ms  {:<12}  {}",
+        "{:<24}  {:<10}  {:<7}  {:<30}  {:>13}{}  {:>8}M{}  {:>6}ms{}  {:<12}  {}",
         name,
         version,
         kind,
         channels.join(","),
         limits.fuel,
+        mark("fuel"),
         limits.memory_bytes >> 20,
+        mark("memory"),
         limits.timeout_ms,
+        mark("timeout"),
         hash.get(..12).unwrap_or(hash),
         file
     );
+    !capped.is_empty()
 }
 
 pub(super) async fn send(config: &Config, args: SendArgs) -> anyhow::Result<()> {

@@ -414,6 +414,9 @@ impl Watcher {
                             fuel: limits.fuel,
                             memory_bytes: limits.memory_bytes,
                             timeout_ms: limits.timeout_ms,
+                            asked_fuel: info.limits.fuel,
+                            asked_memory_bytes: info.limits.memory_bytes,
+                            asked_timeout_ms: info.limits.timeout_ms,
                             loaded_at: slot.loaded_at,
                         }
                     }),

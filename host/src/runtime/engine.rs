@@ -33,11 +33,14 @@ const _: () = assert!(BACKTRACE_FRAMES.get() >= super::trap::RECURSION_FRAMES);
 /// Engine-wide settings; per-plugin limits come from [`Limits`].
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Per-call limits used where neither the plugin nor the host config
-    /// says otherwise.
-    pub defaults: Limits,
-    /// Ceiling for any plugin's memory cap: the size of one pooling slot.
-    /// A plugin whose resolved limit is above it fails to load.
+    /// The operator's ceiling (`[limits]`) for a plugin without its own
+    /// (`[plugin.NAME]`, applied with `Plugin::with_ceiling`). A plugin may
+    /// ask for less in `describe()`, never for more.
+    pub ceiling: Limits,
+    /// The largest memory cap of any plugin: the size of one pooling slot
+    /// (config sets it to the largest configured memory ceiling).
+    /// `describe()` runs with this much memory, so a plugin whose own
+    /// ceiling is above `ceiling.memory_bytes` can still be loaded.
     pub max_memory_bytes: u64,
     /// Instance pool capacity: how many calls may run at once, host-wide.
     pub max_instances: u32,
@@ -52,7 +55,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            defaults: Limits {
+            ceiling: Limits {
                 fuel: 5_000_000_000,
                 memory_bytes: 64 * MIB,
                 timeout_ms: 10_000,
@@ -171,12 +174,16 @@ fn check_config(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     if config.epoch_tick.is_zero() {
         return bad("epoch_tick must be above zero");
     }
-    let d = config.defaults;
+    let d = config.ceiling;
     if d.fuel == 0 || d.memory_bytes == 0 || d.timeout_ms == 0 {
-        return bad("default limits must be above zero");
+        return bad("the ceiling limits must be above zero");
+    }
+    let max = Limits::HARD_MAX;
+    if d.fuel > max.fuel || d.timeout_ms > max.timeout_ms {
+        return bad("a ceiling limit is above its hard maximum");
     }
     if d.memory_bytes > config.max_memory_bytes {
-        return bad("the default memory limit is above max_memory_bytes");
+        return bad("the memory ceiling is above max_memory_bytes");
     }
     Ok(())
 }
@@ -263,7 +270,7 @@ mod tests {
         };
         assert!(matches!(check_config(&c), Err(RuntimeError::Config(_))));
         c.max_instances = 4;
-        c.defaults.memory_bytes = c.max_memory_bytes + 1;
+        c.ceiling.memory_bytes = c.max_memory_bytes + 1;
         assert!(matches!(check_config(&c), Err(RuntimeError::Config(_))));
         assert!(check_config(&RuntimeConfig::default()).is_ok());
     }

@@ -19,7 +19,7 @@ use super::engine::{Runtime, Shared};
 use super::plugin::{Compiled, Exports, Plugin};
 use super::trap::Failure;
 use super::types::{Limits, LimitsSpec, PluginInfo, PluginKind};
-use super::validate::{check_info, check_limits};
+use super::validate::check_info;
 
 /// Why a file could not become a plugin. Each message is one line an
 /// operator can act on.
@@ -61,10 +61,10 @@ fn list(exports: &[String]) -> String {
 }
 
 impl Runtime {
-    /// Compiles, links, describes and validates a component. `overrides`
-    /// (host config) win over what the plugin asks for; see also
-    /// [`Plugin::with_overrides`].
-    pub async fn load(&self, bytes: Vec<u8>, overrides: LimitsSpec) -> Result<Plugin, LoadError> {
+    /// Compiles, links, describes and validates a component. Its limits are
+    /// what it asks for capped by the runtime's ceiling (`[limits]`); see
+    /// [`Plugin::with_ceiling`] for a plugin's own.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Plugin, LoadError> {
         check_header(&bytes)?;
         let shared = &self.0;
         let owned = Arc::clone(shared);
@@ -81,14 +81,12 @@ impl Runtime {
         .map_err(|e| LoadError::Compile(one_line(&e)))?;
 
         let (world, exports) = link(shared, &component)?;
-        let describe_limits =
-            Limits::resolve(shared.config.defaults, LimitsSpec::default(), overrides);
-        check_limits(
-            "the host overrides",
-            describe_limits,
-            shared.config.max_memory_bytes,
-        )
-        .map_err(LoadError::Invalid)?;
+        // The largest memory any plugin may get: a plugin whose own ceiling
+        // is above `[limits]` must be able to instantiate for describe().
+        let describe_limits = Limits {
+            memory_bytes: shared.config.max_memory_bytes,
+            ..shared.config.ceiling
+        };
         let info = describe(shared, &exports, world, describe_limits).await?;
         check_info(&info, world).map_err(LoadError::Invalid)?;
         let compiled = Arc::new(Compiled {
@@ -97,7 +95,7 @@ impl Runtime {
             info: Arc::new(info),
             hash,
         });
-        Plugin::resolve(compiled, overrides)
+        Plugin::resolve(compiled, shared.config.ceiling)
     }
 }
 
@@ -295,7 +293,7 @@ mod tests {
             Ok(r) => r,
             Err(e) => panic!("runtime: {e}"),
         };
-        let load = |bytes: &[u8]| runtime.load(bytes.to_vec(), LimitsSpec::default());
+        let load = |bytes: &[u8]| runtime.load(bytes.to_vec());
         assert!(matches!(
             load(b"garbage!").await,
             Err(LoadError::NotWasm(_))

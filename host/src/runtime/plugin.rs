@@ -18,8 +18,8 @@ use super::host::MAX_LINE;
 use super::load::LoadError;
 use super::trap::{Failure, truncate};
 use super::types::{
-    CallFailure, CallReport, Effects, JobContext, Limits, LimitsSpec, MapFailure, Outcome,
-    PluginInfo, StateSource,
+    CallFailure, CallReport, Effects, JobContext, Limits, MapFailure, Outcome, PluginInfo,
+    StateSource,
 };
 use super::validate::check_limits;
 use crate::message::{Message, MessageKind, Outgoing, Request};
@@ -66,22 +66,21 @@ pub(super) enum Exports {
 }
 
 impl Plugin {
-    /// Resolves and checks the limits of a freshly compiled plugin.
-    pub(super) fn resolve(
-        compiled: Arc<Compiled>,
-        overrides: LimitsSpec,
-    ) -> Result<Plugin, LoadError> {
+    /// Resolves (the plugin's ask, capped by `ceiling`) and checks the
+    /// limits of a compiled plugin.
+    pub(super) fn resolve(compiled: Arc<Compiled>, ceiling: Limits) -> Result<Plugin, LoadError> {
         let config = &compiled.runtime.config;
-        let limits = Limits::resolve(config.defaults, compiled.info.limits, overrides);
+        let limits = Limits::resolve(ceiling, compiled.info.limits);
         let who = format!("plugin {}", compiled.info.name);
         check_limits(&who, limits, config.max_memory_bytes).map_err(LoadError::Invalid)?;
         Ok(Plugin(Arc::new(Version { compiled, limits })))
     }
 
-    /// The same compiled plugin under other host overrides (they replace
-    /// the ones given to [`Runtime::load`]). No recompilation.
-    pub fn with_overrides(&self, overrides: LimitsSpec) -> Result<Plugin, LoadError> {
-        Plugin::resolve(Arc::clone(&self.0.compiled), overrides)
+    /// The same compiled plugin under another ceiling (the operator's
+    /// `[plugin.NAME]` limits; [`Runtime::load`] applies `[limits]`). No
+    /// recompilation.
+    pub fn with_ceiling(&self, ceiling: Limits) -> Result<Plugin, LoadError> {
+        Plugin::resolve(Arc::clone(&self.0.compiled), ceiling)
     }
 
     /// What `describe()` said.
@@ -89,8 +88,8 @@ impl Plugin {
         &self.0.compiled.info
     }
 
-    /// The limits every call runs under: host overrides, else the plugin's
-    /// ask, else the host defaults.
+    /// The limits every call runs under: what the plugin asked for
+    /// (`info().limits`), capped by the operator's ceiling.
     pub fn limits(&self) -> Limits {
         self.0.limits
     }
@@ -298,7 +297,7 @@ mod tests {
         s: Arc<dyn StateSource>,
     ) {
         fn send<T: Send>(_: &T) {}
-        send(&rt.load(Vec::new(), LimitsSpec::default()));
+        send(&rt.load(Vec::new()));
         let ctx = JobContext {
             job_id: String::new(),
             message_id: String::new(),

@@ -30,9 +30,8 @@ impl PluginKind {
     }
 }
 
-/// Per-call sandbox limits. In [`PluginInfo`] each field is what the plugin
-/// asked for (`None`: host default); in [`Limits::resolve`]'s output every
-/// field is set.
+/// Per-call sandbox limits as a plugin asks for them in `describe()`
+/// (`None`: nothing asked, the operator's ceiling applies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LimitsSpec {
     /// Fuel units per call.
@@ -43,7 +42,8 @@ pub struct LimitsSpec {
     pub timeout_ms: Option<u64>,
 }
 
-/// Effective limits for every call of one plugin version.
+/// Per-call sandbox limits with every field set: an operator's ceiling, or
+/// the limits in force for every call of one plugin version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Fuel units per call (roughly 7e9 per second on a 2-core dev box).
@@ -55,20 +55,39 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Host config overrides win over what the plugin asked for, which wins
-    /// over the host defaults.
-    pub fn resolve(defaults: Limits, plugin: LimitsSpec, overrides: LimitsSpec) -> Limits {
+    /// Hard maxima: no ceiling may be set above these. Fuel: about 25
+    /// minutes of guest CPU; memory: all a 32-bit linear memory can
+    /// address; wall clock: one hour (longer work is what `continue`
+    /// slices are for).
+    pub const HARD_MAX: Limits = Limits {
+        fuel: 10_000_000_000_000,
+        memory_bytes: 4 << 30,
+        timeout_ms: 3_600_000,
+    };
+
+    /// The limits a plugin's calls run under: what it asked for, capped by
+    /// the operator's `ceiling`; a field it did not ask for gets the
+    /// ceiling. A plugin may ask for less, never for more.
+    pub fn resolve(ceiling: Limits, ask: LimitsSpec) -> Limits {
+        let pick = |ask: Option<u64>, ceiling: u64| ask.map_or(ceiling, |a| a.min(ceiling));
         Limits {
-            fuel: overrides.fuel.or(plugin.fuel).unwrap_or(defaults.fuel),
-            memory_bytes: overrides
-                .memory_bytes
-                .or(plugin.memory_bytes)
-                .unwrap_or(defaults.memory_bytes),
-            timeout_ms: overrides
-                .timeout_ms
-                .or(plugin.timeout_ms)
-                .unwrap_or(defaults.timeout_ms),
+            fuel: pick(ask.fuel, ceiling.fuel),
+            memory_bytes: pick(ask.memory_bytes, ceiling.memory_bytes),
+            timeout_ms: pick(ask.timeout_ms, ceiling.timeout_ms),
         }
+    }
+
+    /// The fields where `ask` wanted more than these limits give, by name.
+    pub fn capped(&self, ask: LimitsSpec) -> Vec<&'static str> {
+        let over = |a: Option<u64>, got: u64| a.is_some_and(|a| a > got);
+        [
+            ("fuel", over(ask.fuel, self.fuel)),
+            ("memory", over(ask.memory_bytes, self.memory_bytes)),
+            ("timeout", over(ask.timeout_ms, self.timeout_ms)),
+        ]
+        .into_iter()
+        .filter_map(|(name, over)| over.then_some(name))
+        .collect()
     }
 }
 
@@ -83,7 +102,8 @@ pub struct PluginInfo {
     pub kind: PluginKind,
     /// Channels handled or mapped.
     pub channels: Vec<String>,
-    /// What the plugin asked for.
+    /// What the plugin asked for (the limits in force are
+    /// `Plugin::limits`).
     pub limits: LimitsSpec,
 }
 

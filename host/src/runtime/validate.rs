@@ -1,9 +1,10 @@
 //! What a plugin may say about itself, checked once at load.
 //!
 //! Names and channels end up in NATS subjects, SQL rows, file names and log
-//! lines, so they are kept to a safe alphabet here rather than escaped
-//! everywhere else. Limits are checked after resolution (host config over
-//! the plugin's ask over defaults), because that is what calls will use.
+//! lines, so they are kept to one safe alphabet (`crate::names`) rather
+//! than escaped everywhere else. Limits are checked after resolution (the
+//! plugin's ask capped by the operator's ceiling), because that is what
+//! calls will use.
 
 use super::types::{Limits, PluginInfo, PluginKind};
 use crate::names;
@@ -135,28 +136,42 @@ mod tests {
     }
 
     #[test]
-    fn limits_resolve_and_check() {
-        let defaults = Limits {
+    fn limits_are_ceilings() {
+        let ceiling = Limits {
             fuel: 10,
             memory_bytes: 1 << 20,
             timeout_ms: 100,
         };
         let ask = LimitsSpec {
-            fuel: Some(20),
-            memory_bytes: Some(2 << 20),
+            fuel: Some(u64::MAX),
+            memory_bytes: Some(512 << 10),
             timeout_ms: None,
         };
-        let overrides = LimitsSpec {
-            memory_bytes: Some(3 << 20),
-            ..LimitsSpec::default()
-        };
-        let got = Limits::resolve(defaults, ask, overrides);
+        let got = Limits::resolve(ceiling, ask);
         let want = Limits {
+            fuel: 10,
+            memory_bytes: 512 << 10,
+            timeout_ms: 100,
+        };
+        assert_eq!(got, want);
+        assert_eq!(got.capped(ask), vec!["fuel"]);
+        let greedy = LimitsSpec {
+            fuel: Some(u64::MAX),
+            memory_bytes: Some(u64::MAX),
+            timeout_ms: Some(u64::MAX),
+        };
+        assert_eq!(Limits::resolve(ceiling, greedy), ceiling);
+        assert_eq!(ceiling.capped(greedy).len(), 3);
+        assert_eq!(Limits::resolve(ceiling, LimitsSpec::default()), ceiling);
+    }
+
+    #[test]
+    fn resolved_limits_are_checked() {
+        let got = Limits {
             fuel: 20,
             memory_bytes: 3 << 20,
             timeout_ms: 100,
         };
-        assert_eq!(got, want);
         assert_eq!(check_limits("plugin p", got, 4 << 20), Ok(()));
         assert!(
             check_limits("plugin p", got, 2 << 20).is_err_and(|e| e.contains("max_memory_bytes"))

@@ -125,6 +125,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_ready ON jobs (channel, consumer, visible_at, id)
         WHERE state IN ('queued', 'scheduled', 'retrying');
     "#,
+    // 6: what each serving plugin asked for in describe(), next to the
+    // limits in force (the operator's ceiling caps the ask).
+    r#"
+    ALTER TABLE plugin_files ADD COLUMN asked_fuel INTEGER;
+    ALTER TABLE plugin_files ADD COLUMN asked_memory_bytes INTEGER;
+    ALTER TABLE plugin_files ADD COLUMN asked_timeout_ms INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

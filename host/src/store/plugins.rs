@@ -25,7 +25,8 @@ pub struct PluginFile {
     pub updated_at: i64,
 }
 
-/// What a serving plugin said about itself, and its resolved limits.
+/// What a serving plugin said about itself, and the limits in force (its
+/// ask capped by the operator's ceiling).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServingPlugin {
     /// `describe()` name.
@@ -44,6 +45,12 @@ pub struct ServingPlugin {
     pub memory_bytes: u64,
     /// Wall-clock limit per call.
     pub timeout_ms: u64,
+    /// Fuel the plugin asked for (`None`: nothing asked).
+    pub asked_fuel: Option<u64>,
+    /// Memory the plugin asked for.
+    pub asked_memory_bytes: Option<u64>,
+    /// Wall-clock limit the plugin asked for.
+    pub asked_timeout_ms: Option<u64>,
     /// When this version was swapped in (ms).
     pub loaded_at: i64,
 }
@@ -60,16 +67,20 @@ impl Store {
     }
 }
 
+/// SQLite integers are i64: a u64 is stored bit for bit (values above
+/// `i64::MAX`, e.g. a plugin asking for `u64::MAX` fuel, read back
+/// unchanged by [`to_u64`]).
 fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    n as i64
 }
 
 fn replace(conn: &Connection, files: &[PluginFile]) -> Result<(), StoreError> {
     conn.execute("DELETE FROM plugin_files", [])?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO plugin_files (path, name, version, kind, channels, hash, fuel,
-             memory_bytes, timeout_ms, loaded_at, error, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             memory_bytes, timeout_ms, loaded_at, error, updated_at,
+             asked_fuel, asked_memory_bytes, asked_timeout_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     let now = now_ms();
     for f in files {
@@ -93,78 +104,64 @@ fn replace(conn: &Connection, files: &[PluginFile]) -> Result<(), StoreError> {
             p.map(|p| p.loaded_at),
             f.error,
             now,
+            p.and_then(|p| p.asked_fuel).map(to_i64),
+            p.and_then(|p| p.asked_memory_bytes).map(to_i64),
+            p.and_then(|p| p.asked_timeout_ms).map(to_i64),
         ])?;
     }
     Ok(())
 }
 
-type Row = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    i64,
-);
+/// The inverse of [`to_i64`].
+fn to_u64(v: i64) -> u64 {
+    v as u64
+}
 
 fn list(conn: &Connection) -> Result<Vec<PluginFile>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT path, name, version, kind, channels, hash, fuel, memory_bytes, timeout_ms,
-                loaded_at, error, updated_at
+                loaded_at, error, updated_at, asked_fuel, asked_memory_bytes, asked_timeout_ms
          FROM plugin_files ORDER BY path",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-            r.get(11)?,
-        ))
-    })?;
+    let mut rows = stmt.query([])?;
     let mut out = Vec::new();
-    for row in rows {
-        let (path, name, version, kind, channels, hash, fuel, mem, timeout, loaded, error, at): Row =
-            row?;
-        let serving = match name {
+    while let Some(r) = rows.next()? {
+        let path: String = r.get(0)?;
+        let serving = match r.get::<_, Option<String>>(1)? {
             None => None,
             Some(name) => {
+                let channels: Option<String> = r.get(4)?;
                 let channels: Vec<String> =
                     serde_json::from_str(channels.as_deref().unwrap_or("[]")).map_err(|e| {
                         StoreError::Corrupt(format!("plugin_files.channels of {path}: {e}"))
                     })?;
-                let n = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+                let n = |i: usize| -> Result<u64, rusqlite::Error> {
+                    Ok(r.get::<_, Option<i64>>(i)?.map_or(0, to_u64))
+                };
+                let asked = |i: usize| -> Result<Option<u64>, rusqlite::Error> {
+                    Ok(r.get::<_, Option<i64>>(i)?.map(to_u64))
+                };
                 Some(ServingPlugin {
                     name,
-                    version: version.unwrap_or_default(),
-                    kind: kind.unwrap_or_default(),
+                    version: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    kind: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                     channels,
-                    hash: hash.unwrap_or_default(),
-                    fuel: n(fuel),
-                    memory_bytes: n(mem),
-                    timeout_ms: n(timeout),
-                    loaded_at: loaded.unwrap_or(0),
+                    hash: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    fuel: n(6)?,
+                    memory_bytes: n(7)?,
+                    timeout_ms: n(8)?,
+                    asked_fuel: asked(12)?,
+                    asked_memory_bytes: asked(13)?,
+                    asked_timeout_ms: asked(14)?,
+                    loaded_at: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
                 })
             }
         };
         out.push(PluginFile {
             path,
             serving,
-            error,
-            updated_at: at,
+            error: r.get(10)?,
+            updated_at: r.get(11)?,
         });
     }
     Ok(out)
@@ -189,6 +186,9 @@ mod tests {
             fuel: 5_000_000_000,
             memory_bytes: 1 << 26,
             timeout_ms: 100,
+            asked_fuel: Some(u64::MAX),
+            asked_memory_bytes: None,
+            asked_timeout_ms: Some(50),
             loaded_at: 7,
         };
         let kept = PluginFile {
@@ -208,7 +208,7 @@ mod tests {
             .await?;
         let got = store.plugin_files().await?;
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].serving, kept.serving);
+        assert_eq!(got[0].serving, kept.serving, "u64::MAX survives");
         assert_eq!(got[0].error, kept.error);
         assert_eq!(got[1].serving, None);
         store.record_plugin_files(vec![failed]).await?;

@@ -17,7 +17,9 @@ impl Handler for TestSpin {
     type Request = Spin;
 
     fn describe() -> Describe {
-        // Long calls need more than the default fuel and wall-clock budget.
+        // Long calls need more than the default fuel and wall-clock budget;
+        // the operator's ceiling caps this ask, so the tests raise it
+        // (`[plugin.test-spin]` in tests/it/util.rs).
         Describe::handler("test-spin", "0.1.0")
             .channel("test.spin")
             .fuel(u64::MAX / 2)
