@@ -1,5 +1,4 @@
-//! Jobs succeed with their effects committed exactly once; `send` runs a
-//! handler without the queue.
+//! Jobs succeed with their effects committed exactly once.
 
 use std::time::Duration;
 
@@ -62,21 +61,6 @@ fn n_posted_messages_become_n_succeeded_jobs_with_their_effects() {
     );
     let status = daemon.stop(Duration::from_secs(20));
     assert!(status.success());
-}
-
-#[test]
-fn send_runs_the_handler_in_process_and_prints_effects_without_queueing() {
-    let env = Env::new(&["test-counter"], FAST);
-    let out = env.ok(&["send", "test.counter", r#"{"amount": 5}"#]);
-    let v: Value = serde_json::from_str(&out).expect("send prints JSON");
-    assert_eq!(v["handler"], "test-counter");
-    assert_eq!(v["outcome"]["done"]["total"], 5);
-    assert_eq!(v["effects"]["posts"][0]["channel"], "test.counted");
-    assert_eq!(v["effects"]["state_writes"]["total"], "5");
-    // Nothing was queued or committed.
-    assert!(env.jobs("test.counter").is_empty());
-    assert!(env.jobs("test.counted").is_empty());
-    assert_eq!(env.state("test-counter", "total"), None);
 }
 
 #[test]

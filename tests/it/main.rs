@@ -18,3 +18,4 @@ mod lifecycle;
 mod rejects;
 mod reload;
 mod sandbox;
+mod send;

@@ -7,6 +7,7 @@ mod inspect;
 mod outbox;
 mod plugins;
 mod post;
+mod send;
 
 use std::path::PathBuf;
 
@@ -59,9 +60,10 @@ pub enum Command {
     Run,
     /// Queue messages: one JSON argument, or one message per line on stdin.
     Post(post::PostArgs),
-    /// Run a channel's handler(s) now, in-process, without the queue; print
-    /// the outcome and the effects it would commit.
-    Send(plugins::SendArgs),
+    /// Try a plugin by hand: run a channel's handler(s) once, in this
+    /// process, without a daemon or the queue; print the outcome and the
+    /// effects the call would commit (nothing is committed).
+    Send(send::SendArgs),
     /// List jobs, newest first.
     Jobs(inspect::JobsArgs),
     /// Show one job.
@@ -109,7 +111,7 @@ pub async fn execute(
     match cli.command {
         Command::Run => Ok(crate::daemon::run(config, shutdown, hard_stop).await?),
         Command::Post(args) => post::run(&config, args).await,
-        Command::Send(args) => plugins::send(&config, args).await,
+        Command::Send(args) => send::run(&config, args).await,
         Command::Jobs(args) => inspect::jobs(&open_existing(&config)?, args).await,
         Command::Job(args) => inspect::job(&open_existing(&config)?, args).await,
         Command::Dlq(cmd) => {

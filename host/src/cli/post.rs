@@ -49,14 +49,7 @@ pub struct PostArgs {
 
 pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
     crate::names::check_channel(&args.channel)?;
-    let headers = args
-        .headers
-        .iter()
-        .map(|h| match h.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => bail!("--header {h:?} is not KEY=VALUE"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers = super::send::parse_headers(&args.headers)?;
     let kind = MessageKind::parse(&args.kind).unwrap_or_default();
     let now = now_ms();
     let visible_at = match (args.at, args.delay) {
