@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod logfmt;
 pub mod message;
 pub mod metrics;
 pub mod names;

@@ -16,6 +16,8 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Control characters in any field are escaped: no forged lines.
+        .fmt_fields(sluice::logfmt::fields())
         // Colour only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

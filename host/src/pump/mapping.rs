@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::message::{Message, REQUEST_NAME_HEADER, Request, now_ms};
 use crate::registry::PluginSet;
-use crate::runtime::{MapFailure, Post};
+use crate::runtime::{MAX_CALL_BYTES, MapFailure, Post};
 use crate::store::NewMessage;
 
 /// Header on every posted message naming the message whose handling posted it.
@@ -70,7 +70,9 @@ pub fn passthrough(message: &Message) -> Result<Request, MapError> {
 /// A handler's posts -> wire messages, through each target channel's mapper.
 /// Ids are derived from the consumed message, the handler, the slice cursor
 /// and the post's index, so re-running the same call posts the same ids and
-/// the queue's idempotency drops the repeat.
+/// the queue's idempotency drops the repeat. The messages together are held
+/// to the call's byte budget ([`MAX_CALL_BYTES`]): a mapper may make each
+/// post larger than the handler wrote it, and one call may post 10,000.
 pub async fn to_messages(
     set: &PluginSet,
     posts: &[Post],
@@ -80,6 +82,7 @@ pub async fn to_messages(
 ) -> Result<Vec<NewMessage>, String> {
     let now = now_ms();
     let mut out = Vec::with_capacity(posts.len());
+    let mut bytes = 0usize;
     for (index, post) in posts.iter().enumerate() {
         let request = Request {
             name: post.name.clone(),
@@ -106,6 +109,19 @@ pub async fn to_messages(
             }
         };
         headers.push((CAUSATION_HEADER.to_owned(), cause.id.clone()));
+        bytes = bytes.saturating_add(body.len()).saturating_add(
+            headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + std::mem::size_of::<(String, String)>())
+                .sum(),
+        );
+        if bytes > MAX_CALL_BYTES {
+            return Err(format!(
+                "sandbox limit: the call's {} posts map to more than {MAX_CALL_BYTES} bytes (at post #{index} to {})",
+                posts.len(),
+                post.channel
+            ));
+        }
         let visible_at = match (post.launch_at_ms, post.delay_ms) {
             (Some(at), _) => i64::try_from(at).unwrap_or(i64::MAX),
             (None, Some(d)) => now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),

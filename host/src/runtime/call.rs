@@ -31,7 +31,20 @@ use super::trap::{self, Facts, Failure, HostTrap, Interrupt};
 use super::types::{Effects, Limits, PluginInfo, StateSource};
 
 /// Largest table a guest may grow (the pooling allocator's default slot).
-const MAX_TABLE_ELEMENTS: usize = 20_000;
+pub(super) const MAX_TABLE_ELEMENTS: usize = 20_000;
+
+/// Host resources (WASI streams, pollables...) a guest may hold at once.
+/// Rust's std holds a handful; each entry is a host allocation.
+pub(super) const MAX_RESOURCES: usize = 1000;
+
+/// Bytes one `get-random-bytes` call may ask for (the host allocates them).
+pub(super) const MAX_RANDOM: u64 = 64 * 1024;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
 
 /// The store's data for one call: the guest's whole world.
 pub(super) struct CallState {
@@ -45,6 +58,10 @@ pub(super) struct CallState {
     pub(super) job_id: Option<String>,
     pub(super) max_log_lines: u32,
     pub(super) log_lines: u32,
+    /// Bytes logged, bounded by `host::MAX_LOG_BYTES`.
+    pub(super) log_bytes: usize,
+    /// Set once the log caps were hit: the rest of the call's lines go.
+    pub(super) log_dropped: bool,
     pub(super) effects: Effects,
     /// Bytes buffered in `effects`, bounded by `host::MAX_CALL_BYTES`.
     pub(super) effect_bytes: usize,
@@ -90,13 +107,15 @@ impl Call {
         let stderr = StderrTail::default();
         let state = CallState {
             wasi: sandbox(&stderr),
-            table: ResourceTable::new(),
+            table: resource_table(),
             limiter: Limiter::new(limits.memory_bytes),
             stderr,
             plugin: setup.plugin,
             job_id: setup.job_id,
             max_log_lines: setup.max_log_lines,
             log_lines: 0,
+            log_bytes: 0,
+            log_dropped: false,
             effects: Effects::default(),
             effect_bytes: 0,
             read_values: HashMap::new(),
@@ -235,13 +254,15 @@ fn deadline(started: Instant, timeout_ms: u64) -> Instant {
 /// The guest's WASI world: nothing. No preopened directories (no files), no
 /// environment variables, no arguments, no sockets or name lookups, stdin
 /// closed, stdout discarded, stderr captured (bounded). Clocks and random
-/// stay: they leak nothing and guests' std needs them.
+/// stay: they leak nothing and guests' std needs them; one request for
+/// random bytes is capped at [`MAX_RANDOM`].
 fn sandbox(stderr: &StderrTail) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
     b.stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .max_random_size(MAX_RANDOM);
     b.build()
 }
 

@@ -3,7 +3,19 @@
 //! Effects are only *buffered* here, into the call's [`Effects`]; the pump
 //! applies them if the call succeeds. Every buffer is bounded so that a
 //! plugin can fail its own call but never exhaust the host: exceeding a
-//! bound traps the guest with a message that names the bound.
+//! bound traps the guest with a message that names the bound, and that
+//! failure is permanent (retrying the same input would exceed it again).
+//!
+//! **What is charged.** Every byte a guest makes the host hold until the
+//! call ends counts against [`MAX_CALL_BYTES`], including the bookkeeping
+//! per entry ([`POST_OVERHEAD`], [`HEADER_OVERHEAD`]: an empty header
+//! costs the host a `(String, String)`), so a flood of empty values is as
+//! bounded as one huge value. What the host only passes through (a log
+//! line, a progress note that replaces the last one) has its own cap.
+//! What a call returns (result, cursor, a mapper's output) is checked in
+//! `plugin.rs` with the caps below; a value lifted from the guest is never
+//! larger than the guest's own memory cap. Outside this file: random bytes
+//! and resource table entries are capped in `call.rs`.
 
 use std::borrow::Cow;
 use std::collections::btree_map::Entry;
@@ -30,9 +42,25 @@ pub(super) const MAX_STATE_KEY: usize = 512;
 pub(super) const MAX_STATE_KEYS: usize = 10_000;
 /// Bytes one call may hold in the host: posts, state writes and the values
 /// it read, together. Without it, 10,000 posts of 1 MiB would be 10 GiB.
-pub(super) const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes of one log line or progress note; longer ones are cut.
 pub(super) const MAX_LINE: usize = 4096;
+/// Headers on one post (or on one message a mapper makes).
+pub(super) const MAX_HEADERS: usize = 64;
+/// Bytes of a post's request name.
+pub(super) const MAX_REQUEST_NAME: usize = 256;
+/// Bytes of log lines one call may write; the rest are dropped.
+pub(super) const MAX_LOG_BYTES: usize = 256 * 1024;
+/// Bytes of a handler's result.
+pub(super) const MAX_RESULT: usize = 1024 * 1024;
+/// Bytes of a continuation's cursor (it travels in a message header).
+pub(super) const MAX_CURSOR: usize = 4096;
+/// Bytes of the request body a mapper makes of a message.
+pub(super) const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// What the host holds per buffered post besides its bytes.
+pub(super) const POST_OVERHEAD: usize = std::mem::size_of::<Post>();
+/// What the host holds per header besides its bytes.
+pub(super) const HEADER_OVERHEAD: usize = std::mem::size_of::<(String, String)>();
 
 /// The `tracing` target of plugin log lines, for filtering
 /// (`RUST_LOG=sluice::plugin=debug`).
@@ -83,21 +111,30 @@ macro_rules! plugin_event {
 }
 
 impl CallState {
+    /// Logs one plugin line, up to the call's caps on lines and bytes (then
+    /// one warning, and the rest are dropped: a noisy plugin is not failed
+    /// for it). Control characters are escaped by the log formatter
+    /// (`crate::logfmt`), so a line cannot forge another.
     fn log_line(&mut self, level: tracing::Level, message: &str) {
         let (plugin, version) = (&self.plugin.name, &self.plugin.version);
         let job_id = self.job_id.as_deref();
-        if self.log_lines >= self.max_log_lines {
-            if self.log_lines == self.max_log_lines {
-                tracing::warn!(
-                    target: LOG_TARGET, plugin = %plugin, version = %version, job_id,
-                    "plugin logged more than {} lines in one call; dropping the rest",
-                    self.max_log_lines
-                );
-                self.log_lines += 1;
-            }
+        let bytes = message.len().min(MAX_LINE);
+        if self.log_dropped {
+            return;
+        }
+        if self.log_lines >= self.max_log_lines
+            || self.log_bytes.saturating_add(bytes) > MAX_LOG_BYTES
+        {
+            tracing::warn!(
+                target: LOG_TARGET, plugin = %plugin, version = %version, job_id,
+                "plugin logged more than {} lines or {MAX_LOG_BYTES} bytes in one call; dropping the rest",
+                self.max_log_lines
+            );
+            self.log_dropped = true;
             return;
         }
         self.log_lines += 1;
+        self.log_bytes += bytes;
         let message: Cow<'_, str> = if message.len() > MAX_LINE {
             Cow::Owned(truncate(message, MAX_LINE))
         } else {
@@ -111,7 +148,7 @@ impl CallState {
         self.effect_bytes = self.effect_bytes.saturating_add(bytes);
         if self.effect_bytes > MAX_CALL_BYTES {
             return limit(format!(
-                "too much data buffered: a call may hold at most {MAX_CALL_BYTES} bytes of posts and state"
+                "too much data buffered: a call may hold at most {MAX_CALL_BYTES} bytes of posts, headers, state and progress"
             ));
         }
         Ok(())
@@ -162,9 +199,24 @@ impl effects::Host for CallState {
         if let Err(e) = crate::names::check_channel(&channel) {
             return limit(format!("post: {e}"));
         }
-        let headers: usize = options.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if options.headers.len() > MAX_HEADERS {
+            return limit(format!(
+                "post with {} headers: a post may carry at most {MAX_HEADERS}",
+                options.headers.len()
+            ));
+        }
         let name_len = options.name.as_ref().map_or(channel.len(), String::len);
-        self.charge(channel.len() + name_len + body.len() + headers)?;
+        if name_len > MAX_REQUEST_NAME {
+            return limit(format!(
+                "post request name of {name_len} bytes is over the limit of {MAX_REQUEST_NAME} bytes"
+            ));
+        }
+        let headers: usize = options
+            .headers
+            .iter()
+            .map(|(k, v)| HEADER_OVERHEAD + k.len() + v.len())
+            .sum();
+        self.charge(POST_OVERHEAD + channel.len() + name_len + body.len() + headers)?;
         self.effects.posts.push(Post {
             name: options.name.unwrap_or_else(|| channel.clone()),
             channel,
@@ -181,16 +233,27 @@ impl effects::Host for CallState {
         Ok(())
     }
 
+    /// Only the last progress is kept: its note (cut to [`MAX_LINE`])
+    /// replaces the last one's in the budget.
     fn progress(&mut self, percent: u8, note: Option<String>) -> wasmtime::Result<()> {
+        let note = note.map(|n| {
+            if n.len() > MAX_LINE {
+                truncate(&n, MAX_LINE)
+            } else {
+                n
+            }
+        });
+        let old = self
+            .effects
+            .progress
+            .as_ref()
+            .and_then(|p| p.note.as_ref())
+            .map_or(0, String::len);
+        self.effect_bytes = self.effect_bytes.saturating_sub(old);
+        self.charge(note.as_ref().map_or(0, String::len))?;
         self.effects.progress = Some(Progress {
             percent: percent.min(100),
-            note: note.map(|n| {
-                if n.len() > MAX_LINE {
-                    truncate(&n, MAX_LINE)
-                } else {
-                    n
-                }
-            }),
+            note,
         });
         Ok(())
     }

@@ -219,6 +219,7 @@ fn describe_err(f: Failure) -> LoadError {
     LoadError::Describe(match f {
         Failure::Trap(t) => t.to_string(),
         Failure::Host(m) => format!("host error: {m}"),
+        Failure::Limit(m) => format!("sandbox limit: {m}"),
     })
 }
 

@@ -43,6 +43,7 @@ mod validate;
 
 pub use cache::CacheStats;
 pub use engine::{Runtime, RuntimeConfig, RuntimeError};
+pub use host::MAX_CALL_BYTES;
 pub use load::{LoadError, sha256_hex};
 pub use plugin::Plugin;
 pub use types::*;

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::bindings::{handler, mapper};
 use super::call::{Call, CallSetup, CallState};
 use super::engine::Shared;
-use super::host::MAX_LINE;
+use super::host::{
+    MAX_CURSOR, MAX_HEADERS, MAX_LINE, MAX_POST_BODY, MAX_REQUEST_BODY, MAX_REQUEST_NAME,
+    MAX_RESULT,
+};
 use super::load::LoadError;
 use super::trap::{Failure, truncate};
 use super::types::{
@@ -156,11 +159,21 @@ impl Plugin {
             .await;
         let finished = call.finish(outcome);
         let result = match finished.result {
-            Ok(Ok(wit_handler::Outcome::Done(result))) => Ok(Outcome::Done { result }),
-            Ok(Ok(wit_handler::Outcome::Continue(c))) => Ok(Outcome::Continue {
-                cursor: c.cursor,
-                delay_ms: c.delay_ms,
-            }),
+            Ok(Ok(wit_handler::Outcome::Done(result))) => {
+                match within("result", result.as_ref().map_or(0, String::len), MAX_RESULT) {
+                    Ok(()) => Ok(Outcome::Done { result }),
+                    Err(f) => Err(call_failure(f)),
+                }
+            }
+            Ok(Ok(wit_handler::Outcome::Continue(c))) => {
+                match within("continuation cursor", c.cursor.len(), MAX_CURSOR) {
+                    Ok(()) => Ok(Outcome::Continue {
+                        cursor: c.cursor,
+                        delay_ms: c.delay_ms,
+                    }),
+                    Err(f) => Err(call_failure(f)),
+                }
+            }
             Ok(Err(wit_handler::HandlerError::Retryable(m))) => {
                 Err(CallFailure::Retryable(truncate(&m, MAX_LINE)))
             }
@@ -216,10 +229,15 @@ impl Plugin {
             })
             .await;
         match call.finish(outcome).result.map_err(map_failure)? {
-            Ok(r) => Ok(Request {
-                name: r.name,
-                body: r.body,
-            }),
+            Ok(r) => {
+                within("request name", r.name.len(), MAX_REQUEST_NAME)
+                    .and_then(|()| within("request body", r.body.len(), MAX_REQUEST_BODY))
+                    .map_err(map_failure)?;
+                Ok(Request {
+                    name: r.name,
+                    body: r.body,
+                })
+            }
             Err(reason) => Err(MapFailure::Rejected(truncate(&reason, MAX_LINE))),
         }
     }
@@ -246,10 +264,14 @@ impl Plugin {
             })
             .await;
         match call.finish(outcome).result.map_err(map_failure)? {
-            Ok(o) => Ok(Outgoing {
-                headers: o.headers,
-                body: o.body,
-            }),
+            Ok(o) => {
+                let outgoing = Outgoing {
+                    headers: o.headers,
+                    body: o.body,
+                };
+                check_outgoing(&outgoing).map_err(map_failure)?;
+                Ok(outgoing)
+            }
             Err(reason) => Err(MapFailure::Rejected(truncate(&reason, MAX_LINE))),
         }
     }
@@ -259,10 +281,13 @@ fn not_a_mapper(name: &str) -> MapFailure {
     MapFailure::Host(format!("plugin {name} is a handler, not a mapper"))
 }
 
+/// A limit a guest exceeded is a permanent failure: the same input would
+/// exceed it again (for a mapper: the message is poison).
 fn call_failure(f: Failure) -> CallFailure {
     match f {
         Failure::Trap(t) => CallFailure::Trap(t),
         Failure::Host(m) => CallFailure::Host(m),
+        Failure::Limit(m) => CallFailure::Permanent(format!("sandbox limit: {m}")),
     }
 }
 
@@ -270,7 +295,29 @@ fn map_failure(f: Failure) -> MapFailure {
     match f {
         Failure::Trap(t) => MapFailure::Trap(t),
         Failure::Host(m) => MapFailure::Host(m),
+        Failure::Limit(m) => MapFailure::Rejected(format!("sandbox limit: {m}")),
     }
+}
+
+/// `Err` naming the bound when `len` bytes of `what` are over `max`.
+fn within(what: &str, len: usize, max: usize) -> Result<(), Failure> {
+    if len > max {
+        return Err(Failure::Limit(format!(
+            "{what} of {len} bytes is over the limit of {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A mapper's wire message: header count and body size as for a post.
+fn check_outgoing(o: &Outgoing) -> Result<(), Failure> {
+    if o.headers.len() > MAX_HEADERS {
+        return Err(Failure::Limit(format!(
+            "message with {} headers: a message may carry at most {MAX_HEADERS}",
+            o.headers.len()
+        )));
+    }
+    within("message body", o.body.len(), MAX_POST_BODY)
 }
 
 fn failed_report(failure: CallFailure, duration: Duration) -> CallReport {

@@ -81,6 +81,10 @@ pub(super) struct Facts {
 pub(super) enum Failure {
     /// The guest was stopped or crashed.
     Trap(TrapKind),
+    /// The guest exceeded a bound on what it may make the host hold (too
+    /// many posts, a value too large, too many resources...). The same
+    /// input would exceed it again, so it is a permanent failure.
+    Limit(String),
     /// The host could not run the call.
     Host(String),
 }
@@ -104,6 +108,9 @@ pub(super) fn classify(
     if let Some(fault) = &facts.host_fault {
         return Failure::Host(fault.clone());
     }
+    if let Some(limit) = guest_limit(err) {
+        return Failure::Limit(limit);
+    }
     if let Some(pool) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return Failure::Host(format!("instance pool exhausted: {pool}"));
     }
@@ -120,11 +127,41 @@ pub(super) fn classify(
         }
         _ => match panic_message(stderr) {
             Some(msg) => TrapKind::Panic(msg),
-            None if facts.table_refused => TrapKind::Other("table limit exceeded".into()),
+            None if facts.table_refused => {
+                return Failure::Limit(format!(
+                    "table limit exceeded (at most {} elements)",
+                    super::call::MAX_TABLE_ELEMENTS
+                ));
+            }
             None => TrapKind::Other(err.root_cause().to_string()),
         },
     };
     Failure::Trap(kind)
+}
+
+/// The bound a guest exceeded, if that is what stopped it: one of ours
+/// ([`HostTrap::GuestLimit`]), a full resource table, or WASI's cap on one
+/// request for random bytes (known by its message, pinned by a test).
+fn guest_limit(err: &wasmtime::Error) -> Option<String> {
+    if let Some(HostTrap::GuestLimit(m)) = err.downcast_ref::<HostTrap>() {
+        return Some(m.clone());
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        err.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return Some(format!(
+            "too many host resources: a call may hold at most {}",
+            super::call::MAX_RESOURCES
+        ));
+    }
+    let root = err.root_cause().to_string();
+    if root.starts_with("requested len ") && root.contains(" exceeds limit ") {
+        return Some(format!(
+            "random bytes: one request may ask for at most {} bytes",
+            super::call::MAX_RANDOM
+        ));
+    }
+    None
 }
 
 /// True when the error carries wasmtime's fault context ("memory fault at
@@ -312,12 +349,24 @@ mod tests {
     }
 
     #[test]
-    fn host_raised_errors_keep_their_text() {
+    fn exceeded_bounds_are_limits() {
+        let none = Facts::default();
         let err = wasmtime::Error::new(HostTrap::GuestLimit("too many posts".into()));
         assert_eq!(
-            kind(&Facts::default(), &err, ""),
-            Failure::Trap(TrapKind::Other("too many posts".into()))
+            kind(&none, &err, ""),
+            Failure::Limit("too many posts".into())
         );
+        let full = wasmtime::Error::new(wasmtime::component::ResourceTableError::Full);
+        assert!(matches!(kind(&none, &full, ""), Failure::Limit(m) if m.contains("resources")));
+        // wasmtime-wasi 48's message for an oversized get-random-bytes.
+        let random = wasmtime::Error::msg("requested len 1048576 exceeds limit 65536");
+        assert!(matches!(kind(&none, &random, ""), Failure::Limit(m) if m.contains("random")));
+        let table = Facts {
+            table_refused: true,
+            ..Facts::default()
+        };
+        let err = trap(wasmtime::Trap::UnreachableCodeReached);
+        assert!(matches!(kind(&table, &err, ""), Failure::Limit(m) if m.contains("table")));
     }
 
     #[test]
