@@ -1,19 +1,19 @@
 //! `sluice bench` runs end to end on the embedded queue and prints its
 //! report. Figures are not asserted (they depend on the machine); that the
-//! run completed every job and printed each line is.
+//! run completed every job, checked the workload's sums and printed each
+//! line is, and so is a failed check failing the command.
 
-use crate::util::{Env, built_plugins};
+use crate::util::Env;
 
 #[test]
 fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
-    let env = Env::new(&[], "");
-    let plugin = built_plugins().join("test-flaky.wasm");
+    let env = Env::new(&["bench-amounts", "test-version-1", "test-version-2"], "");
     let out = env.ok(&[
         "bench",
-        "--plugin",
-        plugin.to_str().expect("utf-8 path"),
         "--messages",
         "200",
+        "--runs",
+        "1",
         "--transport",
         "embedded",
         "--rate",
@@ -26,17 +26,53 @@ fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
         "1",
     ]);
     for line in [
+        "sluice bench: bench-amounts 0.1.0 on bench.amounts",
         "[embedded]   enqueue   200 msgs",
         "[embedded]   drain     200 jobs",
         "[embedded]   latency   post->handled p50",
-        "[embedded]   jobs      200 of 200 succeeded in SQLite",
+        // 0 + 1 + ... + 99, twice.
+        "[embedded]   jobs      200 of 200 succeeded in SQLite, amounts add up to 9900,",
         "[embedded]   steady    200 msgs/s offered",
-        "[embedded]   jobs      200 of 200 succeeded in SQLite",
         "[embedded]   rss       peak",
         "[baseline]   sandbox   instantiate+call+drop p50",
         "[baseline]   native    same work as a Rust call p50",
         "[reload]     swap      file written -> new version serving, 1 swaps",
+        "| figure | measured | baseline (same run) | ratio | target | |",
+        "| embedded drain (median of 1) |",
+        "| embedded p99 post->handled at 200 msgs/s |",
+        "| sandbox, instantiate+call+drop p50 |",
+        "| peak RSS over the host runs |",
+        "checks: every run handled every message exactly once",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
+}
+
+#[test]
+fn bench_fails_when_not_every_message_succeeds() {
+    let env = Env::new(&["bench-amounts"], "");
+    // bench-amounts rejects `{}` for good: every job is a dead letter.
+    let out = env.sluice(&[
+        "bench",
+        "--body",
+        "{}",
+        "--messages",
+        "20",
+        "--runs",
+        "1",
+        "--transport",
+        "embedded",
+        "--rate",
+        "0",
+        "--sandbox-calls",
+        "0",
+        "--swaps",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bench passed:\n{stderr}");
+    assert!(
+        stderr.contains("checks failed: embedded: 0 of 20 jobs succeeded"),
+        "{stderr}"
+    );
 }

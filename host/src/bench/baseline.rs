@@ -2,9 +2,9 @@
 //! ratios on whatever box they ran on:
 //! - **raw JetStream**: publish N messages to a stream of their own on the
 //!   same server, then consume them with a plain async-nats pull consumer
-//!   (batched pulls) and a native Rust handler that parses the JSON body,
-//!   acking each one: what a hand-written worker with no sandbox and no
-//!   SQLite would do;
+//!   (batched pulls) and a native Rust handler that does the plugin's work
+//!   (parse the body, read the amount), acking each one: what a hand-written
+//!   worker with no sandbox and no SQLite would do;
 //! - **sandbox cost**: one `Plugin::handle` (instantiate from the pool,
 //!   call, drop the store) with a no-op state source, against a native
 //!   function doing the handler's trivial work.
@@ -19,6 +19,7 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::Percentiles;
+use super::workload::Workload;
 use crate::message::Request;
 use crate::runtime::{JobContext, Plugin, StateFuture, StateSource};
 
@@ -37,10 +38,14 @@ pub struct RawReport {
     pub consume: Duration,
 }
 
-/// Publishes `count` copies of `body` to a stream of its own, then
-/// consumes and acks them with a native handler. The stream is deleted
-/// afterwards.
-pub async fn raw_jetstream(url: &str, body: &[u8], count: usize) -> anyhow::Result<RawReport> {
+/// Publishes the workload's first `count` messages to a stream of its own,
+/// then consumes and acks them with a native handler, checking that the
+/// amounts it read add up. The stream is deleted afterwards.
+pub async fn raw_jetstream(
+    url: &str,
+    workload: &Workload,
+    count: usize,
+) -> anyhow::Result<RawReport> {
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -57,9 +62,9 @@ pub async fn raw_jetstream(url: &str, body: &[u8], count: usize) -> anyhow::Resu
         .context("creating the raw baseline stream")?;
     let began = Instant::now();
     let mut acks = Vec::with_capacity(1024);
-    for _ in 0..count {
+    for i in 0..count {
         let ack = js
-            .publish(RAW_SUBJECT, bytes::Bytes::copy_from_slice(body))
+            .publish(RAW_SUBJECT, bytes::Bytes::from(workload.body(i)))
             .await
             .context("raw publish")?;
         acks.push(ack);
@@ -87,13 +92,13 @@ pub async fn raw_jetstream(url: &str, body: &[u8], count: usize) -> anyhow::Resu
         .messages()
         .await
         .context("raw pull")?;
-    let mut seen = 0;
+    let (mut seen, mut sum) = (0, 0);
     while seen < count {
         let Some(msg) = messages.next().await else {
             break;
         };
         let msg = msg.map_err(|e| anyhow::anyhow!("raw pull: {e}"))?;
-        black_box(native_handle(&msg.payload, 1));
+        sum += workload.native_handle(&msg.payload);
         msg.ack()
             .await
             .map_err(|e| anyhow::anyhow!("raw ack: {e}"))?;
@@ -104,26 +109,13 @@ pub async fn raw_jetstream(url: &str, body: &[u8], count: usize) -> anyhow::Resu
     drop(messages);
     let _ = js.delete_stream(RAW_STREAM).await;
     anyhow::ensure!(seen == count, "raw consumer saw {seen} of {count} messages");
+    if let Some(expected) = workload.expected_sum(count) {
+        anyhow::ensure!(
+            sum == expected,
+            "raw consumer's amounts add up to {sum}, not {expected}"
+        );
+    }
     Ok(RawReport { publish, consume })
-}
-
-/// The work of the trivial handler (test-flaky with `{}`), natively: parse
-/// the request, build the result.
-fn native_handle(body: &[u8], attempt: u32) -> String {
-    #[derive(serde::Deserialize)]
-    struct Flaky {
-        #[serde(default)]
-        fail_times: u32,
-        #[serde(default)]
-        permanent: bool,
-    }
-    match serde_json::from_slice::<Flaky>(body) {
-        Ok(req) if !req.permanent && attempt > req.fail_times => {
-            serde_json::json!({ "attempt": attempt }).to_string()
-        }
-        Ok(_) => "failed on purpose".to_owned(),
-        Err(e) => e.to_string(),
-    }
 }
 
 /// State that is always empty: the sandbox baseline measures the sandbox,
@@ -155,6 +147,7 @@ pub async fn sandbox(
     plugin: &Plugin,
     channel: &str,
     request: &Request,
+    workload: &Workload,
     calls: usize,
 ) -> SandboxReport {
     let state: Arc<dyn StateSource> = Arc::new(NoState);
@@ -190,7 +183,7 @@ pub async fn sandbox(
     let body = request.body.as_bytes();
     for i in 0..calls + calls / 10 {
         let began = Instant::now();
-        black_box(native_handle(black_box(body), black_box(1)));
+        black_box(workload.native_handle(black_box(body)));
         if i >= calls / 10 {
             native.push(nanos(began.elapsed()));
         }
@@ -205,18 +198,4 @@ pub async fn sandbox(
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn native_handler_does_the_plugins_work() {
-        assert_eq!(native_handle(b"{}", 1), r#"{"attempt":1}"#);
-        assert_eq!(
-            native_handle(br#"{"fail_times": 1}"#, 1),
-            "failed on purpose"
-        );
-    }
 }

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::probe::{Probe, Timed};
 use super::stats::{self, Percentiles};
+use super::workload::Workload;
 use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, Deps};
@@ -78,6 +79,11 @@ pub struct RunReport {
     pub succeeded_rows: usize,
     /// Mean fuel recorded per succeeded job.
     pub fuel_per_job: f64,
+    /// Sum of the amounts the succeeded jobs recorded as their result
+    /// (the amounts workload only).
+    pub amount_sum: Option<i64>,
+    /// What `amount_sum` must be.
+    pub expected_sum: Option<i64>,
     /// Peak RSS of the process during the run (`VmHWM`, reset before it).
     pub peak_rss: Option<u64>,
 }
@@ -92,8 +98,8 @@ pub struct Host {
     pub sub: Subscription,
     /// Policies and timings.
     pub config: Arc<Config>,
-    /// The request body each message carries.
-    pub body: Vec<u8>,
+    /// What each message carries.
+    pub workload: Workload,
 }
 
 /// Runs `mode` through `transport` on `host`. `transport` must already be
@@ -165,7 +171,7 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
             "not every message was handled within {timeout:?}"
         );
     }
-    let (succeeded_rows, fuel_per_job) = rows_of(&host.store, &prefix).await?;
+    let rows = rows_of(&host.store, &prefix).await?;
     Ok(RunReport {
         messages: n,
         enqueue,
@@ -173,20 +179,23 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         latency: probe.latencies(),
         handled: probe.done(),
         other_settles: probe.other(),
-        succeeded_rows,
-        fuel_per_job,
+        succeeded_rows: rows.succeeded,
+        fuel_per_job: rows.fuel_per_job,
+        amount_sum: matches!(host.workload, Workload::Amounts).then_some(rows.amount_sum),
+        expected_sum: host.workload.expected_sum(n),
         peak_rss,
     })
 }
 
-fn message(host: &Host, id: String) -> NewMessage {
+/// Message `index` of the run.
+fn message(host: &Host, probe: &Probe, index: usize) -> NewMessage {
     NewMessage {
         message: Message {
-            id,
+            id: probe.id(index),
             channel: host.sub.channel.clone(),
             kind: MessageKind::Command,
             headers: Vec::new(),
-            body: host.body.clone(),
+            body: host.workload.body(index),
         },
         visible_at: 0,
         expires_at: None,
@@ -212,7 +221,7 @@ async fn enqueue_all<T: Transport>(
         .collect();
     let mut results = futures_util::stream::iter(chunks)
         .map(|(from, to)| async move {
-            let batch: Vec<NewMessage> = (from..to).map(|i| message(host, probe.id(i))).collect();
+            let batch: Vec<NewMessage> = (from..to).map(|i| message(host, probe, i)).collect();
             let at = Instant::now();
             for i in from..to {
                 probe.posted(i, at);
@@ -246,7 +255,7 @@ async fn offer<T: Transport>(
         if due <= sent {
             continue;
         }
-        let batch: Vec<NewMessage> = (sent..due).map(|i| message(host, probe.id(i))).collect();
+        let batch: Vec<NewMessage> = (sent..due).map(|i| message(host, probe, i)).collect();
         for i in sent..due {
             probe.posted(
                 i,
@@ -266,19 +275,41 @@ async fn offer<T: Transport>(
     Ok(())
 }
 
-/// How many of the run's jobs succeeded in SQLite, and their mean fuel.
-async fn rows_of(store: &Store, prefix: &str) -> anyhow::Result<(usize, f64)> {
+/// What SQLite holds about a run's jobs afterwards.
+struct Rows {
+    succeeded: usize,
+    fuel_per_job: f64,
+    /// Sum of `$.amount` over the succeeded jobs' results.
+    amount_sum: i64,
+}
+
+/// How many of the run's jobs succeeded in SQLite, their mean fuel, and the
+/// sum of the amounts their results carry.
+async fn rows_of(store: &Store, prefix: &str) -> anyhow::Result<Rows> {
     let prefix = prefix.to_owned();
-    let (rows, fuel) = store
+    let (rows, fuel, sum) = store
         .call(move |conn| {
             Ok(conn.query_row(
-                "SELECT COUNT(*), COALESCE(AVG(fuel_used), 0) FROM jobs
+                "SELECT COUNT(*), COALESCE(AVG(fuel_used), 0),
+                     COALESCE(SUM(CASE WHEN json_valid(result)
+                         THEN CAST(json_extract(result, '$.amount') AS INTEGER) END), 0)
+                 FROM jobs
                  WHERE state = 'succeeded' AND substr(message_id, 1, ?2) = ?1",
                 params![prefix, prefix.len() as i64],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, f64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
             )?)
         })
         .await
         .context("reading the run's job rows")?;
-    Ok((usize::try_from(rows).unwrap_or(0), fuel))
+    Ok(Rows {
+        succeeded: usize::try_from(rows).unwrap_or(0),
+        fuel_per_job: fuel,
+        amount_sum: sum,
+    })
 }

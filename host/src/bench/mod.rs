@@ -9,11 +9,13 @@
 //! memory is this process's memory. What runs is the production code path;
 //! only the transport is wrapped to time its `settle`.
 //!
-//! Files, one concept each: `drive.rs` (backlog drain and steady-state
-//! runs), `probe.rs` (post -> handled timestamps), `baseline.rs` (raw
-//! JetStream consume + ack, sandbox vs native call), `swap.rs` (hot reload
-//! swap latency), `natsd.rs` (a throwaway nats-server), `stats.rs`
-//! (percentiles, RSS), `report.rs` (the printed lines).
+//! Files, one concept each: `workload.rs` (the messages and how a run
+//! proves each was handled once), `drive.rs` (backlog drain and
+//! steady-state runs), `probe.rs` (post -> handled timestamps),
+//! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
+//! native call), `swap.rs` (hot reload swap latency), `natsd.rs` (a
+//! throwaway nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
+//! printed lines and the table of figures).
 //!
 //! This is an edge like `cli`, so errors are `anyhow`.
 
@@ -24,6 +26,7 @@ mod probe;
 mod report;
 mod stats;
 mod swap;
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
 
 use drive::{Host, Mode};
 use report::Report;
+use workload::{AMOUNTS_PLUGIN, Workload};
 
 /// Which transports to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,24 +65,29 @@ pub enum Which {
 pub struct BenchArgs {
     /// Handler plugin: a .wasm path, or a name looked up in --plugins and
     /// target/plugins/test.
-    #[arg(long, default_value = "test-flaky", value_name = "PATH_OR_NAME")]
+    #[arg(long, default_value = AMOUNTS_PLUGIN, value_name = "PATH_OR_NAME")]
     pub plugin: String,
-    /// Request body of every message [default: {"amount":1} for
-    /// test-counter, else {}].
+    /// The same request body for every message [default: for bench-amounts
+    /// message i is {"id": i, "amount": i % 100, "note": "hello"}; for
+    /// test-counter {"amount":1}; else {}].
     #[arg(long, value_name = "JSON")]
     pub body: Option<String>,
     /// Messages per backlog drain (and for the raw JetStream baseline).
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub messages: usize,
+    /// Backlog drains (and raw baselines) per transport; the table shows
+    /// their medians.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub runs: usize,
     /// Transports to drive.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     pub transport: Which,
-    /// Also run a steady-state phase: this many messages/s offered for
-    /// --duration, after each drain.
-    #[arg(long, value_name = "MSGS_PER_S")]
-    pub rate: Option<u32>,
+    /// Steady-state phase after the drains: this many messages/s offered
+    /// for --duration (0: skip).
+    #[arg(long, default_value_t = 10_000, value_name = "MSGS_PER_S")]
+    pub rate: u32,
     /// How long the steady-state phase offers messages.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Jobs of the handler running at once (overrides the config's policy).
     #[arg(long, value_name = "N")]
@@ -94,6 +103,7 @@ pub struct BenchArgs {
 /// Runs the benchmark and prints its report. `data`: the `--data` flag.
 pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     if let Some(n) = args.concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         config.policy.concurrency = n;
@@ -114,13 +124,12 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     let Some(channel) = info.channels.first().cloned() else {
         bail!("{} handles no channel", path.display());
     };
-    let body = args.body.clone().unwrap_or_else(|| {
-        if info.name == "test-counter" {
-            r#"{"amount":1}"#.into()
-        } else {
-            "{}".into()
-        }
-    });
+    let workload = match &args.body {
+        Some(body) => Workload::Fixed(body.clone()),
+        None if info.name == AMOUNTS_PLUGIN => Workload::Amounts,
+        None if info.name == "test-counter" => Workload::Fixed(r#"{"amount":1}"#.into()),
+        None => Workload::Fixed("{}".into()),
+    };
     let set = registry::compose(&[registry::Entry {
         path: path.clone(),
         plugin: Some(plugin.clone()),
@@ -129,7 +138,14 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     let policy = config.policy_for(&info.name);
     let config = Arc::new(config);
     let mut report = Report::new();
-    report.header(&info, &channel, &body, &args, &policy, &config);
+    report.header(
+        &info,
+        &channel,
+        &workload.describe(),
+        &args,
+        &policy,
+        &config,
+    );
     let host = |store: Store| Host {
         store,
         set: set.clone(),
@@ -138,49 +154,68 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             consumer: info.name.clone(),
         },
         config: config.clone(),
-        body: body.clone().into_bytes(),
+        workload: workload.clone(),
     };
-    let steady = args.rate.map(|rate| Mode::Steady {
-        rate,
+    let steady = (args.rate > 0).then_some(Mode::Steady {
+        rate: args.rate,
         duration: args.duration,
     });
     let drain = Mode::Drain {
         messages: args.messages,
     };
+    let modes = || std::iter::repeat_n(drain, args.runs).chain(steady);
 
     if args.transport != Which::Jetstream {
-        for (i, mode) in std::iter::once(drain).chain(steady).enumerate() {
+        let mut drains = Vec::new();
+        let mut steady_run = None;
+        for (i, mode) in modes().enumerate() {
             let store = open(&config, &work.path.join(format!("embedded-{i}")), false)?;
             let transport = Embedded::new(store.clone(), config.poll_interval);
             let run = drive::run(&host(store), transport, mode).await?;
             report.run("embedded", mode, &run);
+            match mode {
+                Mode::Drain { .. } => drains.push(run),
+                Mode::Steady { rate, .. } => steady_run = Some((rate, run)),
+            }
+        }
+        report.drains("embedded", &drains);
+        if let Some((rate, run)) = steady_run {
+            report.steady("embedded", rate, &run);
         }
     }
 
-    let mut raw = None;
     if args.transport != Which::Embedded {
         match nats_url(&config, &work.path, args.transport) {
             Ok((url, server)) => {
-                for (i, mode) in std::iter::once(drain).chain(steady).enumerate() {
+                let mut drains = Vec::new();
+                let mut steady_run = None;
+                for (i, mode) in modes().enumerate() {
                     let store = open(&config, &work.path.join(format!("jetstream-{i}")), true)?;
                     let run =
                         jetstream_run(&config, &url, &host(store.clone()), store, mode).await?;
                     report.run("jetstream", mode, &run);
-                    if matches!(mode, Mode::Drain { .. }) {
-                        report.jetstream_drain = Some(run);
+                    match mode {
+                        Mode::Drain { .. } => drains.push(run),
+                        Mode::Steady { rate, .. } => steady_run = Some((rate, run)),
                     }
                 }
-                let body = body.as_bytes();
-                let r = baseline::raw_jetstream(&url, body, args.messages).await?;
-                report.raw(args.messages, &r);
-                raw = Some(r);
+                report.drains("jetstream", &drains);
+                let mut raws = Vec::new();
+                for _ in 0..args.runs {
+                    let r = baseline::raw_jetstream(&url, &workload, args.messages).await?;
+                    report.raw(args.messages, &r);
+                    raws.push(r);
+                }
+                report.raws(args.messages, &raws);
+                if let Some((rate, run)) = steady_run {
+                    report.steady("JetStream", rate, &run);
+                }
                 drop(server);
             }
             Err(why) if args.transport == Which::Both => report.skipped("jetstream", &why),
             Err(why) => return Err(why),
         }
     }
-    report.jetstream_vs_raw(args.messages, raw.as_ref());
 
     if args.sandbox_calls > 0 {
         let request = crate::pump::passthrough(&Message {
@@ -188,10 +223,10 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             channel: channel.clone(),
             kind: MessageKind::Command,
             headers: Vec::new(),
-            body: body.clone().into_bytes(),
+            body: workload.body(0),
         })
         .map_err(|e| anyhow::anyhow!("the request body: {e:?}"))?;
-        let r = baseline::sandbox(&plugin, &channel, &request, args.sandbox_calls).await;
+        let r = baseline::sandbox(&plugin, &channel, &request, &workload, args.sandbox_calls).await;
         report.sandbox(&r);
     }
 
@@ -218,9 +253,8 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             ),
         }
     }
-    report.finish();
     drop(plugin);
-    Ok(())
+    report.finish()
 }
 
 /// One JetStream run: connect the transport to `store`, run the outbox

@@ -28,6 +28,8 @@ pub struct Probe {
     done: AtomicUsize,
     /// Settles other than a success (retries, dead letters, conflicts).
     other: AtomicUsize,
+    /// Dead letters: final settles that were not a success.
+    dead: AtomicUsize,
     all_done: Notify,
 }
 
@@ -41,6 +43,7 @@ impl Probe {
             handled: (0..count).map(|_| AtomicU64::new(0)).collect(),
             done: AtomicUsize::new(0),
             other: AtomicUsize::new(0),
+            dead: AtomicUsize::new(0),
             all_done: Notify::new(),
         })
     }
@@ -72,16 +75,22 @@ impl Probe {
         self.other.load(Ordering::Relaxed)
     }
 
-    /// Waits until every message was handled, or `timeout`; true if all were.
+    /// Messages that reached an end: handled, or dead-lettered.
+    fn ended(&self) -> usize {
+        self.done() + self.dead.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every message was handled or dead-lettered, or
+    /// `timeout`; true if all were.
     pub async fn wait_all(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.all_done.notified();
-            if self.done() >= self.count() {
+            if self.ended() >= self.count() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.done() >= self.count();
+                return self.ended() >= self.count();
             }
         }
     }
@@ -129,12 +138,19 @@ impl Probe {
         };
         if *settle != Settle::Ack {
             self.other.fetch_add(1, Ordering::Relaxed);
+            if matches!(settle, Settle::DeadLetter { .. }) {
+                self.dead.fetch_add(1, Ordering::Relaxed);
+                if self.ended() >= self.count() {
+                    self.all_done.notify_waiters();
+                }
+            }
             return;
         }
-        if slot.swap(self.nanos(Instant::now()), Ordering::Relaxed) == 0
-            && self.done.fetch_add(1, Ordering::Relaxed) + 1 >= self.count()
-        {
-            self.all_done.notify_waiters();
+        if slot.swap(self.nanos(Instant::now()), Ordering::Relaxed) == 0 {
+            self.done.fetch_add(1, Ordering::Relaxed);
+            if self.ended() >= self.count() {
+                self.all_done.notify_waiters();
+            }
         }
     }
 }

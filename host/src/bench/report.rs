@@ -1,12 +1,15 @@
-//! The printed report: one line per figure, each with its target where the
-//! issue states one, and ratios to the baselines measured in the same run.
+//! The printed report: progress lines as each run ends, then ONE table of
+//! figures, each with the baseline measured in the same run, the ratio to
+//! it, and its target (issue 13), so a run reads the same on any box.
 //!
-//! Why plain aligned lines: they read well in a terminal and paste as-is
-//! into the README; every line starts with its section so `grep` works.
+//! Why lines and then a table: the lines show each run (and its checks) as
+//! it happens and start with their section so `grep` works; the table is
+//! Markdown so it pastes as-is into the README or an issue. The checks
+//! (exactly N succeeded, the amounts add up) are collected as failures:
+//! `sluice bench` exits non-zero when any failed.
 
 use std::time::Duration;
 
-use super::BenchArgs;
 use super::baseline::{RAW_BATCH, RawReport, SandboxReport};
 use super::drive::{Mode, RunReport};
 use super::stats::{self, human, mib, rate, ratio};
@@ -15,17 +18,34 @@ use crate::config::{Config, Policy};
 use crate::runtime::PluginInfo;
 use crate::store::Synchronous;
 
-/// Targets on a 2-core box (issue 6).
-const EMBEDDED_DRAIN_TARGET: f64 = 100_000.0;
-const JETSTREAM_VS_RAW_TARGET: f64 = 0.5;
+/// Targets on a 2-core box (issue 13).
+const EMBEDDED_DRAIN_TARGET: f64 = 50_000.0;
+const EMBEDDED_DRAIN_STRETCH: f64 = 100_000.0;
+const JETSTREAM_VS_RAW_TARGET: f64 = 0.3;
+const JETSTREAM_VS_RAW_STRETCH: f64 = 0.5;
 const SANDBOX_P50_TARGET: Duration = Duration::from_micros(10);
 const STEADY_P99_TARGET: Duration = Duration::from_millis(5);
 const RSS_TARGET: u64 = 64 * 1024 * 1024;
 
+/// One row of the final table.
+struct Figure {
+    name: String,
+    measured: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    /// "met", "missed", or empty for a figure without a target.
+    verdict: &'static str,
+}
+
 /// Collects what the report needs across phases and prints as it goes.
 pub struct Report {
-    /// The JetStream backlog drain, to compare with the raw baseline.
-    pub jetstream_drain: Option<RunReport>,
+    figures: Vec<Figure>,
+    failures: Vec<String>,
+    /// Raw consume + ack and publish, msgs/s (medians), once measured.
+    raw: Option<(f64, f64)>,
+    /// JetStream drain and enqueue, msgs/s (medians), once measured.
+    jetstream: Option<(f64, f64)>,
     peak_rss: u64,
 }
 
@@ -33,7 +53,10 @@ impl Report {
     /// An empty report.
     pub fn new() -> Report {
         Report {
-            jetstream_drain: None,
+            figures: Vec::new(),
+            failures: Vec::new(),
+            raw: None,
+            jetstream: None,
             peak_rss: 0,
         }
     }
@@ -43,8 +66,8 @@ impl Report {
         &self,
         info: &PluginInfo,
         channel: &str,
-        body: &str,
-        args: &BenchArgs,
+        workload: &str,
+        args: &super::BenchArgs,
         policy: &Policy,
         config: &Config,
     ) {
@@ -54,12 +77,12 @@ impl Report {
             Synchronous::Normal => "normal",
         };
         println!(
-            "sluice bench: {} {} on {channel}, body {body}, {} messages, concurrency {}, {cores} cores, synchronous={sync}",
-            info.name, info.version, args.messages, policy.concurrency
+            "sluice bench: {} {} on {channel}, bodies {workload}, {} messages x {} runs, concurrency {}, {cores} cores, synchronous={sync}",
+            info.name, info.version, args.messages, args.runs, policy.concurrency
         );
     }
 
-    /// One drain or steady-state run.
+    /// One drain or steady-state run: its lines, and its checks.
     pub fn run(&mut self, transport: &str, mode: Mode, r: &RunReport) {
         let t = format!("[{transport}]");
         match mode {
@@ -72,19 +95,11 @@ impl Report {
                         rate(r.messages, e)
                     );
                 }
-                let jobs = rate(r.handled, r.drain);
-                let target = if transport == "embedded" {
-                    format!(
-                        "   (target >= {EMBEDDED_DRAIN_TARGET:.0}: {})",
-                        ratio(jobs, EMBEDDED_DRAIN_TARGET)
-                    )
-                } else {
-                    String::new()
-                };
                 println!(
-                    "{t:<12} drain     {} jobs in {}  = {jobs:.0} jobs/s{target}",
+                    "{t:<12} drain     {} jobs in {}  = {:.0} jobs/s",
                     r.handled,
-                    human(r.drain)
+                    human(r.drain),
+                    rate(r.handled, r.drain)
                 );
                 println!("{t:<12} latency   post->handled {}", r.latency.line());
             }
@@ -92,40 +107,81 @@ impl Report {
                 rate: offered,
                 duration,
             } => {
-                let met = if r.latency.p99 <= STEADY_P99_TARGET {
-                    "met"
-                } else {
-                    "missed"
-                };
                 println!(
                     "{t:<12} steady    {offered} msgs/s offered for {}: {} handled at {:.0} jobs/s",
                     human(duration),
                     r.handled,
                     rate(r.handled, r.drain)
                 );
-                println!(
-                    "{t:<12} latency   post->handled {}   (target p99 <= {}: {met})",
-                    r.latency.line(),
-                    human(STEADY_P99_TARGET)
-                );
+                println!("{t:<12} latency   post->handled {}", r.latency.line());
             }
         }
+        let sum = match r.amount_sum {
+            Some(sum) => format!(", amounts add up to {sum}"),
+            None => String::new(),
+        };
         println!(
-            "{t:<12} jobs      {} of {} succeeded in SQLite, {} other settles; fuel {:.0} per job",
+            "{t:<12} jobs      {} of {} succeeded in SQLite{sum}, {} other settles; fuel {:.0} per job",
             r.succeeded_rows, r.messages, r.other_settles, r.fuel_per_job
         );
+        if r.succeeded_rows != r.messages {
+            self.failures.push(format!(
+                "{transport}: {} of {} jobs succeeded",
+                r.succeeded_rows, r.messages
+            ));
+        }
+        if let (Some(sum), Some(expected)) = (r.amount_sum, r.expected_sum)
+            && sum != expected
+        {
+            self.failures.push(format!(
+                "{transport}: the amounts add up to {sum}, not {expected}"
+            ));
+        }
         if let Some(peak) = r.peak_rss {
             self.peak_rss = self.peak_rss.max(peak);
-            let met = if peak <= RSS_TARGET { "met" } else { "missed" };
-            println!(
-                "{t:<12} rss       peak {}   (target <= {}: {met})",
-                mib(peak),
-                mib(RSS_TARGET)
-            );
+            println!("{t:<12} rss       peak {}", mib(peak));
         }
     }
 
-    /// The raw JetStream baseline.
+    /// The drains of one transport: their medians become figures.
+    pub fn drains(&mut self, transport: &str, runs: &[RunReport]) {
+        if runs.is_empty() {
+            return;
+        }
+        let n = runs.len();
+        let drain = median(runs.iter().map(|r| rate(r.handled, r.drain)));
+        let enqueue = median(
+            runs.iter()
+                .filter_map(|r| r.enqueue.map(|e| rate(r.messages, e))),
+        );
+        match transport {
+            "embedded" => {
+                self.figures.push(Figure {
+                    name: format!("embedded drain (median of {n})"),
+                    measured: per_s(drain, "jobs"),
+                    baseline: String::new(),
+                    ratio: String::new(),
+                    target: format!(
+                        ">= {} (stretch {})",
+                        thousands(EMBEDDED_DRAIN_TARGET),
+                        thousands(EMBEDDED_DRAIN_STRETCH)
+                    ),
+                    verdict: verdict(drain >= EMBEDDED_DRAIN_TARGET),
+                });
+                self.figures.push(Figure {
+                    name: format!("embedded enqueue, Transport::publish (median of {n})"),
+                    measured: per_s(enqueue, "msgs"),
+                    baseline: String::new(),
+                    ratio: String::new(),
+                    target: String::new(),
+                    verdict: "",
+                });
+            }
+            _ => self.jetstream = Some((drain, enqueue)),
+        }
+    }
+
+    /// The raw JetStream baseline, one run.
     pub fn raw(&self, messages: usize, r: &RawReport) {
         println!(
             "{:<12} raw JetStream publish {} msgs in {} = {:.0} msgs/s; consume+ack (native handler, pulls of {RAW_BATCH}) in {} = {:.0} msgs/s",
@@ -138,37 +194,55 @@ impl Report {
         );
     }
 
-    /// JetStream drain as a ratio of raw consume + ack.
-    pub fn jetstream_vs_raw(&self, messages: usize, raw: Option<&RawReport>) {
-        let (Some(ours), Some(raw)) = (&self.jetstream_drain, raw) else {
+    /// The raw runs' medians, set against the JetStream figures.
+    pub fn raws(&mut self, messages: usize, runs: &[RawReport]) {
+        if runs.is_empty() {
+            return;
+        }
+        let consume = median(runs.iter().map(|r| rate(messages, r.consume)));
+        let publish = median(runs.iter().map(|r| rate(messages, r.publish)));
+        self.raw = Some((consume, publish));
+        let n = runs.len();
+        let Some((drain, enqueue)) = self.jetstream else {
             return;
         };
-        let ours = rate(ours.handled, ours.drain);
-        let base = rate(messages, raw.consume);
-        let met = if base > 0.0 && ours / base >= JETSTREAM_VS_RAW_TARGET {
-            "met"
-        } else {
-            "missed"
-        };
-        println!(
-            "{:<12} drain {ours:.0} jobs/s vs raw consume+ack {base:.0} msgs/s = {}   (target >= {JETSTREAM_VS_RAW_TARGET}x: {met})",
-            "[jetstream]",
-            ratio(ours, base)
-        );
+        let drain_ratio = if consume > 0.0 { drain / consume } else { 0.0 };
+        self.figures.push(Figure {
+            name: format!("JetStream drain (median of {n})"),
+            measured: per_s(drain, "jobs"),
+            baseline: format!("raw consume+ack {}", per_s(consume, "msgs")),
+            ratio: ratio(drain, consume),
+            target: format!(">= {JETSTREAM_VS_RAW_TARGET}x (stretch {JETSTREAM_VS_RAW_STRETCH}x)"),
+            verdict: verdict(drain_ratio >= JETSTREAM_VS_RAW_TARGET),
+        });
+        self.figures.push(Figure {
+            name: format!("JetStream enqueue, Transport::publish (median of {n})"),
+            measured: per_s(enqueue, "msgs"),
+            baseline: format!("raw publish {}", per_s(publish, "msgs")),
+            ratio: ratio(enqueue, publish),
+            target: String::new(),
+            verdict: "",
+        });
+    }
+
+    /// A steady-state run's latency as a figure.
+    pub fn steady(&mut self, transport: &str, offered: u32, r: &RunReport) {
+        self.figures.push(Figure {
+            name: format!("{transport} p99 post->handled at {offered} msgs/s"),
+            measured: format!("{} (p50 {})", human(r.latency.p99), human(r.latency.p50)),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: format!("<= {}", human(STEADY_P99_TARGET)),
+            verdict: verdict(r.latency.p99 <= STEADY_P99_TARGET && r.handled == r.messages),
+        });
     }
 
     /// Sandbox cost against a native call.
-    pub fn sandbox(&self, r: &SandboxReport) {
-        let met = if r.sandbox.p50 <= SANDBOX_P50_TARGET {
-            "met"
-        } else {
-            "missed"
-        };
+    pub fn sandbox(&mut self, r: &SandboxReport) {
         println!(
-            "{:<12} sandbox   instantiate+call+drop {}   (target p50 <= {}: {met}); fuel {} per call{}",
+            "{:<12} sandbox   instantiate+call+drop {}; fuel {} per call{}",
             "[baseline]",
             r.sandbox.line(),
-            human(SANDBOX_P50_TARGET),
             r.fuel,
             if r.failed > 0 {
                 format!("; {} calls FAILED", r.failed)
@@ -177,20 +251,39 @@ impl Report {
             }
         );
         println!(
-            "{:<12} native    same work as a Rust call {}   sandbox/native p50 = {}",
+            "{:<12} native    same work as a Rust call {}",
             "[baseline]",
             r.native.line(),
-            ratio(r.sandbox.p50.as_secs_f64(), r.native.p50.as_secs_f64())
         );
+        if r.failed > 0 {
+            self.failures
+                .push(format!("sandbox: {} calls failed", r.failed));
+        }
+        self.figures.push(Figure {
+            name: "sandbox, instantiate+call+drop p50".into(),
+            measured: format!("{} (p99 {})", human(r.sandbox.p50), human(r.sandbox.p99)),
+            baseline: format!("native call {}", human(r.native.p50)),
+            ratio: ratio(r.sandbox.p50.as_secs_f64(), r.native.p50.as_secs_f64()),
+            target: format!("<= {}", human(SANDBOX_P50_TARGET)),
+            verdict: verdict(r.sandbox.p50 <= SANDBOX_P50_TARGET),
+        });
     }
 
     /// Hot reload swap latency.
-    pub fn swap(&self, swaps: usize, r: &SwapReport) {
+    pub fn swap(&mut self, swaps: usize, r: &SwapReport) {
         println!(
             "{:<12} swap      file written -> new version serving, {swaps} swaps: {}",
             "[reload]",
             r.latency.line()
         );
+        self.figures.push(Figure {
+            name: format!("hot reload, file written -> serving ({swaps} swaps)"),
+            measured: format!("p50 {}, max {}", human(r.latency.p50), human(r.latency.max)),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: String::new(),
+            verdict: "",
+        });
     }
 
     /// A phase that could not run.
@@ -198,13 +291,97 @@ impl Report {
         println!("{:<12} skipped: {why:#}", format!("[{what}]"));
     }
 
-    /// The closing line.
-    pub fn finish(&self) {
+    /// Prints the table; the checks that failed, if any, as an error.
+    pub fn finish(mut self) -> anyhow::Result<()> {
         let now = stats::current_rss().map_or_else(|| "?".into(), mib);
-        println!(
-            "{:<12} rss       peak over the host runs {}, now {now}",
-            "[process]",
-            mib(self.peak_rss)
-        );
+        self.figures.push(Figure {
+            name: "peak RSS over the host runs".into(),
+            measured: format!("{} (now {now})", mib(self.peak_rss)),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: format!("<= {}", mib(RSS_TARGET)),
+            verdict: verdict(self.peak_rss <= RSS_TARGET),
+        });
+        if let Some(size) = std::env::current_exe()
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok())
+        {
+            self.figures.push(Figure {
+                name: "this sluice binary".into(),
+                measured: mib(size.len()),
+                baseline: String::new(),
+                ratio: String::new(),
+                target: String::new(),
+                verdict: "",
+            });
+        }
+        println!();
+        println!("| figure | measured | baseline (same run) | ratio | target | |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for f in &self.figures {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                f.name, f.measured, f.baseline, f.ratio, f.target, f.verdict
+            );
+        }
+        if self.failures.is_empty() {
+            println!("\nchecks: every run handled every message exactly once");
+            Ok(())
+        } else {
+            anyhow::bail!("checks failed: {}", self.failures.join("; "))
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+/// The median of some rates (0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// `12,345 jobs/s`.
+fn per_s(value: f64, what: &str) -> String {
+    format!("{} {what}/s", thousands(value))
+}
+
+/// A count with thousands separators, rounded.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_thousands() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
     }
 }
