@@ -13,6 +13,7 @@ mod crash;
 mod effects;
 mod examples;
 mod failures;
+mod isolation;
 mod jetstream;
 mod lifecycle;
 mod rejects;
