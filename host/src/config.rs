@@ -381,10 +381,27 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         .next_multiple_of(WASM_PAGE);
     let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
     let http = http_settings(raw.http.as_ref(), overrides)?;
-    let poll_interval = raw.poll_interval.unwrap_or(Duration::from_millis(100));
-    if poll_interval.is_zero() {
-        return Err(ConfigError::Invalid("poll_interval must be above 0".into()));
-    }
+    let poll_interval = bounded(
+        "",
+        "poll_interval",
+        raw.poll_interval.unwrap_or(Duration::from_millis(100)),
+        MS,
+        MINUTE,
+    )?;
+    let drain_timeout = bounded(
+        "",
+        "drain_timeout",
+        raw.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        Duration::ZERO,
+        DAY,
+    )?;
+    let retention = bounded(
+        "",
+        "retention",
+        raw.retention.unwrap_or(7 * DAY),
+        Duration::from_secs(1),
+        10 * 365 * DAY,
+    )?;
     Ok(Config {
         plugins_dir: overrides
             .plugins_dir
@@ -409,9 +426,9 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         },
         policy,
         plugins,
-        drain_timeout: raw.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        drain_timeout,
         poll_interval,
-        retention: raw.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+        retention,
     })
 }
 
@@ -441,9 +458,30 @@ fn nats_settings(
         duplicate_window: raw.duplicate_window.unwrap_or(d.duplicate_window),
         fetch_wait: d.fetch_wait,
     };
-    if s.ack_wait < Duration::from_secs(1) {
+    bounded(
+        "[nats]",
+        "ack_wait",
+        s.ack_wait,
+        Duration::from_secs(1),
+        12 * HOUR,
+    )?;
+    bounded(
+        "[nats]",
+        "max_age",
+        s.max_age,
+        Duration::ZERO,
+        10 * 365 * DAY,
+    )?;
+    bounded(
+        "[nats]",
+        "duplicate_window",
+        s.duplicate_window,
+        Duration::from_secs(1),
+        7 * DAY,
+    )?;
+    if !s.max_age.is_zero() && s.duplicate_window > s.max_age {
         return Err(ConfigError::Invalid(
-            "[nats]: ack_wait must be at least 1s".into(),
+            "[nats]: duplicate_window must not be above max_age".into(),
         ));
     }
     if !(1..=5).contains(&s.replicas) {
@@ -489,10 +527,10 @@ fn http_settings(
         )));
     }
     let body_limit = raw.and_then(|r| r.body_limit).map_or(1 << 20, |b| b.0);
-    if body_limit == 0 {
-        return Err(ConfigError::Invalid(
-            "[http]: body_limit must be above 0".into(),
-        ));
+    if body_limit == 0 || body_limit > MAX_BODY_LIMIT {
+        return Err(ConfigError::Invalid(format!(
+            "[http]: body_limit must be between 1 byte and {MAX_BODY_LIMIT} bytes (64 MiB), not {body_limit}"
+        )));
     }
     Ok(Some(HttpSettings {
         addr,
@@ -503,6 +541,40 @@ fn http_settings(
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest `[http] body_limit`: a request body is held in memory whole.
+const MAX_BODY_LIMIT: u64 = 64 << 20;
+
+/// Most attempts a policy may give a job.
+const MAX_ATTEMPTS: u32 = 10_000;
+
+/// `d` if it lies in `min..=max`, else an error naming the key. Every
+/// duration in the config goes through here, so none can overflow the
+/// arithmetic it meets (`Instant + d`, milliseconds as i64, NATS's
+/// nanoseconds).
+fn bounded(
+    where_: &str,
+    key: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    if d < min || d > max {
+        let sep = if where_.is_empty() { "" } else { ": " };
+        return Err(ConfigError::Invalid(format!(
+            "{where_}{sep}{key} must be between {} and {}, not {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(d)
 }
 
 /// WebAssembly's page size: memory caps are rounded up to it.
@@ -537,6 +609,26 @@ fn check_policy(where_: &str, p: &Policy, max_instances: u32) -> Result<(), Conf
         return bad(format!(
             "concurrency must be between 1 and {max_instances}, not {}",
             p.concurrency
+        ));
+    }
+    bounded(
+        where_,
+        "backoff_max",
+        p.backoff_max,
+        Duration::ZERO,
+        7 * DAY,
+    )?;
+    bounded(
+        where_,
+        "breaker_cooldown",
+        p.breaker_cooldown,
+        Duration::ZERO,
+        DAY,
+    )?;
+    if p.max_attempts > MAX_ATTEMPTS {
+        return bad(format!(
+            "max_attempts must be at most {MAX_ATTEMPTS}, not {}",
+            p.max_attempts
         ));
     }
     if p.backoff_initial > p.backoff_max {
@@ -681,6 +773,62 @@ backoff_max = \"1m\"",
         .err()
         .unwrap_or_default();
         assert!(err.contains("is above backoff_max"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_and_size_is_bounded() {
+        let cases = [
+            (
+                "[policy]\nbreaker_cooldown = \"1000000000days\"",
+                "[policy]: breaker_cooldown must be between",
+            ),
+            (
+                "[plugin.p]\nbreaker_cooldown = \"2days\"",
+                "[plugin.p]: breaker_cooldown",
+            ),
+            (
+                "[policy]\nbackoff_max = \"30days\"",
+                "backoff_max must be between",
+            ),
+            (
+                "[policy]\nmax_attempts = 4000000000",
+                "max_attempts must be at most",
+            ),
+            (
+                "drain_timeout = \"1000000000days\"",
+                "drain_timeout must be between",
+            ),
+            ("poll_interval = \"0s\"", "poll_interval must be between"),
+            ("poll_interval = \"1h\"", "poll_interval must be between"),
+            ("retention = \"0s\"", "retention must be between"),
+            ("retention = \"1000000years\"", "retention must be between"),
+            (
+                "[nats]\nurl = \"nats://h\"\nack_wait = \"1000days\"",
+                "ack_wait must be between",
+            ),
+            (
+                "[nats]\nurl = \"nats://h\"\nmax_age = \"1000years\"",
+                "max_age must be between",
+            ),
+            (
+                "[nats]\nurl = \"nats://h\"\nduplicate_window = \"30days\"",
+                "duplicate_window must be between",
+            ),
+            (
+                "[nats]\nurl = \"nats://h\"\nmax_age = \"1m\"\nduplicate_window = \"2m\"",
+                "not be above max_age",
+            ),
+            (
+                "[http]\naddr = \"127.0.0.1:1\"\nbody_limit = \"1GiB\"",
+                "body_limit must be between",
+            ),
+            ("[limits]\nmemory = 18446744073709551615", "hard maximum"),
+            ("[limits]\nmemory = \"17179869184GiB\"", "too large"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).err().unwrap_or_default();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

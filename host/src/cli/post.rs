@@ -47,6 +47,11 @@ pub struct PostArgs {
     pub json: bool,
 }
 
+/// Milliseconds, saturating: a duration too long for i64 ms is "never".
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
     crate::names::check_channel(&args.channel)?;
     let headers = super::send::parse_headers(&args.headers)?;
@@ -55,12 +60,12 @@ pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
     let visible_at = match (args.at, args.delay) {
         (Some(at), _) => at
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(ms)
             .context("--at is before 1970")?,
-        (None, Some(d)) => now + d.as_millis() as i64,
+        (None, Some(d)) => now.saturating_add(ms(d)),
         (None, None) => now,
     };
-    let expires_at = args.expires_in.map(|d| now + d.as_millis() as i64);
+    let expires_at = args.expires_in.map(|d| now.saturating_add(ms(d)));
     let make = |line_no: Option<usize>, body: &str| -> anyhow::Result<NewMessage> {
         if !args.raw
             && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(body)

@@ -57,6 +57,9 @@ pub(super) const MAX_RESULT: usize = 1024 * 1024;
 pub(super) const MAX_CURSOR: usize = 4096;
 /// Bytes of the request body a mapper makes of a message.
 pub(super) const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// Longest delay a post or a continuation may ask for (a year): longer ones
+/// would overflow the time arithmetic of the transports.
+pub(super) const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 /// What the host holds per buffered post besides its bytes.
 pub(super) const POST_OVERHEAD: usize = std::mem::size_of::<Post>();
 /// What the host holds per header besides its bytes.
@@ -209,6 +212,12 @@ impl effects::Host for CallState {
         if name_len > MAX_REQUEST_NAME {
             return limit(format!(
                 "post request name of {name_len} bytes is over the limit of {MAX_REQUEST_NAME} bytes"
+            ));
+        }
+        if options.delay_ms.is_some_and(|d| d > MAX_DELAY_MS) {
+            return limit(format!(
+                "post delay of {} ms is over the limit of {MAX_DELAY_MS} ms (a year)",
+                options.delay_ms.unwrap_or_default()
             ));
         }
         let headers: usize = options

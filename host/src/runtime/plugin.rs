@@ -15,8 +15,8 @@ use super::bindings::{handler, mapper};
 use super::call::{Call, CallSetup, CallState};
 use super::engine::Shared;
 use super::host::{
-    MAX_CURSOR, MAX_HEADERS, MAX_LINE, MAX_POST_BODY, MAX_REQUEST_BODY, MAX_REQUEST_NAME,
-    MAX_RESULT,
+    MAX_CURSOR, MAX_DELAY_MS, MAX_HEADERS, MAX_LINE, MAX_POST_BODY, MAX_REQUEST_BODY,
+    MAX_REQUEST_NAME, MAX_RESULT,
 };
 use super::load::LoadError;
 use super::trap::{Failure, truncate};
@@ -166,7 +166,16 @@ impl Plugin {
                 }
             }
             Ok(Ok(wit_handler::Outcome::Continue(c))) => {
-                match within("continuation cursor", c.cursor.len(), MAX_CURSOR) {
+                let delay = if c.delay_ms > MAX_DELAY_MS {
+                    Err(Failure::Limit(format!(
+                        "continuation delay of {} ms is over the limit of {MAX_DELAY_MS} ms (a year)",
+                        c.delay_ms
+                    )))
+                } else {
+                    Ok(())
+                };
+                match delay.and_then(|()| within("continuation cursor", c.cursor.len(), MAX_CURSOR))
+                {
                     Ok(()) => Ok(Outcome::Continue {
                         cursor: c.cursor,
                         delay_ms: c.delay_ms,

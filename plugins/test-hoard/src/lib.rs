@@ -83,6 +83,9 @@ impl Handler for TestHoard {
             "cursor" => {
                 return Ok(Outcome::continue_at(big(5000), std::time::Duration::ZERO));
             }
+            "delay" => {
+                return Ok(Outcome::continue_at("c", std::time::Duration::MAX));
+            }
             "random" => {
                 let bytes = random::wasi::random::random::get_random_bytes(1 << 20);
                 return Outcome::done_with(&bytes.len());
