@@ -24,6 +24,8 @@
 //! addr = "127.0.0.1:8080"        # a non-loopback address needs a token
 //! token = "..."                  # bearer token (or SLUICE_HTTP_TOKEN)
 //! body_limit = "1MiB"            # larger request bodies get 413
+//! allowed_hosts = ["sluice.local"] # without a token: Host names served
+//!                                # besides the bound address
 //!
 //! [limits]                       # sandbox ceilings for every call
 //! fuel = 5_000_000_000
@@ -166,6 +168,7 @@ struct RawHttp {
     addr: Option<String>,
     token: Option<String>,
     body_limit: Option<Bytes>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 /// The HTTP API's settings (`[http]`, `--http ADDR`).
@@ -178,6 +181,9 @@ pub struct HttpSettings {
     pub token: Option<String>,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Without a token: `Host` names served besides the bound address and
+    /// loopback names (`name` or `name:port`).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -532,10 +538,22 @@ fn http_settings(
             "[http]: body_limit must be between 1 byte and {MAX_BODY_LIMIT} bytes (64 MiB), not {body_limit}"
         )));
     }
+    let allowed_hosts = raw
+        .and_then(|r| r.allowed_hosts.clone())
+        .unwrap_or_default();
+    if let Some(bad) = allowed_hosts
+        .iter()
+        .find(|h| h.trim().is_empty() || h.contains(['/', ' ', '@']) || h.len() > 255)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "[http]: allowed_hosts entry {bad:?} is not a host name or host:port"
+        )));
+    }
     Ok(Some(HttpSettings {
         addr,
         token,
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
+        allowed_hosts,
     }))
 }
 

@@ -188,4 +188,19 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < 100 && q.ends_with('…'), "{q}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_checked_without_panic_and_accepted_only_by_the_rule(s in "\\PC{0,200}|[a-z._*> -]{0,20}") {
+            let rule = !s.is_empty()
+                && s.len() <= MAX_CHANNEL
+                && s.split('.').all(|seg| !seg.is_empty() && seg.bytes().all(token_byte));
+            proptest::prop_assert_eq!(check_channel(&s).is_ok(), rule);
+            let plugin = !s.is_empty() && s.len() <= MAX_PLUGIN_NAME && s.bytes().all(token_byte);
+            proptest::prop_assert_eq!(check_plugin_name(&s).is_ok(), plugin);
+            if let Err(e) = check_channel(&s) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+    }
 }

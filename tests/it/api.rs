@@ -92,6 +92,12 @@ impl Api {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
+        let typed = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some_and(|b| !b.is_empty()) && !typed {
+            builder = builder.header("Content-Type", "application/json");
+        }
         let request = builder
             .body(body.unwrap_or_default().to_vec())
             .expect("request");
@@ -414,6 +420,104 @@ fn api_rejects_bad_tokens_and_bad_input_with_json_errors() {
     // Nothing above queued anything.
     assert!(env.jobs("test.counter").is_empty());
     assert_eq!(api.delete("/v1/jobs").status, 405);
+}
+
+#[test]
+fn without_a_token_cross_site_requests_and_foreign_hosts_are_refused() {
+    let (config, addr) = http_config("allowed_hosts = [\"sluice.test\"]");
+    let env = Env::new(&["test-counter"], &config);
+    let daemon = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    let id = api.post_job("test.counter", r#"{"amount": 1}"#);
+    env.wait_settled("test.counter", 1, Duration::from_secs(30));
+    let posts = "/v1/channels/test.counter/messages";
+    let result = format!("/v1/jobs/{id}/result");
+    let allowed = format!("sluice.test:{port}");
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+    let cases: Vec<Case> = vec![
+        // A simple cross-site POST: text/plain, a form, or no type at all.
+        (
+            "POST",
+            posts,
+            vec![("Content-Type", "text/plain")],
+            "{}",
+            415,
+        ),
+        (
+            "POST",
+            posts,
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            "{}",
+            415,
+        ),
+        (
+            "POST",
+            posts,
+            vec![("Content-Type", "multipart/form-data; boundary=x")],
+            "{}",
+            415,
+        ),
+        // A foreign page's Origin, on a write and on a read.
+        (
+            "POST",
+            posts,
+            vec![("Origin", "http://evil.example")],
+            "{}",
+            403,
+        ),
+        ("GET", &result, vec![("Origin", "null")], "", 403),
+        // DNS rebinding: the browser sends the attacker's host name.
+        ("GET", &result, vec![("Host", "evil.example")], "", 403),
+        (
+            "GET",
+            "/v1/jobs",
+            vec![("Host", "evil.example:80")],
+            "",
+            403,
+        ),
+        (
+            "POST",
+            posts,
+            vec![("Host", "rebind.evil.example")],
+            "{}",
+            403,
+        ),
+        // The daemon's own names, and the allow-list, are served.
+        ("GET", &result, vec![("Host", allowed.as_str())], "", 200),
+        (
+            "GET",
+            &result,
+            vec![("Origin", "http://sluice.test")],
+            "",
+            403,
+        ),
+    ];
+    for (method, path, headers, body, status) in &cases {
+        let r = api.send(method, path, headers, Some(body.as_bytes()));
+        assert_eq!(r.status, *status, "{method} {path} {headers:?}: {}", r.text);
+        if *status != 200 {
+            assert!(
+                r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{}",
+                r.text
+            );
+            assert!(
+                !r.text.contains("audited") && !r.text.contains("amount"),
+                "{}",
+                r.text
+            );
+        }
+    }
+    let origin = format!("http://localhost:{port}");
+    let r = api.send("POST", posts, &[("Origin", origin.as_str())], Some(b"{}"));
+    assert_eq!(r.status, 202, "same-origin post: {}", r.text);
+    assert_eq!(
+        env.jobs("test.counter").len(),
+        2,
+        "no refused post was queued"
+    );
 }
 
 #[test]

@@ -59,7 +59,9 @@ async fn replay_one<T: Transport>(state: &ApiState<T>, id: &str) -> Result<bool,
             tracing::error!(job_id = %id, error = %e, "api: replay publish failed");
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("job {id} was marked for replay but could not be re-published: {e}"),
+                format!(
+                    "job {id} was marked for replay but could not be re-published; see the daemon log"
+                ),
             )
         })?;
     }

@@ -48,13 +48,17 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-/// Compares without an early exit, so the time taken says nothing about
-/// how much of a guess was right.
+/// Compares the SHA-256 digests of both, without an early exit: the time
+/// taken says nothing about how much of a guess was right, nor (digests
+/// being all 32 bytes) about the token's length.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -66,5 +70,7 @@ mod tests {
         assert!(same(b"abc", b"abc"));
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"abcd"));
+        assert!(!same(b"", b"a"));
+        assert!(same(b"", b""));
     }
 }

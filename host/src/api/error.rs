@@ -72,7 +72,7 @@ impl From<TransportError> for ApiError {
         tracing::error!(error = %e, "api: transport failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the transport failed: {e}"),
+            "the transport failed; see the daemon log",
         )
     }
 }
@@ -106,6 +106,15 @@ pub enum ServeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_errors_hide_details() {
+        let e = ApiError::from(TransportError::Store(StoreError::Sql(
+            "secret detail".into(),
+        )));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.message.contains("secret"), "{}", e.message);
+    }
 
     #[test]
     fn store_errors_hide_details() {

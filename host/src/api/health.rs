@@ -34,7 +34,9 @@ pub async fn readyz<T: Transport>(State(state): State<Arc<ApiState<T>>>) -> Resp
     let store = match state.deps.store.probe_write().await {
         Ok(()) => "ok".to_owned(),
         Err(e) => {
-            problems.push(format!("store: {e}"));
+            // The details go to the log, never to an unauthenticated client.
+            tracing::error!(error = %e, "readyz: the store cannot commit a write");
+            problems.push("store: cannot commit a write (see the daemon log)".to_owned());
             "failing".to_owned()
         }
     };

@@ -13,7 +13,8 @@
 //! operation on the writer thread, and posts go through `Transport::publish`
 //! exactly like `sluice post`.
 //!
-//! Files: `auth` (bearer token), `error` (JSON errors), `messages` (post),
+//! Files: `auth` (bearer token), `guard` (cross-site and DNS-rebinding
+//! protection without a token), `error` (JSON errors), `messages` (post),
 //! `jobs` (status, result, list, cancel), `admin` (dead letters, plugins,
 //! channels), `health` (probes, metrics), `cluster` (job status shared
 //! over JetStream), `client` (the CLI's minimal caller).
@@ -23,6 +24,9 @@ mod auth;
 pub mod client;
 mod cluster;
 mod error;
+#[cfg(test)]
+mod fuzz;
+mod guard;
 mod health;
 mod jobs;
 mod messages;
@@ -93,7 +97,9 @@ pub async fn start<T: Transport>(
         jetstream,
         board: board.as_ref().map(|(b, _, _)| b.clone()),
     });
-    let server = tokio::spawn(serve(listener, router(state, settings), shutdown));
+    // The address actually bound (a configured port 0 is now a real one).
+    let bound = listener.local_addr().unwrap_or(settings.addr);
+    let server = tokio::spawn(serve(listener, router(state, settings, bound), shutdown));
     Ok(Running {
         server,
         board: board.map(|(_, task, done)| (task, done)),
@@ -129,8 +135,13 @@ pub async fn bind(settings: &HttpSettings) -> Result<TcpListener, ServeError> {
 }
 
 /// The routes. Everything but the health probes needs the bearer token
-/// when one is configured.
-pub fn router<T: Transport>(state: Arc<ApiState<T>>, settings: &HttpSettings) -> Router {
+/// when one is configured; without one, every request must come from this
+/// daemon's own site (`guard.rs`). `bound` is the address listened on.
+pub fn router<T: Transport>(
+    state: Arc<ApiState<T>>,
+    settings: &HttpSettings,
+    bound: SocketAddr,
+) -> Router {
     let protected = Router::new()
         .route("/v1/channels/{channel}/messages", post(messages::post::<T>))
         .route("/v1/channels", get(admin::channels::<T>))
@@ -151,14 +162,22 @@ pub fn router<T: Transport>(state: Arc<ApiState<T>>, settings: &HttpSettings) ->
             Arc::new(settings.token.clone()),
             auth::require_token,
         ));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz::<T>))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(settings.body_limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(settings.body_limit));
+    // Without a token, refuse what a foreign web page could send (guard.rs).
+    let router = match settings.token {
+        Some(_) => router,
+        None => router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard::Hosts::new(bound, &settings.allowed_hosts)),
+            guard::same_site,
+        )),
+    };
+    router.with_state(state)
 }
 
 /// Serves until `shutdown`, then stops accepting and lets the requests in

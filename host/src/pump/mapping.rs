@@ -207,4 +207,69 @@ mod tests {
         assert_ne!(a, post_id("m1", "h", Some("10"), 0));
         assert_eq!(a.len(), 32);
     }
+
+    fn post(channel: &str, body: String, headers: usize) -> Post {
+        Post {
+            channel: channel.into(),
+            name: channel.into(),
+            body,
+            kind: MessageKind::Command,
+            headers: (0..headers)
+                .map(|i| (format!("h{i}"), String::new()))
+                .collect(),
+            delay_ms: None,
+            launch_at_ms: None,
+            expires_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn mapped_posts_are_held_to_the_call_budget() {
+        let set = PluginSet::default();
+        let cause = msg(b"{}");
+        let posts: Vec<Post> = (0..65)
+            .map(|_| post("out", "x".repeat(1 << 20), 0))
+            .collect();
+        let err = to_messages(&set, &posts, &cause, "h", None).await.err();
+        assert!(err.is_some_and(|e| e.contains("posts map to more than")));
+        let posts: Vec<Post> = (0..10)
+            .map(|_| post("out", "x".repeat(1 << 20), 0))
+            .collect();
+        assert_eq!(
+            to_messages(&set, &posts, &cause, "h", None)
+                .await
+                .map(|m| m.len()),
+            Ok(10)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        #[test]
+        fn any_posts_map_without_panic_to_distinct_ids(
+            posts in proptest::collection::vec(
+                ("[a-z]{1,8}(\\.[a-z]{1,8}){0,2}", "\\PC{0,64}", 0usize..8, proptest::option::of(proptest::prelude::any::<u64>()), proptest::option::of(proptest::prelude::any::<u64>())),
+                0..40,
+            ),
+            cursor in proptest::option::of("\\PC{0,16}"),
+        ) {
+            let posts: Vec<Post> = posts
+                .into_iter()
+                .map(|(c, b, h, delay, at)| Post { delay_ms: delay, launch_at_ms: at, ..post(&c, b, h) })
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread().build();
+            let out = rt
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?
+                .block_on(to_messages(&PluginSet::default(), &posts, &msg(b"{}"), "h", cursor.as_deref()));
+            let out = out.map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert_eq!(out.len(), posts.len());
+            let mut ids: Vec<&str> = out.iter().map(|m| m.message.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            proptest::prop_assert_eq!(ids.len(), posts.len());
+            for m in &out {
+                proptest::prop_assert!(m.visible_at >= 0);
+            }
+        }
+    }
 }
