@@ -9,6 +9,13 @@
 //!
 //! Recording never blocks on I/O: atomics, and one std `Mutex` held only
 //! to find a handler's histogram (never across `.await`).
+//!
+//! `series` keeps the same outcomes per channel over time for the
+//! dashboard's plots.
+
+mod series;
+
+pub use series::{BUCKET_MS, BUCKETS, Bucket, Series};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +34,19 @@ struct Histogram {
     buckets: [u64; DURATION_BUCKETS.len()],
     count: u64,
     sum: f64,
+    /// Fuel used by these calls.
+    fuel: u64,
+}
+
+/// One handler's calls since start, for the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct HandlerTotals {
+    /// Calls recorded.
+    pub calls: u64,
+    /// Seconds from claim to committed outcome, summed.
+    pub seconds: f64,
+    /// Fuel used, summed.
+    pub fuel: u64,
 }
 
 /// What the daemon counts while it runs. Shared by the pumps (jobs), the
@@ -41,6 +61,8 @@ pub struct Metrics {
     durations: Mutex<BTreeMap<String, Histogram>>,
     /// Outcomes per (handler, outcome).
     outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Outcomes per channel over time.
+    pub series: Series,
 }
 
 impl Metrics {
@@ -67,6 +89,7 @@ impl Metrics {
             }
             h.count += 1;
             h.sum += seconds;
+            h.fuel += fuel;
         }
         let mut map = self
             .outcomes
@@ -83,6 +106,24 @@ impl Metrics {
     /// Calls running now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls, time and fuel per handler since start.
+    pub fn handler_totals(&self) -> BTreeMap<String, HandlerTotals> {
+        let map = self
+            .durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|(name, h)| {
+                let totals = HandlerTotals {
+                    calls: h.count,
+                    seconds: h.sum,
+                    fuel: h.fuel,
+                };
+                (name.clone(), totals)
+            })
+            .collect()
     }
 
     /// Appends this process's counters in Prometheus text format.

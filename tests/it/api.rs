@@ -12,7 +12,7 @@ use crate::nats::NatsServer;
 use crate::util::{Daemon, Env, FAST, wait_until};
 
 /// A free loopback port.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 /// FAST plus an `[http]` table on a free port.
-fn http_config(extra: &str) -> (String, String) {
+pub(crate) fn http_config(extra: &str) -> (String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     (
         format!("{FAST}\n[http]\naddr = \"{addr}\"\n{extra}\n"),
@@ -30,29 +30,29 @@ fn http_config(extra: &str) -> (String, String) {
 
 /// An HTTP client that reports every status (no errors for 4xx/5xx) and
 /// does not follow redirects, so the tests see the 303 itself.
-struct Api {
+pub(crate) struct Api {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
 }
 
 /// Status, headers we look at, and the body parsed as JSON (or the text).
-struct Reply {
-    status: u16,
-    location: Option<String>,
-    retry_after: Option<String>,
-    text: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub location: Option<String>,
+    pub retry_after: Option<String>,
+    pub text: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
     }
 }
 
 impl Api {
-    fn new(addr: &str, token: Option<&str>) -> Api {
+    pub(crate) fn new(addr: &str, token: Option<&str>) -> Api {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -67,7 +67,7 @@ impl Api {
     }
 
     /// Waits until the daemon answers /healthz.
-    fn wait_up(&self, daemon: &Daemon) {
+    pub(crate) fn wait_up(&self, daemon: &Daemon) {
         let ok = wait_until(Duration::from_secs(60), || {
             self.agent
                 .get(format!("{}/healthz", self.base))
@@ -77,7 +77,7 @@ impl Api {
         assert!(ok, "API did not come up; log:\n{}", daemon.log_text());
     }
 
-    fn send(
+    pub(crate) fn send(
         &self,
         method: &str,
         path: &str,
@@ -121,27 +121,32 @@ impl Api {
         }
     }
 
-    fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         self.send("GET", path, &[], None)
     }
 
-    fn post(&self, path: &str, body: &str) -> Reply {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Reply {
         self.send("POST", path, &[], Some(body.as_bytes()))
     }
 
-    fn delete(&self, path: &str) -> Reply {
+    pub(crate) fn delete(&self, path: &str) -> Reply {
         self.send("DELETE", path, &[], None)
     }
 
     /// Posts `body` to `channel`; asserts 202 and returns the first job id.
-    fn post_job(&self, channel: &str, body: &str) -> String {
+    pub(crate) fn post_job(&self, channel: &str, body: &str) -> String {
         let r = self.post(&format!("/v1/channels/{channel}/messages"), body);
         assert_eq!(r.status, 202, "{}", r.text);
         r.json()["job_ids"][0].as_str().expect("job id").to_owned()
     }
 
     /// Polls the job until `f` holds for its status; returns the last reply.
-    fn wait_job(&self, id: &str, timeout: Duration, mut f: impl FnMut(&Reply) -> bool) -> Reply {
+    pub(crate) fn wait_job(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Reply) -> bool,
+    ) -> Reply {
         let mut last = None;
         let ok = wait_until(timeout, || {
             let r = self.get(&format!("/v1/jobs/{id}"));

@@ -4,12 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod browser;
 mod nats;
 mod util;
 
 mod api;
 mod bench;
 mod crash;
+mod dashboard;
 mod effects;
 mod examples;
 mod failures;

@@ -17,12 +17,14 @@
 //! protection without a token), `error` (JSON errors), `messages` (post),
 //! `jobs` (status, result, list, cancel), `admin` (dead letters, plugins,
 //! channels), `health` (probes, metrics), `cluster` (job status shared
-//! over JetStream), `client` (the CLI's minimal caller).
+//! over JetStream), `client` (the CLI's minimal caller), `dashboard` (the
+//! web UI at `/` and the two endpoints only it needs).
 
 mod admin;
 mod auth;
 pub mod client;
 mod cluster;
+mod dashboard;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -134,9 +136,10 @@ pub async fn bind(settings: &HttpSettings) -> Result<TcpListener, ServeError> {
         })
 }
 
-/// The routes. Everything but the health probes needs the bearer token
-/// when one is configured; without one, every request must come from this
-/// daemon's own site (`guard.rs`). `bound` is the address listened on.
+/// The routes. Everything but the health probes and the dashboard's page
+/// (which holds no data) needs the bearer token when one is configured;
+/// without one, every request must come from this daemon's own site
+/// (`guard.rs`). `bound` is the address listened on.
 pub fn router<T: Transport>(
     state: Arc<ApiState<T>>,
     settings: &HttpSettings,
@@ -158,6 +161,7 @@ pub fn router<T: Transport>(
         .route("/v1/dead-letters/{id}/replay", post(admin::replay::<T>))
         .route("/v1/plugins", get(admin::plugins::<T>))
         .route("/metrics", get(health::metrics::<T>))
+        .merge(dashboard::data_routes::<T>())
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(settings.token.clone()),
             auth::require_token,
@@ -165,6 +169,7 @@ pub fn router<T: Transport>(
     let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz::<T>))
+        .merge(dashboard::page_routes::<T>())
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

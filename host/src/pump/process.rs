@@ -288,6 +288,10 @@ async fn record<T: Transport>(
     deps.control
         .metrics
         .record_job(&job.consumer, outcome, duration_ms / 1000.0, fuel_used);
+    deps.control
+        .metrics
+        .series
+        .record(&job.message.channel, outcome, now_ms());
     let version = plugin.map_or("", |p| p.info().version.as_str());
     match verdict.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(

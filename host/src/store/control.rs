@@ -1,13 +1,13 @@
 //! The store operations behind the HTTP API's job control and health:
-//! cancelling a job that has not started, paging through jobs, the outbox
-//! lag and a write probe.
+//! cancelling a job that has not started, the outbox lag and a write probe.
+//! (Paging through jobs is in `listing`.)
 //!
 //! They live apart from `jobs.rs` because they serve operators, not the
 //! message path; like everything else they run on the writer thread.
 
 use rusqlite::{OptionalExtension, params};
 
-use super::jobs::{JobFilter, RECORD_COLUMNS, record};
+use super::jobs::{RECORD_COLUMNS, record};
 use super::records::{JobRecord, JobState};
 use super::{Store, StoreError};
 use crate::message::now_ms;
@@ -65,43 +65,6 @@ impl Store {
         .await
     }
 
-    /// Jobs matching `filter`, newest first, strictly older than the job
-    /// `before` names as `(created_at, id)`: keyset paging, so a page is
-    /// stable while new jobs arrive.
-    pub async fn jobs_page(
-        &self,
-        filter: JobFilter,
-        before: Option<(i64, String)>,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        self.call(move |conn| {
-            let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-            let (at, id) = before.unzip();
-            let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM jobs
-                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR channel = ?2)
-                   AND (?4 IS NULL OR created_at < ?4 OR (created_at = ?4 AND id < ?5))
-                 ORDER BY created_at DESC, id DESC LIMIT ?3"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    filter.state.map(|s| s.as_str()),
-                    filter.channel,
-                    limit,
-                    at,
-                    id
-                ],
-                record,
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row??);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     /// How far the outbox relay is behind.
     pub async fn outbox_lag(&self) -> Result<OutboxLag, StoreError> {
         self.call(|conn| {
@@ -137,7 +100,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::message::{Message, MessageKind};
-    use crate::store::{CallRecord, Finish, NewMessage, StoreOptions};
+    use crate::store::{CallRecord, Finish, JobFilter, NewMessage, StoreOptions};
 
     fn msg(id: &str) -> NewMessage {
         NewMessage {

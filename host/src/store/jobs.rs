@@ -151,7 +151,10 @@ impl Store {
     pub async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
-            messages.iter().map(|m| publish_one(conn, m, now)).collect()
+            messages
+                .iter()
+                .map(|m| publish_one(conn, m, None, now))
+                .collect()
         })
         .await
     }
@@ -296,7 +299,14 @@ impl Store {
     }
 }
 
-fn publish_one(conn: &Connection, m: &NewMessage, now: i64) -> Result<Published, StoreError> {
+/// Inserts one job per handler of the message's channel; `parent` is the
+/// job whose handler posted it, if one did.
+fn publish_one(
+    conn: &Connection,
+    m: &NewMessage,
+    parent: Option<&str>,
+    now: i64,
+) -> Result<Published, StoreError> {
     let msg = &m.message;
     let mut consumers = consumers_of(conn, &msg.channel)?;
     if consumers.is_empty() {
@@ -311,8 +321,8 @@ fn publish_one(conn: &Connection, m: &NewMessage, now: i64) -> Result<Published,
         .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
-             visible_at, expires_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+             visible_at, expires_at, created_at, updated_at, parent_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
          ON CONFLICT (message_id, consumer) DO NOTHING",
     )?;
     let mut existing =
@@ -332,7 +342,8 @@ fn publish_one(conn: &Connection, m: &NewMessage, now: i64) -> Result<Published,
             state.as_str(),
             m.visible_at,
             m.expires_at,
-            now
+            now,
+            parent
         ])?;
         if inserted == 1 {
             job_ids.push(id);
@@ -371,9 +382,9 @@ fn route_unrouted(conn: &Connection, channel: &str, now: i64) -> Result<usize, S
     };
     let mut copy = conn.prepare_cached(
         "INSERT OR IGNORE INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
-             visible_at, expires_at, created_at, updated_at)
+             visible_at, expires_at, created_at, updated_at, parent_id)
          SELECT ?1, message_id, channel, ?2, kind, headers, body, state, visible_at, expires_at,
-             created_at, ?3
+             created_at, ?3, parent_id
          FROM jobs WHERE id = ?4",
     )?;
     let mut take = conn
@@ -470,7 +481,7 @@ fn finish_job(
     let mut posted = Vec::new();
     match finish {
         Finish::Succeeded { result, commit } => {
-            if !apply(conn, &commit, outbox, now, &mut posted)? {
+            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
@@ -488,7 +499,7 @@ fn finish_job(
             visible_at,
             commit,
         } => {
-            if !apply(conn, &commit, outbox, now, &mut posted)? {
+            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
@@ -534,10 +545,11 @@ fn finish_job(
     Ok(FinishResult::Committed { posted })
 }
 
-/// Applies a success's effects; false (and nothing applied) on a state
-/// conflict.
+/// Applies a success's effects (the posts recorded as `job_id`'s); false
+/// (and nothing applied) on a state conflict.
 fn apply(
     conn: &Connection,
+    job_id: &str,
     commit: &Commit,
     outbox: bool,
     now: i64,
@@ -549,9 +561,9 @@ fn apply(
     state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
     for post in &commit.posts {
         if outbox {
-            outbox::insert(conn, &post.message.id, None, post, None, now)?;
+            outbox::insert(conn, &post.message.id, None, post, None, Some(job_id), now)?;
         } else {
-            posted.push(publish_one(conn, post, now)?);
+            posted.push(publish_one(conn, post, Some(job_id), now)?);
         }
     }
     Ok(true)
@@ -609,7 +621,15 @@ fn continuation(
         expires_at,
     };
     let dedupe = format!("{message_id}/{consumer}/slice/{slices}");
-    outbox::insert(conn, &dedupe, Some(&consumer), &post, Some(cursor), now)
+    outbox::insert(
+        conn,
+        &dedupe,
+        Some(&consumer),
+        &post,
+        Some(cursor),
+        Some(job_id),
+        now,
+    )
 }
 
 fn set_progress(

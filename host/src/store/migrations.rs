@@ -132,6 +132,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE plugin_files ADD COLUMN asked_memory_bytes INTEGER;
     ALTER TABLE plugin_files ADD COLUMN asked_timeout_ms INTEGER;
     "#,
+    // 7: the dashboard's queries (store/listing.rs), each an index range
+    // that stops at its LIMIT however many jobs the file holds: jobs newest
+    // first per channel, and per (state, channel); which job posted a
+    // message (embedded: the posted jobs; JetStream: the outbox rows).
+    // `jobs_by_state` keeps its (state, channel) prefix, so the statements
+    // that used it still do; the two new indexes change only on insert.
+    r#"
+    ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+    ALTER TABLE outbox ADD COLUMN job_id TEXT;
+    DROP INDEX jobs_by_state;
+    CREATE INDEX jobs_by_state ON jobs (state, channel, created_at, id);
+    CREATE INDEX jobs_by_channel ON jobs (channel, created_at, id);
+    CREATE INDEX jobs_by_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX outbox_by_job ON outbox (job_id) WHERE job_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

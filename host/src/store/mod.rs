@@ -12,13 +12,21 @@
 //! a message before its effects are durable, and durability costs one fsync
 //! per batch, not per job. An operation that fails rolls back its own
 //! savepoint only.
+//!
+//! **Reads for operators** (job lists, the dashboard) run on a second,
+//! read-only connection on its own thread (`reader`), so they never wait
+//! for a group commit or hold one up. Every query behind them walks an
+//! index and stops at a limit (`listing`), so they stay fast with millions
+//! of jobs in the file.
 
 mod control;
 mod inbox;
 mod jobs;
+mod listing;
 mod migrations;
 mod outbox;
 mod plugins;
+mod reader;
 mod records;
 mod state;
 mod writer;
@@ -29,10 +37,12 @@ use std::time::Duration;
 pub use control::{Cancel, OutboxLag};
 pub use inbox::{Delivered, Received, job_id_for};
 pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
+pub use listing::{COUNT_CAP, Census, ChannelCensus, Posted};
 pub use outbox::OutboxRow;
 pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};
 
+use reader::Reader;
 use writer::Writer;
 
 /// How many operations one transaction may group.
@@ -119,6 +129,7 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     writer: Writer,
+    reader: Reader,
     path: PathBuf,
     outbox: bool,
 }
@@ -130,6 +141,7 @@ impl Store {
         let conn = migrations::open(path, options)?;
         Ok(Store {
             writer: Writer::spawn(conn, path)?,
+            reader: Reader::spawn(path, options.busy_timeout)?,
             path: path.to_path_buf(),
             outbox: options.outbox,
         })
@@ -148,6 +160,17 @@ impl Store {
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.call(f).await
+    }
+
+    /// Runs the query `f` on the reader thread, in a read transaction of
+    /// its own: it sees every committed write and never waits for (or holds
+    /// up) the group commit. For operators' reads, not the message path.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.reader.call(f).await
     }
 }
 

@@ -36,14 +36,15 @@ pub struct OutboxRow {
     pub sent_at: Option<i64>,
 }
 
-/// Writes a post (or, with `consumer`, a continuation) to the outbox.
-/// Idempotent on `id`.
+/// Writes a post (or, with `consumer`, a continuation) to the outbox, as
+/// posted by `job_id`. Idempotent on `id`.
 pub(super) fn insert(
     conn: &Connection,
     id: &str,
     consumer: Option<&str>,
     post: &NewMessage,
     cursor: Option<&str>,
+    job_id: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     let m = &post.message;
@@ -51,8 +52,8 @@ pub(super) fn insert(
         .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
     conn.prepare_cached(
         "INSERT OR IGNORE INTO outbox (id, message_id, consumer, channel, kind, headers, body,
-             cursor, visible_at, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             cursor, visible_at, expires_at, created_at, job_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         id,
@@ -65,7 +66,8 @@ pub(super) fn insert(
         cursor,
         post.visible_at,
         post.expires_at,
-        now
+        now,
+        job_id
     ])?;
     Ok(())
 }
