@@ -274,3 +274,33 @@ fn dashboard_assets_are_public_strict_and_its_data_is_not() {
     assert_eq!(o["transport"], "embedded");
     assert_eq!(o["channels"][0]["handlers"][0], "test-flaky");
 }
+
+/// Without a token the API refuses cross-site requests (`api/guard.rs`);
+/// the dashboard's own requests (same origin, JSON) still work.
+#[test]
+fn dashboard_works_without_a_token_under_the_same_site_guard() {
+    let (config, addr) = http_config("");
+    let env = Env::new(&["test-flaky"], &config);
+    let daemon = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let mut b = Browser::launch();
+    b.goto(&format!("http://{addr}/#/channels"));
+    b.wait_for(
+        "document.querySelector('tr[data-channel=\"test.flaky\"] button.pause') !== null",
+        Duration::from_secs(20),
+    );
+    b.click("tr[data-channel=\"test.flaky\"] button.pause");
+    let paused = wait_until(Duration::from_secs(20), || {
+        api.get("/v1/channels").json()["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .any(|c| c["channel"] == "test.flaky" && c["paused"] == true)
+    });
+    assert!(paused, "the click did not pause; page:\n{}", b.text());
+    b.wait_for(
+        "document.querySelector('tr[data-channel=\"test.flaky\"] button.resume') !== null",
+        Duration::from_secs(20),
+    );
+}
