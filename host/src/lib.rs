@@ -17,4 +17,5 @@ pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

@@ -22,3 +22,4 @@ mod rejects;
 mod reload;
 mod sandbox;
 mod send;
+mod trace_context;

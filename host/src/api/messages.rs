@@ -168,12 +168,24 @@ fn build<T: Transport>(
             id,
             channel,
             kind,
-            headers: Vec::new(),
+            headers: trace_headers(headers),
             body: body.to_vec(),
         },
         visible_at,
         expires_at,
     })
+}
+
+/// The request's W3C `traceparent` (so the job joins the caller's trace),
+/// or a new trace when it has none or an invalid one (as the spec asks of a
+/// receiver: never fail a request over it).
+fn trace_headers(headers: &HeaderMap) -> crate::message::Headers {
+    let given = headers
+        .get(crate::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::telemetry::TraceParent::parse(v).ok());
+    let tp = given.unwrap_or_else(crate::telemetry::TraceParent::new_root);
+    vec![(crate::telemetry::TRACEPARENT.to_owned(), tp.to_string())]
 }
 
 fn duration(name: &str, value: &str) -> Result<Duration, ApiError> {

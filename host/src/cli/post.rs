@@ -9,6 +9,7 @@ use clap::Args;
 use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id, now_ms};
 use crate::store::{NewMessage, Published};
+use crate::telemetry;
 
 /// How many stdin lines go into one store transaction.
 const CHUNK: usize = 1000;
@@ -55,6 +56,13 @@ fn ms(d: Duration) -> i64 {
 pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
     crate::names::check_channel(&args.channel)?;
     let headers = super::send::parse_headers(&args.headers)?;
+    // The caller's trace, if it gave one; else each message starts its own.
+    let given_trace = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(telemetry::TRACEPARENT))
+        .map(|(_, v)| telemetry::TraceParent::parse(v))
+        .transpose()
+        .context("--header traceparent")?;
     let kind = MessageKind::parse(&args.kind).unwrap_or_default();
     let now = now_ms();
     let visible_at = match (args.at, args.delay) {
@@ -79,12 +87,17 @@ pub(super) async fn run(config: &Config, args: PostArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        let mut headers = headers.clone();
+        telemetry::set(
+            &mut headers,
+            &given_trace.unwrap_or_else(telemetry::TraceParent::new_root),
+        );
         Ok(NewMessage {
             message: Message {
                 id: args.id.clone().unwrap_or_else(new_id),
                 channel: args.channel.clone(),
                 kind,
-                headers: headers.clone(),
+                headers,
                 body: body.as_bytes().to_vec(),
             },
             visible_at,

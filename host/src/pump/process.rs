@@ -16,6 +16,7 @@ use crate::config::Policy;
 use crate::message::now_ms;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, Store};
+use crate::telemetry;
 use crate::transport::{Delivery, Settle, Subscription, Transport};
 
 /// Committed plugin state, read through the store's thread.
@@ -101,8 +102,19 @@ pub(super) async fn process<T: Transport>(
                         )
                         .await
                         {
-                            Ok(posts) => {
+                            Ok(mut posts) => {
                                 breaker.success();
+                                // The posts' jobs are children of this one.
+                                if !posts.is_empty() {
+                                    let (_, trace) = telemetry::job_trace(
+                                        &job.message.headers,
+                                        &job.message.id,
+                                        &sub.consumer,
+                                        job.cursor.as_deref(),
+                                        job.attempt,
+                                    );
+                                    telemetry::inherit(&mut posts, &trace);
+                                }
                                 let commit = Commit {
                                     progress: report.effects.progress.map(|p| (p.percent, p.note)),
                                     state_plugin: handler.info().name.clone(),
