@@ -9,6 +9,7 @@
 //! drain_timeout = "30s"          # on SIGINT/SIGTERM: time for in-flight jobs
 //! poll_interval = "100ms"        # idle pumps look for rows posted by others
 //! retention = "7d"               # succeeded jobs are pruned after this
+//! compile_timeout = "60s"        # a plugin compiling longer is rejected
 //!
 //! [store]
 //! synchronous = "full"           # or "normal": see README, Durability
@@ -204,6 +205,8 @@ struct RawFile {
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    compile_timeout: Option<Duration>,
     #[serde(default)]
     store: RawStore,
     nats: Option<RawNats>,
@@ -302,6 +305,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Succeeded, expired and cancelled jobs are pruned after this.
     pub retention: Duration,
+    /// A plugin file that compiles for longer is rejected (a compile bomb
+    /// cannot hold up the start or other reloads).
+    pub compile_timeout: Duration,
 }
 
 impl Config {
@@ -401,6 +407,13 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         Duration::ZERO,
         DAY,
     )?;
+    let compile_timeout = bounded(
+        "",
+        "compile_timeout",
+        raw.compile_timeout.unwrap_or(MINUTE),
+        Duration::from_millis(100),
+        HOUR,
+    )?;
     let retention = bounded(
         "",
         "retention",
@@ -435,6 +448,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         drain_timeout,
         poll_interval,
         retention,
+        compile_timeout,
     })
 }
 

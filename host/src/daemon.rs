@@ -102,6 +102,53 @@ impl DataLock {
     }
 }
 
+/// Refuses a data directory that is the plugins directory or inside it:
+/// the database and the compile cache would sit where deploy tools (and
+/// whoever may drop plugins) write, and the watcher would scan them.
+fn check_dirs(config: &Config) -> Result<(), RunError> {
+    let Ok(plugins) = config.plugins_dir.canonicalize() else {
+        // A missing plugins dir is reported when it is read.
+        return Ok(());
+    };
+    let data = resolve(&config.data_dir);
+    if data.starts_with(&plugins) {
+        return Err(RunError::DataDir {
+            dir: config.data_dir.clone(),
+            reason: format!(
+                "it is inside the plugins directory {}; put the data directory elsewhere",
+                plugins.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its symlinks resolved as far as it exists
+/// (the rest, not created yet, appended as written).
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (
+            existing.file_name().map(ToOwned::to_owned),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown`, then drains: on JetStream when the
 /// config names a NATS server, else on the embedded queue.
 pub async fn run(
@@ -109,6 +156,7 @@ pub async fn run(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(), RunError> {
+    check_dirs(&config)?;
     let _lock = DataLock::acquire(&config.data_dir)?;
     let store_options = StoreOptions {
         // Off the embedded queue, posts leave through the outbox.

@@ -37,6 +37,11 @@ fn main() -> std::process::ExitCode {
         tokio::spawn(signals(shutdown.clone(), hard_stop.clone()));
         sluice::cli::execute(cli, shutdown, hard_stop).await
     });
+    // A compile that outlived its compile_timeout may still run on a
+    // blocking thread; it cannot be stopped and must not hold up the exit
+    // (a dropped runtime would wait for it). Cache writes are atomic, so
+    // leaving one unfinished is safe.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -301,17 +301,70 @@ impl Registry {
     }
 }
 
-/// The plugin files of `dir`, sorted: regular `*.wasm` files whose name does
-/// not start with a dot (editors and copy tools write their temporary files
-/// as dot files). A missing directory is an error.
+/// Largest plugin file read, in bytes (a component is rarely above a few
+/// MiB; this bounds both the read and what the compiler is given).
+pub const MAX_PLUGIN_FILE: u64 = 64 << 20;
+
+/// The plugin files of `dir`, sorted: `*.wasm` entries whose name does not
+/// start with a dot (editors and copy tools write their temporary files as
+/// dot files) and that exist and are not directories. Symlinks are
+/// followed: a link whose target is missing counts as a missing file, and
+/// one to something other than a regular file is listed so that reading
+/// it reports why. A missing directory is an error.
 pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read plugins directory {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| is_plugin_file(p) && p.is_file())
+        .filter(|p| is_plugin_file(p) && std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))
         .collect();
     paths.sort();
     Ok(paths)
+}
+
+/// Reads a plugin file: a regular file (after following symlinks) of at
+/// most [`MAX_PLUGIN_FILE`] bytes. `Ok(None)`: it is gone. Opened without
+/// blocking, so a FIFO put in its place cannot stall the caller; the size
+/// is checked on the open file and the read stops past the cap, so a file
+/// that grows while read cannot get past it either. Blocking: call it off
+/// the async workers.
+pub fn read_plugin(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a symlink must point at one)".into());
+    }
+    let too_big = |len: u64| {
+        format!("the file is {len} bytes; a plugin file may be at most {MAX_PLUGIN_FILE} bytes")
+    };
+    if meta.len() > MAX_PLUGIN_FILE {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_PLUGIN_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_PLUGIN_FILE {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// [`read_plugin`] on a blocking thread.
+pub async fn read_plugin_async(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_plugin(&path))
+        .await
+        .map_err(|e| format!("cannot read: the reading thread failed: {e}"))?
 }
 
 /// `*.wasm`, not a dot file.
@@ -323,12 +376,20 @@ pub fn is_plugin_file(path: &Path) -> bool {
 }
 
 /// Loads every plugin file of `dir` (see [`plugin_files`]) and builds the
-/// set ([`compose`]). A file that fails is recorded with its reason and
-/// logged; the rest still load. A missing directory is an error.
+/// set ([`compose`]). A file that fails, or compiles for longer than
+/// `compile_timeout`, is recorded with its reason and logged; the rest
+/// still load. A missing directory is an error.
 pub async fn load_dir(runtime: &Runtime, config: &Config, dir: &Path) -> Result<PluginSet, String> {
     let mut entries = Vec::new();
     for path in plugin_files(dir)? {
-        let (plugin, error) = match load_file(runtime, config, &path).await {
+        let load = tokio::time::timeout(config.compile_timeout, load_file(runtime, config, &path));
+        let loaded = load.await.unwrap_or_else(|_| {
+            Err(format!(
+                "compiling took longer than compile_timeout ({})",
+                humantime::format_duration(config.compile_timeout)
+            ))
+        });
+        let (plugin, error) = match loaded {
             Ok(plugin) => (Some(plugin), None),
             Err(error) => (None, Some(error)),
         };
@@ -347,9 +408,9 @@ pub async fn load_dir(runtime: &Runtime, config: &Config, dir: &Path) -> Result<
 
 /// Reads, compiles, validates one file and applies its config overrides.
 pub async fn load_file(runtime: &Runtime, config: &Config, path: &Path) -> Result<Plugin, String> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_plugin_async(path)
+        .await?
+        .ok_or_else(|| "cannot read: the file is gone".to_owned())?;
     load_bytes(runtime, config, bytes).await
 }
 

@@ -312,6 +312,7 @@ fn a_restart_loads_unchanged_plugins_from_the_compile_cache() {
     let entries: Vec<_> = std::fs::read_dir(&cache)
         .expect("cache dir")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .collect();
     assert_eq!(entries.len(), 2, "{entries:?}");
 

@@ -162,3 +162,186 @@ fn every_host_allocation_a_guest_causes_is_bounded_and_fails_for_good() {
     assert!(daemon.exited().is_none());
     assert!(daemon.stop(LONG).success());
 }
+
+#[test]
+fn a_compile_cache_entry_planted_from_elsewhere_is_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let ours = Env::new(&["test-counter"], FAST);
+    let theirs = Env::new(&["test-counter"], FAST);
+    let loaded = |env: &Env| {
+        let daemon = env.start();
+        daemon.wait_log(&["plugins directory loaded"], 1, LONG);
+        let line = daemon.log_lines(&["plugins directory loaded"]).remove(0);
+        let log = daemon.log_text();
+        assert!(daemon.stop(LONG).success());
+        let field = |f: &str| crate::util::log_field(&line, f).and_then(|v| v.parse::<u32>().ok());
+        (field("compiled"), field("from_cache"), log)
+    };
+    let entry = |env: &Env| {
+        std::fs::read_dir(env.data.join("cache"))
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .expect("an entry")
+    };
+    assert_eq!(loaded(&ours).0, Some(1));
+    assert_eq!(loaded(&theirs).0, Some(1));
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&ours.data.join("cache")), 0o700);
+    assert_eq!(mode(&ours.data.join("cache/key")), 0o600);
+    assert_eq!(mode(&entry(&ours)), 0o600);
+    // A valid image for this very engine and plugin, but made by another
+    // install: it is refused (never deserialized) and the plugin compiled.
+    std::fs::copy(entry(&theirs), entry(&ours)).expect("plant");
+    // A cache dir someone opened up is made private again.
+    std::fs::set_permissions(
+        ours.data.join("cache"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (compiled, from_cache, log) = loaded(&ours);
+    assert_eq!((compiled, from_cache), (Some(1), Some(0)), "{log}");
+    assert!(
+        log.contains("compile cache entry unusable") && log.contains("tag mismatch"),
+        "{log}"
+    );
+    assert_eq!(mode(&ours.data.join("cache")), 0o700);
+    // Its own entry, rewritten, is used again.
+    assert_eq!(loaded(&ours).1, Some(1));
+}
+
+/// A valid component whose one core module has a function of `n` times
+/// four instructions: it takes seconds to compile, then fails to load (it
+/// exports nothing). About 7 bytes per `n`.
+fn compile_bomb(n: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 1, 0x7f, 1, 0x7f], &mut module); // (i32) -> i32
+    section(3, &[1, 0], &mut module);
+    let mut code = vec![0u8]; // no locals
+    for i in 0..n {
+        // local.get 0; i32.const i; i32.mul; local.set 0
+        code.extend_from_slice(&[0x20, 0, 0x41, (i % 64) as u8, 0x6c, 0x21, 0]);
+    }
+    code.extend_from_slice(&[0x20, 0, 0x0b]);
+    let mut body = vec![1u8];
+    leb(code.len(), &mut body);
+    body.extend_from_slice(&code);
+    section(10, &body, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+#[test]
+fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
+    let env = Env::new(
+        &["test-counter"],
+        &format!("compile_timeout = \"1s\"\n{FAST}"),
+    );
+    // Warm the compile cache so the good plugin loads in milliseconds.
+    let first = env.start();
+    first.wait_log(&["plugins directory loaded"], 1, LONG);
+    assert!(first.stop(LONG).success());
+
+    std::fs::write(env.plugins.join("bomb.wasm"), compile_bomb(1_000_000)).expect("bomb");
+    // Over the size cap (sparse: no disk used) and not a regular file.
+    let huge = std::fs::File::create(env.plugins.join("huge.wasm")).expect("huge");
+    huge.set_len(65 << 20).expect("set_len");
+    let fifo = env.dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    std::os::unix::fs::symlink(&fifo, env.plugins.join("fifo.wasm")).expect("symlink");
+    std::os::unix::fs::symlink(
+        env.dir.path().join("nowhere"),
+        env.plugins.join("dangling.wasm"),
+    )
+    .expect("symlink");
+
+    let id = env.post("test.counter", r#"{"amount": 1}"#);
+    let daemon = env.start();
+    daemon.wait_log(&["watching the plugins directory"], 1, LONG);
+    env.wait_settled("test.counter", 1, LONG);
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    let log = daemon.log_text();
+    let line = |file: &str| {
+        log.lines()
+            .find(|l| l.contains(file) && l.contains("rejected"))
+            .unwrap_or_else(|| panic!("no rejection of {file}:\n{log}"))
+            .to_owned()
+    };
+    assert!(
+        line("bomb.wasm").contains("compiling took longer than compile_timeout (1s)"),
+        "{log}"
+    );
+    assert!(
+        line("huge.wasm").contains("may be at most 67108864 bytes"),
+        "{log}"
+    );
+    assert!(line("fifo.wasm").contains("not a regular file"), "{log}");
+    assert!(
+        !log.contains("dangling.wasm"),
+        "a dangling link is a missing file: {log}"
+    );
+
+    // A good file deployed while a (new) bomb compiles serves before the
+    // bomb's compile is over: the watcher does not wait for it.
+    std::fs::write(env.plugins.join("bomb2.wasm"), compile_bomb(1_000_001)).expect("bomb2");
+    env.deploy("test-version-1", "v.wasm");
+    daemon.wait_log(&["plugin loaded", "v.wasm"], 1, LONG);
+    daemon.wait_log(&["bomb2.wasm", "rejected"], 1, LONG);
+    let log = daemon.log_text();
+    let at = |parts: &[&str]| {
+        log.lines()
+            .position(|l| parts.iter().all(|p| l.contains(p)))
+    };
+    assert!(
+        at(&["plugin loaded", "v.wasm"]) < at(&["bomb2.wasm", "rejected"]),
+        "the good file waited for the bomb:\n{log}"
+    );
+    let id = env.post("test.version", r#"{"seq": 1}"#);
+    env.wait_settled("test.version", 1, LONG);
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    assert!(daemon.stop(LONG).success());
+}
+
+#[test]
+fn the_data_dir_may_not_sit_inside_the_plugins_dir() {
+    let env = Env::new(&["test-counter"], FAST);
+    let inside = env.plugins.join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--plugins")
+        .arg(&env.plugins)
+        .arg("--data")
+        .arg(&inside)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inside the plugins directory"), "{err}");
+    assert!(!inside.exists(), "nothing was created there");
+}

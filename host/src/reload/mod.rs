@@ -32,6 +32,7 @@
 //! version serving, the last error) is written to the store after every
 //! change for `sluice plugins`.
 
+mod compile;
 mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +51,7 @@ use crate::runtime::{Runtime, sha256_hex};
 use crate::store::{PluginFile, ServingPlugin};
 use crate::transport::{Subscription, Transport};
 
+use compile::{Done, InFlight};
 use scan::{Changes, Slot, Stamp, Step};
 
 /// How often the plugins directory is looked at when nothing is changing.
@@ -67,7 +69,10 @@ pub fn cache_dir(config: &Config) -> PathBuf {
 /// Watches one plugins directory and keeps the registry in step with it.
 pub struct Watcher {
     runtime: Runtime,
+    config: Arc<Config>,
     dir: PathBuf,
+    /// Files being compiled (compile.rs).
+    loads: InFlight,
     files: BTreeMap<PathBuf, Slot>,
     changes: Changes,
     /// SIGHUP, installed before the first load so a reload request during
@@ -100,7 +105,9 @@ impl Watcher {
         };
         let mut watcher = Watcher {
             runtime,
+            config: Arc::new(config.clone()),
             dir: config.plugins_dir.clone(),
+            loads: InFlight::default(),
             files: BTreeMap::new(),
             changes: Changes::default(),
             hup,
@@ -110,7 +117,12 @@ impl Watcher {
         let started = Instant::now();
         let before = watcher.runtime.cache_stats();
         let listing = scan::list(&watcher.dir)?;
-        watcher.apply(listing, true, config).await;
+        watcher.apply(listing, true).await;
+        // Every file compiles at once; each is done or past compile_timeout.
+        while watcher.loads.any() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            watcher.collect().await;
+        }
         let set = watcher.compose(&PluginSet::default());
         let after = watcher.runtime.cache_stats();
         let keep: Vec<&str> = watcher
@@ -146,7 +158,7 @@ impl Watcher {
         self.record(&deps, &deps.registry.current()).await;
         tracing::info!(dir = %self.dir.display(), poll_ms = POLL.as_millis() as u64, "watching the plugins directory (SIGHUP: rescan now)");
         loop {
-            let wait = if self.changes.any() {
+            let wait = if self.changes.any() || self.loads.any() {
                 scan::SETTLE
             } else {
                 POLL
@@ -191,7 +203,7 @@ impl Watcher {
                 return;
             }
         };
-        let scan = self.apply(listing, force, &deps.config).await;
+        let scan = self.apply(listing, force).await;
         if scan.changed {
             let set = self.compose(&deps.registry.current());
             let subs = set.subscriptions();
@@ -229,15 +241,11 @@ impl Watcher {
         }
     }
 
-    /// Acts on a listing: removals, then each changed file in path order.
+    /// Acts on a listing: removals, then starts loading each changed file,
+    /// then takes in the loads that finished (or ran out of time).
     /// `force`: load every file whose content changed or that failed last
     /// time, without waiting for it to settle (startup, SIGHUP).
-    async fn apply(
-        &mut self,
-        listing: BTreeMap<PathBuf, Stamp>,
-        force: bool,
-        config: &Config,
-    ) -> Scan {
+    async fn apply(&mut self, listing: BTreeMap<PathBuf, Stamp>, force: bool) -> Scan {
         let mut scan = Scan::default();
         let gone: Vec<PathBuf> = self
             .files
@@ -259,6 +267,7 @@ impl Watcher {
             scan.changed = true;
         }
         self.changes.retain(|p| listing.contains_key(p));
+        self.loads.retain(|p| listing.contains_key(p));
         let now = Instant::now();
         for (path, stamp) in listing {
             let slot = self.files.get(&path);
@@ -271,19 +280,24 @@ impl Watcher {
             if !force && self.changes.observe(&path, stamp, now) == Step::Wait {
                 continue;
             }
-            scan.changed |= self.load_file(&path, stamp, force, config).await;
+            if self.loads.loading(&path, stamp) {
+                continue;
+            }
+            scan.changed |= self.start_load(&path, stamp, force).await;
         }
+        scan.changed |= self.collect().await;
         scan
     }
 
-    /// Reads and loads one changed file. True if the set or a file's status
-    /// changed.
-    async fn load_file(&mut self, path: &Path, stamp: Stamp, force: bool, config: &Config) -> bool {
-        let bytes = match tokio::fs::read(path).await {
-            Ok(b) => b,
+    /// Reads one changed file and starts loading it, unless its bytes are
+    /// the ones loaded already. True if a file's status changed (it could
+    /// not be read).
+    async fn start_load(&mut self, path: &Path, stamp: Stamp, force: bool) -> bool {
+        let bytes = match registry::read_plugin_async(path).await {
+            Ok(Some(b)) => b,
             // Gone since the listing: the next scan sees it removed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
-            Err(e) => return self.reject(path, stamp, None, format!("cannot read: {e}"), force),
+            Ok(None) => return false,
+            Err(e) => return self.reject(path, stamp, None, e, force),
         };
         let hash = sha256_hex(&bytes);
         let slot = self.files.get(path);
@@ -296,13 +310,38 @@ impl Watcher {
             self.changes.done(path);
             return false;
         }
-        let loading = Instant::now();
-        let plugin = match registry::load_bytes(&self.runtime, config, bytes).await {
+        let (runtime, config) = (self.runtime.clone(), Arc::clone(&self.config));
+        self.loads
+            .start(&runtime, &config, path, (stamp, hash, force), bytes);
+        false
+    }
+
+    /// Takes in the loads that ended. True if the set or a file's status
+    /// changed.
+    async fn collect(&mut self) -> bool {
+        let mut changed = false;
+        for done in self.loads.take_done(self.config.compile_timeout).await {
+            changed |= self.finish_load(done);
+        }
+        changed
+    }
+
+    /// Records one ended load: the new version for its path, or why not.
+    fn finish_load(&mut self, done: Done) -> bool {
+        let Done {
+            path,
+            stamp,
+            hash,
+            force,
+            load_ms,
+            result,
+        } = done;
+        let path = path.as_path();
+        let plugin = match result {
             Ok(p) => p,
             Err(e) => return self.reject(path, stamp, Some(hash), e, force),
         };
         let info = plugin.info();
-        let load_ms = loading.elapsed().as_secs_f64() * 1000.0;
         let previous = self.files.get(path).and_then(|s| s.plugin.clone());
         match &previous {
             Some(old) => tracing::info!(
