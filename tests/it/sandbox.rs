@@ -211,10 +211,12 @@ fn a_compile_cache_entry_planted_from_elsewhere_is_never_loaded() {
     assert_eq!(loaded(&ours).1, Some(1));
 }
 
-/// A valid component whose one core module has a function of `n` times
-/// four instructions: it takes seconds to compile, then fails to load (it
-/// exports nothing). About 7 bytes per `n`.
-fn compile_bomb(n: usize) -> Vec<u8> {
+/// A valid component whose one core module has `functions` functions of a
+/// million times four instructions each (a function body may be at most
+/// 7654321 bytes): each takes most of a second of a core to compile, then
+/// the component fails to load (it exports nothing). About 7 MB a function.
+fn compile_bomb(functions: usize, salt: u8) -> Vec<u8> {
+    const N: usize = 1_000_000;
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;
@@ -233,16 +235,30 @@ fn compile_bomb(n: usize) -> Vec<u8> {
     }
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     section(1, &[1, 0x60, 1, 0x7f, 1, 0x7f], &mut module); // (i32) -> i32
-    section(3, &[1, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(functions, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions));
+    section(3, &funcs, &mut module);
     let mut code = vec![0u8]; // no locals
-    for i in 0..n {
+    for i in 0..N {
         // local.get 0; i32.const i; i32.mul; local.set 0
-        code.extend_from_slice(&[0x20, 0, 0x41, (i % 64) as u8, 0x6c, 0x21, 0]);
+        code.extend_from_slice(&[
+            0x20,
+            0,
+            0x41,
+            ((i + salt as usize) % 64) as u8,
+            0x6c,
+            0x21,
+            0,
+        ]);
     }
     code.extend_from_slice(&[0x20, 0, 0x0b]);
-    let mut body = vec![1u8];
-    leb(code.len(), &mut body);
-    body.extend_from_slice(&code);
+    let mut body = Vec::new();
+    leb(functions, &mut body);
+    for _ in 0..functions {
+        leb(code.len(), &mut body);
+        body.extend_from_slice(&code);
+    }
     section(10, &body, &mut module);
     let mut component = b"\0asm\x0d\0\x01\0".to_vec();
     section(1, &module, &mut component);
@@ -253,14 +269,18 @@ fn compile_bomb(n: usize) -> Vec<u8> {
 fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
     let env = Env::new(
         &["test-counter"],
-        &format!("compile_timeout = \"1s\"\n{FAST}"),
+        &format!("compile_timeout = \"300ms\"\n{FAST}"),
     );
-    // Warm the compile cache so the good plugin loads in milliseconds.
+    // Warm the compile cache so the good plugins load in milliseconds, far
+    // inside the timeout, while a bomb takes seconds of CPU: the margins
+    // hold on a slow or loaded machine (a bomb only gets slower there).
+    env.deploy("test-version-1", "v.wasm");
     let first = env.start();
     first.wait_log(&["plugins directory loaded"], 1, LONG);
     assert!(first.stop(LONG).success());
+    std::fs::remove_file(env.plugins.join("v.wasm")).expect("rm v.wasm");
 
-    std::fs::write(env.plugins.join("bomb.wasm"), compile_bomb(1_000_000)).expect("bomb");
+    std::fs::write(env.plugins.join("bomb.wasm"), compile_bomb(3, 0)).expect("bomb");
     // Over the size cap (sparse: no disk used) and not a regular file.
     let huge = std::fs::File::create(env.plugins.join("huge.wasm")).expect("huge");
     huge.set_len(65 << 20).expect("set_len");
@@ -292,7 +312,7 @@ fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
             .to_owned()
     };
     assert!(
-        line("bomb.wasm").contains("compiling took longer than compile_timeout (1s)"),
+        line("bomb.wasm").contains("compiling took longer than compile_timeout (300ms)"),
         "{log}"
     );
     assert!(
@@ -307,7 +327,9 @@ fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
 
     // A good file deployed while a (new) bomb compiles serves before the
     // bomb's compile is over: the watcher does not wait for it.
-    std::fs::write(env.plugins.join("bomb2.wasm"), compile_bomb(1_000_001)).expect("bomb2");
+    let tmp = env.dir.path().join("bomb2.wasm");
+    std::fs::write(&tmp, compile_bomb(3, 1)).expect("bomb2");
+    std::fs::rename(&tmp, env.plugins.join("bomb2.wasm")).expect("bomb2");
     env.deploy("test-version-1", "v.wasm");
     daemon.wait_log(&["plugin loaded", "v.wasm"], 1, LONG);
     daemon.wait_log(&["bomb2.wasm", "rejected"], 1, LONG);
