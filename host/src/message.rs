@@ -18,6 +18,72 @@ pub const CURSOR_HEADER: &str = "sluice-cursor";
 /// redelivery of a slice that was already committed.
 pub const SLICE_HEADER: &str = "sluice-slice";
 
+/// Longest header name accepted, in bytes.
+pub const MAX_HEADER_NAME: usize = 256;
+
+/// Checks one header a producer (a guest's `post`, `sluice post --header`,
+/// a mapper's output) wants on a message, so that it can travel on any
+/// transport: NATS header names are visible ASCII without `:` (no spaces,
+/// no control characters) and values have no CR or LF, and the names
+/// Sluice and NATS use for their own fields (`Nats-*`, `Sluice-*` other
+/// than the ones a message carries) are reserved. The error says which rule
+/// was broken, in one line.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let shown = |s: &str| {
+        let mut out: String = s.chars().take(60).collect();
+        if s.chars().count() > 60 {
+            out.push_str("...");
+        }
+        format!("{out:?}")
+    };
+    if name.is_empty() {
+        return Err("header name is empty".into());
+    }
+    if name.len() > MAX_HEADER_NAME {
+        return Err(format!(
+            "header name {} is longer than {MAX_HEADER_NAME} bytes",
+            shown(name)
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic() || *c == ':') {
+        return Err(format!(
+            "header name {} contains {c:?}: names are visible ASCII without ':' (no spaces, no control characters)",
+            shown(name)
+        ));
+    }
+    if is_reserved_header(name) {
+        return Err(format!(
+            "header name {} is reserved (Nats-* and Sluice-* are the transport's own fields)",
+            shown(name)
+        ));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!(
+            "header {name} has a value with a line break; values cannot contain CR or LF"
+        ));
+    }
+    Ok(())
+}
+
+/// `Nats-*`, and `Sluice-*` other than the fields a message carries
+/// (request name, cursor, slice, causation), which producers may set.
+pub fn is_reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("nats-") || (lower.starts_with("sluice-") && !is_carried_header(&lower))
+}
+
+/// The `sluice-*` headers that are message content, not envelope.
+pub fn is_carried_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower == CURSOR_HEADER
+        || lower == SLICE_HEADER
+        || lower == REQUEST_NAME_HEADER
+        || lower == CAUSATION_HEADER
+}
+
+/// Header on every posted message naming the message whose handling posted it.
+pub const CAUSATION_HEADER: &str = "sluice-causation-id";
+
 /// A command has exactly one handler; an event may have several, each of
 /// which gets its own copy (Brighter's recipient list).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -106,4 +172,26 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_that_cannot_travel_are_refused_with_the_rule() {
+        assert_eq!(check_header("trace-id", "abc def ü"), Ok(()));
+        assert_eq!(check_header(REQUEST_NAME_HEADER, "PlaceOrder"), Ok(()));
+        let err = |n: &str, v: &str| check_header(n, v).err().unwrap_or_default();
+        assert!(err("", "x").contains("empty"));
+        assert!(err("a b", "x").contains("' '"), "{}", err("a b", "x"));
+        assert!(err("a:b", "x").contains("':'"));
+        assert!(err("tab\there", "x").contains("control"));
+        assert!(err("naïve", "x").contains("visible ASCII"));
+        assert!(err("x", "one\ntwo").contains("CR or LF"));
+        assert!(err("x", "one\rtwo").contains("CR or LF"));
+        assert!(err("Nats-Msg-Id", "x").contains("reserved"));
+        assert!(err("SLUICE-ID", "x").contains("reserved"));
+        assert!(err(&"h".repeat(MAX_HEADER_NAME + 1), "x").contains("longer"));
+    }
 }

@@ -592,7 +592,7 @@ fn cli_pause_without_a_daemon_says_so() {
 }
 
 /// The value of a metric line `name{labels} value` (or `name value`).
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -8,13 +8,10 @@ use std::time::Duration;
 use sluice::store::JobState;
 
 use crate::nats::NatsServer;
-use crate::util::{Env, FAST, wait_until};
+use crate::util::{Env, wait_until};
 
 fn config(nats: &NatsServer, ack_wait: &str, extra: &str) -> String {
-    format!(
-        "{FAST}\n{extra}\n[nats]\nurl = \"{}\"\nack_wait = \"{ack_wait}\"\n",
-        nats.url()
-    )
+    nats.config(ack_wait, extra)
 }
 
 fn succeeded(env: &Env, channel: &str) -> BTreeSet<String> {
@@ -78,7 +75,7 @@ fn two_hosts_on_one_command_channel_split_the_work_and_handle_each_message_once(
         e.block_on(async {
             sluice::store::Store::open(&e.data.join("sluice.db"), &Default::default())
                 .expect("store")
-                .outbox_list(false, 100_000)
+                .outbox_list(sluice::store::OutboxFilter::All, 100_000)
                 .await
                 .expect("outbox")
         })

@@ -23,3 +23,4 @@ mod reload;
 mod sandbox;
 mod send;
 mod trace_context;
+mod wire;

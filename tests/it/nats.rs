@@ -80,6 +80,69 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A sluice config for tests (fast retries) on this server; `extra` goes
+    /// before the `[nats]` table.
+    pub fn config(&self, ack_wait: &str, extra: &str) -> String {
+        format!(
+            "{}\n{extra}\n[nats]\nurl = \"{}\"\nack_wait = \"{ack_wait}\"\n",
+            crate::util::FAST,
+            self.url()
+        )
+    }
+
+    /// Messages stored in `stream` on subjects matching `filter`.
+    pub fn count(&self, stream: &str, filter: &str) -> usize {
+        self.with_js(|js| async move {
+            use futures_util::TryStreamExt;
+            let Ok(stream) = js.get_stream(stream).await else {
+                return 0;
+            };
+            let Ok(info) = stream.info_with_subjects(filter).await else {
+                return 0;
+            };
+            let subjects: Vec<(String, usize)> = info.try_collect().await.unwrap_or_default();
+            subjects.into_iter().map(|(_, n)| n).sum()
+        })
+    }
+
+    /// Every message still stored in `stream`, oldest first.
+    pub fn messages(&self, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        self.with_js(|js| async move {
+            let Ok(mut stream) = js.get_stream(stream).await else {
+                return Vec::new();
+            };
+            let Ok(info) = stream.info().await else {
+                return Vec::new();
+            };
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            let mut out = Vec::new();
+            for seq in first..=last {
+                if let Ok(m) = stream.get_raw_message(seq).await {
+                    out.push(m);
+                }
+            }
+            out
+        })
+    }
+
+    /// Runs `f` with a JetStream context on this server, on a throwaway
+    /// runtime.
+    pub fn with_js<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce(async_nats::jetstream::Context) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let url = self.url();
+        rt.block_on(async move {
+            let client = async_nats::connect(url).await.expect("connect");
+            f(async_nats::jetstream::new(client)).await
+        })
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and
     /// store directory.
     pub fn restart(&mut self) {

@@ -1,5 +1,6 @@
-//! Operator endpoints: dead letters (list, replay), plugins, and pausing
-//! or resuming a channel (Brighter's stop and start of a single channel).
+//! Operator endpoints: dead letters (list, replay), the outbox (list,
+//! repost: poison rows show here), plugins, and pausing or resuming a
+//! channel (Brighter's stop and start of a single channel).
 //!
 //! Replay goes through the store like `sluice dlq replay`; on JetStream the
 //! job is also re-published to its handler, because there the stream, not
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState};
-use crate::store::{JobFilter, JobState};
+use crate::store::{JobFilter, JobState, OutboxFilter};
 use crate::transport::Transport;
 
 /// `GET /v1/dead-letters` parameters.
@@ -206,4 +207,64 @@ pub async fn resume<T: Transport>(
     Ok(Json(
         json!({ "channel": channel, "paused": false, "changed": changed }),
     ))
+}
+
+/// `GET /v1/outbox` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxParams {
+    /// pending, poisoned or sent (default: all).
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/outbox?state=pending|poisoned|sent&limit=`: outbox rows (on
+/// JetStream, the posts committed jobs made), newest first, with why the
+/// broker refused a poison row.
+pub async fn outbox<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    params: Result<Query<OutboxParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = match p.state.as_deref() {
+        None => OutboxFilter::All,
+        Some("pending") => OutboxFilter::Pending,
+        Some("poisoned") => OutboxFilter::Poisoned,
+        Some("sent") => OutboxFilter::Sent,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state={other:?}: use pending, poisoned or sent"
+            )));
+        }
+    };
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let rows = state.deps.store.outbox_list(filter, limit).await?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq, "id": r.id, "channel": r.channel, "handler": r.consumer,
+                "kind": r.message.kind.as_str(), "status": r.status(), "attempts": r.attempts,
+                "error": r.error, "visible_at": r.visible_at, "sent_at": r.sent_at,
+                "failed_at": r.failed_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rows": rows })))
+}
+
+/// `POST /v1/outbox/{id}/repost`: queue a row (by id or seq) for publishing
+/// again, a poison row included.
+pub async fn repost<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.deps.store.outbox_repost(&id).await? {
+        return Err(ApiError::not_found(format!("no outbox row {id}")));
+    }
+    tracing::info!(row = %id, "outbox row queued for publishing again through the API");
+    Ok(Json(json!({ "reposted": id })))
 }

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::store::StoreError;
-use crate::transport::TransportError;
+use crate::transport::{JetStreamError, TransportError, WireError};
 
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,14 @@ impl From<StoreError> for ApiError {
 
 impl From<TransportError> for ApiError {
     fn from(e: TransportError) -> ApiError {
+        // A message the transport refuses as it is: the client's to fix.
+        if let TransportError::JetStream(JetStreamError::Rejected { reason, .. }) = &e {
+            let status = match reason {
+                WireError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return ApiError::new(status, reason.to_string());
+        }
         tracing::error!(error = %e, "api: transport failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

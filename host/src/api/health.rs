@@ -96,8 +96,10 @@ pub async fn metrics<T: Transport>(
         "# HELP sluice_outbox_pending Outbox rows committed but not yet published.\n\
          # TYPE sluice_outbox_pending gauge\nsluice_outbox_pending {}\n\
          # HELP sluice_outbox_oldest_pending_seconds Age of the oldest unpublished outbox row.\n\
-         # TYPE sluice_outbox_oldest_pending_seconds gauge\nsluice_outbox_oldest_pending_seconds {oldest_age}",
-        lag.pending
+         # TYPE sluice_outbox_oldest_pending_seconds gauge\nsluice_outbox_oldest_pending_seconds {oldest_age}\n\
+         # HELP sluice_outbox_poisoned Outbox rows set aside because the broker can never take them as they are.\n\
+         # TYPE sluice_outbox_poisoned gauge\nsluice_outbox_poisoned {}",
+        lag.pending, lag.poisoned
     );
     let _ = writeln!(
         out,

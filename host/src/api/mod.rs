@@ -160,6 +160,8 @@ pub fn router<T: Transport>(
         .route("/v1/dead-letters/replay", post(admin::replay_all::<T>))
         .route("/v1/dead-letters/{id}/replay", post(admin::replay::<T>))
         .route("/v1/plugins", get(admin::plugins::<T>))
+        .route("/v1/outbox", get(admin::outbox::<T>))
+        .route("/v1/outbox/{id}/repost", post(admin::repost::<T>))
         .route("/metrics", get(health::metrics::<T>))
         .merge(dashboard::data_routes::<T>())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::message::{Headers, Message, MessageKind, new_id, now_ms};
-use crate::pump::{self, MapError, StoreState};
+use crate::pump::{self, StoreState};
 use crate::registry::{self, PluginSet};
 use crate::runtime::{
     CallFailure, CallReport, JobContext, Outcome, PluginInfo, StateFuture, StateSource,
@@ -66,7 +66,10 @@ pub struct SendArgs {
 pub(super) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
     args.iter()
         .map(|h| match h.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            Some((k, v)) if !k.is_empty() => match crate::message::check_header(k, v) {
+                Ok(()) => Ok((k.to_owned(), v.to_owned())),
+                Err(reason) => bail!("--header {h:?}: {reason}"),
+            },
             _ => bail!("--header {h:?} is not KEY=VALUE"),
         })
         .collect()
@@ -117,7 +120,7 @@ pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
     };
     let request = match pump::to_request(&set, &message, args.attempt).await {
         Ok(r) => r,
-        Err(MapError::Poison(reason) | MapError::Fault(reason)) => bail!("{reason}"),
+        Err(e) => bail!("{e}"),
     };
     let mut failed = 0;
     for (i, handler) in handlers.into_iter().enumerate() {

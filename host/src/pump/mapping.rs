@@ -9,16 +9,27 @@ use crate::registry::PluginSet;
 use crate::runtime::{MAX_CALL_BYTES, MapFailure, Post};
 use crate::store::NewMessage;
 
-/// Header on every posted message naming the message whose handling posted it.
-pub const CAUSATION_HEADER: &str = "sluice-causation-id";
+pub use crate::message::CAUSATION_HEADER;
 
-/// Why a message could not become a request.
+/// Why a message could not become a request, or posts wire messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
-    /// The message is poison: dead-letter it now, never retry.
+    /// The input is poison: dead-letter it now, never retry.
     Poison(String),
-    /// The mapper failed (trap, host problem): retry like a handler failure.
+    /// The mapper failed (a trap): retry like a handler failure.
     Fault(String),
+    /// The host could not map it now (instance pool exhausted, the
+    /// channel's mapper removed by a reload): not the message's fault, so it
+    /// is handed back without costing an attempt or tripping the breaker.
+    Host(String),
+}
+
+impl std::fmt::Display for MapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MapError::Poison(m) | MapError::Fault(m) | MapError::Host(m) => f.write_str(m),
+        }
+    }
 }
 
 /// Wire message -> request for the handler.
@@ -37,13 +48,16 @@ pub async fn to_request(
                     MapFailure::Rejected(reason) => {
                         MapError::Poison(format!("rejected by mapper {name}: {reason}"))
                     }
+                    MapFailure::Host(reason) => {
+                        MapError::Host(format!("mapper {name} could not run: {reason}"))
+                    }
                     other => MapError::Fault(format!("mapper {name} failed: {other}")),
                 })
         }
         // The mapper was removed while the host runs (hot reload): the
         // pump pauses the channel, this covers a message claimed just
-        // before; it is retried rather than passed through unmapped.
-        None if set.paused_channels.contains(&message.channel) => Err(MapError::Fault(format!(
+        // before; it waits for the mapper rather than passing unmapped.
+        None if set.paused_channels.contains(&message.channel) => Err(MapError::Host(format!(
             "the mapper of channel {} was removed; waiting for it to be back",
             message.channel
         ))),
@@ -73,13 +87,18 @@ pub fn passthrough(message: &Message) -> Result<Request, MapError> {
 /// the queue's idempotency drops the repeat. The messages together are held
 /// to the call's byte budget ([`MAX_CALL_BYTES`]): a mapper may make each
 /// post larger than the handler wrote it, and one call may post 10,000.
+///
+/// A post to a channel whose mapper was removed by a reload waits for it
+/// (`MapError::Host`) instead of going out unmapped; a mapper that rejects
+/// a post or returns a header no transport can carry makes the call's
+/// outcome permanent (`MapError::Poison`); a mapper trap is a fault.
 pub async fn to_messages(
     set: &PluginSet,
     posts: &[Post],
     cause: &Message,
     consumer: &str,
     cursor: Option<&str>,
-) -> Result<Vec<NewMessage>, String> {
+) -> Result<Vec<NewMessage>, MapError> {
     let now = now_ms();
     let mut out = Vec::with_capacity(posts.len());
     let mut bytes = 0usize;
@@ -91,15 +110,30 @@ pub async fn to_messages(
         let mut headers = post.headers.clone();
         let body = match set.mappers.get(&post.channel) {
             Some(mapper) => {
-                let outgoing = mapper.to_message(&request).await.map_err(|f| {
-                    format!(
-                        "post #{index} to {}: mapper {} failed: {f}",
-                        post.channel,
-                        mapper.info().name
-                    )
+                let name = &mapper.info().name;
+                let what = format!("post #{index} to {}: mapper {name}", post.channel);
+                let outgoing = mapper.to_message(&request).await.map_err(|f| match f {
+                    MapFailure::Rejected(reason) => {
+                        MapError::Poison(format!("{what} rejected it: {reason}"))
+                    }
+                    MapFailure::Host(reason) => {
+                        MapError::Host(format!("{what} could not run: {reason}"))
+                    }
+                    other => MapError::Fault(format!("{what} failed: {other}")),
                 })?;
+                for (k, v) in &outgoing.headers {
+                    crate::message::check_header(k, v).map_err(|reason| {
+                        MapError::Poison(format!("{what} returned a bad header: {reason}"))
+                    })?;
+                }
                 headers.extend(outgoing.headers);
                 outgoing.body
+            }
+            None if set.paused_channels.contains(&post.channel) => {
+                return Err(MapError::Host(format!(
+                    "post #{index} to {}: the channel's mapper was removed; waiting for it to be back",
+                    post.channel
+                )));
             }
             None => {
                 if post.name != post.channel {
@@ -116,11 +150,11 @@ pub async fn to_messages(
                 .sum(),
         );
         if bytes > MAX_CALL_BYTES {
-            return Err(format!(
+            return Err(MapError::Poison(format!(
                 "sandbox limit: the call's {} posts map to more than {MAX_CALL_BYTES} bytes (at post #{index} to {})",
                 posts.len(),
                 post.channel
-            ));
+            )));
         }
         let visible_at = match (post.launch_at_ms, post.delay_ms) {
             (Some(at), _) => i64::try_from(at).unwrap_or(i64::MAX),

@@ -60,11 +60,45 @@ pub(super) async fn process<T: Transport>(
     // Registered so an operator can interrupt it (DELETE /v1/jobs/{id}).
     let running = deps.control.start(&job.job_id, &cancel);
     deps.control.changed(&job.job_id);
+    // Heartbeats cover the whole delivery, not only the call: mapping in,
+    // the call, mapping the posts and the commit. A delivery that goes
+    // quiet for the ack wait is handed to another host, and a slow commit
+    // must not make that happen to a job this host is still finishing.
+    let work = async {
+        let (plugin, fuel_used, verdict) =
+            decide(deps, sub, policy, breaker, &delivery, cancel, &running).await;
+        let recorded = commit(deps, &delivery, plugin.as_ref(), fuel_used, verdict).await;
+        (plugin, fuel_used, recorded)
+    };
+    let (plugin, fuel_used, recorded) = with_heartbeats(&deps.transport, &delivery, work).await;
+    if let Some(recorded) = recorded {
+        settle(
+            deps,
+            &delivery,
+            plugin.as_ref(),
+            fuel_used,
+            recorded,
+            started,
+        )
+        .await;
+    }
+}
+
+/// Runs the delivery through expiry, mapping, the handler and the post
+/// mapping; says what to record, with the plugin that ran and its fuel.
+async fn decide<T: Transport>(
+    deps: &Deps<T>,
+    sub: &Subscription,
+    policy: &Policy,
+    breaker: &Breaker,
+    delivery: &Delivery,
+    cancel: CancellationToken,
+    running: &super::control::Running<'_>,
+) -> (Option<Plugin>, u64, Verdict) {
+    let job = &delivery.job;
     let set = deps.registry.current();
     let Some(handler) = set.handlers.get(&sub.consumer).cloned() else {
-        let verdict = release("handler not loaded", Duration::from_secs(1));
-        record(deps, &delivery, None, 0, verdict, started).await;
-        return;
+        return (None, 0, host_fault("handler not loaded".into()));
     };
     let mut fuel_used = 0;
     let verdict = if job.expires_at.is_some_and(|at| at <= now_ms()) {
@@ -78,6 +112,7 @@ pub(super) async fn process<T: Transport>(
         match mapping::to_request(&set, &job.message, job.attempt).await {
             Err(MapError::Poison(reason)) => dead(reason, "poison"),
             Err(MapError::Fault(reason)) => failed(policy, breaker, job.attempt, reason),
+            Err(MapError::Host(reason)) => host_fault(reason),
             Ok(request) => {
                 let ctx = JobContext {
                     job_id: job.job_id.clone(),
@@ -89,7 +124,7 @@ pub(super) async fn process<T: Transport>(
                 };
                 let state: Arc<dyn StateSource> = Arc::new(StoreState(deps.store.clone()));
                 let call = handler.handle(ctx, request, state, cancel);
-                let report = with_heartbeats(&deps.transport, &delivery, call).await;
+                let report = call.await;
                 fuel_used = report.fuel_used;
                 match report.result {
                     Ok(outcome) => {
@@ -101,20 +136,23 @@ pub(super) async fn process<T: Transport>(
                             job.cursor.as_deref(),
                         )
                         .await
-                        {
-                            Ok(mut posts) => {
+                        .and_then(|mut posts| {
+                            // The posts' jobs are children of this one.
+                            if !posts.is_empty() {
+                                let (_, trace) = telemetry::job_trace(
+                                    &job.message.headers,
+                                    &job.message.id,
+                                    &sub.consumer,
+                                    job.cursor.as_deref(),
+                                    job.attempt,
+                                );
+                                telemetry::inherit(&mut posts, &trace);
+                            }
+                            check_outgoing(&deps.transport, job, &outcome, &posts)?;
+                            Ok(posts)
+                        }) {
+                            Ok(posts) => {
                                 breaker.success();
-                                // The posts' jobs are children of this one.
-                                if !posts.is_empty() {
-                                    let (_, trace) = telemetry::job_trace(
-                                        &job.message.headers,
-                                        &job.message.id,
-                                        &sub.consumer,
-                                        job.cursor.as_deref(),
-                                        job.attempt,
-                                    );
-                                    telemetry::inherit(&mut posts, &trace);
-                                }
                                 let commit = Commit {
                                     progress: report.effects.progress.map(|p| (p.percent, p.note)),
                                     state_plugin: handler.info().name.clone(),
@@ -124,10 +162,15 @@ pub(super) async fn process<T: Transport>(
                                 };
                                 succeeded(outcome, commit)
                             }
-                            Err(reason) => dead(reason, "dead"),
+                            Err(MapError::Poison(reason)) => dead(reason, "dead"),
+                            Err(MapError::Fault(reason)) => {
+                                failed(policy, breaker, job.attempt, reason)
+                            }
+                            Err(MapError::Host(reason)) => host_fault(reason),
                         }
                     }
                     Err(CallFailure::Permanent(m)) => dead(format!("permanent error: {m}"), "dead"),
+                    Err(CallFailure::Host(reason)) => host_fault(format!("host error: {reason}")),
                     Err(CallFailure::Trap(TrapKind::Cancelled))
                         if running.cancelled_by_operator() =>
                     {
@@ -141,7 +184,7 @@ pub(super) async fn process<T: Transport>(
             }
         }
     };
-    record(deps, &delivery, Some(&handler), fuel_used, verdict, started).await;
+    (Some(handler), fuel_used, verdict)
 }
 
 /// Runs `call`, telling the transport every `heartbeat_every` that the
@@ -165,6 +208,53 @@ async fn with_heartbeats<T: Transport, F: std::future::Future>(
         }
     }
 }
+
+/// Refuses, before anything commits, a post or next slice the transport
+/// could never deliver (on JetStream: over the server's `max_payload`, or
+/// a header NATS cannot carry): the call's outcome is permanent.
+fn check_outgoing<T: Transport>(
+    transport: &T,
+    job: &crate::store::ClaimedJob,
+    outcome: &Outcome,
+    posts: &[crate::store::NewMessage],
+) -> Result<(), MapError> {
+    for (index, post) in posts.iter().enumerate() {
+        transport.check_message(post, None).map_err(|reason| {
+            MapError::Poison(format!(
+                "post #{index} to {} cannot be sent: {reason}",
+                post.message.channel
+            ))
+        })?;
+    }
+    if let Outcome::Continue { cursor, .. } = outcome {
+        let next = crate::store::NewMessage {
+            message: crate::store::next_slice(&job.message, cursor, u32::MAX),
+            visible_at: 0,
+            expires_at: job.expires_at,
+        };
+        transport
+            .check_message(&next, Some(&job.consumer))
+            .map_err(|reason| {
+                MapError::Poison(format!(
+                    "the next slice (cursor of {} bytes) cannot be sent: {reason}",
+                    cursor.len()
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// The host could not run the call (instance pool exhausted, a removed
+/// mapper, the state store failing): not the message's fault, so it is
+/// handed back without costing an attempt or counting for the breaker.
+fn host_fault(reason: String) -> Verdict {
+    let mut verdict = release(&reason, HOST_FAULT_RETRY);
+    verdict.outcome = "host fault";
+    verdict
+}
+
+/// How long a job waits after a host fault before it runs again.
+const HOST_FAULT_RETRY: Duration = Duration::from_secs(1);
 
 fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
     match outcome {
@@ -257,15 +347,22 @@ fn release(reason: &str, after: Duration) -> Verdict {
     }
 }
 
-/// Commits the verdict, then settles the delivery, then logs one line.
-async fn record<T: Transport>(
+/// What the store recorded for a delivery, and how to settle it.
+struct Recorded {
+    outcome: &'static str,
+    settle: Option<Settle>,
+    error: Option<String>,
+}
+
+/// Commits the verdict. `None` when it could not be recorded: the delivery
+/// is left unsettled so it comes back.
+async fn commit<T: Transport>(
     deps: &Deps<T>,
     delivery: &Delivery,
     plugin: Option<&Plugin>,
     fuel_used: u64,
     verdict: Verdict,
-    started: Instant,
-) {
+) -> Option<Recorded> {
     let job = &delivery.job;
     let call = CallRecord {
         plugin_version: plugin.map(|p| p.info().version.clone()),
@@ -277,22 +374,45 @@ async fn record<T: Transport>(
         .finish(&job.job_id, job.attempt, call, verdict.finish)
         .await
     {
-        Ok(FinishResult::Committed { .. }) => (verdict.outcome, verdict.settle),
+        Ok(FinishResult::Committed { .. }) => (verdict.outcome, Some(verdict.settle)),
         Ok(FinishResult::Conflict) => (
             "conflict",
-            Settle::Nak {
+            Some(Settle::Nak {
                 delay: Duration::ZERO,
-            },
+            }),
         ),
-        Ok(FinishResult::Stale) => ("stale", Settle::Ack),
+        // The job moved on without this delivery (a newer delivery of it is
+        // running here, or it was cancelled): settling this one could end
+        // the live one (an ack is per message, not per delivery), so it is
+        // left to the live delivery, or to the ack wait.
+        Ok(FinishResult::Stale) => ("stale", None),
         Err(e) => {
-            // Not recorded: leave the delivery unsettled so it comes back.
             tracing::error!(job_id = %job.job_id, error = %e, "cannot record job outcome; it will be redelivered");
-            return;
+            return None;
         }
     };
     deps.control.changed(&job.job_id);
-    if let Err(e) = deps.transport.settle(delivery, settle).await {
+    Some(Recorded {
+        outcome,
+        settle,
+        error: verdict.error,
+    })
+}
+
+/// Settles the delivery as recorded, then logs one line.
+async fn settle<T: Transport>(
+    deps: &Deps<T>,
+    delivery: &Delivery,
+    plugin: Option<&Plugin>,
+    fuel_used: u64,
+    recorded: Recorded,
+    started: Instant,
+) {
+    let job = &delivery.job;
+    let outcome = recorded.outcome;
+    if let Some(settle) = recorded.settle
+        && let Err(e) = deps.transport.settle(delivery, settle).await
+    {
         tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
     }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -305,7 +425,7 @@ async fn record<T: Transport>(
         .series
         .record(&job.message.channel, outcome, now_ms());
     let version = plugin.map_or("", |p| p.info().version.as_str());
-    match verdict.error {
+    match recorded.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(
             job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
             attempt = job.attempt, duration_ms, fuel = fuel_used, outcome, %error, "job"

@@ -208,6 +208,13 @@ impl effects::Host for CallState {
                 options.headers.len()
             ));
         }
+        // Checked here, where the guest can be told which header and why,
+        // rather than failing (or worse) on the wire after the commit.
+        for (name, value) in &options.headers {
+            if let Err(reason) = crate::message::check_header(name, value) {
+                return limit(format!("post to {channel}: {reason}"));
+            }
+        }
         let name_len = options.name.as_ref().map_or(channel.len(), String::len);
         if name_len > MAX_REQUEST_NAME {
             return limit(format!(

@@ -28,10 +28,12 @@ pub enum Cancel {
 /// Outbox rows committed but not yet published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxLag {
-    /// How many.
+    /// How many wait to be published.
     pub pending: u64,
     /// Unix ms when the oldest of them was committed.
     pub oldest_ms: Option<i64>,
+    /// How many were set aside as poison (never publishable as they are).
+    pub poisoned: u64,
 }
 
 impl Store {
@@ -70,12 +72,19 @@ impl Store {
         self.call(|conn| {
             let (pending, oldest): (i64, Option<i64>) = conn
                 .prepare_cached(
-                    "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL",
+                    "SELECT COUNT(*), MIN(created_at) FROM outbox
+                     WHERE sent_at IS NULL AND failed_at IS NULL",
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let poisoned: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NOT NULL",
+                )?
+                .query_row([], |r| r.get(0))?;
             Ok(OutboxLag {
                 pending: u64::try_from(pending).unwrap_or(0),
                 oldest_ms: oldest,
+                poisoned: u64::try_from(poisoned).unwrap_or(0),
             })
         })
         .await

@@ -605,18 +605,15 @@ fn continuation(
                 r.get(7)?,
             ))
         })?;
-    let mut headers = parse_headers(&headers)?;
-    headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
-    headers.push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
-    headers.push((SLICE_HEADER.to_owned(), slices.to_string()));
+    let message = Message {
+        id: message_id.clone(),
+        channel,
+        kind: parse_kind(&kind)?,
+        headers: parse_headers(&headers)?,
+        body,
+    };
     let post = NewMessage {
-        message: Message {
-            id: message_id.clone(),
-            channel,
-            kind: parse_kind(&kind)?,
-            headers,
-            body,
-        },
+        message: next_slice(&message, cursor, slices),
         visible_at,
         expires_at,
     };
@@ -630,6 +627,18 @@ fn continuation(
         Some(job_id),
         now,
     )
+}
+
+/// The message that starts slice `slice` of `message`'s job at `cursor`.
+pub fn next_slice(message: &Message, cursor: &str, slice: u32) -> Message {
+    let mut next = message.clone();
+    next.headers
+        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+    next.headers
+        .push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
+    next.headers
+        .push((SLICE_HEADER.to_owned(), slice.to_string()));
+    next
 }
 
 fn set_progress(

@@ -147,6 +147,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
     CREATE INDEX outbox_by_job ON outbox (job_id) WHERE job_id IS NOT NULL;
     "#,
+    // 8: poison rows (store/outbox.rs). A row the broker refuses for a
+    // reason of its own (too large, bad header or subject) is set aside
+    // (`failed_at`, `error`) instead of being retried at the head of the
+    // outbox forever; one refused for a reason that may pass is retried
+    // later (`retry_at`), counting `attempts`.
+    r#"
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN retry_at INTEGER;
+    ALTER TABLE outbox ADD COLUMN failed_at INTEGER;
+    ALTER TABLE outbox ADD COLUMN error TEXT;
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (visible_at) WHERE sent_at IS NULL AND failed_at IS NULL;
+    CREATE INDEX outbox_poisoned ON outbox (failed_at) WHERE failed_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

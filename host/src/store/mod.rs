@@ -36,9 +36,11 @@ use std::time::Duration;
 
 pub use control::{Cancel, OutboxLag};
 pub use inbox::{Delivered, Received, job_id_for};
-pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
+pub use jobs::{
+    CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published, next_slice,
+};
 pub use listing::{COUNT_CAP, Census, ChannelCensus, Posted};
-pub use outbox::OutboxRow;
+pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, RelayOutcome};
 pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};
 

@@ -402,7 +402,7 @@ async fn outbox_rows_wait_until_due_and_a_continuation_is_addressed_to_its_handl
             .is_empty(),
         "posts go to the outbox, not the queue"
     );
-    let due = store.outbox_due(now_ms(), 100).await?;
+    let due = store.outbox_due(now_ms(), now_ms(), 100).await?;
     let ids: Vec<&str> = due.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         ids,
@@ -417,9 +417,13 @@ async fn outbox_rows_wait_until_due_and_a_continuation_is_addressed_to_its_handl
     store
         .outbox_mark_sent(due.iter().map(|r| r.seq).collect(), now_ms())
         .await?;
-    assert!(store.outbox_due(now_ms(), 100).await?.is_empty());
+    assert!(store.outbox_due(now_ms(), now_ms(), 100).await?.is_empty());
     assert!(
-        store.outbox_due(now_ms() + 120_000, 100).await?.len() == 1,
+        store
+            .outbox_due(now_ms(), now_ms() + 120_000, 100)
+            .await?
+            .len()
+            == 1,
         "due later"
     );
     Ok(())

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub use embedded::Embedded;
 pub use jetstream::{JetStream, JetStreamError, JetStreamSettings};
+pub use wire::WireError;
 
 use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
 
@@ -132,4 +133,13 @@ pub trait Transport: Send + Sync + 'static {
     /// True when a committed call's posts go to the store's outbox (for a
     /// relay to publish) rather than straight into the queue.
     fn uses_outbox(&self) -> bool;
+
+    /// Whether `message` (to its channel, or with `to` to that handler only)
+    /// could ever be delivered, checked before the call that made it
+    /// commits: the reason if not (too large for the server, a header it
+    /// cannot carry). The embedded queue takes anything the store takes.
+    fn check_message(&self, message: &NewMessage, to: Option<&str>) -> Result<(), String> {
+        let _ = (message, to);
+        Ok(())
+    }
 }

@@ -20,6 +20,19 @@ fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
     }
 }
 
+/// The id of a message published without one (a plain `js.publish` from
+/// any NATS client): its stream sequence and the time the server stored
+/// it, the same on every redelivery and never reused, even by a stream that
+/// was deleted and created again.
+fn stored_id(msg: &jetstream::Message) -> Option<String> {
+    let info = msg.info().ok()?;
+    Some(format!(
+        "nats-{}-{}",
+        info.stream_sequence,
+        info.published.unix_timestamp_nanos()
+    ))
+}
+
 impl JetStream {
     /// Up to `max` deliveries of `subscription` that should run now.
     pub(super) async fn fetch_deliveries(
@@ -73,14 +86,18 @@ impl JetStream {
         let mut pulled = Vec::with_capacity(messages.len());
         let mut delivered = Vec::with_capacity(messages.len());
         for msg in messages {
-            let decoded =
-                match wire::decode(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload) {
-                    Ok(d) => d,
-                    Err(reason) => {
-                        self.reject_undecodable(&msg, &reason).await;
-                        continue;
-                    }
-                };
+            let decoded = match wire::decode(
+                msg.subject.as_str(),
+                msg.headers.as_ref(),
+                &msg.payload,
+                stored_id(&msg),
+            ) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.reject_undecodable(&msg, &reason).await;
+                    continue;
+                }
+            };
             delivered.push(Delivered {
                 consumer: subscription.consumer.clone(),
                 message: decoded.message,

@@ -93,6 +93,16 @@ pub enum JetStreamError {
         /// Why.
         reason: String,
     },
+    /// The message can never be published as it is (too large for the
+    /// server, a header or subject NATS cannot carry): the producer's
+    /// mistake, refused before anything was sent.
+    #[error("message for {subject} refused: {reason}")]
+    Rejected {
+        /// Subject.
+        subject: String,
+        /// Why.
+        reason: wire::WireError,
+    },
 }
 
 /// Connection and stream settings.
@@ -256,5 +266,26 @@ impl Transport for JetStream {
 
     fn uses_outbox(&self) -> bool {
         true
+    }
+
+    fn check_message(&self, message: &NewMessage, to: Option<&str>) -> Result<(), String> {
+        let m = &message.message;
+        let subject = match to {
+            Some(handler) => wire::continuation_subject(handler, &m.channel),
+            None => wire::subject(&m.channel),
+        };
+        // The dedupe id is at most the message id plus a short suffix.
+        let dedupe = format!("{}/{}/slice/{}", m.id, to.unwrap_or(""), u32::MAX);
+        wire::check_subject(&subject)
+            .and_then(|()| {
+                wire::headers(&wire::Envelope {
+                    message: m,
+                    dedupe_id: &dedupe,
+                    not_before: Some(i64::MAX),
+                    expires_at: message.expires_at,
+                })
+            })
+            .and_then(|h| wire::check_size(&h, m.body.len(), self.inner.client.max_payload()))
+            .map_err(|e| e.to_string())
     }
 }

@@ -69,12 +69,24 @@ impl JetStream {
             subject: subject.to_owned(),
             reason: e,
         };
+        let rejected = |reason| JetStreamError::Rejected {
+            subject: subject.to_owned(),
+            reason,
+        };
+        wire::check_subject(subject).map_err(rejected)?;
         let headers = wire::headers(&Envelope {
             message,
             dedupe_id,
             not_before,
             expires_at,
-        });
+        })
+        .map_err(rejected)?;
+        wire::check_size(
+            &headers,
+            message.body.len(),
+            self.inner.client.max_payload(),
+        )
+        .map_err(rejected)?;
         let ack = self
             .inner
             .js

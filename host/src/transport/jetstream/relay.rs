@@ -2,14 +2,73 @@
 //! the store's outbox (posts, continuations), in `seq` order, each with its
 //! deterministic `Nats-Msg-Id` so a re-send after a crash is dropped by the
 //! stream's duplicate window; only then marks them sent.
+//!
+//! No row can hold up the rows behind it. Each pass publishes a batch
+//! (pipelined) and sorts what went wrong:
+//! - a row that can never go out as it is (a header or subject NATS cannot
+//!   carry, headers and body over the server's `max_payload`, a size the
+//!   stream refuses) is set aside as **poison** at once;
+//! - a row the server refused for a reason of its own while later rows of
+//!   the same pass went through is retried later with backoff, and poisoned
+//!   after `store::OUTBOX_MAX_ATTEMPTS` refusals;
+//! - a failure of the connection or of the whole stream (timeouts, no
+//!   connection, no responders, every row refused alike) charges no row:
+//!   the pass ends and the relay tries again shortly.
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{ErrorCode, context::PublishAckFuture};
 use tokio_util::sync::CancellationToken;
 
-use super::super::wire::{self, Envelope};
+use super::super::wire::{self, Envelope, WireError};
 use super::{JetStream, JetStreamError};
 use crate::message::now_ms;
+use crate::store::{OutboxRow, RelayOutcome};
+
+/// Rows per pass.
+const BATCH: usize = 256;
+
+/// How long the relay sleeps when nothing is due (rows committed by
+/// another process, e.g. `sluice outbox repost`, are found this late).
+const POLL: Duration = Duration::from_millis(200);
+
+/// How one row's publish failed.
+#[derive(Debug)]
+enum Failure {
+    /// The message itself is the problem: set it aside.
+    Poison(String),
+    /// The server refused this row; the pass decides whether that is the
+    /// row's fault (later rows went through) or the stream's.
+    Refused(String),
+    /// The connection or the stream failed: nobody's fault, retry the pass.
+    Transient(String),
+}
+
+fn classify(e: &PublishError) -> Failure {
+    let text = e.to_string();
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Failure::Poison(text),
+        PublishErrorKind::Other => {
+            let api = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
+            match api {
+                Some(api) if api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+                    Failure::Poison(api.to_string())
+                }
+                Some(api) => Failure::Refused(api.to_string()),
+                None => Failure::Transient(text),
+            }
+        }
+        _ => Failure::Transient(text),
+    }
+}
+
+/// Delay before retrying a row refused `attempts` times: 1 s doubling,
+/// capped at a minute.
+fn row_backoff(attempts: u32) -> i64 {
+    1000i64.saturating_mul(1 << attempts.min(6)).min(60_000)
+}
 
 impl JetStream {
     /// Publishes committed outbox rows, in order, until `shutdown`; then
@@ -21,6 +80,13 @@ impl JetStream {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay: publishing failed; will retry");
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
                     0
                 }
             };
@@ -32,9 +98,11 @@ impl JetStream {
             }
             // Sleep until woken by a commit, the next delayed row is due, or
             // a poll interval passes (rows written by another process).
-            let wait = match store.outbox_next_due().await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 200) as u64),
-                _ => Duration::from_millis(200),
+            let wait = match store.outbox_next_due(0).await {
+                Ok(Some(at)) => Duration::from_millis(
+                    u64::try_from((at - now_ms()).clamp(0, POLL.as_millis() as i64)).unwrap_or(0),
+                ),
+                _ => POLL,
             };
             tokio::select! {
                 _ = self.inner.relay_wake.notified() => {}
@@ -44,67 +112,135 @@ impl JetStream {
         }
     }
 
-    /// One pass of the relay; returns how many rows it published.
-    async fn relay_once(&self) -> Result<usize, JetStreamError> {
+    /// One pass of the relay; returns how many rows it settled (sent or set
+    /// aside), so the caller loops while there is work.
+    pub(super) async fn relay_once(&self) -> Result<usize, JetStreamError> {
         let store = &self.inner.store;
+        let outbox_err = |e: crate::store::StoreError| JetStreamError::Publish {
+            subject: "outbox".into(),
+            reason: e.to_string(),
+        };
+        let now = now_ms();
         let rows = store
-            .outbox_due(now_ms(), 256)
+            .outbox_due(now, now, BATCH)
             .await
-            .map_err(|e| JetStreamError::Publish {
-                subject: "outbox".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(outbox_err)?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut pending = Vec::with_capacity(rows.len());
+        let mut outcomes: Vec<(i64, RelayOutcome)> = Vec::with_capacity(rows.len());
+        let mut refused: Vec<(&OutboxRow, String)> = Vec::new();
+        let mut transient: Option<String> = None;
+        let mut pending: Vec<(&OutboxRow, PublishAckFuture)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            let subject = match &row.consumer {
-                Some(c) => wire::continuation_subject(c, &row.channel),
-                None => wire::subject(&row.channel),
-            };
+            match self.send_row(row).await {
+                Ok(ack) => pending.push((row, ack)),
+                Err(Failure::Poison(e)) => outcomes.push(poison(row, e)),
+                Err(Failure::Refused(e)) => refused.push((row, e)),
+                Err(Failure::Transient(e)) => {
+                    // The connection is the problem: later rows would fail
+                    // alike; they stay for the next pass.
+                    transient = Some(e);
+                    break;
+                }
+            }
+        }
+        for (row, ack) in pending {
+            match ack.await {
+                Ok(_) => outcomes.push((row.seq, RelayOutcome::Sent)),
+                Err(e) => match classify(&e) {
+                    Failure::Poison(e) => outcomes.push(poison(row, e)),
+                    Failure::Refused(e) => refused.push((row, e)),
+                    Failure::Transient(e) => {
+                        transient.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        // A refusal is the row's own fault only if the stream took later
+        // rows of this pass; else the stream itself is refusing (a full
+        // disk, no quorum) and no row is charged for it.
+        let took_later = |row: &OutboxRow| {
+            outcomes
+                .iter()
+                .any(|(seq, o)| *o == RelayOutcome::Sent && *seq > row.seq)
+        };
+        let mut charged = Vec::new();
+        for (row, error) in &refused {
+            if took_later(row) {
+                tracing::warn!(seq = row.seq, id = %row.id, attempts = row.attempts + 1, %error, "outbox relay: the stream refused this row; it will be retried later");
+                charged.push((
+                    row.seq,
+                    RelayOutcome::Retry {
+                        retry_at: now_ms().saturating_add(row_backoff(row.attempts)),
+                        error: error.clone(),
+                    },
+                ));
+            } else {
+                transient.get_or_insert_with(|| error.clone());
+            }
+        }
+        outcomes.extend(charged);
+        let settled = outcomes.len();
+        store
+            .outbox_record(outcomes, now_ms())
+            .await
+            .map_err(outbox_err)?;
+        match transient {
+            Some(reason) if settled == 0 => Err(JetStreamError::Publish {
+                subject: "outbox".into(),
+                reason,
+            }),
+            _ => Ok(settled),
+        }
+    }
+
+    /// Builds and sends one row; the returned future resolves to the
+    /// stream's ack.
+    async fn send_row(&self, row: &OutboxRow) -> Result<PublishAckFuture, Failure> {
+        let subject = match &row.consumer {
+            Some(c) => wire::continuation_subject(c, &row.channel),
+            None => wire::subject(&row.channel),
+        };
+        let framed = wire::check_subject(&subject).and_then(|()| {
             let headers = wire::headers(&Envelope {
                 message: &row.message,
                 dedupe_id: &row.id,
                 not_before: None,
                 expires_at: row.expires_at,
-            });
-            let ack = self
-                .inner
-                .js
-                .publish_with_headers(subject.clone(), headers, row.message.body.clone().into())
-                .await
-                .map_err(|e| JetStreamError::Publish {
-                    subject: subject.clone(),
-                    reason: e.to_string(),
-                })?;
-            pending.push((row.seq, subject, ack));
-        }
-        let mut sent = Vec::with_capacity(pending.len());
-        let mut failure = None;
-        for (seq, subject, ack) in pending {
-            match ack.await {
-                Ok(_) => sent.push(seq),
-                Err(e) => {
-                    failure = Some(JetStreamError::Publish {
-                        subject,
-                        reason: e.to_string(),
-                    });
-                    break;
-                }
-            }
-        }
-        let n = sent.len();
-        store
-            .outbox_mark_sent(sent, now_ms())
-            .await
-            .map_err(|e| JetStreamError::Publish {
-                subject: "outbox".into(),
-                reason: e.to_string(),
             })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(n),
-        }
+            wire::check_size(
+                &headers,
+                row.message.body.len(),
+                self.inner.client.max_payload(),
+            )?;
+            Ok(headers)
+        });
+        let headers = framed.map_err(|e: WireError| Failure::Poison(e.to_string()))?;
+        self.inner
+            .js
+            .publish_with_headers(subject, headers, row.message.body.clone().into())
+            .await
+            .map_err(|e| classify(&e))
+    }
+}
+
+fn poison(row: &OutboxRow, error: String) -> (i64, RelayOutcome) {
+    tracing::error!(
+        seq = row.seq, id = %row.id, channel = %row.channel, %error,
+        "outbox relay: row can never be published as it is; set aside as poison (see `sluice outbox list --poisoned`; `sluice outbox repost` once fixed)"
+    );
+    (row.seq, RelayOutcome::Poison { error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_backoff_grows_and_caps() {
+        assert_eq!(row_backoff(0), 1000);
+        assert_eq!(row_backoff(1), 2000);
+        assert_eq!(row_backoff(30), 60_000);
     }
 }

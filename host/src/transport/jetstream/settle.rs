@@ -8,6 +8,10 @@ use super::super::wire;
 use super::super::{Delivery, Receipt, Settle};
 use super::{JetStream, JetStreamError};
 
+/// Bytes of a dead letter's reason kept in its `Sluice-Error` header (the
+/// whole reason is in the store's job record).
+const REASON_BYTES: usize = 2048;
+
 impl JetStream {
     /// Settles `delivery` as `settle` says.
     pub(super) async fn settle_delivery(
@@ -32,26 +36,10 @@ impl JetStream {
             Settle::Ack | Settle::Continue { .. } => ack(AckKind::Ack).await?,
             Settle::Nak { delay } => ack(AckKind::Nak(Some(delay))).await?,
             Settle::DeadLetter { reason } => {
-                let mut headers = msg.headers.clone().unwrap_or_default();
-                headers.insert(wire::H_ERROR, reason.as_str());
-                headers.insert(
-                    "Nats-Msg-Id",
-                    format!("{}/{}/dead", delivery.job.message.id, delivery.job.consumer).as_str(),
-                );
+                let dedupe = format!("{}/{}/dead", delivery.job.message.id, delivery.job.consumer);
                 let subject = wire::dlq_subject(&delivery.job.message.channel);
-                self.inner
-                    .js
-                    .publish_with_headers(subject.clone(), headers, msg.payload.clone())
-                    .await
-                    .map_err(|e| JetStreamError::Publish {
-                        subject: subject.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .await
-                    .map_err(|e| JetStreamError::Publish {
-                        subject,
-                        reason: e.to_string(),
-                    })?;
+                self.dead_letter_copy(msg, &subject, &reason, &dedupe)
+                    .await?;
                 ack(AckKind::Term).await?;
             }
         }
@@ -59,20 +47,74 @@ impl JetStream {
     }
 
     /// Ends a message that cannot even be decoded: kept as a dead letter,
-    /// never redelivered.
+    /// never redelivered. If the copy cannot be made now, the message is
+    /// left alone and comes back after the ack wait: nothing is lost.
     pub(super) async fn reject_undecodable(&self, msg: &jetstream::Message, reason: &str) {
         tracing::error!(subject = %msg.subject, %reason, "undecodable message dead-lettered");
-        let mut headers = msg.headers.clone().unwrap_or_default();
-        headers.insert(wire::H_ERROR, reason);
-        let subject = wire::dlq_subject(msg.subject.as_str());
-        if let Ok(ack) = self
-            .inner
-            .js
-            .publish_with_headers(subject, headers, msg.payload.clone())
-            .await
-        {
-            let _ = ack.await;
+        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let dedupe = format!("undecodable/{}/{stream_seq}", msg.subject);
+        let subject =
+            wire::dlq_subject(wire::channel_of(msg.subject.as_str()).unwrap_or("undecodable"));
+        match self.dead_letter_copy(msg, &subject, reason, &dedupe).await {
+            Ok(()) => {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot copy the undecodable message to the dead letters yet; it will come back");
+            }
         }
-        let _ = msg.ack_with(AckKind::Term).await;
+    }
+
+    /// Copies a delivery to the dead-letter subject with why, and waits for
+    /// the stream to have it. A reason too long for the server's
+    /// `max_payload` is cut; if even that does not fit, the copy goes
+    /// without the delivery's own headers.
+    async fn dead_letter_copy(
+        &self,
+        msg: &jetstream::Message,
+        subject: &str,
+        reason: &str,
+        dedupe: &str,
+    ) -> Result<(), JetStreamError> {
+        let max = self.inner.client.max_payload();
+        let attempts = [
+            (msg.headers.as_ref(), REASON_BYTES),
+            (msg.headers.as_ref(), 64),
+            (None, 64),
+        ];
+        let mut headers = None;
+        let mut refusal = None;
+        for (original, cut) in attempts {
+            match wire::dead_letter_headers(original, reason, cut, dedupe)
+                .and_then(|h| wire::check_size(&h, msg.payload.len(), max).map(|()| h))
+            {
+                Ok(h) => {
+                    headers = Some(h);
+                    break;
+                }
+                Err(e) => refusal = Some(e),
+            }
+        }
+        let Some(headers) = headers else {
+            return Err(JetStreamError::Rejected {
+                subject: subject.to_owned(),
+                reason: refusal.unwrap_or(wire::WireError::TooLarge {
+                    size: msg.payload.len(),
+                    max,
+                }),
+            });
+        };
+        let err = |e: String| JetStreamError::Publish {
+            subject: subject.to_owned(),
+            reason: e,
+        };
+        self.inner
+            .js
+            .publish_with_headers(subject.to_owned(), headers, msg.payload.clone())
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(())
     }
 }
