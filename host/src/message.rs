@@ -68,17 +68,23 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
 /// `Nats-*`, and `Sluice-*` other than the fields a message carries
 /// (request name, cursor, slice, causation), which producers may set.
 pub fn is_reserved_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("nats-") || (lower.starts_with("sluice-") && !is_carried_header(&lower))
+    let starts = |prefix: &str| {
+        name.len() >= prefix.len()
+            && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    starts("nats-") || (starts("sluice-") && !is_carried_header(name))
 }
 
 /// The `sluice-*` headers that are message content, not envelope.
 pub fn is_carried_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower == CURSOR_HEADER
-        || lower == SLICE_HEADER
-        || lower == REQUEST_NAME_HEADER
-        || lower == CAUSATION_HEADER
+    [
+        CURSOR_HEADER,
+        SLICE_HEADER,
+        REQUEST_NAME_HEADER,
+        CAUSATION_HEADER,
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Header on every posted message naming the message whose handling posted it.
