@@ -265,7 +265,7 @@ mod tests {
             .map(|_| post("out", "x".repeat(1 << 20), 0))
             .collect();
         let err = to_messages(&set, &posts, &cause, "h", None).await.err();
-        assert!(err.is_some_and(|e| e.contains("posts map to more than")));
+        assert!(err.is_some_and(|e| e.to_string().contains("posts map to more than")));
         let posts: Vec<Post> = (0..10)
             .map(|_| post("out", "x".repeat(1 << 20), 0))
             .collect();
@@ -295,7 +295,7 @@ mod tests {
             let out = rt
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?
                 .block_on(to_messages(&PluginSet::default(), &posts, &msg(b"{}"), "h", cursor.as_deref()));
-            let out = out.map_err(proptest::test_runner::TestCaseError::fail)?;
+            let out = out.map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             proptest::prop_assert_eq!(out.len(), posts.len());
             let mut ids: Vec<&str> = out.iter().map(|m| m.message.id.as_str()).collect();
             ids.sort_unstable();
