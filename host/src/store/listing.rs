@@ -71,7 +71,8 @@ pub struct Census {
     pub channels: Vec<ChannelCensus>,
     /// More channels than the census looks at ([`MAX_CHANNELS`]).
     pub more_channels: bool,
-    /// Outbox rows committed but not yet published (capped).
+    /// Outbox rows committed but not yet published, poison rows (set aside,
+    /// see `sluice outbox list --poisoned`) not counted (capped).
     pub outbox_pending: u64,
     /// Unix ms of the oldest of them (among the first [`COUNT_CAP`]).
     pub outbox_oldest_ms: Option<i64>,
@@ -244,7 +245,7 @@ fn census(conn: &Connection) -> Result<Census, StoreError> {
     let (pending, oldest): (i64, Option<i64>) = conn
         .prepare_cached(
             "SELECT COUNT(*), MIN(created_at) FROM (SELECT created_at FROM outbox
-                 INDEXED BY outbox_due WHERE sent_at IS NULL LIMIT ?1)",
+                 INDEXED BY outbox_due WHERE sent_at IS NULL AND failed_at IS NULL LIMIT ?1)",
         )?
         .query_row(params![cap], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(Census {
