@@ -28,6 +28,11 @@
 //! allowed_hosts = ["sluice.local"] # without a token: Host names served
 //!                                # besides the bound address
 //!
+//! [sandbox]
+//! calls = 16                     # sandboxed calls at once, host-wide (all pumps
+//!                                # and mappers share it fairly); default 8 per
+//!                                # core, between 8 and 64
+//!
 //! [limits]                       # sandbox ceilings for every call
 //! fuel = 5_000_000_000
 //! memory = "64MiB"               # or bytes
@@ -187,6 +192,21 @@ pub struct HttpSettings {
     pub allowed_hosts: Vec<String>,
 }
 
+/// `[sandbox]`: what every call of the host shares.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    calls: Option<u32>,
+}
+
+/// Most sandboxed calls at once a host may be configured for (`[sandbox]
+/// calls`): each is an instance pool slot, with its virtual memory
+/// reservation.
+pub const MAX_CALLS: u32 = 1024;
+
+/// Most jobs one pump may hold at once (`concurrency`).
+pub const MAX_CONCURRENCY: usize = 4096;
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
@@ -211,6 +231,8 @@ struct RawFile {
     store: RawStore,
     nats: Option<RawNats>,
     http: Option<RawHttp>,
+    #[serde(default)]
+    sandbox: RawSandbox,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -368,7 +390,13 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         ));
     }
     let policy = merge_policy(base, p);
-    check_policy("[policy]", &policy, defaults.max_instances)?;
+    check_policy("[policy]", &policy)?;
+    let calls = raw.sandbox.calls.unwrap_or(defaults.max_instances);
+    if calls == 0 || calls > MAX_CALLS {
+        return Err(ConfigError::Invalid(format!(
+            "[sandbox]: calls must be between 1 and {MAX_CALLS}, not {calls}"
+        )));
+    }
     let mut plugins = BTreeMap::new();
     for (name, table) in &raw.plugin {
         let where_ = format!("[plugin.{name}]");
@@ -382,7 +410,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             policy: merge_policy(policy, table),
             ceiling: ceiling(limits, table_limits),
         };
-        check_policy(&where_, &p.policy, defaults.max_instances)?;
+        check_policy(&where_, &p.policy)?;
         plugins.insert(name.clone(), p);
     }
     // One pool slot must hold the largest memory any plugin may get.
@@ -441,6 +469,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         runtime: RuntimeConfig {
             ceiling: limits,
             max_memory_bytes: max_memory,
+            max_instances: calls,
             ..defaults
         },
         policy,
@@ -632,14 +661,16 @@ fn merge_policy(base: Policy, t: &RawPlugin) -> Policy {
     }
 }
 
-fn check_policy(where_: &str, p: &Policy, max_instances: u32) -> Result<(), ConfigError> {
+fn check_policy(where_: &str, p: &Policy) -> Result<(), ConfigError> {
     let bad = |m: String| Err(ConfigError::Invalid(format!("{where_}: {m}")));
     if p.max_attempts == 0 {
         return bad("max_attempts must be at least 1".into());
     }
-    if p.concurrency == 0 || p.concurrency > max_instances as usize {
+    // Independent of `[sandbox] calls`: a pump's jobs beyond the host's
+    // budget wait for it (runtime/admission.rs) without losing an attempt.
+    if p.concurrency == 0 || p.concurrency > MAX_CONCURRENCY {
         return bad(format!(
-            "concurrency must be between 1 and {max_instances}, not {}",
+            "concurrency must be between 1 and {MAX_CONCURRENCY}, not {}",
             p.concurrency
         ));
     }
@@ -755,6 +786,34 @@ mod tests {
         assert_eq!((ceiling.timeout_ms, ceiling.memory_bytes), (2000, 32 << 20));
         assert_eq!(c.ceiling_for("other"), c.runtime.ceiling);
         assert_eq!(c.policy_for("other").max_attempts, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn the_call_budget_is_bounded_and_independent_of_concurrency() -> Result<(), String> {
+        let c = parse("")?;
+        let calls = c.runtime.max_instances;
+        assert!((8..=64).contains(&calls), "{calls}");
+        assert_eq!(parse("[sandbox]\ncalls = 3")?.runtime.max_instances, 3);
+        for bad in ["0", "1025"] {
+            let err = parse(&format!("[sandbox]\ncalls = {bad}"))
+                .err()
+                .unwrap_or_default();
+            assert!(
+                err.contains("[sandbox]: calls must be between 1 and 1024"),
+                "{err}"
+            );
+        }
+        // More jobs in flight than calls: the rest wait for the budget.
+        let c = parse("[sandbox]\ncalls = 2\n[policy]\nconcurrency = 4096")?;
+        assert_eq!(c.policy.concurrency, 4096);
+        let err = parse("[policy]\nconcurrency = 4097")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("concurrency must be between 1 and 4096"),
+            "{err}"
+        );
         Ok(())
     }
 

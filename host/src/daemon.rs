@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::message::now_ms;
-use crate::pump::{self, Deps};
+use crate::pump::{self, Control, Deps};
 use crate::registry::{PluginSet, Registry};
 use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
@@ -236,7 +236,7 @@ async fn serve<T: Transport>(
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),
-        control: Arc::default(),
+        control: Arc::new(Control::with_sandbox(watcher.runtime().clone())),
     });
     // Bound before the pumps start: a taken port fails the start.
     let api = match &config.http {

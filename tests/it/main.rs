@@ -10,6 +10,7 @@ mod util;
 
 mod api;
 mod bench;
+mod budget;
 mod crash;
 mod dashboard;
 mod effects;

@@ -114,6 +114,29 @@ pub async fn metrics<T: Transport>(
          # TYPE sluice_channels_paused gauge\nsluice_channels_paused {}",
         paused.len()
     );
+    if let Some(s) = deps.control.sandbox() {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_sandbox_calls_budget Sandboxed calls that may run at once ([sandbox] calls).\n\
+             # TYPE sluice_sandbox_calls_budget gauge\nsluice_sandbox_calls_budget {}\n\
+             # HELP sluice_sandbox_calls_running Sandboxed calls running now.\n\
+             # TYPE sluice_sandbox_calls_running gauge\nsluice_sandbox_calls_running {}\n\
+             # HELP sluice_sandbox_calls_waiting Calls waiting for the budget.\n\
+             # TYPE sluice_sandbox_calls_waiting gauge\nsluice_sandbox_calls_waiting {}\n\
+             # HELP sluice_sandbox_calls_peak Most sandboxed calls at once since start.\n\
+             # TYPE sluice_sandbox_calls_peak gauge\nsluice_sandbox_calls_peak {}\n\
+             # HELP sluice_sandbox_warm_slots Idle pool slots kept resident for the next call.\n\
+             # TYPE sluice_sandbox_warm_slots gauge\nsluice_sandbox_warm_slots {}\n\
+             # HELP sluice_sandbox_idle_resident_bytes Bytes idle pool slots keep resident.\n\
+             # TYPE sluice_sandbox_idle_resident_bytes gauge\nsluice_sandbox_idle_resident_bytes {}",
+            s.calls.budget,
+            s.calls.running,
+            s.calls.waiting,
+            s.calls.peak,
+            s.warm_slots,
+            s.idle_resident_bytes
+        );
+    }
     deps.control.metrics.render(&mut out);
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{InFlight, Metrics};
+use crate::runtime::{Runtime, SandboxStats};
 
 /// One running call, as [`Control`] knows it.
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub struct Control {
     changes: Mutex<Option<UnboundedSender<String>>>,
     /// This process's counters.
     pub metrics: Metrics,
+    /// The runtime whose gauges `/metrics` shows (none in unit tests).
+    sandbox: Option<Runtime>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +50,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Control {
+    /// A control whose `/metrics` include `runtime`'s sandbox gauges.
+    pub fn with_sandbox(runtime: Runtime) -> Control {
+        Control {
+            sandbox: Some(runtime),
+            ..Control::default()
+        }
+    }
+
+    /// The call budget and instance pool now, if a runtime is attached.
+    pub fn sandbox(&self) -> Option<SandboxStats> {
+        self.sandbox.as_ref().map(Runtime::sandbox_stats)
+    }
+
     /// Stops the pumps of `channel` fetching; false if it was paused already.
     pub fn pause(&self, channel: &str) -> bool {
         lock(&self.paused).insert(channel.to_owned())

@@ -92,6 +92,11 @@ struct Scan {
 }
 
 impl Watcher {
+    /// The runtime every version it loads shares.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Loads every plugin file of `config.plugins_dir` and returns the
     /// watcher with the set to serve first. A missing directory is an
     /// error; a bad file is not (it is logged and recorded).

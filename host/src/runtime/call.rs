@@ -319,15 +319,17 @@ impl ResourceLimiter for Limiter {
         Ok(maximum.is_none_or(|max| desired <= max))
     }
 
+    // The pool's per-component maxima (engine.rs), per store: one
+    // component instance per call.
     fn instances(&self) -> usize {
-        64
+        super::engine::PER_COMPONENT.0 as usize
     }
 
     fn tables(&self) -> usize {
-        64
+        super::engine::PER_COMPONENT.2 as usize
     }
 
     fn memories(&self) -> usize {
-        16
+        super::engine::PER_COMPONENT.1 as usize
     }
 }

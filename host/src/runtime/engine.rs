@@ -18,6 +18,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::admission::{Admission, AdmissionStats};
 use super::bindings::{handler, mapper};
 use super::cache::{CacheStats, CompileCache};
 use super::call::CallState;
@@ -29,6 +30,23 @@ const MIB: u64 = 1024 * 1024;
 /// `trap::RECURSION_FRAMES`).
 const BACKTRACE_FRAMES: NonZeroUsize = NonZeroUsize::MIN.saturating_add(19);
 const _: () = assert!(BACKTRACE_FRAMES.get() >= super::trap::RECURSION_FRAMES);
+
+/// Core instances, memories and tables one component instance may hold.
+pub(super) const PER_COMPONENT: (u32, u32, u32) = (8, 2, 4);
+
+/// The sandbox's gauges: the call budget and the instance pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SandboxStats {
+    /// The host-wide call budget.
+    pub calls: AdmissionStats,
+    /// Linear memories in use now (one per running call of a Rust plugin).
+    pub memories_in_use: u64,
+    /// Pool slots not in use whose pages were kept resident for the next
+    /// call.
+    pub warm_slots: u64,
+    /// Bytes those unused slots keep resident (memories, tables, stacks).
+    pub idle_resident_bytes: u64,
+}
 
 /// Engine-wide settings; per-plugin limits come from [`Limits`].
 #[derive(Debug, Clone)]
@@ -42,7 +60,8 @@ pub struct RuntimeConfig {
     /// `describe()` runs with this much memory, so a plugin whose own
     /// ceiling is above `ceiling.memory_bytes` can still be loaded.
     pub max_memory_bytes: u64,
-    /// Instance pool capacity: how many calls may run at once, host-wide.
+    /// How many sandboxed calls may run at once, host-wide (`[sandbox]
+    /// calls`): the admission budget and the instance pool's capacity.
     pub max_instances: u32,
     /// How often the epoch advances: the granularity of deadlines,
     /// cancellation and yielding to tokio.
@@ -61,11 +80,22 @@ impl Default for RuntimeConfig {
                 timeout_ms: 10_000,
             },
             max_memory_bytes: 256 * MIB,
-            max_instances: 128,
+            max_instances: default_calls(),
             epoch_tick: Duration::from_millis(5),
             max_log_lines_per_call: 1000,
         }
     }
+}
+
+/// The default budget of sandboxed calls at once: 8 per core, between 8
+/// and 64. Calls are CPU-bound (a guest has no I/O but state reads), so a
+/// few per core keep every core busy while one waits for a read; more only
+/// add resident slots (see README, Memory).
+pub fn default_calls() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(8))
+        .unwrap_or(u32::MAX)
+        .clamp(8, 64)
 }
 
 /// The runtime could not be built.
@@ -98,6 +128,8 @@ pub(super) struct Shared {
     pub(super) mapper_linker: Linker<CallState>,
     /// Compiled components on disk, if this runtime has a cache dir.
     pub(super) cache: Option<CompileCache>,
+    /// Every call waits here for one of `max_instances` tickets.
+    pub(super) admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -132,18 +164,38 @@ impl Runtime {
         let mapper_linker = mapper_linker(&engine)?;
         start_ticker(Arc::downgrade(&engine), config.epoch_tick)?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
+        let admission = Admission::new(config.max_instances as usize);
         Ok(Runtime(Arc::new(Shared {
             engine,
             config,
             handler_linker,
             mapper_linker,
             cache,
+            admission,
         })))
     }
 
     /// The settings this runtime was built with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.0.config
+    }
+
+    /// The call budget (size, calls running and waiting) and what the
+    /// instance pool keeps resident, for `/metrics` and `sluice bench`.
+    pub fn sandbox_stats(&self) -> SandboxStats {
+        let pool = self.0.engine.pooling_allocator_metrics();
+        let resident = pool.as_ref().map_or(0, |p| {
+            let stacks = p.unused_stack_bytes_resident().unwrap_or(0);
+            p.unused_memory_bytes_resident() + p.unused_table_bytes_resident() + stacks
+        });
+        SandboxStats {
+            calls: self.0.admission.stats(),
+            memories_in_use: pool.as_ref().map_or(0, |p| p.memories() as u64),
+            warm_slots: pool
+                .as_ref()
+                .map_or(0, |p| u64::from(p.unused_warm_memories())),
+            idle_resident_bytes: resident as u64,
+        }
     }
 
     /// Compile cache hits and misses so far (zeros without a cache).
@@ -194,12 +246,20 @@ fn engine_config(config: &RuntimeConfig) -> Result<Config, RuntimeError> {
     let max_memory = usize::try_from(config.max_memory_bytes).map_err(too_big)?;
     let n = config.max_instances;
     let mut pool = PoolingAllocationConfig::new();
+    // One component instance per call, and admission (admission.rs) lets
+    // at most `n` calls in; each component may hold at most the
+    // per-component maxima, and the totals are `n` times those, so the
+    // pool cannot run dry and one plugin cannot take another's share. A
+    // Rust component holds ~3 core instances (main, shim, fixups), one
+    // memory and a table or two; the rest is room for components made
+    // with the wasip1 adapter.
     pool.total_component_instances(n)
-        // A Rust component holds ~3 core instances (main, shim, fixups) and
-        // one memory; leave room for components made with the wasip1 adapter.
-        .total_core_instances(n.saturating_mul(8))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
+        .max_core_instances_per_component(PER_COMPONENT.0)
+        .max_memories_per_component(PER_COMPONENT.1)
+        .max_tables_per_component(PER_COMPONENT.2)
+        .total_core_instances(n.saturating_mul(PER_COMPONENT.0))
+        .total_memories(n.saturating_mul(PER_COMPONENT.1))
+        .total_tables(n.saturating_mul(PER_COMPONENT.2))
         .total_stacks(n)
         .max_memory_size(max_memory)
         // When a call ends, reset up to 1 MiB of what it dirtied with

@@ -181,6 +181,8 @@ async fn describe(
         state: None,
         cancel: None,
     };
+    // describe() is a sandboxed call like any other: it takes a ticket.
+    let _ticket = shared.admission.enter("(loading)").await;
     let mut call = Call::new(&shared.engine, setup).map_err(describe_err)?;
     let guard = call.guard();
     let store = &mut call.store;

@@ -21,6 +21,9 @@
 //!   settings, so restarts and swaps back do not recompile;
 //! - `plugin.rs`: [`Plugin`] and its calls;
 //! - `validate.rs`: what a plugin may say about itself;
+//! - `admission.rs`: the host-wide budget of sandboxed calls, shared
+//!   fairly between (plugin, channel) lanes; the pool holds exactly that
+//!   many instances;
 //! - `call.rs`: one call's store, limits, deadline and cancellation;
 //! - `trap.rs`: why a call failed, from wasmtime's error and what the call
 //!   recorded;
@@ -29,6 +32,7 @@
 //! - `bindings.rs`: the code generated from `wit/sluice.wit`;
 //! - `types.rs`: the plain data that crosses this module's boundary.
 
+mod admission;
 mod bindings;
 mod cache;
 mod call;
@@ -41,8 +45,9 @@ mod trap;
 pub mod types;
 mod validate;
 
+pub use admission::AdmissionStats;
 pub use cache::CacheStats;
-pub use engine::{Runtime, RuntimeConfig, RuntimeError};
+pub use engine::{Runtime, RuntimeConfig, RuntimeError, SandboxStats, default_calls};
 pub use host::MAX_CALL_BYTES;
 pub use load::{LoadError, sha256_hex};
 pub use plugin::Plugin;

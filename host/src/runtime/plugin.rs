@@ -22,7 +22,7 @@ use super::load::LoadError;
 use super::trap::{Failure, truncate};
 use super::types::{
     CallFailure, CallReport, Effects, JobContext, Limits, MapFailure, Outcome, PluginInfo,
-    StateSource,
+    StateSource, TrapKind,
 };
 use super::validate::check_limits;
 use crate::message::{Message, MessageKind, Outgoing, Request};
@@ -128,6 +128,16 @@ impl Plugin {
             let m = format!("plugin {} is a mapper, not a handler", compiled.info.name);
             return failed_report(CallFailure::Host(m), Duration::ZERO);
         };
+        // Wait for a slot of the host's call budget; a cancel (operator,
+        // shutdown) while waiting stops the wait like it stops a guest.
+        let lane = lane(&compiled.info.name, &ctx.channel);
+        let _ticket = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                return failed_report(CallFailure::Trap(TrapKind::Cancelled), Duration::ZERO);
+            }
+            t = compiled.runtime.admission.enter(&lane) => t,
+        };
         let setup = CallSetup {
             cancel: Some(cancel),
             ..self.setup(Some(ctx.job_id.clone()), Some(state))
@@ -210,6 +220,8 @@ impl Plugin {
         let Exports::Mapper(pre) = &compiled.exports else {
             return Err(not_a_mapper(&compiled.info.name));
         };
+        let lane = lane(&compiled.info.name, &message.channel);
+        let _ticket = compiled.runtime.admission.enter(&lane).await;
         let mut call =
             Call::new(&compiled.runtime.engine, self.setup(None, None)).map_err(map_failure)?;
         let headers: Vec<(&str, &str)> = message
@@ -257,6 +269,8 @@ impl Plugin {
         let Exports::Mapper(pre) = &compiled.exports else {
             return Err(not_a_mapper(&compiled.info.name));
         };
+        let lane = lane(&compiled.info.name, "(posts)");
+        let _ticket = compiled.runtime.admission.enter(&lane).await;
         let mut call =
             Call::new(&compiled.runtime.engine, self.setup(None, None)).map_err(map_failure)?;
         let wit_request = mapper::sluice::plugin::types::RequestParam {
@@ -284,6 +298,13 @@ impl Plugin {
             Err(reason) => Err(MapFailure::Rejected(truncate(&reason, MAX_LINE))),
         }
     }
+}
+
+/// The admission lane of a call: its plugin and channel (see
+/// `admission.rs`). The ticket is declared before the call, so the call's
+/// store (and pool slot) is dropped before the ticket is given back.
+fn lane(plugin: &str, channel: &str) -> String {
+    format!("{plugin} {channel}")
 }
 
 fn not_a_mapper(name: &str) -> MapFailure {
