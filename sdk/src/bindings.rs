@@ -1,4 +1,7 @@
-//! Raw bindings generated from `wit/sluice.wit`. Not part of the public API:
+//! Raw bindings generated from the SDK's copy of the WIT, `sdk/wit/sluice.wit`
+//! (a copy so the crate builds wherever it is: from git, a path or a
+//! registry; `tests/it/wit.rs` fails when it drifts from the top-level
+//! `wit/`). Not part of the public API:
 //! plugin authors use the safe wrappers in the rest of the crate.
 //!
 //! # Why two `generate!` calls can live in one library
@@ -38,7 +41,7 @@
 /// `log` interfaces.
 pub mod handler {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "sluice:plugin/handler-plugin@0.1.0",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,
@@ -53,7 +56,7 @@ pub mod handler {
 /// Bindings for the `mapper-plugin` world.
 pub mod mapper {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "sluice:plugin/mapper-plugin@0.1.0",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use crate::__private::bindings::handler::exports::sluice::plugin::handler::JobContext;
 use crate::{Error, MessageKind};
 
-use crate::__private::bindings::handler::sluice::plugin::effects as host;
+use crate::__private::bindings::handler::sluice::plugin::effects::PostOptions as WitPostOptions;
 use crate::__private::bindings::handler::sluice::plugin::types::MessageKind as WitKind;
+use crate::effects as host;
 
 /// The job being handled, and the handler's way to act on the world.
 ///
@@ -19,8 +20,9 @@ use crate::__private::bindings::handler::sluice::plugin::types::MessageKind as W
 /// call that fails, traps or times out leaves nothing behind, so a retry
 /// starts from a clean slate and a post is never sent twice.
 ///
-/// The effect methods only work inside the Sluice host; called natively
-/// (e.g. in a unit test) they panic.
+/// The effect methods work inside the Sluice host and, natively, inside
+/// [`testing::TestHost`](crate::testing::TestHost) (for unit tests);
+/// anywhere else they panic.
 #[derive(Debug)]
 pub struct Context {
     job_id: String,
@@ -108,7 +110,7 @@ impl Context {
         options: PostOptions,
     ) -> Result<(), Error> {
         let body = serde_json::to_string(body)?;
-        let options = host::PostOptions {
+        let options = WitPostOptions {
             name: options.name,
             kind: match options.kind {
                 MessageKind::Command => WitKind::Command,

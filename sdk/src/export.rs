@@ -43,17 +43,27 @@ impl<T: Handler> wit_handler::Guest for HandlerExport<T> {
     }
 }
 
+/// One call as the host makes it: parse the body into the request type,
+/// then handle. Shared by the export and by `testing::TestHost`.
+pub(crate) fn run_handler<T: Handler>(
+    ctx: wit_handler::JobContext,
+    request_name: String,
+    body: &str,
+) -> Result<Outcome, Error> {
+    // A body that does not parse will not parse on a retry either.
+    let parsed = serde_json::from_str::<T::Request>(body).map_err(|e| {
+        let ty = short_type_name::<T::Request>();
+        Error::permanent(format!("request is not a valid {ty}: {e}"))
+    })?;
+    let mut ctx = Context::new(ctx, request_name);
+    T::handle(&mut ctx, parsed)
+}
+
 fn handle<T: Handler>(
     ctx: wit_handler::JobContext,
     request: wit::Request,
 ) -> Result<wit_handler::Outcome, Error> {
-    // A body that does not parse will not parse on a retry either.
-    let parsed = serde_json::from_str::<T::Request>(&request.body).map_err(|e| {
-        let ty = short_type_name::<T::Request>();
-        Error::permanent(format!("request is not a valid {ty}: {e}"))
-    })?;
-    let mut ctx = Context::new(ctx, request.name);
-    Ok(match T::handle(&mut ctx, parsed)? {
+    Ok(match run_handler::<T>(ctx, request.name, &request.body)? {
         Outcome::Done(result) => wit_handler::Outcome::Done(result),
         Outcome::Continue { cursor, delay } => {
             wit_handler::Outcome::Continue(wit_handler::Continuation {

@@ -70,9 +70,11 @@
 //!
 //! # Testing natively
 //!
-//! The crate also builds for the host platform, so a plugin's pure logic can
-//! be unit-tested with `cargo test`. Logging goes to stderr there; the
-//! [`Context`] effect methods panic, as there is no host to apply them.
+//! The crate also builds for the machine you develop on, so a plugin can be
+//! unit-tested with `cargo test`: [`testing::TestHost`] runs a handler the
+//! way the host does (typed request from JSON, effects applied only on
+//! success) and keeps its state, posts and progress. Logging goes to stderr
+//! there.
 
 #![deny(missing_docs)]
 
@@ -86,10 +88,13 @@ use serde::de::DeserializeOwned;
 
 mod context;
 mod describe;
+mod effects;
 mod error;
 pub mod log;
 mod message;
 mod outcome;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 #[doc(hidden)]
 #[path = "export.rs"]

@@ -141,3 +141,132 @@ fn short_type_names_drop_module_paths() {
     );
     assert_eq!(short_type_name::<u64>(), "u64");
 }
+
+mod test_host {
+    use super::*;
+    use crate::testing::TestHost;
+
+    #[derive(Deserialize)]
+    struct Req {
+        n: i64,
+        #[serde(default)]
+        fail: bool,
+        #[serde(default)]
+        panic: bool,
+    }
+
+    struct Effectful;
+
+    impl Handler for Effectful {
+        type Request = Req;
+
+        fn describe() -> Describe {
+            Describe::handler("effectful", "1.0.0").channel("c")
+        }
+
+        fn handle(ctx: &mut Context, req: Req) -> Result<Outcome, Error> {
+            let total: i64 = ctx.state().get("total")?.unwrap_or(0);
+            ctx.state().set("total", &(total + req.n))?;
+            // Reads see the call's own writes.
+            assert_eq!(ctx.state().get::<i64>("total")?, Some(total + req.n));
+            ctx.state().delete("gone");
+            assert_eq!(ctx.state().get_raw("gone"), None);
+            ctx.progress(200, Some("clamped"));
+            ctx.post_with(
+                "out",
+                &serde_json::json!({ "n": req.n }),
+                PostOptions::new()
+                    .event()
+                    .name("Out")
+                    .header("k", "v")
+                    .delay(Duration::from_millis(5)),
+            )?;
+            if req.panic {
+                panic!("asked to panic");
+            }
+            if req.fail {
+                return Err(Error::retryable("asked to fail"));
+            }
+            match ctx.cursor() {
+                None => Ok(Outcome::continue_at("1", Duration::ZERO)),
+                Some(_) => Outcome::done_with(&format!("{}:{}", ctx.channel(), ctx.attempt())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_successful_call_commits_state_posts_and_progress() {
+        let mut host = TestHost::new();
+        host.set_state("total", &10).set_state("gone", &1);
+        let out = host.handle::<Effectful>(&serde_json::json!({ "n": 5 }));
+        assert_eq!(out, Ok(Outcome::continue_at("1", Duration::ZERO)));
+        assert_eq!(host.state::<i64>("total"), Some(15));
+        assert_eq!(host.state_raw("gone"), None);
+        let p = &host.posts()[0];
+        assert_eq!(
+            (p.channel.as_str(), p.name.as_str(), p.kind, p.delay),
+            (
+                "out",
+                "Out",
+                MessageKind::Event,
+                Some(Duration::from_millis(5))
+            )
+        );
+        assert_eq!(p.headers, [("k".to_owned(), "v".to_owned())]);
+        assert_eq!(p.json::<serde_json::Value>().unwrap()["n"], 5);
+        assert_eq!(host.progress().map(|p| p.percent), Some(100));
+        // The next slice, as the host would call it.
+        host.cursor(Some("1")).channel("other").attempt(2);
+        let out = host.handle_json::<Effectful>(r#"{"n": 1}"#);
+        assert_eq!(out, Ok(Outcome::Done(Some(r#""other:2""#.into()))));
+        assert_eq!(host.state::<i64>("total"), Some(16));
+    }
+
+    #[test]
+    fn a_failed_call_or_a_bad_body_commits_nothing() {
+        let mut host = TestHost::new();
+        let err = host
+            .handle::<Effectful>(&serde_json::json!({ "n": 5, "fail": true }))
+            .unwrap_err();
+        assert!(err.is_retryable());
+        let err = host.handle_json::<Effectful>(r#"{"n": "x"}"#).unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(
+            err.message().starts_with("request is not a valid Req"),
+            "{err}"
+        );
+        assert_eq!(host.state::<i64>("total"), None);
+        assert!(host.posts().is_empty());
+        assert!(host.progress().is_none());
+    }
+
+    #[test]
+    fn a_panicking_handler_leaves_no_call_behind() {
+        let mut host = TestHost::new();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            host.handle::<Effectful>(&serde_json::json!({ "n": 1, "panic": true }))
+        }));
+        assert!(panicked.is_err());
+        assert!(host.posts().is_empty());
+        // Effects outside a call panic again, with the way to test them.
+        let outside = std::panic::catch_unwind(|| {
+            let ctx =
+                crate::__private::bindings::handler::exports::sluice::plugin::handler::JobContext {
+                    job_id: "j".into(),
+                    message_id: "m".into(),
+                    channel: "c".into(),
+                    attempt: 1,
+                    headers: vec![],
+                    cursor: None,
+                };
+            crate::Context::new(ctx, "c".into()).progress(1, None)
+        });
+        let message = outside.unwrap_err();
+        let message = message
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| message.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(message.contains("TestHost"), "{message}");
+    }
+}

@@ -25,3 +25,4 @@ mod sandbox;
 mod send;
 mod trace_context;
 mod wire;
+mod wit;
