@@ -24,7 +24,7 @@ fn the_sdks_copies_of_the_wit_match_the_contract() {
     let root = repo_root();
     let contract = wit_files(&root.join("wit"));
     assert!(!contract.is_empty());
-    for copy in ["sdk/wit"] {
+    for copy in ["sdk/wit", "sdk/python/sluice_sdk/wit"] {
         let files = wit_files(&root.join(copy));
         assert!(
             files == contract,

@@ -4,6 +4,7 @@
 
 mod control;
 mod inspect;
+mod new;
 mod outbox;
 mod plugins;
 mod post;
@@ -82,6 +83,9 @@ pub enum Command {
     /// Let a paused channel's pumps fetch again, through the running
     /// daemon's HTTP API.
     Resume(control::ChannelArgs),
+    /// Create a plugin project (Rust or Python, handler or mapper) that
+    /// builds into a component with one command.
+    New(new::NewArgs),
     /// Benchmark: drive messages through an in-process host on the embedded
     /// queue and JetStream, with baselines measured in the same run.
     Bench(crate::bench::BenchArgs),
@@ -107,6 +111,10 @@ pub async fn execute(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Creating a project needs no configuration (and must not fail on one).
+    if let Command::New(args) = cli.command {
+        return new::run(args);
+    }
     let config = cli.config()?;
     match cli.command {
         Command::Run => Ok(crate::daemon::run(config, shutdown, hard_stop).await?),
@@ -121,6 +129,7 @@ pub async fn execute(
         Command::Outbox(cmd) => outbox::run(&open_existing(&config)?, cmd).await,
         Command::Pause(args) => control::channel(&config, "pause", args).await,
         Command::Resume(args) => control::channel(&config, "resume", args).await,
+        Command::New(args) => new::run(args),
         Command::Bench(args) => crate::bench::run(config, cli.data, args).await,
     }
 }
