@@ -1,0 +1,180 @@
+//! Python plugins end to end: the example in `plugins/py-invoice` (built by
+//! scripts/build-plugins with componentize-py) and the projects
+//! `sluice new --lang python` writes, built with the README's command from
+//! a temp dir outside the repo, each run in a real daemon.
+//!
+//! A Python component holds CPython (about 18 MB): each daemon here
+//! compiles its components once (seconds of CPU), hence few, broad tests.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice::store::JobState;
+
+use crate::util::{Env, FAST, built_plugins, repo_root};
+
+const LONG: Duration = Duration::from_secs(240);
+
+#[test]
+fn the_python_example_handles_retries_and_dead_letters() {
+    let env = Env::new(&["py-invoice"], FAST);
+    let good = env.post(
+        "invoice.create",
+        r#"{"customer":"ann","lines":[{"sku":"a","quantity":2,"unit_cents":150},{"sku":"b","quantity":1,"unit_cents":5}]}"#,
+    );
+    let flaky = env.post(
+        "invoice.create",
+        r#"{"customer":"flaky","lines":[{"sku":"a","quantity":1,"unit_cents":1}]}"#,
+    );
+    let zero = env.post(
+        "invoice.create",
+        r#"{"customer":"bo","lines":[{"sku":"a","quantity":0,"unit_cents":1}]}"#,
+    );
+    let untyped = env.post(
+        "invoice.create",
+        r#"{"customer":"bo","lines":[{"sku":"a"}]}"#,
+    );
+    let daemon = env.start();
+    env.wait_settled("invoice.create", 4, LONG);
+    let job = env.job(&good);
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "{:?}\n{}",
+        job.last_error,
+        daemon.log_text()
+    );
+    let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
+    assert_eq!(result["total_cents"], 305);
+    assert_eq!(job.progress, Some(100));
+    let job = env.job(&flaky);
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Succeeded, 2),
+        "retried once"
+    );
+    let job = env.job(&zero);
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Dead, 1),
+        "permanent: not retried"
+    );
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("permanent error: line 0 (a): quantity must be at least 1")
+    );
+    let job = env.job(&untyped);
+    assert_eq!(job.state, JobState::Dead);
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("request is not a valid Invoice: missing field `lines[0].quantity`"),
+        "{:?}",
+        job.last_error
+    );
+    // Two invoices were numbered, one event posted for each.
+    assert_eq!(env.state("py-invoice", "last_number"), Some("2".into()));
+    let created = env.jobs("invoice.created");
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().all(|j| j.kind == "event"));
+    // The plugin's log line reached the daemon's log.
+    daemon.wait_log(&["invoice 1 for ann"], 1, LONG);
+}
+
+fn run_in(dir: &Path, program: &Path, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}\n{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn new_python_projects_build_test_and_run_in_a_daemon() {
+    // scripts/build-plugins (run by built_plugins) installs componentize-py.
+    let _ = built_plugins();
+    let componentize = repo_root().join("target/py-venv/bin/componentize-py");
+    let outside = tempfile::tempdir().unwrap();
+    let sluice = Path::new(env!("CARGO_BIN_EXE_sluice"));
+    for (name, kind, world) in [
+        ("hello", "handler", "handler-plugin"),
+        ("hello-mapper", "mapper", "mapper-plugin"),
+    ] {
+        run_in(
+            outside.path(),
+            sluice,
+            &[
+                "new",
+                name,
+                "--lang",
+                "python",
+                "--kind",
+                kind,
+                "--channel",
+                "greetings",
+            ],
+        );
+        let project = outside.path().join(name);
+        let tests = run_in(&project, Path::new("python3"), &["-m", "unittest"]);
+        assert!(tests.contains("OK"), "{tests}");
+        // The README's build command.
+        let output = format!("{name}.wasm");
+        run_in(
+            &project,
+            &componentize,
+            &[
+                "-d",
+                "sluice_sdk/wit",
+                "-w",
+                world,
+                "componentize",
+                "app",
+                "-o",
+                &output,
+            ],
+        );
+    }
+    let env = Env::new(&[], FAST);
+    for name in ["hello", "hello-mapper"] {
+        std::fs::copy(
+            outside.path().join(name).join(format!("{name}.wasm")),
+            env.plugins.join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let good = env.post("greetings", r#"{"name":"Ann"}"#);
+    let empty = env.post("greetings", r#"{"name":"  "}"#);
+    let daemon = env.start();
+    env.wait_settled("greetings", 2, LONG);
+    let job = env.job(&good);
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "{:?}\n{}",
+        job.last_error,
+        daemon.log_text()
+    );
+    let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!({"greeting": "hello Ann", "seen": 1})
+    );
+    assert_eq!(env.jobs("greetings.done").len(), 1);
+    let job = env.job(&empty);
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("rejected by mapper hello-mapper: name is empty")
+    );
+}
