@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
     let cli = sluice::cli::Cli::parse();
     let default_level = match cli.command {
         sluice::cli::Command::Run => "info",
+        // The dev loop shows each job's outcome and each reload.
+        sluice::cli::Command::Dev(_) => "warn,sluice::pump=info,sluice::reload=info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

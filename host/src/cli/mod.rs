@@ -3,6 +3,7 @@
 //! exit (see `main.rs`).
 
 mod control;
+mod dev;
 mod inspect;
 mod new;
 mod outbox;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Let a paused channel's pumps fetch again, through the running
     /// daemon's HTTP API.
     Resume(control::ChannelArgs),
+    /// The plugin author's loop: build the project in DIR, run it in a local
+    /// daemon, rebuild and hot-swap it on every change, print each job.
+    Dev(dev::DevArgs),
     /// Create a plugin project (Rust or Python, handler or mapper) that
     /// builds into a component with one command.
     New(new::NewArgs),
@@ -116,6 +120,7 @@ pub async fn execute(
         return new::run(args);
     }
     let config = cli.config()?;
+    let explicit_dirs = (cli.plugins.is_some(), cli.data.is_some());
     match cli.command {
         Command::Run => Ok(crate::daemon::run(config, shutdown, hard_stop).await?),
         Command::Post(args) => post::run(&config, args).await,
@@ -130,6 +135,7 @@ pub async fn execute(
         Command::Pause(args) => control::channel(&config, "pause", args).await,
         Command::Resume(args) => control::channel(&config, "resume", args).await,
         Command::New(args) => new::run(args),
+        Command::Dev(args) => dev::run(config, explicit_dirs, args, shutdown, hard_stop).await,
         Command::Bench(args) => crate::bench::run(config, cli.data, args).await,
     }
 }
