@@ -114,9 +114,18 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     let work = WorkDir::new(data)?;
     let runtime = Runtime::with_cache(config.runtime.clone(), work.path.join("cache"))?;
     let path = find_plugin(&args.plugin, &config.plugins_dir)?;
+    // Cold load: the cache dir is new, so this compiles.
+    let compile_started = std::time::Instant::now();
     let plugin = registry::load_file(&runtime, &config, &path)
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let load = load_times(
+        &config,
+        &path,
+        &work.path.join("cache"),
+        compile_started.elapsed(),
+    )
+    .await?;
     let info = plugin.info().clone();
     if info.kind != PluginKind::Handler {
         bail!("{} is a mapper; bench needs a handler", path.display());
@@ -146,6 +155,7 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         &policy,
         &config,
     );
+    report.load(&load);
     let host = |store: Store| Host {
         store,
         set: set.clone(),
@@ -255,6 +265,30 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     }
     drop(plugin);
     report.finish()
+}
+
+/// Cold-load figures: the file's size, the compile that just happened, and
+/// a load from the compile cache by a second runtime (what a daemon restart
+/// or a swap back to a known version costs).
+async fn load_times(
+    config: &Config,
+    path: &Path,
+    cache: &Path,
+    compiled: Duration,
+) -> anyhow::Result<report::LoadReport> {
+    let bytes = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let runtime = Runtime::with_cache(config.runtime.clone(), cache.to_path_buf())?;
+    let started = std::time::Instant::now();
+    registry::load_file(&runtime, config, path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(report::LoadReport {
+        bytes,
+        compiled,
+        cached: started.elapsed(),
+    })
 }
 
 /// One JetStream run: connect the transport to `store`, run the outbox

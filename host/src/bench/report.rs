@@ -38,6 +38,16 @@ struct Figure {
     verdict: &'static str,
 }
 
+/// What loading the benchmarked plugin cost.
+pub struct LoadReport {
+    /// Size of the .wasm file.
+    pub bytes: u64,
+    /// Compiling it (cold: empty compile cache).
+    pub compiled: Duration,
+    /// Loading it again from the compile cache, in a fresh runtime.
+    pub cached: Duration,
+}
+
 /// Collects what the report needs across phases and prints as it goes.
 pub struct Report {
     figures: Vec<Figure>,
@@ -234,6 +244,28 @@ impl Report {
             ratio: String::new(),
             target: format!("<= {}", human(STEADY_P99_TARGET)),
             verdict: verdict(r.latency.p99 <= STEADY_P99_TARGET && r.handled == r.messages),
+        });
+    }
+
+    /// Loading the plugin: compiling it, and from the compile cache.
+    pub fn load(&mut self, r: &LoadReport) {
+        println!(
+            "{:<12} load      {:.1} MB component: compile {}, from the compile cache {}",
+            "[plugin]",
+            r.bytes as f64 / 1e6,
+            human(r.compiled),
+            human(r.cached),
+        );
+        self.figures.push(Figure {
+            name: format!(
+                "plugin load ({:.1} MB), compile / cached",
+                r.bytes as f64 / 1e6
+            ),
+            measured: format!("{} / {}", human(r.compiled), human(r.cached)),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: String::new(),
+            verdict: "",
         });
     }
 
