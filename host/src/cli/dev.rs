@@ -297,14 +297,9 @@ pub(super) async fn run(
                 }
                 // Let a burst of saves settle, then build once.
                 let mut changed = vec![path];
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-                        Ok(Some(p)) => {
-                            if project.is_source(&dir, &p) {
-                                changed.push(p);
-                            }
-                        }
-                        _ => break,
+                while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                    if project.is_source(&dir, &p) {
+                        changed.push(p);
                     }
                 }
                 let first = changed[0].strip_prefix(&dir).unwrap_or(&changed[0]).display().to_string();
