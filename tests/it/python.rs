@@ -5,6 +5,10 @@
 //!
 //! A Python component holds CPython (about 18 MB): each daemon here
 //! compiles its components once (seconds of CPU), hence few, broad tests.
+//! While the rest of the suite runs on the same cores such a compile can
+//! take minutes of wall time, past the default `compile_timeout` (60 s):
+//! these daemons get a long one, and wait for their plugins to load (with
+//! the log on failure) before they wait for jobs.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,11 +19,30 @@ use sluice::store::JobState;
 
 use crate::util::{Env, FAST, built_plugins, repo_root};
 
-const LONG: Duration = Duration::from_secs(240);
+const LONG: Duration = Duration::from_secs(900);
+
+/// FAST, with time for a CPython compile on a loaded machine.
+fn config() -> String {
+    format!("compile_timeout = \"30m\"\n{FAST}")
+}
+
+/// Starts the daemon and waits until it has loaded `n` plugins, none
+/// rejected; panics with its log otherwise.
+fn start_loaded(env: &Env, n: usize) -> crate::util::Daemon {
+    let daemon = env.start();
+    daemon.wait_log(&["plugins directory loaded"], 1, LONG);
+    let line = daemon.log_lines(&["plugins directory loaded"]).remove(0);
+    assert!(
+        line.contains(&format!("loaded={n} ")) && line.contains("rejected=0 "),
+        "{}",
+        daemon.log_text()
+    );
+    daemon
+}
 
 #[test]
 fn the_python_example_handles_retries_and_dead_letters() {
-    let env = Env::new(&["py-invoice"], FAST);
+    let env = Env::new(&["py-invoice"], &config());
     let good = env.post(
         "invoice.create",
         r#"{"customer":"ann","lines":[{"sku":"a","quantity":2,"unit_cents":150},{"sku":"b","quantity":1,"unit_cents":5}]}"#,
@@ -36,7 +59,7 @@ fn the_python_example_handles_retries_and_dead_letters() {
         "invoice.create",
         r#"{"customer":"bo","lines":[{"sku":"a"}]}"#,
     );
-    let daemon = env.start();
+    let daemon = start_loaded(&env, 1);
     env.wait_settled("invoice.create", 4, LONG);
     let job = env.job(&good);
     assert_eq!(
@@ -145,7 +168,7 @@ fn new_python_projects_build_test_and_run_in_a_daemon() {
             ],
         );
     }
-    let env = Env::new(&[], FAST);
+    let env = Env::new(&[], &config());
     for name in ["hello", "hello-mapper"] {
         std::fs::copy(
             outside.path().join(name).join(format!("{name}.wasm")),
@@ -155,7 +178,7 @@ fn new_python_projects_build_test_and_run_in_a_daemon() {
     }
     let good = env.post("greetings", r#"{"name":"Ann"}"#);
     let empty = env.post("greetings", r#"{"name":"  "}"#);
-    let daemon = env.start();
+    let daemon = start_loaded(&env, 2);
     env.wait_settled("greetings", 2, LONG);
     let job = env.job(&good);
     assert_eq!(
