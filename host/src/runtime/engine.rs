@@ -32,7 +32,10 @@ const BACKTRACE_FRAMES: NonZeroUsize = NonZeroUsize::MIN.saturating_add(19);
 const _: () = assert!(BACKTRACE_FRAMES.get() >= super::trap::RECURSION_FRAMES);
 
 /// Core instances, memories and tables one component instance may hold.
-pub(super) const PER_COMPONENT: (u32, u32, u32) = (8, 2, 4);
+/// A Python component (componentize-py: CPython, libc and their shims
+/// linked as separate core modules) holds 14 core instances; a core
+/// instance slot is bookkeeping only (no memory is reserved for it).
+pub(super) const PER_COMPONENT: (u32, u32, u32) = (16, 2, 4);
 
 /// The sandbox's gauges: the call budget and the instance pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -251,8 +254,8 @@ fn engine_config(config: &RuntimeConfig) -> Result<Config, RuntimeError> {
     // per-component maxima, and the totals are `n` times those, so the
     // pool cannot run dry and one plugin cannot take another's share. A
     // Rust component holds ~3 core instances (main, shim, fixups), one
-    // memory and a table or two; the rest is room for components made
-    // with the wasip1 adapter.
+    // memory and a table or two; a Python one 14 core instances; the rest
+    // is room for components made with the wasip1 adapter.
     pool.total_component_instances(n)
         .max_core_instances_per_component(PER_COMPONENT.0)
         .max_memories_per_component(PER_COMPONENT.1)
