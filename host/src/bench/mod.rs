@@ -45,7 +45,7 @@ use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
 
 use drive::{Host, Mode};
 use report::Report;
-use workload::{AMOUNTS_PLUGIN, Workload};
+use workload::{AMOUNTS_PLUGIN, PY_AMOUNTS_PLUGIN, Workload};
 
 /// Which transports to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,7 +68,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = AMOUNTS_PLUGIN, value_name = "PATH_OR_NAME")]
     pub plugin: String,
     /// The same request body for every message [default: for bench-amounts
-    /// message i is {"id": i, "amount": i % 100, "note": "hello"}; for
+    /// and py-bench-amounts message i is {"id": i, "amount": i % 100, "note": "hello"}; for
     /// test-counter {"amount":1}; else {}].
     #[arg(long, value_name = "JSON")]
     pub body: Option<String>,
@@ -135,7 +135,9 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     };
     let workload = match &args.body {
         Some(body) => Workload::Fixed(body.clone()),
-        None if info.name == AMOUNTS_PLUGIN => Workload::Amounts,
+        None if [AMOUNTS_PLUGIN, PY_AMOUNTS_PLUGIN].contains(&info.name.as_str()) => {
+            Workload::Amounts
+        }
         None if info.name == "test-counter" => Workload::Fixed(r#"{"amount":1}"#.into()),
         None => Workload::Fixed("{}".into()),
     };

@@ -24,6 +24,10 @@ pub enum Workload {
 /// The name of the plugin that handles [`Workload::Amounts`].
 pub const AMOUNTS_PLUGIN: &str = "bench-amounts";
 
+/// The same workload in Python (`plugins/py-bench-amounts`), so a Python
+/// plugin's figures can be read next to Rust's.
+pub const PY_AMOUNTS_PLUGIN: &str = "py-bench-amounts";
+
 impl Workload {
     /// The body of message `index`.
     pub fn body(&self, index: usize) -> Vec<u8> {
