@@ -13,8 +13,9 @@
 //! proves each was handled once), `drive.rs` (backlog drain and
 //! steady-state runs), `probe.rs` (post -> handled timestamps),
 //! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
-//! native call), `swap.rs` (hot reload swap latency), `natsd.rs` (a
-//! throwaway nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
+//! native call), `post.rs` (the `sluice post` command from stdin),
+//! `swap.rs` (hot reload swap latency), `natsd.rs` (a throwaway
+//! nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
 //! printed lines and the table of figures).
 //!
 //! This is an edge like `cli`, so errors are `anyhow`.
@@ -22,6 +23,7 @@
 mod baseline;
 mod drive;
 mod natsd;
+mod post;
 mod probe;
 mod report;
 mod stats;
@@ -98,7 +100,15 @@ pub struct BenchArgs {
     /// Hot reload swaps timed (0: skip).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub swaps: usize,
+    /// Also time the `sluice post` command piping --messages lines from
+    /// stdin, on each transport (to channel `bench.post`, which nothing
+    /// consumes; purged from JetStream afterwards).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub post: bool,
 }
+
+/// Where the `sluice post` runs post: a channel nothing handles.
+const POST_CHANNEL: &str = "bench.post";
 
 /// Runs the benchmark and prints its report. `data`: the `--data` flag.
 pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> anyhow::Result<()> {
@@ -182,6 +192,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         if let Some((rate, run)) = steady_run {
             report.steady("embedded", rate, &run);
         }
+        if args.post {
+            let dir = work.path.join("post-embedded");
+            let r = post::run(&dir, None, POST_CHANNEL, &workload, args.messages).await?;
+            report.post("embedded", &r);
+        }
     }
 
     if args.transport != Which::Embedded {
@@ -209,6 +224,13 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 report.raws(args.messages, &raws);
                 if let Some((rate, run)) = steady_run {
                     report.steady("JetStream", rate, &run);
+                }
+                if args.post {
+                    let dir = work.path.join("post-jetstream");
+                    let r =
+                        post::run(&dir, Some(&url), POST_CHANNEL, &workload, args.messages).await;
+                    post::purge(&url, POST_CHANNEL).await?;
+                    report.post("jetstream", &r?);
                 }
                 drop(server);
             }

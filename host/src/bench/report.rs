@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::baseline::{RAW_BATCH, RawReport, SandboxReport};
 use super::drive::{Mode, RunReport};
+use super::post::PostReport;
 use super::stats::{self, human, mib, rate, ratio};
 use super::swap::SwapReport;
 use crate::config::{Config, Policy};
@@ -23,6 +24,8 @@ const EMBEDDED_DRAIN_TARGET: f64 = 50_000.0;
 const EMBEDDED_DRAIN_STRETCH: f64 = 100_000.0;
 const JETSTREAM_VS_RAW_TARGET: f64 = 0.3;
 const JETSTREAM_VS_RAW_STRETCH: f64 = 0.5;
+const POST_EMBEDDED_TARGET: f64 = 100_000.0;
+const POST_VS_RAW_TARGET: f64 = 0.5;
 const SANDBOX_P50_TARGET: Duration = Duration::from_micros(10);
 const STEADY_P99_TARGET: Duration = Duration::from_millis(5);
 const RSS_TARGET: u64 = 64 * 1024 * 1024;
@@ -223,6 +226,38 @@ impl Report {
             target: String::new(),
             verdict: "",
         });
+    }
+
+    /// A `sluice post` run: embedded against its target, JetStream against
+    /// the raw publish measured before it.
+    pub fn post(&mut self, transport: &str, r: &PostReport) {
+        let measured = rate(r.queued, r.elapsed);
+        println!(
+            "{:<12} post      sluice post < {} lines in {} = {measured:.0} msgs/s",
+            format!("[{transport}]"),
+            r.queued,
+            human(r.elapsed)
+        );
+        let figure = match (transport, self.raw) {
+            ("embedded", _) => Figure {
+                name: "embedded `sluice post` from stdin".into(),
+                measured: per_s(measured, "msgs"),
+                baseline: String::new(),
+                ratio: String::new(),
+                target: format!(">= {}", thousands(POST_EMBEDDED_TARGET)),
+                verdict: verdict(measured >= POST_EMBEDDED_TARGET),
+            },
+            (_, Some((_, publish))) => Figure {
+                name: "JetStream `sluice post` from stdin".into(),
+                measured: per_s(measured, "msgs"),
+                baseline: format!("raw publish {}", per_s(publish, "msgs")),
+                ratio: ratio(measured, publish),
+                target: format!(">= {POST_VS_RAW_TARGET}x"),
+                verdict: verdict(publish > 0.0 && measured / publish >= POST_VS_RAW_TARGET),
+            },
+            (_, None) => return,
+        };
+        self.figures.push(figure);
     }
 
     /// A steady-state run's latency as a figure.

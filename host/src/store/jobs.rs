@@ -7,7 +7,7 @@
 //! handles yet is kept as one "unrouted" job (consumer `''`) and is routed the
 //! moment a handler registers, so nothing posted early is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -151,9 +151,10 @@ impl Store {
     pub async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
+            let mut routes = Routes::default();
             messages
                 .iter()
-                .map(|m| publish_one(conn, m, None, now))
+                .map(|m| publish_one(conn, &mut routes, m, None, now))
                 .collect()
         })
         .await
@@ -299,19 +300,37 @@ impl Store {
     }
 }
 
+/// The handlers of each channel, looked up once per store operation (the
+/// consumers table only changes in an operation of its own).
+#[derive(Default)]
+pub(super) struct Routes(HashMap<String, Vec<String>>);
+
+impl Routes {
+    /// Who gets a copy of a message on `channel`: its handlers, or the
+    /// unrouted consumer `''` while it has none.
+    fn of(&mut self, conn: &Connection, channel: &str) -> Result<&[String], StoreError> {
+        if !self.0.contains_key(channel) {
+            let mut consumers = consumers_of(conn, channel)?;
+            if consumers.is_empty() {
+                consumers.push(String::new());
+            }
+            self.0.insert(channel.to_owned(), consumers);
+        }
+        Ok(self.0.get(channel).map_or(&[], Vec::as_slice))
+    }
+}
+
 /// Inserts one job per handler of the message's channel; `parent` is the
 /// job whose handler posted it, if one did.
 fn publish_one(
     conn: &Connection,
+    routes: &mut Routes,
     m: &NewMessage,
     parent: Option<&str>,
     now: i64,
 ) -> Result<Published, StoreError> {
     let msg = &m.message;
-    let mut consumers = consumers_of(conn, &msg.channel)?;
-    if consumers.is_empty() {
-        consumers.push(String::new());
-    }
+    let consumers = routes.of(conn, &msg.channel)?;
     let state = if m.visible_at > now {
         JobState::Scheduled
     } else {
@@ -325,8 +344,6 @@ fn publish_one(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
          ON CONFLICT (message_id, consumer) DO NOTHING",
     )?;
-    let mut existing =
-        conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
     let mut job_ids = Vec::with_capacity(consumers.len());
     let mut duplicate = false;
     for consumer in consumers {
@@ -349,6 +366,8 @@ fn publish_one(
             job_ids.push(id);
         } else {
             duplicate = true;
+            let mut existing = conn
+                .prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
             job_ids.push(existing.query_row(params![msg.id, consumer], |r| r.get(0))?);
         }
     }
@@ -559,11 +578,12 @@ fn apply(
         return Ok(false);
     }
     state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
+    let mut routes = Routes::default();
     for post in &commit.posts {
         if outbox {
             outbox::insert(conn, &post.message.id, None, post, None, Some(job_id), now)?;
         } else {
-            posted.push(publish_one(conn, post, Some(job_id), now)?);
+            posted.push(publish_one(conn, &mut routes, post, Some(job_id), now)?);
         }
     }
     Ok(true)

@@ -12,13 +12,13 @@
 
 mod embedded;
 mod jetstream;
-mod wire;
+pub(crate) mod wire;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::Embedded;
-pub use jetstream::{JetStream, JetStreamError, JetStreamSettings};
+pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM};
 pub use wire::WireError;
 
 use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
