@@ -3,7 +3,9 @@
 //!
 //! A pump holds a `Semaphore` of `concurrency` permits and fetches only as
 //! many messages as it has free permits, so nothing waits in memory that
-//! another host could be running. Each message runs as its own task. On
+//! another host could be running. A delivery holds its permit until it is
+//! settled, or (embedded, see `Transport::slot_until_settled`) until its
+//! call is over, so the next claim overlaps the commit of the last round. Each message runs as its own task. On
 //! shutdown the pump stops fetching, gives in-flight jobs the drain period,
 //! then cancels what is left (the sandbox stops the guest) and hands those
 //! jobs back unrun. Pumps never hold a lock across `.await`.
@@ -128,8 +130,7 @@ pub async fn run<T: Transport>(
             let breaker = breaker.clone();
             let cancel = hard_stop.child_token();
             tasks.spawn(async move {
-                process::process(&deps, &sub, &policy, &breaker, delivery, cancel).await;
-                drop(permit);
+                process::process(&deps, &sub, &policy, &breaker, delivery, cancel, permit).await;
             });
         }
     }

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Deps;
@@ -54,6 +55,7 @@ pub(super) async fn process<T: Transport>(
     breaker: &Breaker,
     delivery: Delivery,
     cancel: CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
     let job = &delivery.job;
@@ -67,10 +69,12 @@ pub(super) async fn process<T: Transport>(
     let work = async {
         let (plugin, fuel_used, verdict) =
             decide(deps, sub, policy, breaker, &delivery, cancel, &running).await;
+        let slot = keep_slot(deps, slot);
         let recorded = commit(deps, &delivery, plugin.as_ref(), fuel_used, verdict).await;
-        (plugin, fuel_used, recorded)
+        (plugin, fuel_used, recorded, slot)
     };
-    let (plugin, fuel_used, recorded) = with_heartbeats(&deps.transport, &delivery, work).await;
+    let (plugin, fuel_used, recorded, _slot) =
+        with_heartbeats(&deps.transport, &delivery, work).await;
     if let Some(recorded) = recorded {
         settle(
             deps,
@@ -185,6 +189,15 @@ async fn decide<T: Transport>(
         }
     };
     (Some(handler), fuel_used, verdict)
+}
+
+/// The call is over: the slot is kept until the delivery is settled, or
+/// freed now where the transport allows it.
+fn keep_slot<T: Transport>(
+    deps: &Deps<T>,
+    slot: OwnedSemaphorePermit,
+) -> Option<OwnedSemaphorePermit> {
+    deps.transport.slot_until_settled().then_some(slot)
 }
 
 /// Runs `call`, telling the transport every `heartbeat_every` that the

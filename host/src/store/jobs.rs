@@ -366,8 +366,8 @@ fn publish_one(
             job_ids.push(id);
         } else {
             duplicate = true;
-            let mut existing = conn
-                .prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
+            let mut existing =
+                conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
             job_ids.push(existing.query_row(params![msg.id, consumer], |r| r.get(0))?);
         }
     }
@@ -484,35 +484,59 @@ fn finish_job(
     if running != Some(attempt) {
         return Ok(FinishResult::Stale);
     }
-    // Columns every outcome records: who ran it and what it cost.
-    conn.prepare_cached(
-        "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
-             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        call.plugin_version,
-        call.plugin_hash,
-        call.fuel_used as i64,
-        now
-    ])?;
+    // Columns every outcome records: who ran it and what it cost (a
+    // success records them in its one UPDATE).
+    let record_call = || -> Result<(), StoreError> {
+        conn.prepare_cached(
+            "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
+                 plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4,
+                 updated_at = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            job_id,
+            call.plugin_version,
+            call.plugin_hash,
+            call.fuel_used as i64,
+            now
+        ])?;
+        Ok(())
+    };
     let mut posted = Vec::new();
     match finish {
         Finish::Succeeded { result, commit } => {
             if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
+                record_call()?;
                 release(conn, job_id, now, "state changed while running; re-running")?;
                 return Ok(FinishResult::Conflict);
             }
-            // One statement (outcome and progress): the hot path of a drain.
+            // One statement (outcome, progress, who ran it): the hot path
+            // of a drain.
             let note = commit.progress.and_then(|(_, note)| note);
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
-                     finished_at = ?3, last_error = NULL, progress = 100,
-                     progress_note = COALESCE(?4, progress_note) WHERE id = ?1",
+                     finished_at = ?3, updated_at = ?3, last_error = NULL, progress = 100,
+                     progress_note = COALESCE(?4, progress_note),
+                     plugin_version = COALESCE(?5, plugin_version),
+                     plugin_hash = COALESCE(?6, plugin_hash), fuel_used = fuel_used + ?7
+                 WHERE id = ?1",
             )?
-            .execute(params![job_id, result, now, note])?;
+            .execute(params![
+                job_id,
+                result,
+                now,
+                note,
+                call.plugin_version,
+                call.plugin_hash,
+                call.fuel_used as i64
+            ])?;
+            return Ok(FinishResult::Committed { posted });
         }
+        _ => record_call()?,
+    }
+    match finish {
+        // Recorded above, in its one UPDATE.
+        Finish::Succeeded { .. } => {}
         Finish::Continue {
             cursor,
             visible_at,

@@ -108,4 +108,12 @@ impl Transport for Embedded {
     fn uses_outbox(&self) -> bool {
         false
     }
+
+    /// A job whose call is over waits for its commit holding no slot: it
+    /// is `running` in the store, so no claim can hand it out again, and
+    /// the next claim joins the same group commit as these finishes
+    /// instead of waiting for them (one fsync per round of jobs, not two).
+    fn slot_until_settled(&self) -> bool {
+        false
+    }
 }

@@ -142,4 +142,12 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (message, to);
         Ok(())
     }
+
+    /// True (the default) when a delivery holds its pump slot until it is
+    /// settled, so the pump never has more deliveries than slots. A backend
+    /// may free the slot as soon as the call is over instead, while the
+    /// outcome commits, when nothing else could take the job meanwhile.
+    fn slot_until_settled(&self) -> bool {
+        true
+    }
 }
