@@ -229,10 +229,11 @@ impl Store {
         .await
     }
 
-    /// One job.
+    /// One job (read on the reader connection: never waits for, or holds
+    /// up, a commit).
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_owned();
-        self.call(move |conn| {
+        self.read(move |conn| {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_row(params![id], record).optional()?.transpose()
@@ -246,9 +247,9 @@ impl Store {
         self.jobs_page(filter, None).await
     }
 
-    /// Job counts by (channel, state).
+    /// Job counts by (channel, state), on the reader connection.
     pub async fn counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT channel, state, COUNT(*) FROM jobs GROUP BY channel, state ORDER BY channel, state",
             )?;

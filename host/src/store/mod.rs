@@ -13,9 +13,11 @@
 //! per batch, not per job. An operation that fails rolls back its own
 //! savepoint only.
 //!
-//! **Reads for operators** (job lists, the dashboard) run on a second,
-//! read-only connection on its own thread (`reader`), so they never wait
-//! for a group commit or hold one up. Every query behind them walks an
+//! **Reads for operators** (job lists, a job, counts, the dashboard, the
+//! outbox, the plugin view: every read the CLI and the API make) run on a
+//! second, read-only connection on its own thread (`reader`), so they never
+//! wait for a group commit or hold one up, and a CLI process reading the
+//! daemon's file never takes its write lock. Every query behind them walks an
 //! index and stops at a limit (`listing`), so they stay fast with millions
 //! of jobs in the file.
 
