@@ -267,13 +267,13 @@ impl Store {
         .await
     }
 
-    /// Outbox rows, newest first (on the reader connection).
+    /// Outbox rows, newest first.
     pub async fn outbox_list(
         &self,
         filter: OutboxFilter,
         limit: usize,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read(move |conn| {
+        self.call(move |conn| {
             let clause = match filter {
                 OutboxFilter::All => "1",
                 OutboxFilter::Pending => "sent_at IS NULL AND failed_at IS NULL",
