@@ -14,7 +14,7 @@
 //! savepoint only.
 //!
 //! **Reads for operators** (job lists, a job, counts, the dashboard, the
-//! outbox, the plugin view: every read the CLI and the API make) run on a
+//! outbox lag, the plugin view; not yet the outbox listing) run on a
 //! second, read-only connection on its own thread (`reader`), so they never
 //! wait for a group commit or hold one up, and a CLI process reading the
 //! daemon's file never takes its write lock. Every query behind them walks an
