@@ -17,5 +17,6 @@ pub mod registry;
 pub mod reload;
 pub mod runtime;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod transport;

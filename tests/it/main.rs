@@ -22,6 +22,7 @@ mod lifecycle;
 mod rejects;
 mod reload;
 mod sandbox;
+mod schedules;
 mod send;
 mod trace_context;
 mod wire;

@@ -328,7 +328,7 @@ fn failed(policy: &Policy, breaker: &Breaker, attempt: u32, reason: String) -> V
             visible_at: now_ms()
                 .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         },
-        settle: Settle::Nak { delay },
+        settle: Settle::Retry { delay },
         outcome: "retrying",
         error: Some(reason),
     }

@@ -13,7 +13,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::records::{ClaimedJob, JobRecord, JobState};
 use super::{Store, StoreError, outbox, state};
-use crate::message::{CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms};
+use crate::message::{
+    ATTEMPT_HEADER, CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms,
+};
 
 /// A message to enqueue.
 #[derive(Debug, Clone)]
@@ -518,6 +520,9 @@ fn finish_job(
                 "UPDATE jobs SET state = 'retrying', last_error = ?2, visible_at = ?3 WHERE id = ?1",
             )?
             .execute(params![job_id, error, visible_at])?;
+            if outbox {
+                retry_message(conn, job_id, attempt, visible_at, now)?;
+            }
         }
         Finish::Dead { error } => {
             conn.prepare_cached(
@@ -569,6 +574,46 @@ fn apply(
     Ok(true)
 }
 
+/// A job's message as its row holds it, with its handler, slice number,
+/// cursor and expiry.
+struct JobMessage {
+    message: Message,
+    consumer: String,
+    slices: u32,
+    cursor: Option<String>,
+    expires_at: Option<i64>,
+}
+
+fn job_message(conn: &Connection, job_id: &str) -> Result<JobMessage, StoreError> {
+    let (kind, headers, job) = conn
+        .prepare_cached(
+            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at, cursor
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![job_id], |r| {
+            let kind: String = r.get(3)?;
+            let headers: String = r.get(4)?;
+            let job = JobMessage {
+                message: Message {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    kind: MessageKind::default(),
+                    headers: Vec::new(),
+                    body: r.get(5)?,
+                },
+                consumer: r.get(2)?,
+                slices: r.get(6)?,
+                expires_at: r.get(7)?,
+                cursor: r.get(8)?,
+            };
+            Ok((kind, headers, job))
+        })?;
+    let mut job = job;
+    job.message.kind = parse_kind(&kind)?;
+    job.message.headers = parse_headers(&headers)?;
+    Ok(job)
+}
+
 /// On an external transport the next slice must reach whichever host picks
 /// it up, so it travels as a message of its own, addressed to this handler
 /// only and carrying the cursor and slice number.
@@ -579,49 +624,17 @@ fn continuation(
     visible_at: i64,
     now: i64,
 ) -> Result<(), StoreError> {
-    let (message_id, channel, consumer, kind, headers, body, slices, expires_at): (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Vec<u8>,
-        u32,
-        Option<i64>,
-    ) = conn
-        .prepare_cached(
-            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row(params![job_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?;
-    let message = Message {
-        id: message_id.clone(),
-        channel,
-        kind: parse_kind(&kind)?,
-        headers: parse_headers(&headers)?,
-        body,
-    };
+    let job = job_message(conn, job_id)?;
     let post = NewMessage {
-        message: next_slice(&message, cursor, slices),
+        message: next_slice(&job.message, cursor, job.slices),
         visible_at,
-        expires_at,
+        expires_at: job.expires_at,
     };
-    let dedupe = format!("{message_id}/{consumer}/slice/{slices}");
+    let dedupe = format!("{}/{}/slice/{}", job.message.id, job.consumer, job.slices);
     outbox::insert(
         conn,
         &dedupe,
-        Some(&consumer),
+        Some(&job.consumer),
         &post,
         Some(cursor),
         Some(job_id),
@@ -629,11 +642,60 @@ fn continuation(
     )
 }
 
+/// On an external transport a retry is a message of its own too, not a
+/// NAK: a NAKed delivery holds a consumer slot through the whole backoff.
+/// It is addressed to this handler, due when the backoff ends, and says how
+/// many attempts were made (`sluice-attempt`), so the host that picks it up
+/// counts on from there and the inbox tells the live retry from a
+/// redelivery of the attempt before it.
+fn retry_message(
+    conn: &Connection,
+    job_id: &str,
+    attempt: u32,
+    visible_at: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let job = job_message(conn, job_id)?;
+    let mut message = match &job.cursor {
+        Some(cursor) => next_slice(&job.message, cursor, job.slices),
+        None => {
+            let mut m = job.message.clone();
+            m.headers
+                .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
+            m
+        }
+    };
+    message
+        .headers
+        .push((ATTEMPT_HEADER.to_owned(), attempt.to_string()));
+    let post = NewMessage {
+        message,
+        visible_at,
+        expires_at: job.expires_at,
+    };
+    let dedupe = retry_id(&job.message.id, &job.consumer, job.slices, attempt);
+    outbox::insert(
+        conn,
+        &dedupe,
+        Some(&job.consumer),
+        &post,
+        job.cursor.as_deref(),
+        Some(job_id),
+        now,
+    )
+}
+
+/// The dedupe id of the retry message sent after attempt `attempt` of
+/// slice `slice` failed.
+pub(super) fn retry_id(message_id: &str, consumer: &str, slice: u32, attempt: u32) -> String {
+    format!("{message_id}/{consumer}/retry/{slice}/{attempt}")
+}
+
 /// The message that starts slice `slice` of `message`'s job at `cursor`.
 pub fn next_slice(message: &Message, cursor: &str, slice: u32) -> Message {
     let mut next = message.clone();
     next.headers
-        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
     next.headers
         .push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
     next.headers

@@ -277,6 +277,7 @@ fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>
         cursor: cursor.map(str::to_owned),
         not_before,
         expires_at: None,
+        attempts_before: 0,
     }
 }
 

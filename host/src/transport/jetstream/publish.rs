@@ -2,13 +2,15 @@
 //! post`, the HTTP API's posts, and dead-letter replays.
 
 use super::super::wire::{self, Envelope};
+use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
 use crate::message::{CURSOR_HEADER, SLICE_HEADER, now_ms};
 use crate::store::{JobRecord, NewMessage, Published};
 
 impl JetStream {
     /// Publishes each message to its channel's subject; a message delayed
-    /// into the future carries its not-before time.
+    /// into the future goes as a schedule the server fires when it is due
+    /// (see `schedule`), carrying its not-before time too.
     pub(super) async fn publish_messages(
         &self,
         messages: Vec<NewMessage>,
@@ -74,6 +76,12 @@ impl JetStream {
             reason,
         };
         wire::check_subject(subject).map_err(rejected)?;
+        // A delay is kept by the server (a schedule), never by a consumer
+        // slot; one it cannot keep is refused here, before anything is sent.
+        let at = match not_before {
+            Some(at) if self.wants_schedule(at, now_ms()).map_err(rejected)? => Some(at),
+            _ => None,
+        };
         let headers = wire::headers(&Envelope {
             message,
             dedupe_id,
@@ -87,14 +95,23 @@ impl JetStream {
             self.inner.client.max_payload(),
         )
         .map_err(rejected)?;
-        let ack = self
-            .inner
-            .js
-            .publish_with_headers(subject.to_owned(), headers, message.body.clone().into())
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let body: bytes::Bytes = message.body.clone().into();
+        let sent = match at {
+            Some(at) => self
+                .publish_schedule(subject, headers, body, at, dedupe_id)
+                .await
+                .map_err(|e| match e {
+                    ScheduleError::Wire(w) => rejected(w),
+                    ScheduleError::Publish(p) => err(p.to_string()),
+                })?,
+            None => self
+                .inner
+                .js
+                .publish_with_headers(subject.to_owned(), headers, body)
+                .await
+                .map_err(|e| err(e.to_string()))?,
+        };
+        let ack = sent.await.map_err(|e| err(e.to_string()))?;
         Ok(ack.duplicate)
     }
 }
