@@ -19,6 +19,7 @@ mod failures;
 mod isolation;
 mod jetstream;
 mod lifecycle;
+mod producers;
 mod rejects;
 mod reload;
 mod sandbox;

@@ -93,10 +93,12 @@ fn receive_one(
     now: i64,
 ) -> Result<Received, StoreError> {
     let id = job_id_for(&d.message.id, &d.consumer);
-    let row: Option<(String, u32, u32, i64)> = conn
-        .prepare_cached("SELECT state, attempts, slices, visible_at FROM jobs WHERE id = ?1")?
+    let row: Option<(String, u32, u32, i64, u32)> = conn
+        .prepare_cached(
+            "SELECT state, attempts, slices, visible_at, replays FROM jobs WHERE id = ?1",
+        )?
         .query_row(params![id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
     let not_yet = d.not_before.filter(|t| *t > now);
@@ -141,7 +143,7 @@ fn receive_one(
             }
             d.attempts_before.saturating_add(1)
         }
-        Some((state, attempts, slices, visible_at)) => {
+        Some((state, attempts, slices, visible_at, replays)) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
             if matches!(
@@ -157,7 +159,8 @@ fn receive_one(
             // with. (A job left retrying by a version that retried by NAK
             // has no such message: it waits out its backoff as it did.)
             if state == JobState::Retrying && d.slice == slices && d.attempts_before < attempts {
-                let retry = super::jobs::retry_id(&d.message.id, &d.consumer, slices, attempts);
+                let retry =
+                    super::jobs::retry_id(&d.message.id, &d.consumer, replays, slices, attempts);
                 let sent: bool = conn
                     .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)")?
                     .query_row(params![retry], |r| r.get(0))?;

@@ -582,12 +582,14 @@ struct JobMessage {
     slices: u32,
     cursor: Option<String>,
     expires_at: Option<i64>,
+    replays: u32,
 }
 
 fn job_message(conn: &Connection, job_id: &str) -> Result<JobMessage, StoreError> {
     let (kind, headers, job) = conn
         .prepare_cached(
-            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at, cursor
+            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at, cursor,
+                 replays
              FROM jobs WHERE id = ?1",
         )?
         .query_row(params![job_id], |r| {
@@ -605,6 +607,7 @@ fn job_message(conn: &Connection, job_id: &str) -> Result<JobMessage, StoreError
                 slices: r.get(6)?,
                 expires_at: r.get(7)?,
                 cursor: r.get(8)?,
+                replays: r.get(9)?,
             };
             Ok((kind, headers, job))
         })?;
@@ -673,7 +676,13 @@ fn retry_message(
         visible_at,
         expires_at: job.expires_at,
     };
-    let dedupe = retry_id(&job.message.id, &job.consumer, job.slices, attempt);
+    let dedupe = retry_id(
+        &job.message.id,
+        &job.consumer,
+        job.replays,
+        job.slices,
+        attempt,
+    );
     outbox::insert(
         conn,
         &dedupe,
@@ -686,9 +695,16 @@ fn retry_message(
 }
 
 /// The dedupe id of the retry message sent after attempt `attempt` of
-/// slice `slice` failed.
-pub(super) fn retry_id(message_id: &str, consumer: &str, slice: u32, attempt: u32) -> String {
-    format!("{message_id}/{consumer}/retry/{slice}/{attempt}")
+/// slice `slice` failed, in the job's `replays`-th life (a replay starts
+/// the attempts afresh, so its retries need ids of their own).
+pub(super) fn retry_id(
+    message_id: &str,
+    consumer: &str,
+    replays: u32,
+    slice: u32,
+    attempt: u32,
+) -> String {
+    format!("{message_id}/{consumer}/retry/{replays}/{slice}/{attempt}")
 }
 
 /// The message that starts slice `slice` of `message`'s job at `cursor`.

@@ -4,7 +4,7 @@
 use super::super::wire::{self, Envelope};
 use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
-use crate::message::{CURSOR_HEADER, SLICE_HEADER, now_ms};
+use crate::message::{ATTEMPT_HEADER, CURSOR_HEADER, SLICE_HEADER, now_ms};
 use crate::store::{JobRecord, NewMessage, Published};
 
 impl JetStream {
@@ -40,7 +40,8 @@ impl JetStream {
     /// only, resuming from its cursor.
     pub async fn replay(&self, job: &JobRecord) -> Result<(), JetStreamError> {
         let mut headers = job.headers.clone();
-        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+        // A replay starts its attempts afresh.
+        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
         if let Some(c) = &job.cursor {
             headers.push((CURSOR_HEADER.into(), c.clone()));
         }
