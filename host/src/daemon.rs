@@ -242,6 +242,7 @@ async fn serve<T: Transport>(
     transport.register(&subscriptions).await?;
     let deps = Arc::new(Deps {
         store: store.clone(),
+        state: crate::state::Ledger::new(store.clone(), crate::state::DEFAULT_CACHE_BYTES),
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),

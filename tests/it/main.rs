@@ -25,5 +25,6 @@ mod reload;
 mod sandbox;
 mod schedules;
 mod send;
+mod state;
 mod trace_context;
 mod wire;

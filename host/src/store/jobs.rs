@@ -7,12 +7,14 @@
 //! handles yet is kept as one "unrouted" job (consumer `''`) and is routed the
 //! moment a handler registers, so nothing posted early is lost.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::records::{ClaimedJob, JobRecord, JobState};
-use super::{Store, StoreError, outbox, state};
+use super::state::{self, Applied, StateCommit};
+use super::{Store, StoreError, outbox};
 use crate::message::{
     ATTEMPT_HEADER, CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms,
 };
@@ -94,12 +96,8 @@ pub enum Finish {
 pub struct Commit {
     /// Last progress reported: percent and note.
     pub progress: Option<(u8, Option<String>)>,
-    /// Plugin whose state the reads and writes are in.
-    pub state_plugin: String,
-    /// Versions the call read.
-    pub state_reads: BTreeMap<String, i64>,
-    /// Key -> new value (`None`: delete).
-    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// What the call read and changed in its plugin's state.
+    pub state: StateCommit,
     /// Messages posted, already mapped to wire form.
     pub posts: Vec<NewMessage>,
 }
@@ -111,9 +109,13 @@ pub enum FinishResult {
     Committed {
         /// Jobs created by the posts.
         posted: Vec<Published>,
+        /// State keys stored under another version than the commit carried
+        /// (see `store/state.rs`); the ledger must forget its view of them.
+        reassigned: Vec<String>,
     },
     /// The state the call read changed meanwhile: nothing was applied and the
-    /// job is queued again at once without losing an attempt.
+    /// job is queued again at once without losing an attempt (the conflict
+    /// is counted in its record).
     Conflict,
     /// The job was no longer running this attempt (e.g. cancelled): nothing
     /// was applied.
@@ -129,6 +131,8 @@ pub struct CallRecord {
     pub plugin_hash: Option<String>,
     /// Fuel the call used.
     pub fuel_used: u64,
+    /// Re-runs this attempt needed because its state changed under it.
+    pub conflicts: u32,
 }
 
 /// A filter for [`Store::jobs`].
@@ -145,7 +149,7 @@ pub struct JobFilter {
 pub(super) const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
      attempts, slices, visible_at, expires_at, cursor, progress, progress_note, result, \
      last_error, plugin_version, plugin_hash, fuel_used, replays, created_at, started_at, \
-     finished_at, updated_at";
+     finished_at, updated_at, conflicts";
 
 impl Store {
     /// Enqueues messages: one job per registered handler of each channel.
@@ -209,10 +213,32 @@ impl Store {
         call: CallRecord,
         finish: Finish,
     ) -> Result<FinishResult, StoreError> {
+        self.submit_finish(job_id, attempt, call, finish)?.await
+    }
+
+    /// [`Store::finish`], queued on the writer before this returns: finishes
+    /// submitted one after the other are applied in that order. The state
+    /// ledger submits under its lock, so the order in which it handed out
+    /// state versions is the order the writer checks them in.
+    pub fn submit_finish(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        call: CallRecord,
+        finish: Finish,
+    ) -> Result<impl Future<Output = Result<FinishResult, StoreError>> + Send + 'static, StoreError>
+    {
         let job_id = job_id.to_owned();
         let outbox = self.outbox;
-        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, outbox, now_ms()))
-            .await
+        let versions = Arc::clone(&self.versions);
+        self.writer.submit(move |conn| {
+            let ctx = FinishCtx {
+                outbox,
+                versions: &versions,
+                now: now_ms(),
+            };
+            finish_job(conn, &job_id, attempt, &call, finish, &ctx)
+        })
     }
 
     /// At daemon start: jobs left `running` by a previous process that died
@@ -295,7 +321,8 @@ impl Store {
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1",
                 params![before_ms],
             )?;
-            Ok(jobs + sent)
+            let tombstones = state::prune_tombstones(conn, before_ms)?;
+            Ok(jobs + sent + tombstones)
         })
         .await
     }
@@ -451,15 +478,22 @@ fn claim(
     Ok(out)
 }
 
+/// What a finish needs besides its arguments.
+struct FinishCtx<'a> {
+    outbox: bool,
+    versions: &'a AtomicI64,
+    now: i64,
+}
+
 fn finish_job(
     conn: &Connection,
     job_id: &str,
     attempt: u32,
     call: &CallRecord,
     finish: Finish,
-    outbox: bool,
-    now: i64,
+    ctx: &FinishCtx<'_>,
 ) -> Result<FinishResult, StoreError> {
+    let (outbox, now) = (ctx.outbox, ctx.now);
     let running: Option<u32> = conn
         .prepare_cached("SELECT attempts FROM jobs WHERE id = ?1 AND state = 'running'")?
         .query_row(params![job_id], |r| r.get(0))
@@ -470,7 +504,8 @@ fn finish_job(
     // Columns every outcome records: who ran it and what it cost.
     conn.prepare_cached(
         "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
-             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5
+             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5,
+             conflicts = conflicts + ?6
          WHERE id = ?1",
     )?
     .execute(params![
@@ -478,15 +513,17 @@ fn finish_job(
         call.plugin_version,
         call.plugin_hash,
         call.fuel_used as i64,
-        now
+        now,
+        call.conflicts
     ])?;
     let mut posted = Vec::new();
+    let mut reassigned = Vec::new();
     match finish {
         Finish::Succeeded { result, commit } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
+            let Some(moved) = apply(conn, job_id, &commit, ctx, &mut posted)? else {
+                return conflict(conn, job_id, now);
+            };
+            reassigned = moved;
             // One statement (outcome and progress): the hot path of a drain.
             let note = commit.progress.and_then(|(_, note)| note);
             conn.prepare_cached(
@@ -501,10 +538,10 @@ fn finish_job(
             visible_at,
             commit,
         } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
+            let Some(moved) = apply(conn, job_id, &commit, ctx, &mut posted)? else {
+                return conflict(conn, job_id, now);
+            };
+            reassigned = moved;
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'scheduled', cursor = ?2, visible_at = ?3, attempts = 0,
                      slices = slices + 1, last_error = NULL WHERE id = ?1",
@@ -547,31 +584,52 @@ fn finish_job(
             release(conn, job_id, visible_at, &reason)?;
         }
     }
-    Ok(FinishResult::Committed { posted })
+    Ok(FinishResult::Committed { posted, reassigned })
 }
 
-/// Applies a success's effects (the posts recorded as `job_id`'s); false
-/// (and nothing applied) on a state conflict.
+/// A state conflict: nothing of the call applied; the job goes back to
+/// the queue without losing its attempt, and the conflict is counted.
+fn conflict(conn: &Connection, job_id: &str, now: i64) -> Result<FinishResult, StoreError> {
+    release(conn, job_id, now, "state changed while running; re-running")?;
+    conn.prepare_cached("UPDATE jobs SET conflicts = conflicts + 1 WHERE id = ?1")?
+        .execute(params![job_id])?;
+    Ok(FinishResult::Conflict)
+}
+
+/// Applies a success's effects (the posts recorded as `job_id`'s). `None` (and nothing applied) on a state
+/// conflict; else the state keys that got another version than the commit
+/// carried.
 fn apply(
     conn: &Connection,
     job_id: &str,
     commit: &Commit,
-    outbox: bool,
-    now: i64,
+    ctx: &FinishCtx<'_>,
     posted: &mut Vec<Published>,
-) -> Result<bool, StoreError> {
-    if !state::reads_hold(conn, &commit.state_plugin, &commit.state_reads)? {
-        return Ok(false);
-    }
-    state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
+) -> Result<Option<Vec<String>>, StoreError> {
+    let reassigned = if commit.state.changes.is_empty() && commit.state.reads.is_empty() {
+        Vec::new()
+    } else {
+        match state::apply(conn, ctx.versions, &commit.state, ctx.now)? {
+            Applied::Done { reassigned } => reassigned,
+            Applied::Conflict => return Ok(None),
+        }
+    };
     for post in &commit.posts {
-        if outbox {
-            outbox::insert(conn, &post.message.id, None, post, None, Some(job_id), now)?;
+        if ctx.outbox {
+            outbox::insert(
+                conn,
+                &post.message.id,
+                None,
+                post,
+                None,
+                Some(job_id),
+                ctx.now,
+            )?;
         } else {
-            posted.push(publish_one(conn, post, Some(job_id), now)?);
+            posted.push(publish_one(conn, post, Some(job_id), ctx.now)?);
         }
     }
-    Ok(true)
+    Ok(Some(reassigned))
 }
 
 /// A job's message as its row holds it, with its handler, slice number,
@@ -813,5 +871,6 @@ pub(super) fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreErr
         started_at: r.get(22)?,
         finished_at: r.get(23)?,
         updated_at: r.get(24)?,
+        conflicts: r.get(25)?,
     }))
 }
