@@ -29,9 +29,10 @@
 //! `sluice:plugin/handler@0.1.x`, mappers only `sluice:plugin/mapper@0.1.x`
 //! (x: the WIT package's patch version, 1 today).
 //!
-//! The same pruning keeps plugins portable across hosts: a plugin imports
-//! only the effect functions it calls, so one built against `0.1.1` that
-//! never calls `state-add` still links on a host that only knows `0.1.0`.
+//! The same pruning means a plugin imports only the effect functions it
+//! calls. That does not make a plugin built against `0.1.1` load on a host
+//! from before `0.1.1`: such a host looks for the `handler@0.1.0` export by
+//! its exact name. Hosts load any older `0.1.x`, so upgrade hosts first.
 //!
 //! The mapper bindings reuse the handler bindings' `types` and `log` modules
 //! (`with`), so the SDK has one Rust type per WIT type and one `log` import.

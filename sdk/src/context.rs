@@ -227,8 +227,8 @@ impl State<'_> {
     /// Adding to a value that is not an integer, or overflowing an `i64`,
     /// fails the job for good (it is dead-lettered: retrying cannot help).
     ///
-    /// Needs a host that implements `sluice:plugin@0.1.1`; a plugin that
-    /// never calls it still loads on older hosts.
+    /// Needs a host that implements `sluice:plugin@0.1.1` (any plugin this
+    /// SDK version builds does).
     pub fn add(&self, key: &str, delta: i64) {
         host::state_add(key, delta);
     }

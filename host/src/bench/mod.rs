@@ -212,12 +212,15 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                     let host = host_with(store.clone(), Workload::State(*mode));
                     let run = match &url {
                         None => {
-                            let transport = Embedded::new(store, config.poll_interval);
+                            let transport = Embedded::new(store.clone(), config.poll_interval);
                             drive::run(&host, transport, drain).await?
                         }
-                        Some(url) => jetstream_run(&config, url, &host, store, drain).await?,
+                        Some(url) => {
+                            jetstream_run(&config, url, &host, store.clone(), drain).await?
+                        }
                     };
                     report.run(&tag, drain, &run);
+                    report.state_check(&tag, mode.check(&store, args.messages).await?);
                     runs.push(run);
                 }
                 if *mode == StateMode::None {

@@ -147,6 +147,18 @@ impl Report {
         }
     }
 
+    /// `--state`: what a run left in state, against what it must be
+    /// (`Err`: a failed check).
+    pub fn state_check(&mut self, tag: &str, check: Result<String, String>) {
+        match check {
+            Ok(line) => println!("{:<12} totals    {line}", format!("[{tag}]")),
+            Err(why) => {
+                println!("{:<12} totals    WRONG: {why}", format!("[{tag}]"));
+                self.failures.push(format!("{tag}: {why}"));
+            }
+        }
+    }
+
     /// `--state`: the drains of one state mode against those without state
     /// (medians), with their re-runs.
     pub fn state(

@@ -10,6 +10,12 @@
 //! - `add`: `state.add(key, 1)` on one key (commutative, no read).
 
 use clap::ValueEnum;
+use rusqlite::params;
+
+use crate::store::Store;
+
+/// The plugin `--state` drives, whose state the checks read.
+const PLUGIN: &str = "test-state";
 
 /// What the handler does with state in a `--state` run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,5 +70,49 @@ impl StateMode {
             }
         }
         out
+    }
+
+    /// Checks what a drain of `n` messages left in state (each run has a
+    /// store of its own): one key at exactly `n` (`hot`, `add`), `n` keys
+    /// at exactly 1 (`spread`), nothing (`none`). `Ok`: the line to print;
+    /// `Err`: what is wrong.
+    pub async fn check(self, store: &Store, n: usize) -> anyhow::Result<Result<String, String>> {
+        let (keys, ones, hot) = store
+            .call(|conn| {
+                Ok(conn.query_row(
+                    "SELECT COUNT(*),
+                         COALESCE(SUM(CAST(value AS TEXT) = '1'), 0),
+                         (SELECT CAST(value AS TEXT) FROM state
+                          WHERE plugin = ?1 AND key = 'hot')
+                     FROM state WHERE plugin = ?1 AND value IS NOT NULL",
+                    params![PLUGIN],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )?)
+            })
+            .await?;
+        let n64 = n as i64;
+        let want = n.to_string();
+        Ok(match self {
+            StateMode::None if keys == 0 => Ok("none written, as expected".into()),
+            StateMode::None => Err(format!("{keys} keys written without state")),
+            StateMode::Hot | StateMode::Add
+                if keys == 1 && hot.as_deref() == Some(want.as_str()) =>
+            {
+                Ok(format!("key \"hot\" = {want}: exact"))
+            }
+            StateMode::Hot | StateMode::Add => {
+                Err(format!("key \"hot\" = {hot:?} ({keys} keys), not {want}"))
+            }
+            StateMode::Spread if keys == n64 && ones == n64 => {
+                Ok(format!("{n} keys, each = 1: exact"))
+            }
+            StateMode::Spread => Err(format!("{keys} keys, {ones} of them = 1, not {n} at 1")),
+        })
     }
 }
