@@ -455,25 +455,7 @@ async fn a_key_deleted_and_recreated_never_comes_back_to_a_version_a_reader_saw(
         .publish(ids.iter().map(|id| msg(id, "c")).collect())
         .await?;
     let jobs = store.claim("c", "h", 4).await?;
-    let succeed = |job: ClaimedJob, state: StateCommit| {
-        let store = store.clone();
-        async move {
-            store
-                .finish(
-                    &job.job_id,
-                    job.attempt,
-                    CallRecord::default(),
-                    Finish::Succeeded {
-                        result: None,
-                        commit: Commit {
-                            state,
-                            ..Commit::default()
-                        },
-                    },
-                )
-                .await
-        }
-    };
+    let succeed = |job: ClaimedJob, state: StateCommit| succeed_with(&store, job, state);
     let v1 = store.next_state_version();
     succeed(jobs[0].clone(), put("h", "k", 0, b"A", v1)).await?;
     // A reader saw "A" at v1. The key is deleted, then re-created with
@@ -536,25 +518,7 @@ async fn an_add_applies_to_the_value_on_disk_and_a_stale_base_gets_a_fresh_versi
             },
         )]),
     };
-    let finish = |job: ClaimedJob, state| {
-        let store = store.clone();
-        async move {
-            store
-                .finish(
-                    &job.job_id,
-                    job.attempt,
-                    CallRecord::default(),
-                    Finish::Succeeded {
-                        result: None,
-                        commit: Commit {
-                            state,
-                            ..Commit::default()
-                        },
-                    },
-                )
-                .await
-        }
-    };
+    let finish = |job: ClaimedJob, state: StateCommit| succeed_with(&store, job, state);
     let v1 = store.next_state_version();
     let r = finish(jobs[0].clone(), add(5, 0, v1)).await?;
     assert!(matches!(r, FinishResult::Committed { ref reassigned, .. } if reassigned.is_empty()));
@@ -583,4 +547,26 @@ async fn an_add_applies_to_the_value_on_disk_and_a_stale_base_gets_a_fresh_versi
     assert_eq!(r, FinishResult::Conflict);
     assert_eq!(store.state_get("h", "n").await?, now);
     Ok(())
+}
+
+/// Finishes `job` as a success whose commit holds `state` (and nothing else).
+async fn succeed_with(
+    store: &Store,
+    job: ClaimedJob,
+    state: StateCommit,
+) -> Result<FinishResult, StoreError> {
+    store
+        .finish(
+            &job.job_id,
+            job.attempt,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit: Commit {
+                    state,
+                    ..Commit::default()
+                },
+            },
+        )
+        .await
 }
