@@ -3,7 +3,7 @@
 //! run completed every job, checked the workload's sums and printed each
 //! line is, and so is a failed check failing the command.
 
-use crate::util::Env;
+use crate::util::{Env, built_plugins};
 
 #[test]
 fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
@@ -77,4 +77,37 @@ fn bench_fails_when_not_every_message_succeeds() {
         stderr.contains("checks failed: embedded: 0 of 20 jobs succeeded"),
         "{stderr}"
     );
+}
+
+#[test]
+fn bench_state_modes_print_their_ratio_to_the_stateless_run_and_reruns() {
+    let env = Env::new(&[], "");
+    let plugin = built_plugins().join("test-state.wasm");
+    let out = env.ok(&[
+        "bench",
+        "--state",
+        "hot,spread,add",
+        "--plugin",
+        plugin.to_str().expect("utf-8 path"),
+        "--messages",
+        "300",
+        "--runs",
+        "1",
+        "--transport",
+        "embedded",
+    ]);
+    for line in [
+        "[embedded:none] jobs      300 of 300 succeeded in SQLite",
+        "[embedded:hot] jobs      300 of 300 succeeded in SQLite",
+        "[embedded:hot] state     ",
+        "[embedded:hot] totals    key \"hot\" = 300: exact",
+        "[embedded:add] totals    key \"hot\" = 300: exact",
+        "[embedded:spread] totals    300 keys, each = 1: exact",
+        "[embedded:spread] state     ",
+        "[embedded:add] state     ",
+        "| embedded drain, state hot (get + set, one key) (median of 1) |",
+        "checks: every run handled every message exactly once",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
 }

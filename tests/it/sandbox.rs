@@ -267,18 +267,23 @@ fn compile_bomb(functions: usize, salt: u8) -> Vec<u8> {
 
 #[test]
 fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
+    // Warm the compile cache (under no compile timeout: a cold compile on a
+    // loaded machine may take seconds) so the good plugins load in
+    // milliseconds, far inside the timeout, while a bomb takes seconds of
+    // CPU: the margins hold on a slow or loaded machine (a bomb only gets
+    // slower there).
     let env = Env::new(
         &["test-counter"],
-        &format!("compile_timeout = \"300ms\"\n{FAST}"),
+        &format!("compile_timeout = \"1h\"\n{FAST}"),
     );
-    // Warm the compile cache so the good plugins load in milliseconds, far
-    // inside the timeout, while a bomb takes seconds of CPU: the margins
-    // hold on a slow or loaded machine (a bomb only gets slower there).
     env.deploy("test-version-1", "v.wasm");
     let first = env.start();
     first.wait_log(&["plugins directory loaded"], 1, LONG);
+    let warm = first.log_text();
+    assert!(warm.contains("loaded=2"), "{warm}");
     assert!(first.stop(LONG).success());
     std::fs::remove_file(env.plugins.join("v.wasm")).expect("rm v.wasm");
+    std::fs::write(&env.config, format!("compile_timeout = \"300ms\"\n{FAST}")).expect("config");
 
     std::fs::write(env.plugins.join("bomb.wasm"), compile_bomb(3, 0)).expect("bomb");
     // Over the size cap (sparse: no disk used) and not a regular file.

@@ -25,10 +25,10 @@ use tokio_util::task::TaskTracker;
 pub use control::{Control, Running};
 pub use mapping::{CAUSATION_HEADER, MapError, passthrough, post_id, to_messages, to_request};
 pub use policy::{Breaker, backoff};
-pub use process::StoreState;
 
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::state::Ledger;
 use crate::store::Store;
 use crate::transport::{Subscription, Transport};
 
@@ -36,6 +36,9 @@ use crate::transport::{Subscription, Transport};
 pub struct Deps<T> {
     /// Job records and state.
     pub store: Store,
+    /// Per-plugin state as calls see it: turns per key, reads that need no
+    /// commit, commits handed to the store in order (`crate::state`).
+    pub state: Ledger,
     /// Where messages come from.
     pub transport: T,
     /// The live plugins.

@@ -161,6 +161,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox (visible_at) WHERE sent_at IS NULL AND failed_at IS NULL;
     CREATE INDEX outbox_poisoned ON outbox (failed_at) WHERE failed_at IS NOT NULL;
     "#,
+    // 9: state tombstones and per-job conflict counts. A delete now keeps
+    // the key's row with a NULL value and a new version, and versions come
+    // from one counter for the file, so a key's version never repeats
+    // (store/state.rs). `updated_at` lets old tombstones be pruned.
+    r#"
+    CREATE TABLE state_v9 (
+        plugin     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      BLOB,                       -- NULL: deleted (a tombstone)
+        version    INTEGER NOT NULL,           -- never reused within the file
+        updated_at INTEGER NOT NULL DEFAULT 0, -- ms
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID;
+    INSERT INTO state_v9 (plugin, key, value, version)
+        SELECT plugin, key, value, version FROM state;
+    DROP TABLE state;
+    ALTER TABLE state_v9 RENAME TO state;
+    -- how many times a job's commit met state another job had changed
+    ALTER TABLE jobs ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -201,7 +221,36 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
     Ok(conn)
 }
 
+/// Applies the migrations the file lacks, one transaction each. The
+/// version is read inside the write transaction, so two processes opening
+/// a new file at once (the daemon starting while `sluice post` runs) do not
+/// both apply the same migration: the second waits for the first's lock,
+/// then sees its version.
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = next_migration(conn, path);
+        let done = match step {
+            Ok(None) => {
+                conn.execute_batch("COMMIT")?;
+                return Ok(());
+            }
+            Ok(Some(version)) => {
+                let sql = MIGRATIONS[version as usize - 1];
+                conn.execute_batch(&format!("{sql}; PRAGMA user_version = {version}; COMMIT;"))
+                    .map_err(|e| StoreError::Sql(format!("migration {version} failed: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+}
+
+/// The next migration to apply (1-based), or `None` when up to date.
+fn next_migration(conn: &Connection, path: &Path) -> Result<Option<i64>, StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > latest() {
         return Err(StoreError::TooNew {
@@ -210,17 +259,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             supported: latest(),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = i as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Sql(format!("migration {version} failed: {e}"))
-        })?;
-    }
-    Ok(())
+    Ok((current < latest()).then_some(current + 1))
 }
 
 #[cfg(test)]

@@ -92,7 +92,10 @@ impl Transport for Embedded {
     async fn settle(&self, _delivery: &Delivery, settle: Settle) -> Result<(), TransportError> {
         // The store's finish transaction already moved the row; a retry or
         // continuation may be due soon, so let idle pumps look again.
-        if matches!(settle, Settle::Nak { .. } | Settle::Continue { .. }) {
+        if matches!(
+            settle,
+            Settle::Nak { .. } | Settle::Retry { .. } | Settle::Continue { .. }
+        ) {
             self.wake();
         }
         Ok(())

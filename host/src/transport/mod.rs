@@ -62,6 +62,15 @@ pub enum Settle {
         /// How long to wait.
         delay: Duration,
     },
+    /// A retryable failure was committed. On an outbox transport the retry
+    /// travels as its own message (committed with the outcome, carrying the
+    /// attempt count, kept by the server until due), so this delivery is
+    /// acked and holds no consumer slot through the backoff; elsewhere it
+    /// is a NAK with `delay`.
+    Retry {
+        /// The backoff.
+        delay: Duration,
+    },
     /// A slice was committed; the next one is scheduled (on JetStream it
     /// travels as its own message through the outbox, so this one is acked).
     Continue {

@@ -14,11 +14,13 @@
 //!
 //! Files: `streams` (stream and consumer setup), `fetch` (pulling and the
 //! inbox), `settle` (ack, NAK, dead letters), `relay` (the outbox),
-//! `publish` (direct publishes: posts from the CLI and API, replays).
+//! `publish` (direct publishes: posts from the CLI and API, replays),
+//! `schedule` (delays kept by the server: ADR-51 message schedules).
 
 mod fetch;
 mod publish;
 mod relay;
+mod schedule;
 mod settle;
 mod streams;
 
@@ -154,6 +156,11 @@ struct Inner {
     concurrency: ConcurrencyOf,
     consumers: Mutex<HashMap<Subscription, consumer::PullConsumer>>,
     relay_wake: Notify,
+    /// The work stream allows message schedules (nats-server >= 2.12):
+    /// delays are kept by the server (see `schedule`).
+    schedules: bool,
+    /// The connected server's version, for errors.
+    server_version: String,
 }
 
 impl JetStream {
@@ -183,21 +190,28 @@ impl JetStream {
                 reason: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        streams::ensure_stream(
-            &js,
-            STREAM,
-            vec![
-                format!("{}.>", wire::PREFIX),
-                format!("{}.>", wire::CONT_PREFIX),
-            ],
-            &settings,
-        )
-        .await?;
+        let server_version = client.server_info().version;
+        let wanted = schedule::server_supports(&server_version);
+        let mut subjects = vec![
+            format!("{}.>", wire::PREFIX),
+            format!("{}.>", wire::CONT_PREFIX),
+        ];
+        if wanted {
+            subjects.push(format!("{}.>", schedule::SCHED_PREFIX));
+        }
+        let schedules = streams::ensure_stream(&js, STREAM, subjects, &settings, wanted).await?;
+        if !schedules {
+            tracing::warn!(
+                server = %server_version,
+                "this nats-server cannot schedule messages (2.12 or later can): delayed posts and retries are held in the local outbox until due, and `sluice post --delay` is refused"
+            );
+        }
         streams::ensure_stream(
             &js,
             DLQ_STREAM,
             vec![format!("{}.>", wire::DLQ_PREFIX)],
             &settings,
+            false,
         )
         .await?;
         Ok(JetStream {
@@ -209,6 +223,8 @@ impl JetStream {
                 concurrency,
                 consumers: Mutex::new(HashMap::new()),
                 relay_wake: Notify::new(),
+                schedules,
+                server_version,
             }),
         })
     }

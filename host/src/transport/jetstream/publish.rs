@@ -16,8 +16,9 @@ use std::collections::VecDeque;
 use async_nats::jetstream::context::PublishAckFuture;
 
 use super::super::wire::{self, Envelope};
+use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
-use crate::message::{CURSOR_HEADER, SLICE_HEADER, now_ms};
+use crate::message::{ATTEMPT_HEADER, CURSOR_HEADER, SLICE_HEADER, now_ms};
 use crate::store::{JobRecord, NewMessage, Published};
 
 /// How many publishes may be waiting for their acks at once.
@@ -28,7 +29,8 @@ const ATTEMPTS: usize = 3;
 
 impl JetStream {
     /// Publishes each message to its channel's subject; a message delayed
-    /// into the future carries its not-before time. All or the first
+    /// into the future goes as a schedule the server fires when it is due
+    /// (see `schedule`), carrying its not-before time. All or the first
     /// error; see [`JetStream::publish_each`] for the answer per message.
     pub(super) async fn publish_messages(
         &self,
@@ -104,18 +106,29 @@ impl JetStream {
         .await
     }
 
-    /// Sends one envelope without waiting for the ack. A subject, header
-    /// or size the wire refuses is `Rejected` before anything is sent.
+    /// Sends one envelope without waiting for the ack. A subject, header,
+    /// size or delay the wire refuses is `Rejected` before anything is
+    /// sent. A message delayed into the future goes as a schedule the
+    /// server fires when it is due (see `schedule`), never held by a
+    /// consumer slot.
     async fn send_envelope(
         &self,
         subject: &str,
         envelope: &Envelope<'_>,
     ) -> Result<PublishAckFuture, JetStreamError> {
+        let err = |e: String| JetStreamError::Publish {
+            subject: subject.to_owned(),
+            reason: e,
+        };
         let rejected = |reason| JetStreamError::Rejected {
             subject: subject.to_owned(),
             reason,
         };
         wire::check_subject(subject).map_err(rejected)?;
+        let at = match envelope.not_before {
+            Some(at) if self.wants_schedule(at, now_ms()).map_err(rejected)? => Some(at),
+            _ => None,
+        };
         let headers = wire::headers(envelope).map_err(rejected)?;
         wire::check_size(
             &headers,
@@ -123,25 +136,30 @@ impl JetStream {
             self.inner.client.max_payload(),
         )
         .map_err(rejected)?;
-        self.inner
-            .js
-            .publish_with_headers(
-                subject.to_owned(),
-                headers,
-                envelope.message.body.clone().into(),
-            )
-            .await
-            .map_err(|e| JetStreamError::Publish {
-                subject: subject.to_owned(),
-                reason: e.to_string(),
-            })
+        let body: bytes::Bytes = envelope.message.body.clone().into();
+        match at {
+            Some(at) => self
+                .publish_schedule(subject, headers, body, at, envelope.dedupe_id)
+                .await
+                .map_err(|e| match e {
+                    ScheduleError::Wire(w) => rejected(w),
+                    ScheduleError::Publish(p) => err(p.to_string()),
+                }),
+            None => self
+                .inner
+                .js
+                .publish_with_headers(subject.to_owned(), headers, body)
+                .await
+                .map_err(|e| err(e.to_string())),
+        }
     }
 
     /// Re-publishes a job (replayed from the dead letters) to its handler
     /// only, resuming from its cursor.
     pub async fn replay(&self, job: &JobRecord) -> Result<(), JetStreamError> {
         let mut headers = job.headers.clone();
-        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+        // A replay starts its attempts afresh.
+        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
         if let Some(c) = &job.cursor {
             headers.push((CURSOR_HEADER.into(), c.clone()));
         }
