@@ -114,13 +114,8 @@ async fn decide<T: Transport>(
             Recording::Submit(host_fault("handler not loaded".into())),
         );
     };
-    let recording = if job.expires_at.is_some_and(|at| at <= now_ms()) {
-        Recording::Submit(Verdict {
-            finish: Finish::Expired,
-            settle: Settle::Ack,
-            outcome: "expired",
-            error: None,
-        })
+    let recording = if expired(job) {
+        Recording::Submit(expiry())
     } else {
         match mapping::to_request(&set, &job.message, job.attempt).await {
             Err(MapError::Poison(reason)) => Recording::Submit(dead(reason, "poison")),
@@ -181,6 +176,10 @@ impl<T: Transport> Call<'_, T> {
                     () = session.acquire(&hold) => {}
                     () = cancel.cancelled() => return Recording::Submit(self.interrupted()),
                 }
+                // The wait may have outlasted the message's life.
+                if expired(job) {
+                    return Recording::Submit(expiry());
+                }
             }
             let ctx = JobContext {
                 job_id: job.job_id.clone(),
@@ -199,8 +198,9 @@ impl<T: Transport> Call<'_, T> {
             let outcome = match report.result {
                 Ok(outcome) => outcome,
                 Err(CallFailure::StateWait { key }) => {
-                    // Waited past the deadline for another job's key: run
-                    // again, taking the turns first, outside the sandbox.
+                    // Another job holds a key it read (nobody waits for a
+                    // turn in a sandbox): run again, taking the turns
+                    // first, outside the sandbox.
                     cost.conflicts += 1;
                     hold = session.touched();
                     hold.push(key);
@@ -449,6 +449,21 @@ fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
             outcome: "continued",
             error: None,
         },
+    }
+}
+
+/// Whether the job's message expired (`expires_at` passed).
+fn expired(job: &crate::store::ClaimedJob) -> bool {
+    job.expires_at.is_some_and(|at| at <= now_ms())
+}
+
+/// The verdict for an expired message: recorded, acked, never run.
+fn expiry() -> Verdict {
+    Verdict {
+        finish: Finish::Expired,
+        settle: Settle::Ack,
+        outcome: "expired",
+        error: None,
     }
 }
 

@@ -25,7 +25,7 @@ use wasmtime_wasi::{WasiCtxView, WasiView};
 use super::bindings::{handler, mapper};
 use super::call::CallState;
 use super::trap::{HostTrap, Interrupt, truncate};
-use super::types::{Post, Progress};
+use super::types::{Post, Progress, StateReadError};
 use crate::message::MessageKind;
 use crate::state::int;
 
@@ -299,10 +299,11 @@ impl effects::Host for CallState {
         let Some(source) = self.state.clone() else {
             return fault("no state store for this call".into());
         };
-        // The wait for another job's turn on the key is the host's time:
-        // it does not count against the guest's deadline, but it is capped
-        // at the call's timeout, after which the job gives up its sandbox
-        // and waits outside it (the pump re-runs it holding the turn).
+        // A read never waits for another job's turn (`StateSource::get`);
+        // loading a value is the host's time, not charged to the guest's
+        // deadline, and capped at the call's timeout. A key another job
+        // holds (or a load past the cap) gives up the sandbox: the pump
+        // runs the job again holding the turn, taken outside it.
         self.facts.state_wait = Some(key.clone());
         let began = std::time::Instant::now();
         let cap = std::time::Duration::from_millis(self.limits.timeout_ms);
@@ -311,13 +312,13 @@ impl effects::Host for CallState {
         self.deadline.shorten(cap.saturating_sub(began.elapsed()));
         self.facts.state_wait = None;
         let (value, version) = match read {
-            Err(_) => {
+            Err(_) | Ok(Err(StateReadError::Busy)) => {
                 self.facts.interrupt = Some(Interrupt::Deadline);
                 self.facts.state_wait = Some(key);
                 return Err(wasmtime::Error::new(HostTrap::Interrupted));
             }
             Ok(Ok(read)) => read,
-            Ok(Err(e)) => {
+            Ok(Err(StateReadError::Store(e))) => {
                 let message = format!("state store: {e}");
                 self.facts.host_fault = Some(message.clone());
                 return fault(message);

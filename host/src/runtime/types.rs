@@ -198,15 +198,31 @@ pub struct Effects {
 /// the runtime never touches SQLite itself.
 pub trait StateSource: Send + Sync {
     /// The value of `key` (`None`: absent) and its version (0: never
-    /// written). May wait for the key's turn (see `crate::state`).
+    /// written). Never waits for another job's turn on the key: a call
+    /// holds a sandbox ticket, and a ticket holder that waited for a job
+    /// that waits for a ticket would stall both (see `crate::state`).
     fn get(&self, key: &str) -> StateFuture<'_>;
+}
+
+/// Why [`StateSource::get`] gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateReadError {
+    /// Another job holds the key's turn and this call holds none: the call
+    /// gives up its sandbox and runs again once it holds the turn.
+    Busy,
+    /// The state store failed.
+    Store(String),
 }
 
 /// What [`StateSource::get`] returns: the value and its version, or why it
 /// could not be read. (An alias only; implementations may spell the full
 /// type.)
 pub type StateFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(Option<Vec<u8>>, i64), String>> + Send + 'a>,
+    Box<
+        dyn std::future::Future<Output = Result<(Option<Vec<u8>>, i64), StateReadError>>
+            + Send
+            + 'a,
+    >,
 >;
 
 /// Why a call failed. Guest errors are data; the rest are plugin faults.
@@ -221,9 +237,9 @@ pub enum CallFailure {
     /// The host could not run the call (e.g. instance pool exhausted, state
     /// unreadable). Not the plugin's fault: retried.
     Host(String),
-    /// The call's deadline passed while it waited for another job to give
-    /// up a state key's turn. Not the plugin's fault: the job runs again,
-    /// taking the turn before its sandbox starts.
+    /// The call read a state key whose turn another job holds (or its
+    /// read outlasted the call's timeout). Not the plugin's fault: the job
+    /// runs again, taking the turn before its sandbox starts.
     StateWait {
         /// The key it waited for.
         key: String,

@@ -16,9 +16,10 @@
 //! 2. **It takes turns per key.** A call's first read of a key takes the
 //!    key's turn, held until the call's commit is handed to the writer (not
 //!    until it is durable). The next call that wants the key waits for the
-//!    turn and then reads its predecessor's writes straight from the
-//!    ledger. So a hot key is a queue of calls each reading the previous
-//!    one's result: no conflicts, and no fsync between them.
+//!    turn (outside its sandbox, see below) and then reads its
+//!    predecessor's writes straight from the ledger. So a hot key is a
+//!    queue of calls each reading the previous one's result: no conflicts,
+//!    and no fsync between them.
 //! 3. **It hands commits over in order.** Under its lock it checks the
 //!    call's reads against its view, gives each change a fresh version,
 //!    updates its view, and submits the commit to the writer
@@ -33,14 +34,24 @@
 //! successor that already read the guessed value fails the writer's version
 //! check (versions never repeat, see `store/state.rs`) and runs again.
 //!
-//! **No deadlocks.** A call waits for a key's turn only while it holds no
-//! other turn. Once it holds one, a key whose turn is taken is read without
-//! it (optimistically; its commit then checks that read like any other).
-//! A call whose commit met such a change runs again, first taking, in key
-//! order and before the sandbox starts, the turns of every key it touched;
-//! waits in key order while holding only smaller keys cannot form a cycle.
-//! So a re-run can only conflict on a key it did not touch before, and
-//! re-runs are bounded by the number of keys a call touches.
+//! **No deadlocks.** Nobody waits for a turn inside a sandbox: a call
+//! there holds one of the host's few call tickets (`[sandbox] calls`), and
+//! the holder of the turn it would wait for may itself be waiting for a
+//! ticket (before its call, or for a mapper call of its posts), which
+//! would stall both until a call timeout. So a read inside the sandbox
+//! takes a free turn, and one taken by another job either gives up the
+//! sandbox at once (the call holds no turn: [`StateReadError::Busy`]; the
+//! pump runs it again, first taking the turns it touched plus this one,
+//! outside), or is read without the turn (the call holds turns:
+//! optimistically; its commit then checks that read like any other).
+//! Turns are only waited for outside a sandbox, in key order: before a
+//! call (a re-run, or a plugin's hot first key, `Ledger::hot_key`) and at
+//! hand-over by a commit that holds none. Waits in key order while holding
+//! only smaller keys cannot form a cycle, and a turn holder that waits for
+//! a ticket waits only for calls that never wait for a turn, which end.
+//! A call whose commit met a change runs again the same way, so a re-run
+//! can only conflict on a key it did not touch before, and re-runs are
+//! bounded by the number of keys a call touches.
 //!
 //! **Adds** (`state-add`) take no turn during the call: at commit the delta
 //! is added to the ledger's current value (loaded first if needed). If
@@ -63,7 +74,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use table::{Slot, Table, Turn};
 
-use crate::runtime::{StateFuture, StateSource};
+use crate::runtime::{StateFuture, StateReadError, StateSource};
 use crate::store::{FinishResult, StateChange, StateCommit, Store, StoreError};
 
 /// Bytes of state values (and keys) the ledger keeps once their commits
@@ -266,36 +277,41 @@ impl Session {
         }
     }
 
-    /// The value of `key` to build on: the ledger's, or loaded. Takes the
-    /// key's turn if it can (waiting for it when this session holds no
-    /// other turn).
-    pub async fn read(&self, key: &str) -> Result<(Option<Vec<u8>>, i64), StoreError> {
+    /// The value of `key` to build on, for a call in its sandbox: the
+    /// ledger's, or loaded. Takes the key's turn if it is free; never
+    /// waits for it (the call holds a sandbox ticket, see the module
+    /// docs). Taken by another job: a session holding no turn gets
+    /// [`StateReadError::Busy`] (its call gives up the sandbox and runs
+    /// again holding the turn); one holding turns reads without it.
+    pub async fn read(&self, key: &str) -> Result<(Option<Vec<u8>>, i64), StateReadError> {
         self.touch(key);
         if self.reads.fetch_add(1, Ordering::Relaxed) == 0 {
             self.inner.lock().first_read(&self.plugin, key);
         }
+        let store = |e: StoreError| StateReadError::Store(e.to_string());
         loop {
-            let turn = {
+            let (slot, generation) = {
                 let mut table = self.inner.lock();
-                let may_wait = table.held(self.id) == 0;
-                match table.take(self.id, &self.plugin, key, may_wait) {
-                    Turn::Wait(granted) => Err(granted),
-                    Turn::Held | Turn::Busy => Ok(table.slot(&self.plugin, key)),
-                }
-            };
-            let (slot, generation) = match turn {
-                Ok(slot) => slot,
-                Err(granted) => {
-                    // An error means the turn can never come (the session
-                    // is closing); looking again then reads without it.
-                    let _ = granted.await;
-                    continue;
+                let holds_none = table.held(self.id) == 0;
+                match table.take(self.id, &self.plugin, key, false) {
+                    Turn::Busy if holds_none => return Err(StateReadError::Busy),
+                    Turn::Held | Turn::Busy | Turn::Wait(_) => table.slot(&self.plugin, key),
                 }
             };
             let loaded = match slot {
                 Slot::Known { value, version, .. } => return Ok((value, version)),
-                Slot::Empty => self.inner.store.state_get(&self.plugin, key).await?,
-                Slot::Unknown => self.inner.store.state_get_latest(&self.plugin, key).await?,
+                Slot::Empty => self
+                    .inner
+                    .store
+                    .state_get(&self.plugin, key)
+                    .await
+                    .map_err(store)?,
+                Slot::Unknown => self
+                    .inner
+                    .store
+                    .state_get_latest(&self.plugin, key)
+                    .await
+                    .map_err(store)?,
             };
             // Store it unless the entry changed meanwhile; either way look
             // again (the loop returns the entry's value).
@@ -472,7 +488,7 @@ impl Session {
 impl StateSource for Session {
     fn get(&self, key: &str) -> StateFuture<'_> {
         let key = key.to_owned();
-        Box::pin(async move { self.read(&key).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.read(&key).await })
     }
 }
 
@@ -493,7 +509,7 @@ impl StateSource for Committed {
                 .state_get(&self.plugin, &key)
                 .await
                 .map(|v| (v.value, v.version))
-                .map_err(|e| e.to_string())
+                .map_err(|e| StateReadError::Store(e.to_string()))
         })
     }
 }

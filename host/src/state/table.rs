@@ -15,10 +15,6 @@ const ENTRY_OVERHEAD: usize = 96;
 /// call of the plugin may take that key's turn before its sandbox starts.
 const HINT_STREAK: u32 = 16;
 
-/// Calls that must already be waiting for that key (inside their
-/// sandboxes) for a new call to wait outside instead.
-const HINT_QUEUE: usize = 2;
-
 /// What the ledger knows of a key's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Slot {
@@ -125,16 +121,15 @@ impl Table {
     }
 
     /// The key a new call of `plugin` should wait for before its sandbox
-    /// starts: the one its calls have been reading first, while others
-    /// already queue for it. Waiting inside the sandbox holds an instance
-    /// (and its memory) for nothing; a wrong guess only costs the call
-    /// its place in that queue, never correctness (holding a turn is
-    /// always safe).
+    /// starts: the one its calls have been reading first, while another
+    /// job holds it. Started anyway, the call would give up its sandbox at
+    /// that read (nobody waits inside one) and run again; a wrong guess
+    /// only costs the call its place in that key's queue, never
+    /// correctness (holding a turn is always safe).
     pub(super) fn hot_first_key(&self, plugin: &str) -> Option<String> {
         let (key, streak) = self.first_reads.get(plugin)?;
         let entry = self.entry(plugin, key)?;
-        (*streak >= HINT_STREAK && entry.owner.is_some() && entry.waiters.len() >= HINT_QUEUE)
-            .then(|| key.clone())
+        (*streak >= HINT_STREAK && entry.owner.is_some()).then(|| key.clone())
     }
 
     /// How many keys' turns `session` holds.

@@ -78,9 +78,15 @@ async fn the_next_job_waits_for_the_turn_and_reads_the_write_before_it_is_durabl
     let a = ledger.session("p");
     let b = ledger.session("p");
     assert_eq!(a.read("k").await.expect("read"), (None, 0));
+    // Inside a sandbox, b never waits for a's turn: it is told to give the
+    // sandbox up, and waits outside it.
+    assert_eq!(b.read("k").await, Err(StateReadError::Busy));
     let waiting = tokio::spawn({
         let b = b.clone();
-        async move { b.read("k").await }
+        async move {
+            b.acquire(&["k".to_owned()]).await;
+            b.read("k").await
+        }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished(), "b waits for a's turn");
