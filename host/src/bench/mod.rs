@@ -12,7 +12,8 @@
 //! Files, one concept each: `workload.rs` (the messages and how a run
 //! proves each was handled once), `state.rs` (`--state`: the same messages
 //! with and without state), `drive.rs` (backlog drain and
-//! steady-state runs), `probe.rs` (post -> handled timestamps),
+//! steady-state runs), `channels.rs` (several busy channels at once: RSS
+//! and throughput), `probe.rs` (post -> handled timestamps),
 //! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
 //! native call), `post.rs` (the `sluice post` command from stdin),
 //! `swap.rs` (hot reload swap latency), `natsd.rs` (a throwaway
@@ -22,6 +23,7 @@
 //! This is an edge like `cli`, so errors are `anyhow`.
 
 mod baseline;
+mod channels;
 mod drive;
 mod natsd;
 mod post;
@@ -114,6 +116,12 @@ pub struct BenchArgs {
     /// add), each against a run without state (`none`) in the same run.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
     pub state: Vec<StateMode>,
+    /// Instead of the runs above: drain --messages on the first channel of
+    /// each of these handler plugins at once (comma-separated paths or
+    /// names; `default`: bench-amounts,test-flaky,test-lanes,test-spin),
+    /// then the first alone; prints throughput, peak and idle RSS.
+    #[arg(long, value_name = "PLUGINS")]
+    pub channels: Option<String>,
 }
 
 /// Where the `sluice post` runs post: a channel nothing handles.
@@ -139,6 +147,25 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     }
     let work = WorkDir::new(data)?;
     let runtime = Runtime::with_cache(config.runtime.clone(), work.path.join("cache"))?;
+    if let Some(list) = &args.channels {
+        let list = if list == "default" {
+            channels::DEFAULT_PLUGINS
+        } else {
+            list.as_str()
+        };
+        let paths = list
+            .split(',')
+            .map(|name| find_plugin(name.trim(), &config.plugins_dir))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return channels::run(
+            Arc::new(config),
+            &runtime,
+            &paths,
+            args.messages,
+            &work.path,
+        )
+        .await;
+    }
     let path = find_plugin(&args.plugin, &config.plugins_dir)?;
     let plugin = registry::load_file(&runtime, &config, &path)
         .await

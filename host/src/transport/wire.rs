@@ -422,6 +422,9 @@ pub fn decode(
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::REQUEST_NAME_HEADER;
