@@ -6,6 +6,7 @@
 //! are set outside any transaction.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -201,8 +202,7 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
     let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
     conn.busy_timeout(options.busy_timeout)
         .map_err(|e| open_err(e.to_string()))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    let mode = switch_to_wal(&conn, options.busy_timeout)
         .map_err(|e| open_err(format!("not a usable SQLite database: {e}")))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_err(format!(
@@ -219,6 +219,33 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
     .map_err(|e| open_err(e.to_string()))?;
     migrate(&conn, path)?;
     Ok(conn)
+}
+
+/// `PRAGMA journal_mode = WAL`, retried while the file is busy, up to
+/// `patience`. Two connections switching a new file to WAL at once (the
+/// daemon starting while `sluice post` runs) would deadlock on the file
+/// lock, so SQLite answers one of them SQLITE_BUSY at once instead of
+/// calling the busy handler; that one waits a moment and asks again, by
+/// which time the other has switched the file.
+fn switch_to_wal(conn: &Connection, patience: Duration) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Applies the migrations the file lacks, one transaction each. The
@@ -290,6 +317,35 @@ mod tests {
         match open(&path, &StoreOptions::default()) {
             Err(StoreError::TooNew { found, .. }) => assert_eq!(found, latest() + 1),
             other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+        Ok(())
+    }
+
+    /// The daemon starting while `sluice post` runs: processes that open a
+    /// new file at the same moment all get a migrated WAL database. (Two
+    /// connections switching a new file to WAL at once make SQLite answer
+    /// one of them "database is locked" without waiting.)
+    #[test]
+    fn concurrent_openers_of_a_new_file_all_succeed() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for round in 0..20 {
+            let path = dir.path().join(format!("s{round}.db"));
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        open(&path, &StoreOptions::default()).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                match opener.join() {
+                    Ok(result) => result?,
+                    Err(_) => return Err("an opener panicked".into()),
+                }
+            }
         }
         Ok(())
     }
