@@ -19,6 +19,7 @@ mod failures;
 mod isolation;
 mod jetstream;
 mod lifecycle;
+mod mapper_outputs;
 mod producers;
 mod rejects;
 mod reload;
