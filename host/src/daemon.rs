@@ -242,7 +242,11 @@ async fn serve<T: Transport>(
     transport.register(&subscriptions).await?;
     let deps = Arc::new(Deps {
         store: store.clone(),
-        state: crate::state::Ledger::new(store.clone(), crate::state::DEFAULT_CACHE_BYTES),
+        state: crate::state::Ledger::with_remote(
+            store.clone(),
+            crate::state::DEFAULT_CACHE_BYTES,
+            js.as_ref().and_then(JetStream::shared_state),
+        ),
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),

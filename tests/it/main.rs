@@ -26,6 +26,7 @@ mod reload;
 mod sandbox;
 mod schedules;
 mod send;
+mod shared_state;
 mod state;
 mod trace_context;
 mod wire;

@@ -12,6 +12,7 @@
 
 mod control;
 mod mapping;
+mod marker;
 mod policy;
 mod process;
 

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::Deps;
 use super::control::Running;
 use super::mapping::{self, MapError};
+use super::marker;
 use super::policy::{Breaker, backoff};
 use crate::config::Policy;
 use crate::message::{Request, now_ms};
 use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
-use crate::state::{CallState, HandOff, Handed};
+use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
 use crate::telemetry;
 use crate::transport::{Delivery, Settle, Subscription, Transport};
@@ -114,6 +115,19 @@ async fn decide<T: Transport>(
             Recording::Submit(host_fault("handler not loaded".into())),
         );
     };
+    // With shared state, a job committed before (by any host: the
+    // delivery came back after a crash, or a slow host's was handed on) is
+    // recorded from its marker, never run again.
+    if deps.state.is_shared() {
+        match deps.state.marker(&marker::commit_name(job)).await {
+            Ok(Some(body)) => return (Some(handler), from_marker(&body)),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = format!("shared state store: {e}");
+                return (Some(handler), Recording::Submit(host_fault(reason)));
+            }
+        }
+    }
     let recording = if expired(job) {
         Recording::Submit(expiry())
     } else {
@@ -261,20 +275,51 @@ impl<T: Transport> Call<'_, T> {
                 writes: report.effects.state_writes,
                 adds: report.effects.state_adds,
             };
-            let record = call_record(Some(self.handler), *cost);
-            let store = &self.deps.store;
-            let submit = |state| {
-                store.submit_finish(&job.job_id, job.attempt, record, with_state(finish, state))
-            };
-            match session.commit(state, submit).await {
-                Ok(handed) => {
-                    return Recording::Handed {
-                        handed,
+            let handoff = if self.deps.state.is_shared() {
+                if state.is_empty() {
+                    // No state: nothing another host could disagree with.
+                    return Recording::Submit(Verdict {
+                        finish,
                         settle,
                         outcome,
-                    };
+                        error: None,
+                    });
                 }
-                Err(HandOff::Conflict { keys }) => {
+                let Some(body) = marker::encode(&finish) else {
+                    return Recording::Submit(host_fault("no commit marker for a success".into()));
+                };
+                let name = marker::commit_name(job);
+                match session.commit_remote(&state, &name, body).await {
+                    Ok(RemoteCommitted::Stored) => {
+                        return Recording::Submit(Verdict {
+                            finish,
+                            settle,
+                            outcome,
+                            error: None,
+                        });
+                    }
+                    Ok(RemoteCommitted::Already(body)) => return from_marker(&body),
+                    Err(e) => e,
+                }
+            } else {
+                let record = call_record(Some(self.handler), *cost);
+                let store = &self.deps.store;
+                let submit = |state| {
+                    store.submit_finish(&job.job_id, job.attempt, record, with_state(finish, state))
+                };
+                match session.commit(state, submit).await {
+                    Ok(handed) => {
+                        return Recording::Handed {
+                            handed,
+                            settle,
+                            outcome,
+                        };
+                    }
+                    Err(e) => e,
+                }
+            };
+            match handoff {
+                HandOff::Conflict { keys } => {
                     cost.conflicts += 1;
                     if cost.conflicts >= MAX_RERUNS {
                         tracing::error!(job_id = %job.job_id, conflicts = cost.conflicts, "state conflicts do not end (a bug); handing the job back");
@@ -285,10 +330,13 @@ impl<T: Transport> Call<'_, T> {
                     }
                     hold = keys;
                 }
-                Err(HandOff::Invalid(reason)) => {
+                HandOff::Invalid(reason) => {
                     return Recording::Submit(dead(reason, "dead"));
                 }
-                Err(HandOff::Store(e)) => return Recording::Lost(e.to_string()),
+                HandOff::Store(e) => return Recording::Lost(e.to_string()),
+                // The batch may have been stored: the delivery comes back
+                // (to any host), which finds the marker if it was.
+                HandOff::Remote(e) => return Recording::Lost(format!("shared state store: {e}")),
             }
         }
     }
@@ -316,6 +364,20 @@ impl<T: Transport> Call<'_, T> {
         } else {
             release("interrupted by shutdown; handed back", Duration::ZERO)
         }
+    }
+}
+
+/// What to record for a job whose commit marker exists: its outcome and
+/// posts as committed.
+fn from_marker(body: &[u8]) -> Recording {
+    match marker::decode(body) {
+        Ok((finish, settle)) => Recording::Submit(Verdict {
+            finish,
+            settle,
+            outcome: "succeeded",
+            error: None,
+        }),
+        Err(e) => Recording::Submit(host_fault(e)),
     }
 }
 

@@ -64,7 +64,10 @@
 //! lock across `.await`.
 
 pub mod int;
+mod remote;
 mod table;
+
+pub use remote::{Remote, RemoteBatch, RemoteChange, RemoteCommitted, RemoteFuture, RemoteOutcome};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -89,6 +92,9 @@ pub struct Ledger {
 
 struct Inner {
     store: Store,
+    /// Set on JetStream with `shared_state`: the store every host shares
+    /// (then `store` holds no state; see `remote.rs`).
+    remote: Option<Arc<dyn Remote>>,
     table: Mutex<Table>,
     sessions: AtomicU64,
     budget: usize,
@@ -98,13 +104,34 @@ impl Ledger {
     /// A ledger in front of `store`, keeping up to `budget` bytes of
     /// durable values.
     pub fn new(store: Store, budget: usize) -> Ledger {
+        Ledger::with_remote(store, budget, None)
+    }
+
+    /// A ledger whose state lives in `remote` (when given), shared by
+    /// every host, instead of in `store`.
+    pub fn with_remote(store: Store, budget: usize, remote: Option<Arc<dyn Remote>>) -> Ledger {
         Ledger {
             inner: Arc::new(Inner {
                 store,
+                remote,
                 table: Mutex::new(Table::default()),
                 sessions: AtomicU64::new(0),
                 budget,
             }),
+        }
+    }
+
+    /// Whether state lives in a store every host shares.
+    pub fn is_shared(&self) -> bool {
+        self.inner.remote.is_some()
+    }
+
+    /// The marker of commit `job` in the shared store (`None` without
+    /// one: see `remote.rs`).
+    pub async fn marker(&self, job: &str) -> Result<Option<Vec<u8>>, String> {
+        match &self.inner.remote {
+            Some(remote) => remote.marker(job).await,
+            None => Ok(None),
         }
     }
 
@@ -159,6 +186,9 @@ pub enum HandOff {
     Invalid(String),
     /// The store would not take the commit.
     Store(StoreError),
+    /// The shared store failed or did not answer (the commit may have been
+    /// stored: the job's marker tells, see `remote.rs`).
+    Remote(String),
 }
 
 /// The state effects of one call, as the runtime buffered them.
@@ -173,6 +203,11 @@ pub struct CallState {
 }
 
 impl CallState {
+    /// Whether the call touched no state at all.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty() && self.adds.is_empty()
+    }
+
     fn keys(&self) -> BTreeSet<&String> {
         self.reads
             .keys()
@@ -288,7 +323,6 @@ impl Session {
         if self.reads.fetch_add(1, Ordering::Relaxed) == 0 {
             self.inner.lock().first_read(&self.plugin, key);
         }
-        let store = |e: StoreError| StateReadError::Store(e.to_string());
         loop {
             let (slot, generation) = {
                 let mut table = self.inner.lock();
@@ -298,27 +332,32 @@ impl Session {
                     Turn::Held | Turn::Busy | Turn::Wait(_) => table.slot(&self.plugin, key),
                 }
             };
-            let loaded = match slot {
+            let (value, version) = match slot {
                 Slot::Known { value, version, .. } => return Ok((value, version)),
-                Slot::Empty => self
-                    .inner
-                    .store
-                    .state_get(&self.plugin, key)
-                    .await
-                    .map_err(store)?,
-                Slot::Unknown => self
-                    .inner
-                    .store
-                    .state_get_latest(&self.plugin, key)
-                    .await
-                    .map_err(store)?,
+                slot => self.load(key, &slot).await.map_err(StateReadError::Store)?,
             };
             // Store it unless the entry changed meanwhile; either way look
             // again (the loop returns the entry's value).
             self.inner
                 .lock()
-                .loaded(&self.plugin, key, generation, loaded.value, loaded.version);
+                .loaded(&self.plugin, key, generation, value, version);
         }
+    }
+
+    /// Reads `key` from where state lives: the shared store, or this
+    /// host's (committed data for an empty slot; for an unknown one, the
+    /// writer, which sees every commit handed over before).
+    async fn load(&self, key: &str, slot: &Slot) -> Result<(Option<Vec<u8>>, i64), String> {
+        if let Some(remote) = &self.inner.remote {
+            return remote.get(&self.plugin, key).await;
+        }
+        let store = &self.inner.store;
+        let loaded = match slot {
+            Slot::Unknown => store.state_get_latest(&self.plugin, key).await,
+            _ => store.state_get(&self.plugin, key).await,
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((loaded.value, loaded.version))
     }
 
     /// Hands the call's state commit over: checks its reads against the
@@ -335,7 +374,7 @@ impl Session {
         loop {
             // Adds need the current value: load what the ledger lacks.
             for key in state.adds.keys() {
-                self.ensure_known(key).await.map_err(HandOff::Store)?;
+                self.ensure_known(key).await?;
             }
             match self.try_commit(&state, &mut submit) {
                 Step::Done(result) => return result,
@@ -470,17 +509,16 @@ impl Session {
     }
 
     /// Loads `key` into the ledger if it has no value for it.
-    async fn ensure_known(&self, key: &str) -> Result<(), StoreError> {
+    async fn ensure_known(&self, key: &str) -> Result<(), HandOff> {
         loop {
             let (slot, generation) = self.inner.lock().slot(&self.plugin, key);
-            let loaded = match slot {
+            let (value, version) = match slot {
                 Slot::Known { .. } => return Ok(()),
-                Slot::Empty => self.inner.store.state_get(&self.plugin, key).await?,
-                Slot::Unknown => self.inner.store.state_get_latest(&self.plugin, key).await?,
+                slot => self.load(key, &slot).await.map_err(HandOff::Remote)?,
             };
             self.inner
                 .lock()
-                .loaded(&self.plugin, key, generation, loaded.value, loaded.version);
+                .loaded(&self.plugin, key, generation, value, version);
         }
     }
 }

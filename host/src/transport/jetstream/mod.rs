@@ -22,6 +22,7 @@ mod publish;
 mod relay;
 mod schedule;
 mod settle;
+mod state;
 mod streams;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use tokio::sync::Notify;
 
+pub use state::SharedState;
 pub use streams::consumer_name;
 
 use super::wire;
@@ -123,6 +125,9 @@ pub struct JetStreamSettings {
     pub duplicate_window: Duration,
     /// How long one pull waits for messages before returning empty.
     pub fetch_wait: Duration,
+    /// Plugin state lives in the `SLUICE_STATE` stream, one store for
+    /// every host (`state.rs`), instead of in each host's SQLite.
+    pub shared_state: bool,
 }
 
 impl Default for JetStreamSettings {
@@ -134,6 +139,7 @@ impl Default for JetStreamSettings {
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             fetch_wait: Duration::from_millis(500),
+            shared_state: false,
         }
     }
 }
@@ -214,6 +220,9 @@ impl JetStream {
             false,
         )
         .await?;
+        if settings.shared_state {
+            state::ensure_state_stream(&js, &settings, &server_version).await?;
+        }
         Ok(JetStream {
             inner: Arc::new(Inner {
                 client,
@@ -227,6 +236,15 @@ impl JetStream {
                 server_version,
             }),
         })
+    }
+
+    /// The shared state store, with `shared_state` set.
+    pub fn shared_state(&self) -> Option<Arc<dyn crate::state::Remote>> {
+        if !self.inner.settings.shared_state {
+            return None;
+        }
+        let remote: Arc<dyn crate::state::Remote> = SharedState::new(self.inner.client.clone());
+        Some(remote)
     }
 
     /// The NATS client (for tests and diagnostics).
