@@ -96,6 +96,18 @@ fn wait_running(hosts: &[&Daemon]) {
     }
 }
 
+/// Waits until `n` messages succeeded over the hosts' records.
+fn wait_all(envs: &[Env], hosts: &[&Daemon], n: usize) {
+    let ok = wait_until(Duration::from_secs(240), || results(envs).len() >= n);
+    let logs: Vec<String> = hosts.iter().map(|h| h.log_text()).collect();
+    assert!(
+        ok,
+        "{} of {n}\n{}",
+        results(envs).len(),
+        logs.join("\n----\n")
+    );
+}
+
 #[test]
 fn three_hosts_share_one_counter_exactly() {
     let nats = NatsServer::start();
@@ -105,17 +117,7 @@ fn three_hosts_share_one_counter_exactly() {
     wait_running(&hosts.iter().collect::<Vec<_>>());
     let n = 300;
     post(&envs[0], n);
-    let ok = wait_until(Duration::from_secs(180), || results(&envs).len() >= n);
-    assert!(
-        ok,
-        "{} of {n}\n{}",
-        results(&envs).len(),
-        hosts
-            .iter()
-            .map(Daemon::log_text)
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), n);
     assert_exact(&nats, &envs, n);
     let reruns: Vec<u32> = envs
         .iter()
@@ -165,18 +167,7 @@ fn a_shared_counter_stays_exact_through_kills_and_a_nats_restart() {
         );
         hosts[victim] = Some(envs[victim].start());
     }
-    let ok = wait_until(Duration::from_secs(240), || results(&envs).len() >= n);
-    assert!(
-        ok,
-        "{} of {n}\n{}",
-        results(&envs).len(),
-        hosts
-            .iter()
-            .flatten()
-            .map(Daemon::log_text)
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    wait_all(&envs, &hosts.iter().flatten().collect::<Vec<_>>(), n);
     assert_exact(&nats, &envs, n);
 }
 

@@ -395,23 +395,10 @@ impl Session {
         F: Future<Output = Result<FinishResult, StoreError>> + Send + 'static,
     {
         let mut table = self.inner.lock();
-        let held = table.held_keys(self.id);
-        let unheld: Vec<String> = state
-            .keys()
-            .into_iter()
-            .filter(|k| !held.contains(k))
-            .cloned()
-            .collect();
-        let busy = unheld.iter().any(|k| {
-            table
-                .entry(&self.plugin, k)
-                .is_some_and(|e| e.owner.is_some_and(|o| o != self.id))
-        });
-        if busy {
-            if !held.is_empty() {
-                return Step::Done(Err(self.conflict(state)));
-            }
-            return Step::Wait(unheld);
+        match self.check_turns(&table, state) {
+            Ok(()) => {}
+            Err(Ok(keys)) => return Step::Wait(keys),
+            Err(Err(conflict)) => return Step::Done(Err(conflict)),
         }
         if state.adds.keys().any(|k| {
             !matches!(
@@ -497,6 +484,34 @@ impl Session {
             versions,
             answer: Box::pin(answer),
         }))
+    }
+
+    /// Under the lock, before a commit: `Ok` when no other call holds a
+    /// key of `state` that this session does not; else, holding no turn,
+    /// `Err(Ok(keys))` (wait for these, in order), or, holding some, a
+    /// conflict (waiting then could deadlock).
+    fn check_turns(
+        &self,
+        table: &Table,
+        state: &CallState,
+    ) -> Result<(), Result<Vec<String>, HandOff>> {
+        let held = table.held_keys(self.id);
+        let unheld: Vec<String> = state
+            .keys()
+            .into_iter()
+            .filter(|k| !held.contains(k))
+            .cloned()
+            .collect();
+        let busy = unheld.iter().any(|k| {
+            table
+                .entry(&self.plugin, k)
+                .is_some_and(|e| e.owner.is_some_and(|o| o != self.id))
+        });
+        match (busy, held.is_empty()) {
+            (false, _) => Ok(()),
+            (true, true) => Err(Ok(unheld)),
+            (true, false) => Err(Err(self.conflict(state))),
+        }
     }
 
     /// A conflict: every key the call touched, for the re-run to take.

@@ -169,24 +169,8 @@ impl Session {
         marker: &[u8],
     ) -> Result<Option<RemoteBatch>, Result<Vec<String>, HandOff>> {
         let mut table = self.inner.lock();
-        let held = table.held_keys(self.id);
+        self.check_turns(&table, state)?;
         let keys: BTreeSet<&String> = state.keys();
-        let unheld: Vec<String> = keys
-            .iter()
-            .filter(|k| !held.contains(k))
-            .map(|k| (*k).clone())
-            .collect();
-        let busy = unheld.iter().any(|k| {
-            table
-                .entry(&self.plugin, k)
-                .is_some_and(|e| e.owner.is_some_and(|o| o != self.id))
-        });
-        if busy {
-            if !held.is_empty() {
-                return Err(Err(self.conflict(state)));
-            }
-            return Err(Ok(unheld));
-        }
         let mut changes = Vec::with_capacity(keys.len());
         for key in keys {
             let known = match table.entry(&self.plugin, key).map(|e| &e.slot) {
