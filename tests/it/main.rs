@@ -12,6 +12,7 @@ mod api;
 mod bench;
 mod budget;
 mod crash;
+mod crashloop;
 mod dashboard;
 mod effects;
 mod examples;

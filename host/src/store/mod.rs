@@ -43,7 +43,7 @@ use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 pub use control::{Cancel, OutboxLag};
-pub use inbox::{Delivered, Received, job_id_for};
+pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
 pub use jobs::{
     CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published, next_slice,
 };

@@ -293,6 +293,7 @@ fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>
         not_before,
         expires_at: None,
         attempts_before: 0,
+        server: None,
     }
 }
 
@@ -331,6 +332,49 @@ async fn the_inbox_runs_new_deliveries_and_acks_finished_ones_without_running()
         store.receive(delivered("m", 0, None, None)).await?,
         Received::Done(JobState::Succeeded)
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inbox_counts_deliveries_other_hosts_took_but_not_its_own_hand_backs()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let at = |count: u64| {
+        let mut d = delivered("m", 0, None, None);
+        d.server = Some(ServerDelivery {
+            stream_seq: 7,
+            count,
+        });
+        d
+    };
+    // Its third delivery, the first this host sees: two hosts before it
+    // took it and recorded nothing.
+    let Received::Run(job) = store.receive(at(3)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3);
+    // Handed back here (a NAK costing no attempt), then delivered here
+    // again: the hand-back is not counted.
+    store
+        .finish(
+            &job.job_id,
+            3,
+            CallRecord::default(),
+            Finish::Release {
+                visible_at: 0,
+                reason: "shutdown".into(),
+            },
+        )
+        .await?;
+    let Received::Run(job) = store.receive(at(4)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3, "a hand-back here costs nothing");
+    // Then delivered twice more elsewhere before it comes back.
+    let Received::Run(job) = store.receive(at(7)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 6, "two deliveries elsewhere and this one");
     Ok(())
 }
 
