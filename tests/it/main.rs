@@ -24,6 +24,7 @@ mod mapper_outputs;
 mod producers;
 mod rejects;
 mod reload;
+mod replay;
 mod sandbox;
 mod schedules;
 mod send;

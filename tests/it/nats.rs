@@ -146,10 +146,21 @@ impl NatsServer {
     /// Kills the server (SIGKILL) and starts it again on the same port and
     /// store directory.
     pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills the server (SIGKILL); `start_again` brings it back on the same
+    /// port and store directory.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a killed server again.
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 }

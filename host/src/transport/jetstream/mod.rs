@@ -107,6 +107,9 @@ pub enum JetStreamError {
         /// Why.
         reason: wire::WireError,
     },
+    /// This host's store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Connection and stream settings.
