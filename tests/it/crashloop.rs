@@ -48,7 +48,8 @@ fn wait_dead(env: &Env, host: &Daemon) -> sluice::store::JobRecord {
     assert!(error.contains("without an outcome"), "{error}");
     // Dead-lettered once, without being run again.
     assert_eq!(
-        host.log_lines(&["outcome=\"dead\"", "without an outcome"]).len(),
+        host.log_lines(&["outcome=\"dead\"", "without an outcome"])
+            .len(),
         1,
         "{}",
         host.log_text()
