@@ -46,7 +46,13 @@ fn wait_dead(env: &Env, host: &Daemon) -> sluice::store::JobRecord {
     let job = job(env).expect("job");
     let error = job.last_error.clone().unwrap_or_default();
     assert!(error.contains("without an outcome"), "{error}");
-    // Dead-lettered once, without being run again.
+    // Dead-lettered once, without being run again. The outcome's log line
+    // comes after its commit, so wait for it before counting.
+    host.wait_log(
+        &["outcome=\"dead\"", "without an outcome"],
+        1,
+        Duration::from_secs(30),
+    );
     assert_eq!(
         host.log_lines(&["outcome=\"dead\"", "without an outcome"])
             .len(),
