@@ -818,15 +818,7 @@ fn retry_message(
         job.slices,
         attempt,
     );
-    outbox::insert(
-        conn,
-        &dedupe,
-        Some(&job.consumer),
-        &post,
-        job.cursor.as_deref(),
-        Some(job_id),
-        now,
-    )
+    to_handler(conn, &job, job_id, &dedupe, &post, now)
 }
 
 /// The message a replay sends: the job's message, addressed to its
@@ -852,11 +844,24 @@ fn replay_message(conn: &Connection, job_id: &str, now: i64) -> Result<(), Store
         expires_at: job.expires_at,
     };
     let dedupe = format!("{}/{}/replay/{}", job.message.id, job.consumer, job.replays);
+    to_handler(conn, &job, job_id, &dedupe, &post, now)
+}
+
+/// Writes `post` (a retry or a replay of job `job_id`) to the outbox,
+/// addressed to the job's handler only, resuming at its cursor.
+fn to_handler(
+    conn: &Connection,
+    job: &JobMessage,
+    job_id: &str,
+    dedupe: &str,
+    post: &NewMessage,
+    now: i64,
+) -> Result<(), StoreError> {
     outbox::insert(
         conn,
-        &dedupe,
+        dedupe,
         Some(&job.consumer),
-        &post,
+        post,
         job.cursor.as_deref(),
         Some(job_id),
         now,

@@ -172,6 +172,10 @@ struct Inner {
     server_version: String,
 }
 
+/// 9999-12-31T23:59:59.999Z: the longest schedule time there is, for size
+/// checks.
+const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_999;
+
 impl JetStream {
     /// Connects, and creates or verifies the streams.
     pub async fn connect(
@@ -321,8 +325,10 @@ impl Transport for JetStream {
             Some(handler) => wire::continuation_subject(handler, &m.channel),
             None => wire::subject(&m.channel),
         };
-        // The dedupe id is at most the message id plus a short suffix.
-        let dedupe = format!("{}/{}/slice/{}", m.id, to.unwrap_or(""), u32::MAX);
+        // The dedupe id is at most the message id plus a short suffix (a
+        // retry's is the longest).
+        let most = u32::MAX;
+        let dedupe = format!("{}/{}/retry/{most}/{most}/{most}", m.id, to.unwrap_or(""));
         wire::check_subject(&subject)
             .and_then(|()| {
                 wire::headers(&wire::Envelope {
@@ -332,7 +338,14 @@ impl Transport for JetStream {
                     expires_at: message.expires_at,
                 })
             })
-            .and_then(|h| wire::check_size(&h, m.body.len(), self.inner.client.max_payload()))
+            .and_then(|mut h| {
+                // A delayed one may travel as a schedule, whose headers
+                // count against max_payload too.
+                if self.inner.schedules {
+                    schedule::add_headers(&mut h, LATEST_SCHEDULE_MS, &subject)?;
+                }
+                wire::check_size(&h, m.body.len(), self.inner.client.max_payload())
+            })
             .map_err(|e| e.to_string())
     }
 }
