@@ -70,6 +70,20 @@ impl World {
         self.hosts[i] = Some(daemon);
     }
 
+    /// Starts again every host whose process ended by itself (a daemon
+    /// exits when it cannot set up its consumers at start, e.g. while a
+    /// cluster elects leaders after a server died; its supervisor, here
+    /// the test, starts it again).
+    fn keep_up(&mut self) {
+        for i in 0..HOSTS {
+            let ended = self.hosts[i].as_mut().is_some_and(|d| d.exited().is_some());
+            if ended {
+                eprintln!("fault test: host {i} exited by itself; starting it again");
+                self.start(i);
+            }
+        }
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(d) = self.hosts[i].take() {
             d.kill();
@@ -154,6 +168,7 @@ fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
                 world.start(host);
             }
         }
+        world.keep_up();
         // A killed host stays down a cycle now and then, but every host is
         // up again before the next kill of one.
         for i in 0..HOSTS {
@@ -194,6 +209,7 @@ fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
     };
     let mut last = Ok(());
     let ok = wait_until(Duration::from_secs(240), || {
+        world.keep_up();
         last = settled(&world);
         last.is_ok()
     });
