@@ -34,6 +34,8 @@
 //! calls = 16                     # sandboxed calls at once, host-wide (all pumps
 //!                                # and mappers share it fairly); default 8 per
 //!                                # core, between 8 and 64
+//! idle_release = "5s"            # no call for this long: free heap memory
+//!                                # goes back to the kernel
 //!
 //! [limits]                       # sandbox ceilings for every call
 //! fuel = 5_000_000_000
@@ -200,6 +202,8 @@ pub struct HttpSettings {
 #[serde(deny_unknown_fields)]
 struct RawSandbox {
     calls: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    idle_release: Option<Duration>,
 }
 
 /// Most sandboxed calls at once a host may be configured for (`[sandbox]
@@ -400,6 +404,13 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             "[sandbox]: calls must be between 1 and {MAX_CALLS}, not {calls}"
         )));
     }
+    let idle_release = bounded(
+        "[sandbox]",
+        "idle_release",
+        raw.sandbox.idle_release.unwrap_or(defaults.idle_release),
+        Duration::from_millis(100),
+        DAY,
+    )?;
     let mut plugins = BTreeMap::new();
     for (name, table) in &raw.plugin {
         let where_ = format!("[plugin.{name}]");
@@ -473,6 +484,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             ceiling: limits,
             max_memory_bytes: max_memory,
             max_instances: calls,
+            idle_release,
             ..defaults
         },
         policy,
@@ -805,6 +817,18 @@ mod tests {
                 .unwrap_or_default();
             assert!(
                 err.contains("[sandbox]: calls must be between 1 and 1024"),
+                "{err}"
+            );
+        }
+        assert_eq!(c.runtime.idle_release, Duration::from_secs(5));
+        let c = parse("[sandbox]\nidle_release = \"250ms\"")?;
+        assert_eq!(c.runtime.idle_release, Duration::from_millis(250));
+        for bad in ["0s", "2days"] {
+            let err = parse(&format!("[sandbox]\nidle_release = \"{bad}\""))
+                .err()
+                .unwrap_or_default();
+            assert!(
+                err.contains("[sandbox]: idle_release must be between 100ms and 1day"),
                 "{err}"
             );
         }

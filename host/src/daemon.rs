@@ -226,7 +226,7 @@ pub async fn run(
 }
 
 /// Registers the subscriptions, runs one pump per subscription plus the
-/// watcher and pruning (and the HTTP API when configured; `js` is the
+/// watcher, pruning and the idle memory release (and the HTTP API when configured; `js` is the
 /// JetStream connection it uses), and on `shutdown` drains them.
 #[allow(clippy::too_many_arguments)]
 async fn serve<T: Transport>(
@@ -241,6 +241,7 @@ async fn serve<T: Transport>(
 ) -> Result<(), RunError> {
     let subscriptions = set.subscriptions();
     transport.register(&subscriptions).await?;
+    let runtime = watcher.runtime().clone();
     let deps = Arc::new(Deps {
         store: store.clone(),
         state: crate::state::Ledger::with_remote(
@@ -251,7 +252,7 @@ async fn serve<T: Transport>(
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),
-        control: Arc::new(Control::with_sandbox(watcher.runtime().clone())),
+        control: Arc::new(Control::with_sandbox(runtime.clone())),
     });
     // On JetStream: the job view every host shares (statuses, cancels).
     let cluster = match &js {
@@ -355,6 +356,15 @@ async fn serve<T: Transport>(
         let (store, retention, stop) = (store.clone(), config.retention, shutdown.clone());
         move || prune(store.clone(), retention, stop.clone())
     }));
+    tracker.spawn(supervised(
+        "idle memory release".into(),
+        shutdown.clone(),
+        {
+            let (runtime, stop) = (runtime.clone(), shutdown.clone());
+            let quiet = config.runtime.idle_release;
+            move || crate::idle::release_when_idle(runtime.clone(), quiet, stop.clone())
+        },
+    ));
     tracker.close();
 
     shutdown.cancelled().await;

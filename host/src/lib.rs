@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod idle;
 pub mod logfmt;
 pub mod message;
 pub mod metrics;

@@ -5,6 +5,9 @@
 //! RSS after the host sat idle, next to the first plugin's channel drained
 //! alone (the single-channel baseline, measured in the same process).
 //!
+//! The idle reading is taken after `[sandbox] idle_release`, with the
+//! daemon's idle memory release (`idle.rs`) running as in `sluice run`.
+//!
 //! Why the multi-channel drain runs first: RSS only says something about
 //! the host when nothing ran before it in the process (allocator arenas
 //! and pool slots a previous run warmed would count).
@@ -31,8 +34,12 @@ use crate::transport::{Embedded, Subscription, Transport};
 /// The plugins `--channels` drives when given `default`.
 pub const DEFAULT_PLUGINS: &str = "bench-amounts,test-flaky,test-lanes,test-spin";
 
-/// How long the host sits idle before its idle RSS is read.
-const IDLE: Duration = Duration::from_secs(3);
+/// How long the host sits idle before its idle RSS is read: past
+/// `[sandbox] idle_release`, when the daemon gives free heap memory back
+/// (`idle.rs`, run here as in the daemon).
+fn idle_wait(runtime: &Runtime) -> Duration {
+    runtime.config().idle_release + Duration::from_secs(2)
+}
 
 /// One channel of the run.
 struct Lane {
@@ -141,7 +148,7 @@ pub async fn run(
         "{t:<12} rss      peak {} (target <= 96 MiB), when done {}, after {} idle {} (target <= 64 MiB)",
         show(multi.peak_rss),
         show(multi.done_rss),
-        human(IDLE),
+        human(idle_wait(runtime)),
         show(multi.idle_rss)
     );
     for (when, s) in [("when done", multi.done), ("idle", multi.idle)] {
@@ -224,6 +231,11 @@ async fn drain(
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let pumps = TaskTracker::new();
+    pumps.spawn(crate::idle::release_when_idle(
+        runtime.clone(),
+        runtime.config().idle_release,
+        shutdown.child_token(),
+    ));
     stats::reset_peak_rss();
     let started = Instant::now();
     for sub in subs {
@@ -246,7 +258,7 @@ async fn drain(
     let (peak_rss, done_rss) = (stats::peak_rss(), stats::current_rss());
     let done = runtime.sandbox_stats();
     // The pumps stay up, idle, as in a daemon whose backlog is done.
-    tokio::time::sleep(IDLE).await;
+    tokio::time::sleep(idle_wait(runtime)).await;
     let (idle_rss, idle) = (stats::current_rss(), runtime.sandbox_stats());
     shutdown.cancel();
     pumps.close();
