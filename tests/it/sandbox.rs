@@ -217,22 +217,6 @@ fn a_compile_cache_entry_planted_from_elsewhere_is_never_loaded() {
 /// the component fails to load (it exports nothing). About 7 MB a function.
 fn compile_bomb(functions: usize, salt: u8) -> Vec<u8> {
     const N: usize = 1_000_000;
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len(), out);
-        out.extend_from_slice(body);
-    }
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     section(1, &[1, 0x60, 1, 0x7f, 1, 0x7f], &mut module); // (i32) -> i32
     let mut funcs = Vec::new();
@@ -378,11 +362,6 @@ fn the_data_dir_may_not_sit_inside_the_plugins_dir() {
 /// component that the outer one instantiates: a plugin that works in every
 /// other respect but holds more of the instance pool than one call may.
 fn with_extra_instances(base: &[u8], copies: u8, memories: u8, tables: u8) -> Vec<u8> {
-    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len(), out);
-        out.extend_from_slice(body);
-    }
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     if tables > 0 {
         let mut body = vec![tables];
@@ -416,6 +395,14 @@ fn with_extra_instances(base: &[u8], copies: u8, memories: u8, tables: u8) -> Ve
     out
 }
 
+/// A (core or component) binary section: id, size, body.
+fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+    out.push(id);
+    leb(body.len(), out);
+    out.extend_from_slice(body);
+}
+
+/// `n` as unsigned LEB128.
 fn leb(mut n: usize, out: &mut Vec<u8>) {
     loop {
         let b = (n & 0x7f) as u8;

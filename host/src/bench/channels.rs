@@ -260,15 +260,7 @@ async fn drain(
     // The pumps stay up, idle, as in a daemon whose backlog is done.
     tokio::time::sleep(idle_wait(runtime)).await;
     let (idle_rss, idle) = (stats::current_rss(), runtime.sandbox_stats());
-    shutdown.cancel();
-    pumps.close();
-    if tokio::time::timeout(Duration::from_secs(10), pumps.wait())
-        .await
-        .is_err()
-    {
-        hard_stop.cancel();
-        pumps.wait().await;
-    }
+    super::drive::stop_pumps(&pumps, &shutdown, &hard_stop).await;
     Ok(Drain {
         handled: probe.done(),
         messages: total,

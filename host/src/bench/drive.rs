@@ -159,15 +159,7 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
     let all = probe.wait_all(timeout).await;
     let drain = probe.last_handled_after(started);
     let peak_rss = stats::peak_rss();
-    shutdown.cancel();
-    pumps.close();
-    if tokio::time::timeout(Duration::from_secs(10), pumps.wait())
-        .await
-        .is_err()
-    {
-        hard_stop.cancel();
-        pumps.wait().await;
-    }
+    stop_pumps(&pumps, &shutdown, &hard_stop).await;
     if !all {
         tracing::warn!(
             handled = probe.done(),
@@ -193,6 +185,24 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
 }
 
 /// Message `index` of the run.
+/// Stops a run's pumps as a daemon's shutdown does: drain for up to 10 s,
+/// then interrupt.
+pub(super) async fn stop_pumps(
+    pumps: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    shutdown.cancel();
+    pumps.close();
+    if tokio::time::timeout(Duration::from_secs(10), pumps.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        pumps.wait().await;
+    }
+}
+
 fn message(host: &Host, probe: &Probe, index: usize) -> NewMessage {
     NewMessage {
         message: Message {
