@@ -23,13 +23,11 @@ fn plugin_json(env: &Env, args: &[&str], name: &str) -> Value {
 
 #[test]
 fn a_plugin_asking_for_unbounded_limits_gets_the_operators_ceiling() {
-    let env = Env::new(
-        &["test-greedy", "test-counter"],
-        &format!(
-            "{FAST}\n[limits]\nfuel = 1_000_000_000\ntimeout = \"2s\"\nmemory = \"32MiB\"\n\
-             [plugin.test-greedy]\nmax_attempts = 1\n"
-        ),
+    let (config, addr) = crate::api::http_config(
+        "[limits]\nfuel = 1_000_000_000\ntimeout = \"2s\"\nmemory = \"32MiB\"\n\
+         [plugin.test-greedy]\nmax_attempts = 1\n",
     );
+    let env = Env::new(&["test-greedy", "test-counter"], &config);
     let check = |v: &Value| {
         assert_eq!(v["asked"]["fuel"], u64::MAX, "{v}");
         assert_eq!(v["asked"]["timeout_ms"], u64::MAX, "{v}");
@@ -62,8 +60,17 @@ fn a_plugin_asking_for_unbounded_limits_gets_the_operators_ceiling() {
     for id in &counted {
         assert_eq!(env.job(id).state, JobState::Succeeded);
     }
-    // The running daemon's view says the same.
+    // The running daemon's view says the same, and so does the API.
     check(&plugin_json(&env, &["plugins", "--json"], "test-greedy"));
+    let api = crate::api::Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let listed = api.get("/v1/plugins").json();
+    let greedy = listed["plugins"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "test-greedy"))
+        .cloned()
+        .unwrap_or_default();
+    check(&greedy);
     daemon.wait_log(
         &["asked for more than the operator's ceiling", "test-greedy"],
         1,
