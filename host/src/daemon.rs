@@ -58,6 +58,9 @@ pub enum RunError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The span exporter could not start.
+    #[error(transparent)]
+    Otel(#[from] crate::telemetry::OtelError),
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
@@ -238,6 +241,14 @@ async fn serve<T: Transport>(
         config: config.clone(),
         control: Arc::new(Control::with_sandbox(watcher.runtime().clone())),
     });
+    // Spans, when [otel] is set. Built off the async threads: its HTTP
+    // client runs a runtime of its own.
+    if let Some(otel) = config.otel.clone() {
+        let spans = tokio::task::spawn_blocking(move || crate::telemetry::Spans::start(&otel))
+            .await
+            .map_err(|e| RunError::Plugins(format!("cannot start the span exporter: {e}")))??;
+        deps.control.set_spans(Arc::new(spans));
+    }
     // Bound before the pumps start: a taken port fails the start.
     let api = match &config.http {
         Some(http) => Some(crate::api::start(http, deps.clone(), js, shutdown.clone()).await?),
@@ -289,6 +300,10 @@ async fn serve<T: Transport>(
     }
     if let Some(api) = api {
         api.finish().await;
+    }
+    // The last jobs' spans go out before exit (bounded).
+    if let Some(spans) = deps.control.spans().cloned() {
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
     }
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct ApiState<T> {
 
 /// The running API, for the daemon to finish after its pumps drained.
 pub struct Running {
+    /// The address bound (a configured port 0 is a real one here).
+    pub addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
     board: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
@@ -103,6 +105,7 @@ pub async fn start<T: Transport>(
     let bound = listener.local_addr().unwrap_or(settings.addr);
     let server = tokio::spawn(serve(listener, router(state, settings, bound), shutdown));
     Ok(Running {
+        addr: bound,
         server,
         board: board.map(|(_, task, done)| (task, done)),
     })

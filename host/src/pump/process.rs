@@ -16,7 +16,7 @@ use crate::config::Policy;
 use crate::message::now_ms;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, Store};
-use crate::telemetry;
+use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Subscription, Transport};
 
 /// Committed plugin state, read through the store's thread.
@@ -56,6 +56,8 @@ pub(super) async fn process<T: Transport>(
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
+    // Phase instants for the job's span; `None` (free) unless exported.
+    let mut clock = deps.control.spans().map(|s| s.job());
     let job = &delivery.job;
     // Registered so an operator can interrupt it (DELETE /v1/jobs/{id}).
     let running = deps.control.start(&job.job_id, &cancel);
@@ -65,9 +67,12 @@ pub(super) async fn process<T: Transport>(
     // quiet for the ack wait is handed to another host, and a slow commit
     // must not make that happen to a job this host is still finishing.
     let work = async {
-        let (plugin, fuel_used, verdict) =
-            decide(deps, sub, policy, breaker, &delivery, cancel, &running).await;
+        let (plugin, fuel_used, verdict) = decide(
+            deps, sub, policy, breaker, &delivery, cancel, &running, &mut clock,
+        )
+        .await;
         let recorded = commit(deps, &delivery, plugin.as_ref(), fuel_used, verdict).await;
+        mark(&mut clock, Phase::Commit);
         (plugin, fuel_used, recorded)
     };
     let (plugin, fuel_used, recorded) = with_heartbeats(&deps.transport, &delivery, work).await;
@@ -79,6 +84,7 @@ pub(super) async fn process<T: Transport>(
             fuel_used,
             recorded,
             started,
+            clock,
         )
         .await;
     }
@@ -86,6 +92,8 @@ pub(super) async fn process<T: Transport>(
 
 /// Runs the delivery through expiry, mapping, the handler and the post
 /// mapping; says what to record, with the plugin that ran and its fuel.
+/// `clock` gets the phases' instants when spans are exported.
+#[allow(clippy::too_many_arguments)]
 async fn decide<T: Transport>(
     deps: &Deps<T>,
     sub: &Subscription,
@@ -94,12 +102,14 @@ async fn decide<T: Transport>(
     delivery: &Delivery,
     cancel: CancellationToken,
     running: &super::control::Running<'_>,
+    clock: &mut Option<JobSpan>,
 ) -> (Option<Plugin>, u64, Verdict) {
     let job = &delivery.job;
     let set = deps.registry.current();
     let Some(handler) = set.handlers.get(&sub.consumer).cloned() else {
         return (None, 0, host_fault("handler not loaded".into()));
     };
+    mark(clock, Phase::Receive);
     let mut fuel_used = 0;
     let verdict = if job.expires_at.is_some_and(|at| at <= now_ms()) {
         Verdict {
@@ -109,7 +119,9 @@ async fn decide<T: Transport>(
             error: None,
         }
     } else {
-        match mapping::to_request(&set, &job.message, job.attempt).await {
+        let mapped = mapping::to_request(&set, &job.message, job.attempt).await;
+        mark(clock, Phase::Map);
+        match mapped {
             Err(MapError::Poison(reason)) => dead(reason, "poison"),
             Err(MapError::Fault(reason)) => failed(policy, breaker, job.attempt, reason),
             Err(MapError::Host(reason)) => host_fault(reason),
@@ -125,6 +137,7 @@ async fn decide<T: Transport>(
                 let state: Arc<dyn StateSource> = Arc::new(StoreState(deps.store.clone()));
                 let call = handler.handle(ctx, request, state, cancel);
                 let report = call.await;
+                mark(clock, Phase::Handle);
                 fuel_used = report.fuel_used;
                 match report.result {
                     Ok(outcome) => {
@@ -407,6 +420,7 @@ async fn settle<T: Transport>(
     fuel_used: u64,
     recorded: Recorded,
     started: Instant,
+    mut clock: Option<JobSpan>,
 ) {
     let job = &delivery.job;
     let outcome = recorded.outcome;
@@ -415,6 +429,7 @@ async fn settle<T: Transport>(
     {
         tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
     }
+    mark(&mut clock, Phase::Settle);
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plugin_name = plugin.map_or("", |p| p.info().name.as_str());
     deps.control
@@ -425,6 +440,10 @@ async fn settle<T: Transport>(
         .series
         .record(&job.message.channel, outcome, now_ms());
     let version = plugin.map_or("", |p| p.info().version.as_str());
+    if let (Some(clock), Some(spans)) = (clock, deps.control.spans()) {
+        let error = recorded.error.as_deref().filter(|_| outcome != "succeeded");
+        spans.finish_job(clock, job, plugin_name, version, fuel_used, outcome, error);
+    }
     match recorded.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(
             job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
