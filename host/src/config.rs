@@ -16,6 +16,8 @@
 //!
 //! [nats]                         # run on JetStream instead of the embedded queue
 //! url = "nats://127.0.0.1:4222"  # or --nats URL
+//! shared_state = false           # true: plugin state is one store for every
+//!                                # host (the SLUICE_STATE stream), not SQLite
 //! ack_wait = "30s"               # no ack or heartbeat for this long: redelivered
 //! replicas = 1                   # 3 on a production cluster
 //! max_age = "7d"                 # how long the stream keeps messages
@@ -170,6 +172,7 @@ struct RawNats {
     max_age: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     duplicate_window: Option<Duration>,
+    shared_state: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -515,6 +518,7 @@ fn nats_settings(
         max_age: raw.max_age.unwrap_or(d.max_age),
         duplicate_window: raw.duplicate_window.unwrap_or(d.duplicate_window),
         fetch_wait: d.fetch_wait,
+        shared_state: raw.shared_state.unwrap_or(d.shared_state),
     };
     bounded(
         "[nats]",
@@ -1011,6 +1015,9 @@ backoff_max = \"1m\"",
             (n.url.as_str(), n.ack_wait),
             ("nats://h:4222", Duration::from_secs(5))
         );
+        assert!(!n.shared_state, "off by default");
+        let c = parse("[nats]\nurl = \"nats://h\"\nshared_state = true")?;
+        assert!(c.nats.ok_or("nats")?.shared_state);
         let raw: RawFile = toml::from_str("").map_err(|e| e.to_string())?;
         let flag = Overrides {
             nats_url: Some("nats://x:1".into()),

@@ -23,7 +23,8 @@ use crate::registry::{PluginSet, Registry};
 use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::transport::{Embedded, JetStream, Transport, TransportError};
+use crate::supervise::supervised;
+use crate::transport::{Embedded, JetStream, Subscription, Transport, TransportError};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,11 @@ pub enum RunError {
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
+    /// A task the daemon cannot restart in place ended while it ran; the
+    /// daemon drained and stopped so its supervisor (systemd, ...) starts
+    /// it afresh rather than leaving it running half-dead.
+    #[error("the {0} stopped while the daemon ran; the daemon stopped too (see the log above)")]
+    TaskFailed(&'static str),
 }
 
 /// Holds the data directory for one daemon; released when dropped (and by
@@ -203,7 +209,10 @@ pub async fn run(
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn({
         let (js, stop) = (js.clone(), relay_stop.clone());
-        async move { js.relay(stop).await }
+        supervised("outbox relay".into(), stop.clone(), move || {
+            let (js, stop) = (js.clone(), stop.clone());
+            async move { js.relay(stop).await }
+        })
     });
     let api_js = Some(js.clone());
     let stopped = serve(js, api_js, store, config, watcher, set, shutdown, hard_stop).await;
@@ -236,6 +245,11 @@ async fn serve<T: Transport>(
     transport.register(&subscriptions).await?;
     let deps = Arc::new(Deps {
         store: store.clone(),
+        state: crate::state::Ledger::with_remote(
+            store.clone(),
+            crate::state::DEFAULT_CACHE_BYTES,
+            js.as_ref().and_then(JetStream::shared_state),
+        ),
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),
@@ -261,30 +275,43 @@ async fn serve<T: Transport>(
         "sluice running"
     );
     let tracker = TaskTracker::new();
-    for sub in subscriptions {
-        tracker.spawn(pump::run(
-            sub,
-            deps.clone(),
-            shutdown.child_token(),
-            hard_stop.clone(),
-        ));
-    }
-    // Hot reload: a new subscription gets its pump here; existing pumps
-    // keep running across swaps.
+    // Every long-lived task is supervised: one that ends or panics while
+    // the daemon runs is logged and started again (see `supervise`).
     let spawn_pump = {
         let (tracker, deps) = (tracker.clone(), deps.clone());
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
-        move |sub| {
-            tracker.spawn(pump::run(
-                sub,
-                deps.clone(),
-                shutdown.child_token(),
-                hard_stop.clone(),
-            ));
+        move |sub: Subscription| {
+            let name = format!("pump {} / {}", sub.channel, sub.consumer);
+            let (deps, stop, hard_stop) = (deps.clone(), shutdown.child_token(), hard_stop.clone());
+            tracker.spawn(supervised(name, stop.clone(), move || {
+                pump::run(sub.clone(), deps.clone(), stop.clone(), hard_stop.clone())
+            }));
         }
     };
-    tracker.spawn(watcher.run(deps.clone(), spawn_pump, shutdown.clone()));
-    tracker.spawn(prune(store, config.retention, shutdown.clone()));
+    for sub in subscriptions {
+        spawn_pump(sub);
+    }
+    // Hot reload: a new subscription gets its pump here; existing pumps
+    // keep running across swaps. The watcher owns the plugin files' state
+    // and cannot be restarted in place: if it ends or panics, the daemon
+    // drains and exits non-zero instead of serving without hot reload.
+    let watcher_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tracker.spawn({
+        let watching = tokio::spawn(watcher.run(deps.clone(), spawn_pump, shutdown.clone()));
+        let (failed, shutdown) = (watcher_failed.clone(), shutdown.clone());
+        async move {
+            let ended = watching.await;
+            if !shutdown.is_cancelled() {
+                tracing::error!(panicked = ended.is_err(), "the plugin watcher stopped; shutting down (a daemon without it would miss every plugin change)");
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                shutdown.cancel();
+            }
+        }
+    });
+    tracker.spawn(supervised("pruning".into(), shutdown.clone(), {
+        let (store, retention, stop) = (store.clone(), config.retention, shutdown.clone());
+        move || prune(store.clone(), retention, stop.clone())
+    }));
     tracker.close();
 
     shutdown.cancelled().await;
@@ -304,6 +331,9 @@ async fn serve<T: Transport>(
     // The last jobs' spans go out before exit (bounded).
     if let Some(spans) = deps.control.spans().cloned() {
         let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+    }
+    if watcher_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::TaskFailed("plugin watcher"));
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ pub mod pump;
 pub mod registry;
 pub mod reload;
 pub mod runtime;
+pub mod state;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod transport;

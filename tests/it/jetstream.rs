@@ -283,3 +283,54 @@ fn max_attempts_dead_letters_terminates_and_can_be_replayed() {
         host.log_text()
     );
 }
+
+#[test]
+fn a_pipelined_post_names_the_one_line_jetstream_refused_and_queues_every_other() {
+    let nats = NatsServer::start();
+    let a = Env::new(&["test-counter"], &config(&nats, "10s", ""));
+    // Line 700 is larger than the server's max payload (1 MiB); the lines
+    // around it are in flight with it.
+    let n = 1500;
+    let big = format!("{{\"amount\": 1, \"pad\": \"{}\"}}\n", "x".repeat(2 << 20));
+    let input: String = (1..=n)
+        .map(|i| {
+            if i == 700 {
+                big.clone()
+            } else {
+                "{\"amount\": 1}\n".to_owned()
+            }
+        })
+        .collect();
+    let out = a.sluice_stdin(&["post", "test.counter"], &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("stdin line 700 not queued")
+            && err.contains(&format!("every other line up to line {n} was queued")),
+        "{err}"
+    );
+    let printed: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed.len(), n - 1, "one id per queued line");
+    let host = a.start();
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&a, "test.counter")
+            .len()
+            >= n - 1),
+        "{}",
+        host.log_text()
+    );
+    assert_eq!(
+        succeeded(&a, "test.counter"),
+        printed,
+        "exactly the printed ids"
+    );
+    assert_eq!(
+        a.state("test-counter", "total"),
+        Some((n - 1).to_string()),
+        "each handled once"
+    );
+    host.stop(Duration::from_secs(10));
+}

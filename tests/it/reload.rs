@@ -55,6 +55,10 @@ fn a_handler_swapped_50_times_under_load_loses_no_job_and_keeps_its_pump() {
     let posted = AtomicUsize::new(0);
     let swaps = 50;
     std::thread::scope(|s| {
+        // Stops the load on every way out of this scope, a failed assertion
+        // included: otherwise the scope waits for the posting thread forever
+        // and a failure shows as a hung test.
+        let _stop_load = StopOnDrop(&stop);
         // Continuous load: batches of messages, each burning a little CPU
         // so calls are in flight when a swap lands.
         s.spawn(|| {
@@ -341,4 +345,13 @@ fn a_restart_loads_unchanged_plugins_from_the_compile_cache() {
     let id = env.post("test.counter", r#"{"amount": 3}"#);
     env.wait_settled("test.counter", 1, LONG);
     assert_eq!(env.job(&id).state, JobState::Succeeded);
+}
+
+/// Sets its flag when dropped (also while unwinding from a panic).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -65,6 +65,9 @@ pub struct JobView {
     pub fuel_used: u64,
     /// Times replayed from the dead letters.
     pub replays: u32,
+    /// Times its call ran again because state it read changed under it.
+    #[serde(default)]
+    pub conflicts: u32,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms of the first start.
@@ -102,6 +105,7 @@ impl JobView {
             plugin_version: job.plugin_version,
             fuel_used: job.fuel_used,
             replays: job.replays,
+            conflicts: job.conflicts,
             created_at: job.created_at,
             started_at: job.started_at,
             finished_at: job.finished_at,
@@ -395,6 +399,7 @@ mod tests {
             plugin_hash: None,
             fuel_used: 0,
             replays: 0,
+            conflicts: 0,
             created_at: 0,
             started_at,
             finished_at: None,

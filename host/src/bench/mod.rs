@@ -10,27 +10,35 @@
 //! only the transport is wrapped to time its `settle`.
 //!
 //! Files, one concept each: `workload.rs` (the messages and how a run
-//! proves each was handled once), `drive.rs` (backlog drain and
+//! proves each was handled once), `state.rs` (`--state`: the same messages
+//! with and without state), `drive.rs` (backlog drain and
 //! steady-state runs, with or without spans), `otlp.rs` (the receiver
 //! traced drains export to), `pages.rs` (the dashboard's requests on a
-//! big store), `probe.rs` (post -> handled timestamps),
+//! big store), `channels.rs` (several busy channels at once: RSS
+//! and throughput), `probe.rs` (post -> handled timestamps),
 //! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
-//! native call), `swap.rs` (hot reload swap latency), `natsd.rs` (a
-//! throwaway nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
+//! native call), `post.rs` (the `sluice post` command from stdin),
+//! `swap.rs` (hot reload swap latency), `natsd.rs` (a throwaway
+//! nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
 //! printed lines and the table of figures).
 //!
 //! This is an edge like `cli`, so errors are `anyhow`.
 
 mod baseline;
+mod channels;
 mod drive;
 mod natsd;
 mod otlp;
 mod pages;
+mod post;
 mod probe;
 mod report;
+mod state;
 mod stats;
 mod swap;
 mod workload;
+
+pub use state::StateMode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,7 +56,7 @@ use crate::store::{Store, StoreOptions};
 use crate::telemetry::{OtelSettings, Spans};
 use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
 
-use drive::{Host, Mode};
+use drive::{Host, Mode, RunReport};
 use report::Report;
 use workload::{AMOUNTS_PLUGIN, Workload};
 
@@ -112,7 +120,26 @@ pub struct BenchArgs {
     /// straight through SQL), against the same pages with 1,000 (0: skip).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub dashboard_jobs: usize,
+    /// Also time the `sluice post` command piping --messages lines from
+    /// stdin, on each transport (to channel `bench.post`, which nothing
+    /// consumes; purged from JetStream afterwards).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub post: bool,
+    /// Instead of the usual figures: drain the same messages through
+    /// `test-state` doing this with state (comma separated: hot, spread,
+    /// add), each against a run without state (`none`) in the same run.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
+    pub state: Vec<StateMode>,
+    /// Instead of the runs above: drain --messages on the first channel of
+    /// each of these handler plugins at once (comma-separated paths or
+    /// names; `default`: bench-amounts,test-flaky,test-lanes,test-spin),
+    /// then the first alone; prints throughput, peak and idle RSS.
+    #[arg(long, value_name = "PLUGINS")]
+    pub channels: Option<String>,
 }
+
+/// Where the `sluice post` runs post: a channel nothing handles.
+const POST_CHANNEL: &str = "bench.post";
 
 /// Runs the benchmark and prints its report. `data`: the `--data` flag.
 pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> anyhow::Result<()> {
@@ -125,8 +152,34 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             p.policy.concurrency = n;
         }
     }
+    let mut args = args;
+    if !args.state.is_empty() {
+        anyhow::ensure!(args.body.is_none(), "--state makes the bodies; drop --body");
+        if args.plugin == AMOUNTS_PLUGIN {
+            args.plugin = "test-state".into();
+        }
+    }
     let work = WorkDir::new(data)?;
     let runtime = Runtime::with_cache(config.runtime.clone(), work.path.join("cache"))?;
+    if let Some(list) = &args.channels {
+        let list = if list == "default" {
+            channels::DEFAULT_PLUGINS
+        } else {
+            list.as_str()
+        };
+        let paths = list
+            .split(',')
+            .map(|name| find_plugin(name.trim(), &config.plugins_dir))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return channels::run(
+            Arc::new(config),
+            &runtime,
+            &paths,
+            args.messages,
+            &work.path,
+        )
+        .await;
+    }
     let path = find_plugin(&args.plugin, &config.plugins_dir)?;
     let plugin = registry::load_file(&runtime, &config, &path)
         .await
@@ -138,8 +191,16 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     let Some(channel) = info.channels.first().cloned() else {
         bail!("{} handles no channel", path.display());
     };
+    if !args.state.is_empty() {
+        anyhow::ensure!(
+            info.name == "test-state",
+            "--state drives the test-state plugin, not {}",
+            info.name
+        );
+    }
     let workload = match &args.body {
         Some(body) => Workload::Fixed(body.clone()),
+        None if !args.state.is_empty() => Workload::State(StateMode::None),
         None if info.name == AMOUNTS_PLUGIN => Workload::Amounts,
         None if info.name == "test-counter" => Workload::Fixed(r#"{"amount":1}"#.into()),
         None => Workload::Fixed("{}".into()),
@@ -160,7 +221,7 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         &policy,
         &config,
     );
-    let host = |store: Store| Host {
+    let host_with = |store: Store, workload: Workload| Host {
         store,
         set: set.clone(),
         sub: Subscription {
@@ -168,9 +229,63 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             consumer: info.name.clone(),
         },
         config: config.clone(),
-        workload: workload.clone(),
+        workload,
         spans: None,
     };
+    let host = |store: Store| host_with(store, workload.clone());
+    if !args.state.is_empty() {
+        let drain = Mode::Drain {
+            messages: args.messages,
+        };
+        let modes = StateMode::with_baseline(&args.state);
+        let mut transports = Vec::new();
+        if args.transport != Which::Jetstream {
+            transports.push(("embedded", None));
+        }
+        let mut server = None;
+        if args.transport != Which::Embedded {
+            match nats_url(&config, &work.path, args.transport) {
+                Ok((url, s)) => {
+                    server = s;
+                    transports.push(("jetstream", Some(url)));
+                }
+                Err(why) if args.transport == Which::Both => report.skipped("jetstream", &why),
+                Err(why) => return Err(why),
+            }
+        }
+        for (transport, url) in transports {
+            let mut baseline: Vec<RunReport> = Vec::new();
+            for mode in &modes {
+                let tag = format!("{transport}:{}", mode.name());
+                let mut runs = Vec::new();
+                for i in 0..args.runs {
+                    let dir = work.path.join(format!("{transport}-{}-{i}", mode.name()));
+                    let store = open(&config, &dir, url.is_some())?;
+                    let host = host_with(store.clone(), Workload::State(*mode));
+                    let run = match &url {
+                        None => {
+                            let transport = Embedded::new(store.clone(), config.poll_interval);
+                            drive::run(&host, transport, drain).await?
+                        }
+                        Some(url) => {
+                            jetstream_run(&config, url, &host, store.clone(), drain).await?
+                        }
+                    };
+                    report.run(&tag, drain, &run);
+                    report.state_check(&tag, mode.check(&store, args.messages).await?);
+                    runs.push(run);
+                }
+                if *mode == StateMode::None {
+                    baseline = runs;
+                } else {
+                    report.state(transport, *mode, &runs, &baseline);
+                }
+            }
+        }
+        drop(server);
+        drop(plugin);
+        return report.finish();
+    }
     let steady = (args.rate > 0).then_some(Mode::Steady {
         rate: args.rate,
         duration: args.duration,
@@ -218,6 +333,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         if let Some((rate, run)) = steady_run {
             report.steady("embedded", rate, &run);
         }
+        if args.post {
+            let dir = work.path.join("post-embedded");
+            let r = post::run(&dir, None, POST_CHANNEL, &workload, args.messages).await?;
+            report.post("embedded", &r);
+        }
     }
 
     if args.transport != Which::Embedded {
@@ -245,6 +365,13 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 report.raws(args.messages, &raws);
                 if let Some((rate, run)) = steady_run {
                     report.steady("JetStream", rate, &run);
+                }
+                if args.post {
+                    let dir = work.path.join("post-jetstream");
+                    let r =
+                        post::run(&dir, Some(&url), POST_CHANNEL, &workload, args.messages).await;
+                    post::purge(&url, POST_CHANNEL).await?;
+                    report.post("jetstream", &r?);
                 }
                 drop(server);
             }

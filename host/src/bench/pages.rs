@@ -87,6 +87,7 @@ pub async fn run(
         registry: Arc::new(Registry::new(PluginSet::default())),
         config: config.clone(),
         control: Default::default(),
+        state: crate::state::Ledger::new(store.clone(), crate::state::DEFAULT_CACHE_BYTES),
     });
     let settings = HttpSettings {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),

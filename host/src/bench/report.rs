@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::baseline::{RAW_BATCH, RawReport, SandboxReport};
 use super::drive::{Mode, RunReport};
 use super::pages::PagesReport;
+use super::post::PostReport;
 use super::stats::{self, human, mib, rate, ratio};
 use super::swap::SwapReport;
 use crate::config::{Config, Policy};
@@ -24,9 +25,15 @@ const EMBEDDED_DRAIN_TARGET: f64 = 50_000.0;
 const EMBEDDED_DRAIN_STRETCH: f64 = 100_000.0;
 const JETSTREAM_VS_RAW_TARGET: f64 = 0.3;
 const JETSTREAM_VS_RAW_STRETCH: f64 = 0.5;
+const POST_EMBEDDED_TARGET: f64 = 100_000.0;
+const POST_VS_RAW_TARGET: f64 = 0.5;
 const SANDBOX_P50_TARGET: Duration = Duration::from_micros(10);
 const STEADY_P99_TARGET: Duration = Duration::from_millis(5);
 const RSS_TARGET: u64 = 64 * 1024 * 1024;
+/// Issue 12: state (even one hot key) drains at half the stateless rate or
+/// better, with at most 0.1 re-runs per job.
+const STATE_VS_NONE_TARGET: f64 = 0.5;
+const RERUNS_TARGET: f64 = 0.1;
 
 /// One row of the final table.
 struct Figure {
@@ -122,8 +129,8 @@ impl Report {
             None => String::new(),
         };
         println!(
-            "{t:<12} jobs      {} of {} succeeded in SQLite{sum}, {} other settles; fuel {:.0} per job",
-            r.succeeded_rows, r.messages, r.other_settles, r.fuel_per_job
+            "{t:<12} jobs      {} of {} succeeded in SQLite{sum}, {} other settles; fuel {:.0} per job; state re-runs {} (at most {} for one job)",
+            r.succeeded_rows, r.messages, r.other_settles, r.fuel_per_job, r.reruns.0, r.reruns.1
         );
         if r.succeeded_rows != r.messages {
             self.failures.push(format!(
@@ -142,6 +149,56 @@ impl Report {
             self.peak_rss = self.peak_rss.max(peak);
             println!("{t:<12} rss       peak {}", mib(peak));
         }
+    }
+
+    /// `--state`: what a run left in state, against what it must be
+    /// (`Err`: a failed check).
+    pub fn state_check(&mut self, tag: &str, check: Result<String, String>) {
+        match check {
+            Ok(line) => println!("{:<12} totals    {line}", format!("[{tag}]")),
+            Err(why) => {
+                println!("{:<12} totals    WRONG: {why}", format!("[{tag}]"));
+                self.failures.push(format!("{tag}: {why}"));
+            }
+        }
+    }
+
+    /// `--state`: the drains of one state mode against those without state
+    /// (medians), with their re-runs.
+    pub fn state(
+        &mut self,
+        transport: &str,
+        mode: super::StateMode,
+        runs: &[RunReport],
+        baseline: &[RunReport],
+    ) {
+        let ours = median(runs.iter().map(|r| rate(r.handled, r.drain)));
+        let none = median(baseline.iter().map(|r| rate(r.handled, r.drain)));
+        let jobs: u64 = runs.iter().map(|r| r.messages as u64).sum();
+        let reruns: u64 = runs.iter().map(|r| r.reruns.0).sum();
+        let most = runs.iter().map(|r| r.reruns.1).max().unwrap_or(0);
+        let per_job = reruns as f64 / jobs.max(1) as f64;
+        let met = none > 0.0 && ours / none >= STATE_VS_NONE_TARGET && per_job <= RERUNS_TARGET;
+        println!(
+            "[{transport}:{}] state     {ours:.0} jobs/s vs {none:.0} without state = {}; re-runs {per_job:.3} per job, at most {most}",
+            mode.name(),
+            ratio(ours, none)
+        );
+        self.figures.push(Figure {
+            name: format!(
+                "{transport} drain, state {} (median of {})",
+                mode.describe(),
+                runs.len()
+            ),
+            measured: format!(
+                "{}; re-runs {per_job:.3} per job, max {most}",
+                per_s(ours, "jobs")
+            ),
+            baseline: format!("{} without state", per_s(none, "jobs")),
+            ratio: ratio(ours, none),
+            target: format!(">= {STATE_VS_NONE_TARGET}x, <= {RERUNS_TARGET} re-runs per job"),
+            verdict: verdict(met),
+        });
     }
 
     /// The drains of one transport: their medians become figures.
@@ -297,6 +354,38 @@ impl Report {
             target: String::new(),
             verdict: "",
         });
+    }
+
+    /// A `sluice post` run: embedded against its target, JetStream against
+    /// the raw publish measured before it.
+    pub fn post(&mut self, transport: &str, r: &PostReport) {
+        let measured = rate(r.queued, r.elapsed);
+        println!(
+            "{:<12} post      sluice post < {} lines in {} = {measured:.0} msgs/s",
+            format!("[{transport}]"),
+            r.queued,
+            human(r.elapsed)
+        );
+        let figure = match (transport, self.raw) {
+            ("embedded", _) => Figure {
+                name: "embedded `sluice post` from stdin".into(),
+                measured: per_s(measured, "msgs"),
+                baseline: String::new(),
+                ratio: String::new(),
+                target: format!(">= {}", thousands(POST_EMBEDDED_TARGET)),
+                verdict: verdict(measured >= POST_EMBEDDED_TARGET),
+            },
+            (_, Some((_, publish))) => Figure {
+                name: "JetStream `sluice post` from stdin".into(),
+                measured: per_s(measured, "msgs"),
+                baseline: format!("raw publish {}", per_s(publish, "msgs")),
+                ratio: ratio(measured, publish),
+                target: format!(">= {POST_VS_RAW_TARGET}x"),
+                verdict: verdict(publish > 0.0 && measured / publish >= POST_VS_RAW_TARGET),
+            },
+            (_, None) => return,
+        };
+        self.figures.push(figure);
     }
 
     /// A steady-state run's latency as a figure.

@@ -93,8 +93,8 @@ pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
     println!("handler    {}", handler(&job));
     println!("message    {}", job.message_id);
     println!(
-        "attempts   {} (slices {}, replays {})",
-        job.attempts, job.slices, job.replays
+        "attempts   {} (slices {}, replays {}, state conflicts {})",
+        job.attempts, job.slices, job.replays, job.conflicts
     );
     println!("plugin     {}", opt(&job.plugin_version));
     println!("fuel       {}", job.fuel_used);

@@ -60,6 +60,10 @@ pub struct Delivered {
     pub not_before: Option<i64>,
     /// Unix ms after which it must not start.
     pub expires_at: Option<i64>,
+    /// Attempts already made at this slice when this message was sent (a
+    /// retry message's `sluice-attempt`; 0 for the message itself), so the
+    /// attempt count goes on across hosts.
+    pub attempts_before: u32,
 }
 
 impl Store {
@@ -89,9 +93,13 @@ fn receive_one(
     now: i64,
 ) -> Result<Received, StoreError> {
     let id = job_id_for(&d.message.id, &d.consumer);
-    let row: Option<(String, u32, u32)> = conn
-        .prepare_cached("SELECT state, attempts, slices FROM jobs WHERE id = ?1")?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let row: Option<(String, u32, u32, i64, u32)> = conn
+        .prepare_cached(
+            "SELECT state, attempts, slices, visible_at, replays FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     let not_yet = d.not_before.filter(|t| *t > now);
     let attempts = match row {
@@ -118,7 +126,11 @@ fn receive_one(
                 headers,
                 d.message.body,
                 state,
-                if not_yet.is_some() { 0 } else { 1 },
+                if not_yet.is_some() {
+                    d.attempts_before
+                } else {
+                    d.attempts_before.saturating_add(1)
+                },
                 d.slice,
                 not_yet.unwrap_or(now),
                 d.expires_at,
@@ -129,9 +141,9 @@ fn receive_one(
             if let Some(at) = not_yet {
                 return Ok(Received::NotYet(at));
             }
-            1
+            d.attempts_before.saturating_add(1)
         }
-        Some((state, attempts, slices)) => {
+        Some((state, attempts, slices, visible_at, replays)) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
             if matches!(
@@ -141,6 +153,23 @@ fn receive_one(
             {
                 return Ok(Received::Done(state));
             }
+            // A redelivery of an attempt older than a retry this host has
+            // committed (the attempt's ack was lost): the retry message in
+            // this host's outbox carries the job on, so this one is done
+            // with. (A job left retrying by a version that retried by NAK
+            // has no such message: it waits out its backoff as it did.)
+            if state == JobState::Retrying && d.slice == slices && d.attempts_before < attempts {
+                let retry =
+                    super::jobs::retry_id(&d.message.id, &d.consumer, replays, slices, attempts);
+                let sent: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)")?
+                    .query_row(params![retry], |r| r.get(0))?;
+                if sent {
+                    return Ok(Received::Done(state));
+                }
+            }
+            let not_yet =
+                not_yet.or((state == JobState::Retrying && visible_at > now).then_some(visible_at));
             if let Some(at) = not_yet {
                 conn.prepare_cached(
                     "UPDATE jobs SET state = 'scheduled', visible_at = ?2, updated_at = ?3
@@ -150,7 +179,12 @@ fn receive_one(
                 return Ok(Received::NotYet(at));
             }
             // A newer slice than this host has seen starts afresh.
-            let attempts = if d.slice > slices { 1 } else { attempts + 1 };
+            let attempts = if d.slice > slices {
+                d.attempts_before
+            } else {
+                attempts.max(d.attempts_before)
+            }
+            .saturating_add(1);
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'running', attempts = ?2, slices = ?3,
                      cursor = COALESCE(?4, cursor), started_at = COALESCE(started_at, ?5),

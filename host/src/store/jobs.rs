@@ -7,13 +7,18 @@
 //! handles yet is kept as one "unrouted" job (consumer `''`) and is routed the
 //! moment a handler registers, so nothing posted early is lost.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::records::{ClaimedJob, JobRecord, JobState};
-use super::{Store, StoreError, outbox, state};
-use crate::message::{CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms};
+use super::state::{self, Applied, StateCommit};
+use super::{Store, StoreError, outbox};
+use crate::message::{
+    ATTEMPT_HEADER, CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms,
+};
 
 /// A message to enqueue.
 #[derive(Debug, Clone)]
@@ -92,12 +97,8 @@ pub enum Finish {
 pub struct Commit {
     /// Last progress reported: percent and note.
     pub progress: Option<(u8, Option<String>)>,
-    /// Plugin whose state the reads and writes are in.
-    pub state_plugin: String,
-    /// Versions the call read.
-    pub state_reads: BTreeMap<String, i64>,
-    /// Key -> new value (`None`: delete).
-    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// What the call read and changed in its plugin's state.
+    pub state: StateCommit,
     /// Messages posted, already mapped to wire form.
     pub posts: Vec<NewMessage>,
 }
@@ -109,9 +110,13 @@ pub enum FinishResult {
     Committed {
         /// Jobs created by the posts.
         posted: Vec<Published>,
+        /// State keys stored under another version than the commit carried
+        /// (see `store/state.rs`); the ledger must forget its view of them.
+        reassigned: Vec<String>,
     },
     /// The state the call read changed meanwhile: nothing was applied and the
-    /// job is queued again at once without losing an attempt.
+    /// job is queued again at once without losing an attempt (the conflict
+    /// is counted in its record).
     Conflict,
     /// The job was no longer running this attempt (e.g. cancelled): nothing
     /// was applied.
@@ -127,6 +132,8 @@ pub struct CallRecord {
     pub plugin_hash: Option<String>,
     /// Fuel the call used.
     pub fuel_used: u64,
+    /// Re-runs this attempt needed because its state changed under it.
+    pub conflicts: u32,
 }
 
 /// A filter for [`Store::jobs`].
@@ -143,7 +150,7 @@ pub struct JobFilter {
 pub(super) const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
      attempts, slices, visible_at, expires_at, cursor, progress, progress_note, result, \
      last_error, plugin_version, plugin_hash, fuel_used, replays, created_at, started_at, \
-     finished_at, updated_at";
+     finished_at, updated_at, conflicts";
 
 impl Store {
     /// Enqueues messages: one job per registered handler of each channel.
@@ -151,9 +158,10 @@ impl Store {
     pub async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
+            let mut routes = Routes::default();
             messages
                 .iter()
-                .map(|m| publish_one(conn, m, None, now))
+                .map(|m| publish_one(conn, &mut routes, m, None, now))
                 .collect()
         })
         .await
@@ -207,10 +215,32 @@ impl Store {
         call: CallRecord,
         finish: Finish,
     ) -> Result<FinishResult, StoreError> {
+        self.submit_finish(job_id, attempt, call, finish)?.await
+    }
+
+    /// [`Store::finish`], queued on the writer before this returns: finishes
+    /// submitted one after the other are applied in that order. The state
+    /// ledger submits under its lock, so the order in which it handed out
+    /// state versions is the order the writer checks them in.
+    pub fn submit_finish(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        call: CallRecord,
+        finish: Finish,
+    ) -> Result<impl Future<Output = Result<FinishResult, StoreError>> + Send + 'static, StoreError>
+    {
         let job_id = job_id.to_owned();
         let outbox = self.outbox;
-        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, outbox, now_ms()))
-            .await
+        let versions = Arc::clone(&self.versions);
+        self.writer.submit(move |conn| {
+            let ctx = FinishCtx {
+                outbox,
+                versions: &versions,
+                now: now_ms(),
+            };
+            finish_job(conn, &job_id, attempt, &call, finish, &ctx)
+        })
     }
 
     /// At daemon start: jobs left `running` by a previous process that died
@@ -228,10 +258,11 @@ impl Store {
         .await
     }
 
-    /// One job.
+    /// One job (read on the reader connection: never waits for, or holds
+    /// up, a commit).
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_owned();
-        self.call(move |conn| {
+        self.read(move |conn| {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_row(params![id], record).optional()?.transpose()
@@ -245,9 +276,9 @@ impl Store {
         self.jobs_page(filter, None).await
     }
 
-    /// Job counts by (channel, state).
+    /// Job counts by (channel, state), on the reader connection.
     pub async fn counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT channel, state, COUNT(*) FROM jobs GROUP BY channel, state ORDER BY channel, state",
             )?;
@@ -293,9 +324,30 @@ impl Store {
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1",
                 params![before_ms],
             )?;
-            Ok(jobs + sent)
+            let tombstones = state::prune_tombstones(conn, before_ms)?;
+            Ok(jobs + sent + tombstones)
         })
         .await
+    }
+}
+
+/// The handlers of each channel, looked up once per store operation (the
+/// consumers table only changes in an operation of its own).
+#[derive(Default)]
+pub(super) struct Routes(HashMap<String, Vec<String>>);
+
+impl Routes {
+    /// Who gets a copy of a message on `channel`: its handlers, or the
+    /// unrouted consumer `''` while it has none.
+    fn of(&mut self, conn: &Connection, channel: &str) -> Result<&[String], StoreError> {
+        if !self.0.contains_key(channel) {
+            let mut consumers = consumers_of(conn, channel)?;
+            if consumers.is_empty() {
+                consumers.push(String::new());
+            }
+            self.0.insert(channel.to_owned(), consumers);
+        }
+        Ok(self.0.get(channel).map_or(&[], Vec::as_slice))
     }
 }
 
@@ -303,15 +355,13 @@ impl Store {
 /// job whose handler posted it, if one did.
 fn publish_one(
     conn: &Connection,
+    routes: &mut Routes,
     m: &NewMessage,
     parent: Option<&str>,
     now: i64,
 ) -> Result<Published, StoreError> {
     let msg = &m.message;
-    let mut consumers = consumers_of(conn, &msg.channel)?;
-    if consumers.is_empty() {
-        consumers.push(String::new());
-    }
+    let consumers = routes.of(conn, &msg.channel)?;
     let state = if m.visible_at > now {
         JobState::Scheduled
     } else {
@@ -325,8 +375,6 @@ fn publish_one(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
          ON CONFLICT (message_id, consumer) DO NOTHING",
     )?;
-    let mut existing =
-        conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
     let mut job_ids = Vec::with_capacity(consumers.len());
     let mut duplicate = false;
     for consumer in consumers {
@@ -349,6 +397,8 @@ fn publish_one(
             job_ids.push(id);
         } else {
             duplicate = true;
+            let mut existing =
+                conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
             job_ids.push(existing.query_row(params![msg.id, consumer], |r| r.get(0))?);
         }
     }
@@ -449,15 +499,22 @@ fn claim(
     Ok(out)
 }
 
+/// What a finish needs besides its arguments.
+struct FinishCtx<'a> {
+    outbox: bool,
+    versions: &'a AtomicI64,
+    now: i64,
+}
+
 fn finish_job(
     conn: &Connection,
     job_id: &str,
     attempt: u32,
     call: &CallRecord,
     finish: Finish,
-    outbox: bool,
-    now: i64,
+    ctx: &FinishCtx<'_>,
 ) -> Result<FinishResult, StoreError> {
+    let (outbox, now) = (ctx.outbox, ctx.now);
     let running: Option<u32> = conn
         .prepare_cached("SELECT attempts FROM jobs WHERE id = ?1 AND state = 'running'")?
         .query_row(params![job_id], |r| r.get(0))
@@ -465,44 +522,74 @@ fn finish_job(
     if running != Some(attempt) {
         return Ok(FinishResult::Stale);
     }
-    // Columns every outcome records: who ran it and what it cost.
-    conn.prepare_cached(
-        "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
-             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        call.plugin_version,
-        call.plugin_hash,
-        call.fuel_used as i64,
-        now
-    ])?;
+    // Columns every outcome records: who ran it and what it cost (a
+    // success records them in its one UPDATE).
+    let record_call = || -> Result<(), StoreError> {
+        conn.prepare_cached(
+            "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
+                 plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4,
+                 updated_at = ?5, conflicts = conflicts + ?6
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            job_id,
+            call.plugin_version,
+            call.plugin_hash,
+            call.fuel_used as i64,
+            now,
+            call.conflicts
+        ])?;
+        Ok(())
+    };
     let mut posted = Vec::new();
+    let mut reassigned = Vec::new();
     match finish {
         Finish::Succeeded { result, commit } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
-            // One statement (outcome and progress): the hot path of a drain.
+            let Some(moved) = apply(conn, job_id, &commit, ctx, &mut posted)? else {
+                record_call()?;
+                return conflict(conn, job_id, now);
+            };
+            // One statement (outcome, progress, who ran it): the hot path
+            // of a drain.
             let note = commit.progress.and_then(|(_, note)| note);
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
-                     finished_at = ?3, last_error = NULL, progress = 100,
-                     progress_note = COALESCE(?4, progress_note) WHERE id = ?1",
+                     finished_at = ?3, updated_at = ?3, last_error = NULL, progress = 100,
+                     progress_note = COALESCE(?4, progress_note),
+                     plugin_version = COALESCE(?5, plugin_version),
+                     plugin_hash = COALESCE(?6, plugin_hash), fuel_used = fuel_used + ?7,
+                     conflicts = conflicts + ?8
+                 WHERE id = ?1",
             )?
-            .execute(params![job_id, result, now, note])?;
+            .execute(params![
+                job_id,
+                result,
+                now,
+                note,
+                call.plugin_version,
+                call.plugin_hash,
+                call.fuel_used as i64,
+                call.conflicts
+            ])?;
+            return Ok(FinishResult::Committed {
+                posted,
+                reassigned: moved,
+            });
         }
+        _ => record_call()?,
+    }
+    match finish {
+        // Recorded above, in its one UPDATE.
+        Finish::Succeeded { .. } => {}
         Finish::Continue {
             cursor,
             visible_at,
             commit,
         } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
+            let Some(moved) = apply(conn, job_id, &commit, ctx, &mut posted)? else {
+                return conflict(conn, job_id, now);
+            };
+            reassigned = moved;
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'scheduled', cursor = ?2, visible_at = ?3, attempts = 0,
                      slices = slices + 1, last_error = NULL WHERE id = ?1",
@@ -518,6 +605,9 @@ fn finish_job(
                 "UPDATE jobs SET state = 'retrying', last_error = ?2, visible_at = ?3 WHERE id = ?1",
             )?
             .execute(params![job_id, error, visible_at])?;
+            if outbox {
+                retry_message(conn, job_id, attempt, visible_at, now)?;
+            }
         }
         Finish::Dead { error } => {
             conn.prepare_cached(
@@ -542,31 +632,96 @@ fn finish_job(
             release(conn, job_id, visible_at, &reason)?;
         }
     }
-    Ok(FinishResult::Committed { posted })
+    Ok(FinishResult::Committed { posted, reassigned })
 }
 
-/// Applies a success's effects (the posts recorded as `job_id`'s); false
-/// (and nothing applied) on a state conflict.
+/// A state conflict: nothing of the call applied; the job goes back to
+/// the queue without losing its attempt, and the conflict is counted.
+fn conflict(conn: &Connection, job_id: &str, now: i64) -> Result<FinishResult, StoreError> {
+    release(conn, job_id, now, "state changed while running; re-running")?;
+    conn.prepare_cached("UPDATE jobs SET conflicts = conflicts + 1 WHERE id = ?1")?
+        .execute(params![job_id])?;
+    Ok(FinishResult::Conflict)
+}
+
+/// Applies a success's effects (the posts recorded as `job_id`'s). `None` (and nothing applied) on a state
+/// conflict; else the state keys that got another version than the commit
+/// carried.
 fn apply(
     conn: &Connection,
     job_id: &str,
     commit: &Commit,
-    outbox: bool,
-    now: i64,
+    ctx: &FinishCtx<'_>,
     posted: &mut Vec<Published>,
-) -> Result<bool, StoreError> {
-    if !state::reads_hold(conn, &commit.state_plugin, &commit.state_reads)? {
-        return Ok(false);
-    }
-    state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
+) -> Result<Option<Vec<String>>, StoreError> {
+    let reassigned = if commit.state.changes.is_empty() && commit.state.reads.is_empty() {
+        Vec::new()
+    } else {
+        match state::apply(conn, ctx.versions, &commit.state, ctx.now)? {
+            Applied::Done { reassigned } => reassigned,
+            Applied::Conflict => return Ok(None),
+        }
+    };
+    let mut routes = Routes::default();
     for post in &commit.posts {
-        if outbox {
-            outbox::insert(conn, &post.message.id, None, post, None, Some(job_id), now)?;
+        if ctx.outbox {
+            outbox::insert(
+                conn,
+                &post.message.id,
+                None,
+                post,
+                None,
+                Some(job_id),
+                ctx.now,
+            )?;
         } else {
-            posted.push(publish_one(conn, post, Some(job_id), now)?);
+            posted.push(publish_one(conn, &mut routes, post, Some(job_id), ctx.now)?);
         }
     }
-    Ok(true)
+    Ok(Some(reassigned))
+}
+
+/// A job's message as its row holds it, with its handler, slice number,
+/// cursor and expiry.
+struct JobMessage {
+    message: Message,
+    consumer: String,
+    slices: u32,
+    cursor: Option<String>,
+    expires_at: Option<i64>,
+    replays: u32,
+}
+
+fn job_message(conn: &Connection, job_id: &str) -> Result<JobMessage, StoreError> {
+    let (kind, headers, job) = conn
+        .prepare_cached(
+            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at, cursor,
+                 replays
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![job_id], |r| {
+            let kind: String = r.get(3)?;
+            let headers: String = r.get(4)?;
+            let job = JobMessage {
+                message: Message {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    kind: MessageKind::default(),
+                    headers: Vec::new(),
+                    body: r.get(5)?,
+                },
+                consumer: r.get(2)?,
+                slices: r.get(6)?,
+                expires_at: r.get(7)?,
+                cursor: r.get(8)?,
+                replays: r.get(9)?,
+            };
+            Ok((kind, headers, job))
+        })?;
+    let mut job = job;
+    job.message.kind = parse_kind(&kind)?;
+    job.message.headers = parse_headers(&headers)?;
+    Ok(job)
 }
 
 /// On an external transport the next slice must reach whichever host picks
@@ -579,49 +734,17 @@ fn continuation(
     visible_at: i64,
     now: i64,
 ) -> Result<(), StoreError> {
-    let (message_id, channel, consumer, kind, headers, body, slices, expires_at): (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Vec<u8>,
-        u32,
-        Option<i64>,
-    ) = conn
-        .prepare_cached(
-            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row(params![job_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?;
-    let message = Message {
-        id: message_id.clone(),
-        channel,
-        kind: parse_kind(&kind)?,
-        headers: parse_headers(&headers)?,
-        body,
-    };
+    let job = job_message(conn, job_id)?;
     let post = NewMessage {
-        message: next_slice(&message, cursor, slices),
+        message: next_slice(&job.message, cursor, job.slices),
         visible_at,
-        expires_at,
+        expires_at: job.expires_at,
     };
-    let dedupe = format!("{message_id}/{consumer}/slice/{slices}");
+    let dedupe = format!("{}/{}/slice/{}", job.message.id, job.consumer, job.slices);
     outbox::insert(
         conn,
         &dedupe,
-        Some(&consumer),
+        Some(&job.consumer),
         &post,
         Some(cursor),
         Some(job_id),
@@ -629,11 +752,73 @@ fn continuation(
     )
 }
 
+/// On an external transport a retry is a message of its own too, not a
+/// NAK: a NAKed delivery holds a consumer slot through the whole backoff.
+/// It is addressed to this handler, due when the backoff ends, and says how
+/// many attempts were made (`sluice-attempt`), so the host that picks it up
+/// counts on from there and the inbox tells the live retry from a
+/// redelivery of the attempt before it.
+fn retry_message(
+    conn: &Connection,
+    job_id: &str,
+    attempt: u32,
+    visible_at: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let job = job_message(conn, job_id)?;
+    let mut message = match &job.cursor {
+        Some(cursor) => next_slice(&job.message, cursor, job.slices),
+        None => {
+            let mut m = job.message.clone();
+            m.headers
+                .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
+            m
+        }
+    };
+    message
+        .headers
+        .push((ATTEMPT_HEADER.to_owned(), attempt.to_string()));
+    let post = NewMessage {
+        message,
+        visible_at,
+        expires_at: job.expires_at,
+    };
+    let dedupe = retry_id(
+        &job.message.id,
+        &job.consumer,
+        job.replays,
+        job.slices,
+        attempt,
+    );
+    outbox::insert(
+        conn,
+        &dedupe,
+        Some(&job.consumer),
+        &post,
+        job.cursor.as_deref(),
+        Some(job_id),
+        now,
+    )
+}
+
+/// The dedupe id of the retry message sent after attempt `attempt` of
+/// slice `slice` failed, in the job's `replays`-th life (a replay starts
+/// the attempts afresh, so its retries need ids of their own).
+pub(super) fn retry_id(
+    message_id: &str,
+    consumer: &str,
+    replays: u32,
+    slice: u32,
+    attempt: u32,
+) -> String {
+    format!("{message_id}/{consumer}/retry/{replays}/{slice}/{attempt}")
+}
+
 /// The message that starts slice `slice` of `message`'s job at `cursor`.
 pub fn next_slice(message: &Message, cursor: &str, slice: u32) -> Message {
     let mut next = message.clone();
     next.headers
-        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
+        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
     next.headers
         .push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
     next.headers
@@ -735,5 +920,6 @@ pub(super) fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreErr
         started_at: r.get(22)?,
         finished_at: r.get(23)?,
         updated_at: r.get(24)?,
+        conflicts: r.get(25)?,
     }))
 }

@@ -12,4 +12,4 @@ mod spans;
 pub use context::{
     BadTraceParent, TRACEPARENT, TraceParent, from_headers, inherit, job_span_id, job_trace, set,
 };
-pub use spans::{JobSpan, OtelError, OtelSettings, Phase, Spans, mark};
+pub use spans::{JobCost, JobSpan, OtelError, OtelSettings, Phase, Spans, conflict, mark};

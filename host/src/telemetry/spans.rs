@@ -6,7 +6,14 @@
 //! `receive` (the pump taking the delivery), `map` (message to request),
 //! `handle` (the sandboxed call), `commit` (mapping its posts and the store
 //! transaction), `settle` (ack/nak on the transport). Attributes: job id,
-//! message id, channel, plugin, version, attempt, fuel, outcome.
+//! message id, channel, plugin, version, attempt, fuel, state conflicts,
+//! outcome.
+//!
+//! A call re-run because state changed under it (`crate::state`) stays in
+//! its `handle` phase: `handle` ends when the last run returns, and each
+//! re-run is a `state conflict` event on it (attribute `sluice.rerun`, the
+//! re-run's number), so a contended job shows one long `handle` with its
+//! re-runs marked, not a phase per run.
 //!
 //! The pump records instants as it goes ([`JobSpan::mark`]) and hands the
 //! whole job over once it is settled; spans are built then, with explicit
@@ -134,6 +141,7 @@ impl Spans {
         JobSpan {
             start: SystemTime::now(),
             marks: Vec::with_capacity(5),
+            conflicts: Vec::new(),
         }
     }
 
@@ -145,7 +153,7 @@ impl Spans {
         job: &ClaimedJob,
         plugin: &str,
         version: &str,
-        fuel: u64,
+        cost: JobCost,
         outcome: &str,
         error: Option<&str>,
     ) {
@@ -163,7 +171,8 @@ impl Spans {
             KeyValue::new("sluice.plugin", plugin.to_owned()),
             KeyValue::new("sluice.plugin_version", version.to_owned()),
             KeyValue::new("sluice.attempt", i64::from(job.attempt)),
-            KeyValue::new("sluice.fuel", i64::try_from(fuel).unwrap_or(i64::MAX)),
+            KeyValue::new("sluice.fuel", i64::try_from(cost.fuel).unwrap_or(i64::MAX)),
+            KeyValue::new("sluice.conflicts", i64::from(cost.conflicts)),
         ];
         self.finish(clock, parent, trace, attributes, outcome, error);
     }
@@ -206,6 +215,7 @@ impl Spans {
         }
         let job_cx = Context::new().with_remote_span_context(span.span_context().clone());
         let mut from = job.start;
+        let mut conflicts = job.conflicts.into_iter().peekable();
         for (phase, at) in job.marks {
             let mut child = self
                 .tracer
@@ -213,6 +223,12 @@ impl Spans {
                 .with_kind(SpanKind::Internal)
                 .with_start_time(from)
                 .start_with_context(&self.tracer, &job_cx);
+            if phase == Phase::Handle {
+                for (rerun, when) in conflicts.by_ref() {
+                    let rerun = KeyValue::new("sluice.rerun", i64::from(rerun));
+                    child.add_event_with_timestamp("state conflict", when, vec![rerun]);
+                }
+            }
             child.end_with_timestamp(at);
             from = at;
         }
@@ -236,16 +252,41 @@ pub fn mark(clock: &mut Option<JobSpan>, phase: Phase) {
     }
 }
 
+/// Records a state conflict re-run (the `rerun`th) when spans are
+/// exported.
+pub fn conflict(clock: &mut Option<JobSpan>, rerun: u32) {
+    if let Some(c) = clock {
+        c.conflicts.push((rerun, SystemTime::now()));
+    }
+}
+
+/// What one attempt cost, for its span's attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct JobCost {
+    /// Fuel over every run of the call.
+    pub fuel: u64,
+    /// Re-runs because state changed under the call (and a conflict at the
+    /// writer).
+    pub conflicts: u32,
+}
+
 /// The instants one job's phases ended at.
 #[derive(Debug)]
 pub struct JobSpan {
     start: SystemTime,
     marks: Vec<(Phase, SystemTime)>,
+    /// State conflict re-runs: number and when.
+    conflicts: Vec<(u32, SystemTime)>,
 }
 
 impl JobSpan {
-    /// `phase` ended now.
+    /// `phase` ended now. A phase marked again (`handle`, when the call
+    /// runs again after a state conflict) ends at its last mark.
     pub fn mark(&mut self, phase: Phase) {
-        self.marks.push((phase, SystemTime::now()));
+        let now = SystemTime::now();
+        match self.marks.last_mut() {
+            Some((last, at)) if *last == phase => *at = now,
+            _ => self.marks.push((phase, now)),
+        }
     }
 }

@@ -33,7 +33,11 @@ impl JetStream {
                 })
         };
         match settle {
-            Settle::Ack | Settle::Continue { .. } => ack(AckKind::Ack).await?,
+            // A retry and the next slice travel as messages of their own
+            // (through the outbox, committed with the outcome).
+            Settle::Ack | Settle::Retry { .. } | Settle::Continue { .. } => {
+                ack(AckKind::Ack).await?
+            }
             Settle::Nak { delay } => ack(AckKind::Nak(Some(delay))).await?,
             Settle::DeadLetter { reason } => {
                 let dedupe = format!("{}/{}/dead", delivery.job.message.id, delivery.job.consumer);
