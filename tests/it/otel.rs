@@ -179,3 +179,61 @@ fn a_chain_of_jobs_is_one_trace_at_the_collector() {
         "{status:?}"
     );
 }
+
+#[test]
+fn a_state_conflict_rerun_is_an_event_on_the_handle_phase() {
+    // One job holds key "k" for 1 s; three more find it taken, give their
+    // sandboxes up and run again holding its turn. Each re-run stays in the
+    // job's one `handle` phase, as a `state conflict` event on it.
+    let (endpoint, received) = receiver();
+    let config = format!(
+        "{}\n[plugin.test-state]\nconcurrency = 8\n[otel]\nendpoint = \"{endpoint}\"\n",
+        crate::util::FAST
+    );
+    let env = Env::new(&["test-state"], &config);
+    let daemon = env.start();
+    let first = env.post("test.state", r#"{"key": "k", "hold_ms": 1000}"#);
+    crate::util::wait_until(Duration::from_secs(10), || {
+        env.job(&first).state == sluice::store::JobState::Running
+    });
+    for _ in 0..3 {
+        env.post("test.state", r#"{"key": "k"}"#);
+    }
+    let records = env.wait_settled("test.state", 4, Duration::from_secs(60));
+    assert!(daemon.stop(Duration::from_secs(30)).success());
+    let recorded: u32 = records.iter().map(|j| j.conflicts).sum();
+    assert!(recorded >= 3, "the three re-ran: {recorded}");
+
+    let spans = received.lock().expect("lock").clone();
+    let mut events = 0;
+    for (_, job) in spans.iter().filter(|(_, s)| s.name == "sluice.job") {
+        let conflicts: usize = attr(job, "sluice.conflicts")
+            .and_then(|c| c.parse().ok())
+            .expect("sluice.conflicts");
+        let mut phases: Vec<&Span> = spans
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.parent_span_id == job.span_id)
+            .collect();
+        phases.sort_by_key(|c| c.start_time_unix_nano);
+        let names: Vec<&str> = phases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["receive", "map", "handle", "commit", "settle"]);
+        let handle = phases[2];
+        let reruns: Vec<_> = handle
+            .events
+            .iter()
+            .filter(|e| e.name == "state conflict")
+            .collect();
+        // A conflict met at the writer counts too, but is no re-run.
+        assert!(reruns.len() <= conflicts, "{reruns:?} vs {conflicts}");
+        for e in &reruns {
+            assert!(e.time_unix_nano >= handle.start_time_unix_nano);
+            assert!(e.time_unix_nano <= handle.end_time_unix_nano);
+        }
+        events += reruns.len();
+    }
+    assert!(
+        events >= 3,
+        "each of the three re-runs is an event: {events}"
+    );
+}
