@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::message::now_ms;
 use crate::pump::{self, Control, Deps};
@@ -263,11 +264,49 @@ async fn serve<T: Transport>(
             .map_err(|e| RunError::Plugins(format!("cannot start the span exporter: {e}")))??;
         deps.control.set_spans(Arc::new(spans));
     }
-    // Bound before the pumps start: a taken port fails the start.
-    let api = match &config.http {
-        Some(http) => Some(crate::api::start(http, deps.clone(), js, shutdown.clone()).await?),
+    // On JetStream: the job view every host shares (statuses, cancels).
+    let cluster = match &js {
+        Some(js) => {
+            let (replicas, max_age) = config
+                .nats
+                .as_ref()
+                .map_or((1, Duration::ZERO), |n| (n.replicas, n.max_age));
+            Some(
+                Cluster::open(js, replicas, max_age)
+                    .await
+                    .map_err(crate::api::ServeError::Cluster)?,
+            )
+        }
         None => None,
     };
+    // Bound before the pumps start: a taken port fails the start.
+    let api = match &config.http {
+        Some(http) => Some(
+            crate::api::start(http, deps.clone(), js, cluster.clone(), shutdown.clone()).await?,
+        ),
+        None => None,
+    };
+    // The status board outlives the pumps so the last outcomes are shared.
+    let board_stop = CancellationToken::new();
+    if cluster.is_some() {
+        // A previous process may have been killed between ending a job and
+        // sharing it: share what ended lately again (one bounded read).
+        let changes = deps.control.subscribe_changes();
+        let since = now_ms().saturating_sub(RESHARE_MS);
+        match store.recently_ended(since, RESHARE_SCAN).await {
+            Ok(ids) => changes.put_back(ids),
+            Err(e) => tracing::warn!(error = %e, "cannot read recent outcomes to share them again"),
+        }
+    }
+    let board = cluster.as_ref().map(|c| {
+        let changes = deps.control.subscribe_changes();
+        let (board, store, stop) = (c.board.clone(), store.clone(), board_stop.clone());
+        tokio::spawn(supervised("status board".into(), stop.clone(), move || {
+            board
+                .clone()
+                .run(store.clone(), changes.clone(), stop.clone())
+        }))
+    });
     tracing::info!(
         plugins_dir = %config.plugins_dir.display(), data_dir = %config.data_dir.display(),
         pumps = subscriptions.len(),
@@ -308,6 +347,21 @@ async fn serve<T: Transport>(
             }
         }
     });
+    if let Some(cluster) = &cluster {
+        tracker.spawn(supervised("job reconciler".into(), shutdown.clone(), {
+            let (board, store, stop) = (cluster.board.clone(), store.clone(), shutdown.clone());
+            move || crate::cluster::reconcile(board.clone(), store.clone(), stop.clone())
+        }));
+        tracker.spawn(supervised("cancel watcher".into(), shutdown.clone(), {
+            let (cancels, store, stop) = (cluster.cancels.clone(), store.clone(), shutdown.clone());
+            let control = deps.control.clone();
+            move || {
+                cancels
+                    .clone()
+                    .watch(store.clone(), control.clone(), stop.clone())
+            }
+        }));
+    }
     tracker.spawn(supervised("pruning".into(), shutdown.clone(), {
         let (store, retention, stop) = (store.clone(), config.retention, shutdown.clone());
         move || prune(store.clone(), retention, stop.clone())
@@ -328,6 +382,15 @@ async fn serve<T: Transport>(
     if let Some(api) = api {
         api.finish().await;
     }
+    if let Some(board) = board {
+        board_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), board)
+            .await
+            .is_err()
+        {
+            tracing::warn!("job statuses not all shared within 10s");
+        }
+    }
     // The last jobs' spans go out before exit (bounded).
     if let Some(spans) = deps.control.spans().cloned() {
         let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
@@ -337,6 +400,12 @@ async fn serve<T: Transport>(
     }
     Ok(())
 }
+
+/// At start on JetStream, outcomes of the last this many ms are shared
+/// with the other hosts again...
+const RESHARE_MS: i64 = 15 * 60 * 1000;
+/// ... among this many most recently recorded jobs.
+const RESHARE_SCAN: usize = 10_000;
 
 /// Deletes finished jobs older than `retention`, once a minute.
 async fn prune(store: Store, retention: Duration, shutdown: CancellationToken) {

@@ -188,7 +188,10 @@ fn a_job_whose_commit_is_in_the_shared_store_is_recorded_from_it_not_run_again()
     let commit: String = {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
+        // Job id, slice ("0": the message itself), no cursor.
         h.update(job.as_bytes());
+        h.update([0]);
+        h.update(b"0");
         h.update([0]);
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     };

@@ -73,7 +73,7 @@ fn server() -> Server {
     let state = Arc::new(ApiState {
         deps,
         jetstream: None,
-        board: None,
+        cluster: None,
     });
     let stop = CancellationToken::new();
     let app = router(state, &settings, addr);

@@ -96,7 +96,7 @@ pub async fn run(
         allowed_hosts: Vec::new(),
     };
     let stop = CancellationToken::new();
-    let api = crate::api::start(&settings, deps, None, stop.clone()).await?;
+    let api = crate::api::start(&settings, deps, None, None, stop.clone()).await?;
     let addr = api.addr;
     let result = pages(addr, jobs, rounds).await;
     stop.cancel();

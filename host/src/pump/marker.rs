@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::message::{Message, now_ms};
+use crate::message::{Message, SLICE_HEADER, now_ms};
 use crate::store::{ClaimedJob, Commit, Finish, NewMessage};
 use crate::transport::Settle;
 
@@ -33,13 +33,21 @@ struct Post {
     expires_at: Option<i64>,
 }
 
-/// Names one commit of `job`: its id and slice (cursor), the same on
-/// every host (a hash, so any id fits in one subject token).
+/// Names one commit of `job`: its id, its slice number and cursor (a
+/// handler that polls may continue with the same cursor twice), the same
+/// on every host (a hash, so any id fits in one subject token).
 pub(super) fn commit_name(job: &ClaimedJob) -> String {
     let mut h = Sha256::new();
     h.update(job.job_id.as_bytes());
     h.update([0]);
-    h.update(job.cursor.as_deref().unwrap_or("").as_bytes());
+    h.update(job.message.header(SLICE_HEADER).unwrap_or("0").as_bytes());
+    match &job.cursor {
+        None => h.update([0]),
+        Some(cursor) => {
+            h.update([1]);
+            h.update(cursor.as_bytes());
+        }
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -117,6 +125,39 @@ pub(super) fn decode(body: &[u8]) -> Result<(Finish, Settle), String> {
 mod tests {
     use super::*;
     use crate::message::MessageKind;
+
+    #[test]
+    fn every_slice_of_a_job_has_a_commit_name_of_its_own() {
+        let job = |slice: Option<&str>, cursor: Option<&str>| ClaimedJob {
+            job_id: "j".into(),
+            consumer: "h".into(),
+            message: Message {
+                id: "m".into(),
+                channel: "c".into(),
+                kind: MessageKind::Command,
+                headers: slice
+                    .map(|s| vec![(SLICE_HEADER.to_owned(), s.to_owned())])
+                    .unwrap_or_default(),
+                body: Vec::new(),
+            },
+            attempt: 1,
+            cursor: cursor.map(str::to_owned),
+            expires_at: None,
+        };
+        let names = [
+            commit_name(&job(None, None)),
+            commit_name(&job(Some("1"), Some(""))),
+            commit_name(&job(Some("2"), Some(""))),
+            commit_name(&job(Some("1"), Some("x"))),
+        ];
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert_eq!(
+            commit_name(&job(None, None)),
+            names[0],
+            "the same on every host"
+        );
+    }
 
     #[test]
     fn a_marker_gives_back_the_outcome_and_posts_it_was_made_of() {

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use control::{Control, Running};
+pub use control::{Changes, Control, Running};
 pub use mapping::{CAUSATION_HEADER, MapError, passthrough, post_id, to_messages, to_request};
 pub use policy::{Breaker, backoff};
 
@@ -99,7 +99,7 @@ pub async fn run<T: Transport>(
                 if held {
                     tracing::info!(channel = %sub.channel, handler = %sub.consumer, "channel paused by operator; messages stay queued");
                 } else {
-                    tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
+                    tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded (or its loaded version does not serve this channel); channel paused");
                 }
                 paused_logged = true;
             }

@@ -137,6 +137,19 @@ async fn decide<T: Transport>(
     }
     let recording = if expired(job) {
         Recording::Submit(expiry())
+    } else if job.attempt > policy.max_attempts {
+        // Every attempt it was allowed ended without an outcome: the host
+        // running it died (or lost it) each time. Running it again would
+        // only take the next host down.
+        Recording::Submit(dead(
+            format!(
+                "gave up after {} of {} attempts: each ended without an outcome (the host \
+                 running it stopped, or lost the delivery)",
+                job.attempt - 1,
+                policy.max_attempts
+            ),
+            "dead",
+        ))
     } else {
         let mapped = mapping::to_request(&set, &job.message, job.attempt).await;
         mark(clock, Phase::Map);

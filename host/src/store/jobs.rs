@@ -305,6 +305,25 @@ impl Store {
             .await
     }
 
+    /// Puts a dead letter back for an external transport: in the same
+    /// transaction as the job's return to the queue, the message that
+    /// resumes it (addressed to its handler, from its cursor, its body
+    /// byte for byte) goes to the outbox, so a publish that fails later
+    /// loses nothing (the relay retries it). False when `id` is not a dead
+    /// letter.
+    pub async fn replay_via_outbox(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let now = now_ms();
+            if replay(conn, Some(&id), now)? == 0 {
+                return Ok(false);
+            }
+            replay_message(conn, &id, now)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Replays every dead letter; returns how many.
     pub async fn replay_all(&self) -> Result<usize, StoreError> {
         self.call(|conn| replay(conn, None, now_ms())).await
@@ -740,7 +759,16 @@ fn continuation(
         visible_at,
         expires_at: job.expires_at,
     };
-    let dedupe = format!("{}/{}/slice/{}", job.message.id, job.consumer, job.slices);
+    // A replayed job's slices get ids of their own: a replay may run a
+    // slice again whose continuation an earlier life already sent.
+    let dedupe = if job.replays == 0 {
+        format!("{}/{}/slice/{}", job.message.id, job.consumer, job.slices)
+    } else {
+        format!(
+            "{}/{}/slice/{}/{}",
+            job.message.id, job.consumer, job.replays, job.slices
+        )
+    };
     outbox::insert(
         conn,
         &dedupe,
@@ -790,6 +818,40 @@ fn retry_message(
         job.slices,
         attempt,
     );
+    outbox::insert(
+        conn,
+        &dedupe,
+        Some(&job.consumer),
+        &post,
+        job.cursor.as_deref(),
+        Some(job_id),
+        now,
+    )
+}
+
+/// The message a replay sends: the job's message, addressed to its
+/// handler, resuming at its slice and cursor, with fresh attempts. Its id
+/// names the replay (`replays` counts them), so each replay is published
+/// once and a second replay is not taken for a duplicate of the first.
+fn replay_message(conn: &Connection, job_id: &str, now: i64) -> Result<(), StoreError> {
+    let job = job_message(conn, job_id)?;
+    let message = match &job.cursor {
+        Some(cursor) => next_slice(&job.message, cursor, job.slices),
+        None => {
+            let mut m = job.message.clone();
+            m.headers
+                .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
+            m.headers
+                .push((SLICE_HEADER.to_owned(), job.slices.to_string()));
+            m
+        }
+    };
+    let post = NewMessage {
+        message,
+        visible_at: now,
+        expires_at: job.expires_at,
+    };
+    let dedupe = format!("{}/{}/replay/{}", job.message.id, job.consumer, job.replays);
     outbox::insert(
         conn,
         &dedupe,

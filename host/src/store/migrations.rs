@@ -182,6 +182,14 @@ const MIGRATIONS: &[&str] = &[
     -- how many times a job's commit met state another job had changed
     ALTER TABLE jobs ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 10: the last JetStream delivery a host took of a job's message (its
+    // stream sequence and the server's delivery count), so deliveries made
+    // to other hosts in between (which died, or lost the message) count as
+    // attempts here (store/inbox.rs).
+    r#"
+    ALTER TABLE jobs ADD COLUMN delivery_seq INTEGER;
+    ALTER TABLE jobs ADD COLUMN delivery_count INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -25,6 +25,7 @@
 //! index and stops at a limit (`listing`), so they stay fast with millions
 //! of jobs in the file.
 
+mod cluster;
 mod control;
 mod inbox;
 mod jobs;
@@ -42,8 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
+pub use cluster::{EndedElsewhere, RemoteCancel, Waiting};
 pub use control::{Cancel, OutboxLag};
-pub use inbox::{Delivered, Received, job_id_for};
+pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
 pub use jobs::{
     CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published, next_slice,
 };

@@ -293,6 +293,7 @@ fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>
         not_before,
         expires_at: None,
         attempts_before: 0,
+        server: None,
     }
 }
 
@@ -331,6 +332,111 @@ async fn the_inbox_runs_new_deliveries_and_acks_finished_ones_without_running()
         store.receive(delivered("m", 0, None, None)).await?,
         Received::Done(JobState::Succeeded)
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inbox_counts_deliveries_other_hosts_took_but_not_its_own_hand_backs()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let at = |count: u64| {
+        let mut d = delivered("m", 0, None, None);
+        d.server = Some(ServerDelivery {
+            stream_seq: 7,
+            count,
+        });
+        d
+    };
+    // Its third delivery, the first this host sees: two hosts before it
+    // took it and recorded nothing.
+    let Received::Run(job) = store.receive(at(3)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3);
+    // Handed back here (a NAK costing no attempt), then delivered here
+    // again: the hand-back is not counted.
+    store
+        .finish(
+            &job.job_id,
+            3,
+            CallRecord::default(),
+            Finish::Release {
+                visible_at: 0,
+                reason: "shutdown".into(),
+            },
+        )
+        .await?;
+    let Received::Run(job) = store.receive(at(4)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3, "a hand-back here costs nothing");
+    // Then delivered twice more elsewhere before it comes back.
+    let Received::Run(job) = store.receive(at(7)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 6, "two deliveries elsewhere and this one");
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_hosts_cancel_and_outcome_reach_this_hosts_records() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    // A cancel for a job this host never saw: recorded, so its delivery is
+    // acked without running.
+    let id = job_id_for("m", "h");
+    assert_eq!(
+        store.cancel_from_elsewhere(&id, "m", "c", "h").await?,
+        RemoteCancel::Cancelled
+    );
+    assert!(matches!(
+        store.receive(delivered("m", 0, None, None)).await?,
+        Received::Done(JobState::Cancelled)
+    ));
+    // A job running here is left to the caller to interrupt.
+    let Received::Run(job) = store.receive(delivered("n", 0, None, None)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(
+        store
+            .cancel_from_elsewhere(&job.job_id, "n", "c", "h")
+            .await?,
+        RemoteCancel::Running
+    );
+    // Retrying here, finished elsewhere: the record takes the outcome, but
+    // only if it has not changed here since it was looked at.
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Retry {
+                error: "x".into(),
+                visible_at: 0,
+            },
+        )
+        .await?;
+    let seen = store
+        .job(&job.job_id)
+        .await?
+        .map(|j| j.updated_at)
+        .unwrap_or(0);
+    let ended = |finished_at| EndedElsewhere {
+        state: JobState::Succeeded,
+        result: Some("42".into()),
+        last_error: None,
+        finished_at,
+    };
+    assert!(
+        !store
+            .ended_elsewhere(&job.job_id, seen - 1, ended(1))
+            .await?
+    );
+    assert!(store.ended_elsewhere(&job.job_id, seen, ended(1)).await?);
+    let record = store.job(&job.job_id).await?.expect("job");
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!(record.result.as_deref(), Some("42"));
+    let page = store.waiting_page(JobState::Retrying, None, 10).await?;
+    assert!(page.is_empty(), "{page:?}");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use super::super::wire;
 use super::super::{Delivery, Receipt, Subscription, TransportError};
 use super::{JetStream, JetStreamError, consumer_name};
 use crate::message::now_ms;
-use crate::store::{Delivered, Received};
+use crate::store::{Delivered, Received, ServerDelivery};
 
 fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
     move |reason| JetStreamError::Fetch {
@@ -113,6 +113,10 @@ impl JetStream {
                 not_before: decoded.not_before,
                 expires_at: decoded.expires_at,
                 attempts_before,
+                server: msg.info().ok().map(|info| ServerDelivery {
+                    stream_seq: info.stream_sequence,
+                    count: u64::try_from(info.delivered).unwrap_or(1),
+                }),
             });
             pulled.push(msg);
         }

@@ -107,6 +107,9 @@ pub enum JetStreamError {
         /// Why.
         reason: wire::WireError,
     },
+    /// This host's store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Connection and stream settings.
@@ -177,6 +180,16 @@ impl JetStream {
         concurrency: ConcurrencyOf,
     ) -> Result<JetStream, JetStreamError> {
         let url = settings.url.clone();
+        // Several servers (a cluster) are given comma separated; the client
+        // takes them as a list and fails over between them.
+        let servers = url
+            .split(',')
+            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JetStreamError::Connect {
+                url: url.clone(),
+                reason: format!("not a server URL (or a comma-separated list of them): {e}"),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .name("sluice")
             .connection_timeout(Duration::from_secs(5))
@@ -189,7 +202,7 @@ impl JetStream {
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
-            .connect(&url)
+            .connect(servers)
             .await
             .map_err(|e| JetStreamError::Connect {
                 url: url.clone(),

@@ -18,8 +18,8 @@ use async_nats::jetstream::context::PublishAckFuture;
 use super::super::wire::{self, Envelope};
 use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
-use crate::message::{ATTEMPT_HEADER, CURSOR_HEADER, SLICE_HEADER, now_ms};
-use crate::store::{JobRecord, NewMessage, Published};
+use crate::message::now_ms;
+use crate::store::{NewMessage, Published};
 
 /// How many publishes may be waiting for their acks at once.
 pub const PIPELINE: usize = 1024;
@@ -154,47 +154,16 @@ impl JetStream {
         }
     }
 
-    /// Re-publishes a job (replayed from the dead letters) to its handler
-    /// only, resuming from its cursor.
-    pub async fn replay(&self, job: &JobRecord) -> Result<(), JetStreamError> {
-        let mut headers = job.headers.clone();
-        // A replay starts its attempts afresh.
-        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER && k != ATTEMPT_HEADER);
-        if let Some(c) = &job.cursor {
-            headers.push((CURSOR_HEADER.into(), c.clone()));
+    /// Replays dead letter `id`: back in the queue and, in the same store
+    /// transaction, its resuming message in the outbox (see
+    /// `Store::replay_via_outbox`), which the relay publishes. False when
+    /// `id` is not a dead letter.
+    pub async fn replay(&self, id: &str) -> Result<bool, JetStreamError> {
+        let replayed = self.inner.store.replay_via_outbox(id).await?;
+        if replayed {
+            self.inner.relay_wake.notify_one();
         }
-        headers.push((SLICE_HEADER.into(), job.slices.to_string()));
-        let message = crate::message::Message {
-            id: job.message_id.clone(),
-            channel: job.channel.clone(),
-            kind: crate::message::MessageKind::parse(&job.kind).unwrap_or_default(),
-            headers,
-            body: job.body.clone().into_bytes(),
-        };
-        let dedupe = format!("{}/{}/replay/{}", job.message_id, job.consumer, job.replays);
-        let subject = wire::continuation_subject(&job.consumer, &job.channel);
-        self.publish_one(&subject, &message, &dedupe, None, job.expires_at)
-            .await
-            .map(|_| ())
-    }
-
-    /// Sends one envelope and waits for its ack: true if the stream had it.
-    async fn publish_one(
-        &self,
-        subject: &str,
-        message: &crate::message::Message,
-        dedupe_id: &str,
-        not_before: Option<i64>,
-        expires_at: Option<i64>,
-    ) -> Result<bool, JetStreamError> {
-        let envelope = Envelope {
-            message,
-            dedupe_id,
-            not_before,
-            expires_at,
-        };
-        let ack = self.send_envelope(subject, &envelope).await?;
-        acked(subject, ack).await
+        Ok(replayed)
     }
 }
 

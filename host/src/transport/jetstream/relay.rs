@@ -113,6 +113,14 @@ impl JetStream {
         }
     }
 
+    /// Publishes what is due in the outbox now, for a process without a
+    /// relay of its own (`sluice dlq replay`): passes until one settles
+    /// nothing. A daemon's relay would send the same rows later.
+    pub async fn flush_outbox(&self) -> Result<(), JetStreamError> {
+        while self.relay_once().await? > 0 {}
+        Ok(())
+    }
+
     /// One pass of the relay; returns how many rows it settled (sent or set
     /// aside), so the caller loops while there is work.
     pub(super) async fn relay_once(&self) -> Result<usize, JetStreamError> {
