@@ -37,6 +37,10 @@
 //! idle_release = "5s"            # no call for this long: free heap memory
 //!                                # goes back to the kernel
 //!
+//! [otel]                         # export spans over OTLP/HTTP (off without it)
+//! endpoint = "http://127.0.0.1:4318"   # spans go to {endpoint}/v1/traces
+//! service_name = "sluice"
+//!
 //! [limits]                       # sandbox ceilings for every call
 //! fuel = 5_000_000_000
 //! memory = "64MiB"               # or bytes
@@ -63,6 +67,7 @@ use serde::Deserialize;
 
 use crate::runtime::{Limits, LimitsSpec, RuntimeConfig};
 use crate::store::{StoreOptions, Synchronous};
+use crate::telemetry::OtelSettings;
 use crate::transport::JetStreamSettings;
 
 /// Why the configuration is unusable. Each message names the file or flag.
@@ -238,6 +243,7 @@ struct RawFile {
     store: RawStore,
     nats: Option<RawNats>,
     http: Option<RawHttp>,
+    otel: Option<RawOtel>,
     #[serde(default)]
     sandbox: RawSandbox,
     #[serde(default)]
@@ -322,6 +328,8 @@ pub struct Config {
     pub nats: Option<JetStreamSettings>,
     /// The HTTP API, when configured (`--http` or `[http]`).
     pub http: Option<HttpSettings>,
+    /// Span export over OTLP, when `[otel]` is configured.
+    pub otel: Option<OtelSettings>,
     /// Engine settings and default limits.
     pub runtime: RuntimeConfig,
     /// Policy for plugins without their own table.
@@ -435,6 +443,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         .next_multiple_of(WASM_PAGE);
     let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
     let http = http_settings(raw.http.as_ref(), overrides)?;
+    let otel = raw.otel.as_ref().map(otel_settings).transpose()?;
     let poll_interval = bounded(
         "",
         "poll_interval",
@@ -480,6 +489,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         },
         nats,
         http,
+        otel,
         runtime: RuntimeConfig {
             ceiling: limits,
             max_memory_bytes: max_memory,
@@ -556,6 +566,49 @@ fn nats_settings(
         )));
     }
     Ok(Some(s))
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawOtel {
+    endpoint: Option<String>,
+    service_name: Option<String>,
+}
+
+/// `[otel]`: where spans go. Only plain `http://`: the exporter is built
+/// without TLS (send to a collector agent on the host or its network).
+fn otel_settings(raw: &RawOtel) -> Result<OtelSettings, ConfigError> {
+    let bad = |m: String| ConfigError::Invalid(format!("[otel]: {m}"));
+    let endpoint = raw
+        .endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| bad("endpoint is missing (e.g. \"http://127.0.0.1:4318\")".into()))?;
+    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+        bad(format!(
+            "endpoint {endpoint:?} must be an http:// URL (OTLP/HTTP; this build has no TLS: \
+             export to a collector over plain HTTP)"
+        ))
+    })?;
+    if rest.is_empty() || rest.starts_with('/') || endpoint.parse::<axum::http::Uri>().is_err() {
+        return Err(bad(format!(
+            "endpoint {endpoint:?} is not a URL like http://host:4318"
+        )));
+    }
+    let service_name = raw.service_name.clone().unwrap_or_else(|| "sluice".into());
+    if service_name.is_empty()
+        || service_name.len() > 255
+        || service_name.chars().any(char::is_control)
+    {
+        return Err(bad(
+            "service_name must be 1 to 255 characters, no control characters".into(),
+        ));
+    }
+    Ok(OtelSettings {
+        endpoint: endpoint.to_owned(),
+        service_name,
+    })
 }
 
 /// The HTTP API's settings when an address is given by flag or file.
@@ -1019,6 +1072,38 @@ backoff_max = \"1m\"",
             .err()
             .unwrap_or_default();
         assert!(err.contains("is not IP:PORT"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn otel_needs_an_http_endpoint() -> Result<(), String> {
+        assert!(parse("")?.otel.is_none(), "off by default");
+        let c = parse("[otel]\nendpoint = \"http://127.0.0.1:4318\"")?;
+        let o = c.otel.ok_or("otel")?;
+        assert_eq!(
+            (o.endpoint.as_str(), o.service_name.as_str()),
+            ("http://127.0.0.1:4318", "sluice")
+        );
+        for (bad, says) in [
+            ("[otel]", "endpoint is missing"),
+            (
+                "[otel]\nendpoint = \"https://x:4318\"",
+                "must be an http:// URL",
+            ),
+            ("[otel]\nendpoint = \"http://\"", "is not a URL"),
+            ("[otel]\nendpoint = \"http://a b\"", "is not a URL"),
+            (
+                "[otel]\nendpoint = \"http://x\"\nservice_name = \"\"",
+                "service_name",
+            ),
+            (
+                "[otel]\nendpoint = \"http://x\"\nsampler = 1",
+                "unknown field",
+            ),
+        ] {
+            let err = parse(bad).err().unwrap_or_default();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         Ok(())
     }
 

@@ -60,6 +60,9 @@ pub enum RunError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The span exporter could not start.
+    #[error(transparent)]
+    Otel(#[from] crate::telemetry::OtelError),
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
@@ -254,6 +257,14 @@ async fn serve<T: Transport>(
         config: config.clone(),
         control: Arc::new(Control::with_sandbox(runtime.clone())),
     });
+    // Spans, when [otel] is set. Built off the async threads: its HTTP
+    // client runs a runtime of its own.
+    if let Some(otel) = config.otel.clone() {
+        let spans = tokio::task::spawn_blocking(move || crate::telemetry::Spans::start(&otel))
+            .await
+            .map_err(|e| RunError::Plugins(format!("cannot start the span exporter: {e}")))??;
+        deps.control.set_spans(Arc::new(spans));
+    }
     // On JetStream: the job view every host shares (statuses, cancels).
     let cluster = match &js {
         Some(js) => {
@@ -389,6 +400,10 @@ async fn serve<T: Transport>(
         {
             tracing::warn!("job statuses not all shared within 10s");
         }
+    }
+    // The last jobs' spans go out before exit (bounded).
+    if let Some(spans) = deps.control.spans().cloned() {
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
     }
     if watcher_failed.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(RunError::TaskFailed("plugin watcher"));

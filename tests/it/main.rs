@@ -6,6 +6,7 @@
 
 mod browser;
 mod nats;
+mod otel;
 mod util;
 
 mod api;

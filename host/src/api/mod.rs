@@ -61,6 +61,8 @@ pub struct ApiState<T> {
 
 /// The running API, for the daemon to finish after its pumps drained.
 pub struct Running {
+    /// The address bound (a configured port 0 is a real one here).
+    pub addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -82,7 +84,10 @@ pub async fn start<T: Transport>(
     // The address actually bound (a configured port 0 is now a real one).
     let bound = listener.local_addr().unwrap_or(settings.addr);
     let server = tokio::spawn(serve(listener, router(state, settings, bound), shutdown));
-    Ok(Running { server })
+    Ok(Running {
+        addr: bound,
+        server,
+    })
 }
 
 impl Running {

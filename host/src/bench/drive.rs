@@ -30,6 +30,7 @@ use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, Deps};
 use crate::registry::{PluginSet, Registry};
 use crate::store::{NewMessage, Store};
+use crate::telemetry::Spans;
 use crate::transport::{Subscription, Transport};
 
 /// What to run.
@@ -103,6 +104,8 @@ pub struct Host {
     pub config: Arc<Config>,
     /// What each message carries.
     pub workload: Workload,
+    /// The span exporter, for a traced run (`[otel]` on).
+    pub spans: Option<Arc<Spans>>,
 }
 
 /// Runs `mode` through `transport` on `host`. `transport` must already be
@@ -123,6 +126,9 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         config: host.config.clone(),
         control: Default::default(),
     });
+    if let Some(spans) = &host.spans {
+        deps.control.set_spans(spans.clone());
+    }
     deps.transport
         .register(std::slice::from_ref(&host.sub))
         .await

@@ -12,7 +12,9 @@
 //! Files, one concept each: `workload.rs` (the messages and how a run
 //! proves each was handled once), `state.rs` (`--state`: the same messages
 //! with and without state), `drive.rs` (backlog drain and
-//! steady-state runs), `channels.rs` (several busy channels at once: RSS
+//! steady-state runs, with or without spans), `otlp.rs` (the receiver
+//! traced drains export to), `pages.rs` (the dashboard's requests on a
+//! big store), `channels.rs` (several busy channels at once: RSS
 //! and throughput), `probe.rs` (post -> handled timestamps),
 //! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
 //! native call), `post.rs` (the `sluice post` command from stdin),
@@ -26,6 +28,8 @@ mod baseline;
 mod channels;
 mod drive;
 mod natsd;
+mod otlp;
+mod pages;
 mod post;
 mod probe;
 mod report;
@@ -49,6 +53,7 @@ use crate::message::{Message, MessageKind, new_id};
 use crate::registry;
 use crate::runtime::{PluginKind, Runtime};
 use crate::store::{Store, StoreOptions};
+use crate::telemetry::{OtelSettings, Spans};
 use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
 
 use drive::{Host, Mode, RunReport};
@@ -106,6 +111,15 @@ pub struct BenchArgs {
     /// Hot reload swaps timed (0: skip).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub swaps: usize,
+    /// Skip the traced drains (by default each embedded drain is followed
+    /// by one with spans exported over OTLP to a receiver in this process,
+    /// pricing `[otel]` on against off in the same run).
+    #[arg(long)]
+    pub no_traces: bool,
+    /// Price every dashboard page with this many jobs in the store (filled
+    /// straight through SQL), against the same pages with 1,000 (0: skip).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub dashboard_jobs: usize,
     /// Also time the `sluice post` command piping --messages lines from
     /// stdin, on each transport (to channel `bench.post`, which nothing
     /// consumes; purged from JetStream afterwards).
@@ -216,6 +230,7 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         },
         config: config.clone(),
         workload,
+        spans: None,
     };
     let host = |store: Store| host_with(store, workload.clone());
     if !args.state.is_empty() {
@@ -283,6 +298,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     if args.transport != Which::Jetstream {
         let mut drains = Vec::new();
         let mut steady_run = None;
+        let traced = match args.no_traces {
+            true => None,
+            false => Some(Traced::start().await?),
+        };
+        let mut traced_drains = Vec::new();
         for (i, mode) in modes().enumerate() {
             let store = open(&config, &work.path.join(format!("embedded-{i}")), false)?;
             let transport = Embedded::new(store.clone(), config.poll_interval);
@@ -292,8 +312,24 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 Mode::Drain { .. } => drains.push(run),
                 Mode::Steady { rate, .. } => steady_run = Some((rate, run)),
             }
+            // Right after its untraced twin, so drift hits both alike.
+            if let (Mode::Drain { .. }, Some(t)) = (mode, &traced) {
+                let store = open(&config, &work.path.join(format!("traced-{i}")), false)?;
+                let transport = Embedded::new(store.clone(), config.poll_interval);
+                let traced_host = Host {
+                    spans: Some(t.spans.clone()),
+                    ..host(store)
+                };
+                let run = drive::run(&traced_host, transport, mode).await?;
+                report.run("traced", mode, &run);
+                traced_drains.push(run);
+            }
         }
         report.drains("embedded", &drains);
+        if let Some(t) = traced {
+            let exported = t.finish().await;
+            report.traced(&drains, &traced_drains, exported);
+        }
         if let Some((rate, run)) = steady_run {
             report.steady("embedded", rate, &run);
         }
@@ -344,6 +380,17 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         }
     }
 
+    if args.dashboard_jobs > 0 {
+        let mut stores = Vec::new();
+        for jobs in [pages::BASELINE_JOBS, args.dashboard_jobs] {
+            let dir = work.path.join(format!("pages-{jobs}"));
+            let r = pages::run(&config, &dir, jobs, 20).await?;
+            report.pages_run(&r);
+            stores.push(r);
+        }
+        report.pages(&stores[0], &stores[1]);
+    }
+
     if args.sandbox_calls > 0 {
         let request = crate::pump::passthrough(&Message {
             id: new_id(),
@@ -382,6 +429,35 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     }
     drop(plugin);
     report.finish()
+}
+
+/// The traced drains' exporter and the receiver it sends to.
+struct Traced {
+    sink: otlp::Sink,
+    spans: Arc<Spans>,
+}
+
+impl Traced {
+    async fn start() -> anyhow::Result<Traced> {
+        let sink = otlp::Sink::start().await?;
+        let settings = OtelSettings {
+            endpoint: sink.endpoint.clone(),
+            service_name: "sluice-bench".into(),
+        };
+        // Its HTTP client runs a runtime of its own: built off this one.
+        let spans = tokio::task::spawn_blocking(move || Spans::start(&settings)).await??;
+        Ok(Traced {
+            sink,
+            spans: Arc::new(spans),
+        })
+    }
+
+    /// Flushes the exporter; the spans the receiver got.
+    async fn finish(self) -> u64 {
+        let spans = self.spans;
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        self.sink.spans()
+    }
 }
 
 /// One JetStream run: connect the transport to `store`, run the outbox

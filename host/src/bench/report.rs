@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::baseline::{RAW_BATCH, RawReport, SandboxReport};
 use super::drive::{Mode, RunReport};
+use super::pages::PagesReport;
 use super::post::PostReport;
 use super::stats::{self, human, mib, rate, ratio};
 use super::swap::SwapReport;
@@ -235,6 +236,79 @@ impl Report {
                 });
             }
             _ => self.jetstream = Some((drain, enqueue)),
+        }
+    }
+
+    /// Traced drains (spans exported over OTLP) against their untraced
+    /// twins; `exported`: the spans the receiver decoded.
+    pub fn traced(&mut self, plain: &[RunReport], traced: &[RunReport], exported: u64) {
+        if traced.is_empty() {
+            return;
+        }
+        let n = traced.len();
+        let off = median(plain.iter().map(|r| rate(r.handled, r.drain)));
+        let on = median(traced.iter().map(|r| rate(r.handled, r.drain)));
+        // A span per job and one per phase (receive, map, handle, commit,
+        // settle).
+        let made: u64 = traced.iter().map(|r| r.handled as u64 * 6).sum();
+        println!(
+            "{:<12} spans     {exported} of {made} received by the OTLP receiver (6 per job){}",
+            "[traced]",
+            if exported < made {
+                "; the rest dropped by the exporter's bounded queue, as designed"
+            } else {
+                ""
+            }
+        );
+        self.figures.push(Figure {
+            name: format!("embedded drain, [otel] on: spans over OTLP (median of {n})"),
+            measured: per_s(on, "jobs"),
+            baseline: format!("[otel] off {}", per_s(off, "jobs")),
+            ratio: ratio(on, off),
+            target: String::new(),
+            verdict: "",
+        });
+    }
+
+    /// One store's page costs, as lines.
+    pub fn pages_run(&self, r: &PagesReport) {
+        println!(
+            "{:<12} store     {} jobs filled in {}, {}",
+            "[pages]",
+            r.jobs,
+            human(r.fill),
+            mib(r.db_bytes)
+        );
+        for q in &r.requests {
+            println!(
+                "{:<12} {:<13} GET {} p50 {} max {} ({} bytes), {} jobs",
+                "[pages]",
+                q.page,
+                q.path,
+                human(q.p50),
+                human(q.max),
+                q.bytes,
+                r.jobs
+            );
+        }
+    }
+
+    /// Each page request on the big store against the small one.
+    pub fn pages(&mut self, small: &PagesReport, big: &PagesReport) {
+        for (s, b) in small.requests.iter().zip(&big.requests) {
+            self.figures.push(Figure {
+                name: format!(
+                    "dashboard {}: GET {} with {} jobs (p50)",
+                    b.page,
+                    b.path,
+                    thousands(big.jobs as f64)
+                ),
+                measured: human(b.p50),
+                baseline: format!("{} jobs {}", thousands(small.jobs as f64), human(s.p50)),
+                ratio: ratio(b.p50.as_secs_f64(), s.p50.as_secs_f64()),
+                target: String::new(),
+                verdict: "",
+            });
         }
     }
 

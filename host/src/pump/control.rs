@@ -89,6 +89,8 @@ pub struct Control {
     pub metrics: Metrics,
     /// The runtime whose gauges `/metrics` shows (none in unit tests).
     sandbox: Option<Runtime>,
+    /// The span exporter, when `[otel]` is configured (set once at start).
+    spans: std::sync::OnceLock<Arc<crate::telemetry::Spans>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,6 +169,17 @@ impl Control {
         call.by_operator.store(true, Ordering::SeqCst);
         call.token.cancel();
         true
+    }
+
+    /// Exports spans from now on (`[otel]` configured); only the first
+    /// call counts.
+    pub fn set_spans(&self, spans: Arc<crate::telemetry::Spans>) {
+        let _ = self.spans.set(spans);
+    }
+
+    /// The span exporter, if traces are exported.
+    pub fn spans(&self) -> Option<&Arc<crate::telemetry::Spans>> {
+        self.spans.get()
     }
 
     /// Whether a call for `job_id` runs on this host now.

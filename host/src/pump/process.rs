@@ -19,7 +19,7 @@ use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
 use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
-use crate::telemetry;
+use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Subscription, Transport};
 
 /// Re-runs of one attempt after state conflicts before the job is handed
@@ -68,6 +68,8 @@ pub(super) async fn process<T: Transport>(
     slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
+    // Phase instants for the job's span; `None` (free) unless exported.
+    let mut clock = deps.control.spans().map(|s| s.job());
     let job = &delivery.job;
     // Registered so an operator can interrupt it (DELETE /v1/jobs/{id}).
     let running = deps.control.start(&job.job_id, &cancel);
@@ -79,23 +81,26 @@ pub(super) async fn process<T: Transport>(
     let work = async {
         let mut cost = Cost::default();
         let (plugin, recording) = decide(
-            deps, sub, policy, breaker, &delivery, cancel, &running, &mut cost,
+            deps, sub, policy, breaker, &delivery, cancel, &running, &mut cost, &mut clock,
         )
         .await;
         let slot = keep_slot(deps, slot);
         let recorded = commit(deps, &delivery, plugin.as_ref(), cost, recording).await;
+        mark(&mut clock, Phase::Commit);
         (plugin, cost, recorded, slot)
     };
     let (plugin, cost, recorded, _slot) = with_heartbeats(&deps.transport, &delivery, work).await;
     if let Some(recorded) = recorded {
-        settle(deps, &delivery, plugin.as_ref(), cost, recorded, started).await;
+        let times = Times { started, clock };
+        settle(deps, &delivery, plugin.as_ref(), cost, recorded, times).await;
     }
 }
 
 /// Runs the delivery through expiry, mapping, the handler and the post
 /// mapping; says what to record (a verdict, or a commit the state ledger
 /// already handed to the writer), with the plugin that ran. `cost` gathers
-/// its fuel and state re-runs.
+/// its fuel and state re-runs; `clock` the phases' instants when spans are
+/// exported.
 #[allow(clippy::too_many_arguments)]
 async fn decide<T: Transport>(
     deps: &Deps<T>,
@@ -106,6 +111,7 @@ async fn decide<T: Transport>(
     cancel: CancellationToken,
     running: &Running<'_>,
     cost: &mut Cost,
+    clock: &mut Option<JobSpan>,
 ) -> (Option<Plugin>, Recording) {
     let job = &delivery.job;
     let set = deps.registry.current();
@@ -115,6 +121,7 @@ async fn decide<T: Transport>(
             Recording::Submit(host_fault("handler not loaded".into())),
         );
     };
+    mark(clock, Phase::Receive);
     // With shared state, a job committed before (by any host: the
     // delivery came back after a crash, or a slow host's was handed on) is
     // recorded from its marker, never run again.
@@ -144,7 +151,9 @@ async fn decide<T: Transport>(
             "dead",
         ))
     } else {
-        match mapping::to_request(&set, &job.message, job.attempt).await {
+        let mapped = mapping::to_request(&set, &job.message, job.attempt).await;
+        mark(clock, Phase::Map);
+        match mapped {
             Err(MapError::Poison(reason)) => Recording::Submit(dead(reason, "poison")),
             Err(MapError::Fault(reason)) => {
                 Recording::Submit(failed(policy, breaker, job.attempt, reason))
@@ -161,7 +170,7 @@ async fn decide<T: Transport>(
                     handler: &handler,
                     running,
                 };
-                call.run(request, &cancel, cost).await
+                call.run(request, &cancel, cost, clock).await
             }
         }
     };
@@ -184,12 +193,15 @@ impl<T: Transport> Call<'_, T> {
     /// Runs the handler and hands a success's commit to the state ledger.
     /// A commit that met state another job changed runs the call again,
     /// first taking the turns of every key it touched (so it cannot meet
-    /// them changed again); that costs no attempt.
+    /// them changed again); that costs no attempt. In the job's span the
+    /// `handle` phase covers every run (and the waits for turns between
+    /// them); each re-run is a `state conflict` event on it.
     async fn run(
         &self,
         request: Request,
         cancel: &CancellationToken,
         cost: &mut Cost,
+        clock: &mut Option<JobSpan>,
     ) -> Recording {
         let job = &self.delivery.job;
         let plugin = &self.handler.info().name;
@@ -222,6 +234,7 @@ impl<T: Transport> Call<'_, T> {
                 .handle(ctx, request.clone(), source, cancel.clone())
                 .await;
             cost.fuel += report.fuel_used;
+            mark(clock, Phase::Handle);
             let outcome = match report.result {
                 Ok(outcome) => outcome,
                 Err(CallFailure::StateWait { key }) => {
@@ -229,6 +242,7 @@ impl<T: Transport> Call<'_, T> {
                     // turn in a sandbox): run again, taking the turns
                     // first, outside the sandbox.
                     cost.conflicts += 1;
+                    telemetry::conflict(clock, cost.conflicts);
                     hold = session.touched();
                     hold.push(key);
                     continue;
@@ -334,6 +348,7 @@ impl<T: Transport> Call<'_, T> {
             match handoff {
                 HandOff::Conflict { keys } => {
                     cost.conflicts += 1;
+                    telemetry::conflict(clock, cost.conflicts);
                     if cost.conflicts >= MAX_RERUNS {
                         tracing::error!(job_id = %job.job_id, conflicts = cost.conflicts, "state conflicts do not end (a bug); handing the job back");
                         return Recording::Submit(release(
@@ -680,15 +695,23 @@ async fn commit<T: Transport>(
     })
 }
 
-/// Settles the delivery as recorded, then logs one line.
+/// When a delivery started, and its phases' instants if spans are exported.
+struct Times {
+    started: Instant,
+    clock: Option<JobSpan>,
+}
+
+/// Settles the delivery as recorded, then logs one line (and exports its
+/// span, when spans are exported).
 async fn settle<T: Transport>(
     deps: &Deps<T>,
     delivery: &Delivery,
     plugin: Option<&Plugin>,
     cost: Cost,
     recorded: Recorded,
-    started: Instant,
+    times: Times,
 ) {
+    let Times { started, mut clock } = times;
     let job = &delivery.job;
     let outcome = recorded.outcome;
     if let Some(settle) = recorded.settle
@@ -696,6 +719,7 @@ async fn settle<T: Transport>(
     {
         tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
     }
+    mark(&mut clock, Phase::Settle);
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plugin_name = plugin.map_or("", |p| p.info().name.as_str());
     let fuel_used = cost.fuel;
@@ -707,6 +731,14 @@ async fn settle<T: Transport>(
         .series
         .record(&job.message.channel, outcome, now_ms());
     let version = plugin.map_or("", |p| p.info().version.as_str());
+    if let (Some(clock), Some(spans)) = (clock, deps.control.spans()) {
+        let error = recorded.error.as_deref().filter(|_| outcome != "succeeded");
+        let cost = telemetry::JobCost {
+            fuel: fuel_used,
+            conflicts,
+        };
+        spans.finish_job(clock, job, plugin_name, version, cost, outcome, error);
+    }
     match recorded.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(
             job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
