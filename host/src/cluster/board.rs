@@ -97,7 +97,8 @@ impl StatusBoard {
         }
     }
 
-    /// Shares `view` unless the bucket holds a final status newer than it.
+    /// Shares `view` unless the bucket holds a final status of the same
+    /// life of the job (same replay count) or a newer one.
     pub(super) async fn put(&self, view: JobView) -> Result<(), String> {
         let key = view.id.clone();
         if !valid_key(&key) {
@@ -108,7 +109,7 @@ impl StatusBoard {
             .entry(key.as_str())
             .await
             .map_err(|e| e.to_string())?;
-        let (state, updated_at) = (view.state, view.updated_at);
+        let (state, updated_at, replays) = (view.state, view.updated_at, view.replays);
         let value = serde_json::to_vec(&Shared {
             result: view.result.clone(),
             view,
@@ -116,10 +117,14 @@ impl StatusBoard {
         .map_err(|e| e.to_string())?;
         match entry {
             Some(e) => {
+                // A final status ends that life of the job (only a replay,
+                // which counts up `replays`, starts another): a host that
+                // ran a stale redelivery afterwards, and so has a newer but
+                // non-final record, must not hide it from everyone.
                 if let Ok(old) = serde_json::from_slice::<Shared>(&e.value)
                     && is_final(old.view.state)
                     && !is_final(state)
-                    && old.view.updated_at >= updated_at
+                    && (old.view.replays >= replays || old.view.updated_at >= updated_at)
                 {
                     return Ok(());
                 }

@@ -6,8 +6,8 @@
 //! task pages through those records (an index range, a page per state per
 //! pass) and, for each that is due and has not changed here for a while,
 //! reads the status board: if another host shared a final status for the
-//! same life of the job (not older than this record, same replay count),
-//! the record takes it. A job still in flight elsewhere stays as it is
+//! same life of the job (same replay count; a final status ends a life,
+//! only a replay starts another), the record takes it. A job still in flight elsewhere stays as it is
 //! until it ends.
 
 use std::time::Duration;
@@ -56,10 +56,10 @@ pub async fn reconcile(board: StatusBoard, store: Store, stop: CancellationToken
                 let Some(view) = board.get(&waiting.id).await else {
                     continue;
                 };
-                if !is_final(view.state)
-                    || view.replays != waiting.replays
-                    || view.updated_at < waiting.updated_at
-                {
+                // A final status of the same life (replay count) is taken
+                // even if this record changed after it: that change was a
+                // stale redelivery run here after the job had ended.
+                if !is_final(view.state) || view.replays != waiting.replays {
                     continue;
                 }
                 let ended = EndedElsewhere {
