@@ -231,7 +231,7 @@ fn receive_one(
             // has no such message: it waits out its backoff as it did.)
             if state == JobState::Retrying && d.slice == slices && d.attempts_before < attempts {
                 let retry =
-                    super::jobs::retry_id(&d.message.id, &d.consumer, replays, slices, attempts);
+                    super::finish::retry_id(&d.message.id, &d.consumer, replays, slices, attempts);
                 let sent: bool = conn
                     .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)")?
                     .query_row(params![retry], |r| r.get(0))?;

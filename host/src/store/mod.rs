@@ -27,6 +27,7 @@
 
 mod cluster;
 mod control;
+mod finish;
 mod inbox;
 mod jobs;
 mod listing;
@@ -45,10 +46,9 @@ use std::time::Duration;
 
 pub use cluster::{EndedElsewhere, RemoteCancel, Waiting};
 pub use control::{Cancel, OutboxLag};
+pub use finish::next_slice;
 pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
-pub use jobs::{
-    CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published, next_slice,
-};
+pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
 pub use listing::{COUNT_CAP, Census, ChannelCensus, Posted};
 pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, RelayOutcome};
 pub use plugins::{PluginFile, ServingPlugin};
