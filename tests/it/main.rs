@@ -7,6 +7,7 @@
 mod browser;
 mod nats;
 mod otel;
+mod same_site;
 mod util;
 
 mod api;
