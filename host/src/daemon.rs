@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::message::now_ms;
 use crate::pump::{self, Control, Deps};
@@ -23,7 +24,8 @@ use crate::registry::{PluginSet, Registry};
 use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError, StoreOptions};
-use crate::transport::{Embedded, JetStream, Transport, TransportError};
+use crate::supervise::supervised;
+use crate::transport::{Embedded, JetStream, Subscription, Transport, TransportError};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +60,17 @@ pub enum RunError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The span exporter could not start.
+    #[error(transparent)]
+    Otel(#[from] crate::telemetry::OtelError),
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
+    /// A task the daemon cannot restart in place ended while it ran; the
+    /// daemon drained and stopped so its supervisor (systemd, ...) starts
+    /// it afresh rather than leaving it running half-dead.
+    #[error("the {0} stopped while the daemon ran; the daemon stopped too (see the log above)")]
+    TaskFailed(&'static str),
 }
 
 /// Holds the data directory for one daemon; released when dropped (and by
@@ -200,7 +210,10 @@ pub async fn run(
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn({
         let (js, stop) = (js.clone(), relay_stop.clone());
-        async move { js.relay(stop).await }
+        supervised("outbox relay".into(), stop.clone(), move || {
+            let (js, stop) = (js.clone(), stop.clone());
+            async move { js.relay(stop).await }
+        })
     });
     let api_js = Some(js.clone());
     let stopped = serve(js, api_js, store, config, watcher, set, shutdown, hard_stop).await;
@@ -216,7 +229,7 @@ pub async fn run(
 }
 
 /// Registers the subscriptions, runs one pump per subscription plus the
-/// watcher and pruning (and the HTTP API when configured; `js` is the
+/// watcher, pruning and the idle memory release (and the HTTP API when configured; `js` is the
 /// JetStream connection it uses), and on `shutdown` drains them.
 #[allow(clippy::too_many_arguments)]
 async fn serve<T: Transport>(
@@ -231,18 +244,70 @@ async fn serve<T: Transport>(
 ) -> Result<(), RunError> {
     let subscriptions = set.subscriptions();
     transport.register(&subscriptions).await?;
+    let runtime = watcher.runtime().clone();
     let deps = Arc::new(Deps {
         store: store.clone(),
+        state: crate::state::Ledger::with_remote(
+            store.clone(),
+            crate::state::DEFAULT_CACHE_BYTES,
+            js.as_ref().and_then(JetStream::shared_state),
+        ),
         transport,
         registry: Arc::new(Registry::new(set)),
         config: config.clone(),
-        control: Arc::new(Control::with_sandbox(watcher.runtime().clone())),
+        control: Arc::new(Control::with_sandbox(runtime.clone())),
     });
-    // Bound before the pumps start: a taken port fails the start.
-    let api = match &config.http {
-        Some(http) => Some(crate::api::start(http, deps.clone(), js, shutdown.clone()).await?),
+    // Spans, when [otel] is set. Built off the async threads: its HTTP
+    // client runs a runtime of its own.
+    if let Some(otel) = config.otel.clone() {
+        let spans = tokio::task::spawn_blocking(move || crate::telemetry::Spans::start(&otel))
+            .await
+            .map_err(|e| RunError::Plugins(format!("cannot start the span exporter: {e}")))??;
+        deps.control.set_spans(Arc::new(spans));
+    }
+    // On JetStream: the job view every host shares (statuses, cancels).
+    let cluster = match &js {
+        Some(js) => {
+            let (replicas, max_age) = config
+                .nats
+                .as_ref()
+                .map_or((1, Duration::ZERO), |n| (n.replicas, n.max_age));
+            Some(
+                Cluster::open(js, replicas, max_age)
+                    .await
+                    .map_err(crate::api::ServeError::Cluster)?,
+            )
+        }
         None => None,
     };
+    // Bound before the pumps start: a taken port fails the start.
+    let api = match &config.http {
+        Some(http) => Some(
+            crate::api::start(http, deps.clone(), js, cluster.clone(), shutdown.clone()).await?,
+        ),
+        None => None,
+    };
+    // The status board outlives the pumps so the last outcomes are shared.
+    let board_stop = CancellationToken::new();
+    if cluster.is_some() {
+        // A previous process may have been killed between ending a job and
+        // sharing it: share what ended lately again (one bounded read).
+        let changes = deps.control.subscribe_changes();
+        let since = now_ms().saturating_sub(RESHARE_MS);
+        match store.recently_ended(since, RESHARE_SCAN).await {
+            Ok(ids) => changes.put_back(ids),
+            Err(e) => tracing::warn!(error = %e, "cannot read recent outcomes to share them again"),
+        }
+    }
+    let board = cluster.as_ref().map(|c| {
+        let changes = deps.control.subscribe_changes();
+        let (board, store, stop) = (c.board.clone(), store.clone(), board_stop.clone());
+        tokio::spawn(supervised("status board".into(), stop.clone(), move || {
+            board
+                .clone()
+                .run(store.clone(), changes.clone(), stop.clone())
+        }))
+    });
     tracing::info!(
         plugins_dir = %config.plugins_dir.display(), data_dir = %config.data_dir.display(),
         pumps = subscriptions.len(),
@@ -250,30 +315,67 @@ async fn serve<T: Transport>(
         "sluice running"
     );
     let tracker = TaskTracker::new();
-    for sub in subscriptions {
-        tracker.spawn(pump::run(
-            sub,
-            deps.clone(),
-            shutdown.child_token(),
-            hard_stop.clone(),
-        ));
-    }
-    // Hot reload: a new subscription gets its pump here; existing pumps
-    // keep running across swaps.
+    // Every long-lived task is supervised: one that ends or panics while
+    // the daemon runs is logged and started again (see `supervise`).
     let spawn_pump = {
         let (tracker, deps) = (tracker.clone(), deps.clone());
         let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
-        move |sub| {
-            tracker.spawn(pump::run(
-                sub,
-                deps.clone(),
-                shutdown.child_token(),
-                hard_stop.clone(),
-            ));
+        move |sub: Subscription| {
+            let name = format!("pump {} / {}", sub.channel, sub.consumer);
+            let (deps, stop, hard_stop) = (deps.clone(), shutdown.child_token(), hard_stop.clone());
+            tracker.spawn(supervised(name, stop.clone(), move || {
+                pump::run(sub.clone(), deps.clone(), stop.clone(), hard_stop.clone())
+            }));
         }
     };
-    tracker.spawn(watcher.run(deps.clone(), spawn_pump, shutdown.clone()));
-    tracker.spawn(prune(store, config.retention, shutdown.clone()));
+    for sub in subscriptions {
+        spawn_pump(sub);
+    }
+    // Hot reload: a new subscription gets its pump here; existing pumps
+    // keep running across swaps. The watcher owns the plugin files' state
+    // and cannot be restarted in place: if it ends or panics, the daemon
+    // drains and exits non-zero instead of serving without hot reload.
+    let watcher_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tracker.spawn({
+        let watching = tokio::spawn(watcher.run(deps.clone(), spawn_pump, shutdown.clone()));
+        let (failed, shutdown) = (watcher_failed.clone(), shutdown.clone());
+        async move {
+            let ended = watching.await;
+            if !shutdown.is_cancelled() {
+                tracing::error!(panicked = ended.is_err(), "the plugin watcher stopped; shutting down (a daemon without it would miss every plugin change)");
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                shutdown.cancel();
+            }
+        }
+    });
+    if let Some(cluster) = &cluster {
+        tracker.spawn(supervised("job reconciler".into(), shutdown.clone(), {
+            let (board, store, stop) = (cluster.board.clone(), store.clone(), shutdown.clone());
+            move || crate::cluster::reconcile(board.clone(), store.clone(), stop.clone())
+        }));
+        tracker.spawn(supervised("cancel watcher".into(), shutdown.clone(), {
+            let (cancels, store, stop) = (cluster.cancels.clone(), store.clone(), shutdown.clone());
+            let control = deps.control.clone();
+            move || {
+                cancels
+                    .clone()
+                    .watch(store.clone(), control.clone(), stop.clone())
+            }
+        }));
+    }
+    tracker.spawn(supervised("pruning".into(), shutdown.clone(), {
+        let (store, retention, stop) = (store.clone(), config.retention, shutdown.clone());
+        move || prune(store.clone(), retention, stop.clone())
+    }));
+    tracker.spawn(supervised(
+        "idle memory release".into(),
+        shutdown.clone(),
+        {
+            let (runtime, stop) = (runtime.clone(), shutdown.clone());
+            let quiet = config.runtime.idle_release;
+            move || crate::idle::release_when_idle(runtime.clone(), quiet, stop.clone())
+        },
+    ));
     tracker.close();
 
     shutdown.cancelled().await;
@@ -290,8 +392,30 @@ async fn serve<T: Transport>(
     if let Some(api) = api {
         api.finish().await;
     }
+    if let Some(board) = board {
+        board_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), board)
+            .await
+            .is_err()
+        {
+            tracing::warn!("job statuses not all shared within 10s");
+        }
+    }
+    // The last jobs' spans go out before exit (bounded).
+    if let Some(spans) = deps.control.spans().cloned() {
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+    }
+    if watcher_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::TaskFailed("plugin watcher"));
+    }
     Ok(())
 }
+
+/// At start on JetStream, outcomes of the last this many ms are shared
+/// with the other hosts again...
+const RESHARE_MS: i64 = 15 * 60 * 1000;
+/// ... among this many most recently recorded jobs.
+const RESHARE_SCAN: usize = 10_000;
 
 /// Deletes finished jobs older than `retention`, once a minute.
 async fn prune(store: Store, retention: Duration, shutdown: CancellationToken) {

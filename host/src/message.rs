@@ -18,6 +18,10 @@ pub const CURSOR_HEADER: &str = "sluice-cursor";
 /// redelivery of a slice that was already committed.
 pub const SLICE_HEADER: &str = "sluice-slice";
 
+/// Header on a retry message (JetStream): how many attempts the job had
+/// made when it was sent, so attempts count across hosts.
+pub const ATTEMPT_HEADER: &str = "sluice-attempt";
+
 /// Longest header name accepted, in bytes.
 pub const MAX_HEADER_NAME: usize = 256;
 
@@ -94,6 +98,7 @@ pub fn is_carried_header(name: &str) -> bool {
         SLICE_HEADER,
         REQUEST_NAME_HEADER,
         CAUSATION_HEADER,
+        ATTEMPT_HEADER,
     ]
     .iter()
     .any(|h| name.eq_ignore_ascii_case(h))

@@ -63,6 +63,9 @@ pub struct Metrics {
     outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Outcomes per channel over time.
     pub series: Series,
+    /// State conflicts (re-runs because state changed under a call) per
+    /// handler.
+    conflicts: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -96,6 +99,18 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *map.entry((handler.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Counts `n` state conflicts of one job of `handler` (none: nothing).
+    pub fn record_conflicts(&self, handler: &str, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut map = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(handler.to_owned()).or_default() += u64::from(n);
     }
 
     /// Fuel used so far.
@@ -158,6 +173,22 @@ impl Metrics {
                 escape(handler)
             );
         }
+        let conflicts = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        out.push_str(
+            "# HELP sluice_state_conflicts_total Handler calls run again because state they read changed under them.\n\
+             # TYPE sluice_state_conflicts_total counter\n",
+        );
+        for (handler, n) in &conflicts {
+            let _ = writeln!(
+                out,
+                "sluice_state_conflicts_total{{handler=\"{}\"}} {n}",
+                escape(handler)
+            );
+        }
         let durations = self
             .durations
             .lock()
@@ -212,6 +243,8 @@ mod tests {
         let m = Metrics::default();
         m.record_job("h", "succeeded", 0.02, 10);
         m.record_job("h", "succeeded", 3.0, 5);
+        m.record_conflicts("h", 2);
+        m.record_conflicts("h", 0);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("sluice_fuel_used_total 15"), "{out}");
@@ -225,6 +258,10 @@ mod tests {
         );
         assert!(
             out.contains("sluice_job_outcomes_total{handler=\"h\",outcome=\"succeeded\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluice_state_conflicts_total{handler=\"h\"} 2"),
             "{out}"
         );
     }

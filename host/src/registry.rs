@@ -100,10 +100,15 @@ impl PluginSet {
         subs
     }
 
-    /// Whether the pump of `sub` may take work: its handler is loaded and
-    /// its channel is not waiting for a removed mapper.
+    /// Whether the pump of `sub` may take work: its handler is loaded, the
+    /// loaded version still lists the channel (a new version that dropped
+    /// it does not serve it), and the channel is not waiting for a removed
+    /// mapper.
     pub fn serves(&self, sub: &Subscription) -> bool {
-        self.handlers.contains_key(&sub.consumer) && !self.paused_channels.contains(&sub.channel)
+        self.handlers
+            .get(&sub.consumer)
+            .is_some_and(|p| p.info().channels.contains(&sub.channel))
+            && !self.paused_channels.contains(&sub.channel)
     }
 
     /// Carries over from `previous` the channels that lost their mapper:

@@ -2,8 +2,9 @@
 
 Request on ``invoice.create``: ``{"customer": str, "lines": [{"sku": str,
 "quantity": int, "unit_cents": int}], "currency": "EUR"}``. It totals the
-lines, numbers the invoice from a per-plugin counter in state, reports
-progress, and posts an ``invoice.created`` event with the total. A line with
+lines, numbers the invoice from a per-plugin counter in state (read, so
+``get`` then ``set``), adds the total to a revenue tally (not read, so
+``add``: it never conflicts), reports progress, and posts an ``invoice.created`` event with the total. A line with
 a quantity below 1 is a permanent error (dead-lettered at once); a customer
 named ``"flaky"`` fails with a retryable error on the first attempt, to show
 retries.
@@ -41,6 +42,7 @@ def create_invoice(ctx: sluice.Context, req: Invoice):
     total = sum(line.quantity * line.unit_cents for line in req.lines)
     number = ctx.state.get("last_number", 0) + 1
     ctx.state.set("last_number", number)
+    ctx.state.add("revenue_cents", total)
     ctx.progress(100, f"{len(req.lines)} lines")
     ctx.post(
         "invoice.created",

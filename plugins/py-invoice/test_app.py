@@ -17,6 +17,7 @@ class InvoiceTest(unittest.TestCase):
         self.assertEqual(host.handle(app.Handler, ORDER), sluice.done({"number": 1, "total_cents": 300}))
         self.assertEqual(host.handle(app.Handler, ORDER), sluice.done({"number": 2, "total_cents": 300}))
         self.assertEqual(host.state("last_number"), 2)
+        self.assertEqual(host.state("revenue_cents"), 600)
         self.assertEqual([p.channel for p in host.posts], ["invoice.created"] * 2)
         self.assertEqual(host.posts[0].kind, "event")
         self.assertEqual(host.posts[0].json()["total_cents"], 300)

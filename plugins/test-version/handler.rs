@@ -1,5 +1,6 @@
 // Shared source of the test-version-1 and test-version-2 plugins (not a
-// crate): one handler, "test-version" on channel "test.version", built
+// crate): one handler, "test-version" on channel "test.version" (version
+// 1 also on "test.version.v1", which version 2 drops), built
 // twice with a different VERSION so hot-reload tests can swap between two
 // real builds and tell from a job's result which one ran it.
 //
@@ -22,7 +23,13 @@ impl Handler for TestVersion {
     type Request = Work;
 
     fn describe() -> Describe {
-        Describe::handler("test-version", VERSION).channel("test.version")
+        let describe = Describe::handler("test-version", VERSION).channel("test.version");
+        // Version 1 also serves a channel version 2 drops.
+        if VERSION.starts_with("1.") {
+            describe.channel("test.version.v1")
+        } else {
+            describe
+        }
     }
 
     fn handle(_ctx: &mut Context, req: Work) -> Result<Outcome, Error> {

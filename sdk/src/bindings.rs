@@ -29,7 +29,13 @@
 //! `scripts/build-plugins` builds both kinds from one workspace (one build of
 //! this crate, so Cargo features could not select a world) and the result was
 //! checked with `wasm-tools component wit`: handler plugins export only
-//! `sluice:plugin/handler@0.1.0`, mappers only `sluice:plugin/mapper@0.1.0`.
+//! `sluice:plugin/handler@0.1.x`, mappers only `sluice:plugin/mapper@0.1.x`
+//! (x: the WIT package's patch version, 1 today).
+//!
+//! The same pruning means a plugin imports only the effect functions it
+//! calls. That does not make a plugin built against `0.1.1` load on a host
+//! from before `0.1.1`: such a host looks for the `handler@0.1.0` export by
+//! its exact name. Hosts load any older `0.1.x`, so upgrade hosts first.
 //!
 //! The mapper bindings reuse the handler bindings' `types` and `log` modules
 //! (`with`), so the SDK has one Rust type per WIT type and one `log` import.
@@ -42,7 +48,7 @@
 pub mod handler {
     wit_bindgen::generate!({
         path: "wit",
-        world: "sluice:plugin/handler-plugin@0.1.0",
+        world: "sluice:plugin/handler-plugin@0.1.1",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "export_handler_world",
@@ -57,14 +63,14 @@ pub mod handler {
 pub mod mapper {
     wit_bindgen::generate!({
         path: "wit",
-        world: "sluice:plugin/mapper-plugin@0.1.0",
+        world: "sluice:plugin/mapper-plugin@0.1.1",
         runtime_path: "::sluice_sdk::__private::wit_bindgen::rt",
         pub_export_macro: true,
         export_macro_name: "export_mapper_world",
         default_bindings_module: "::sluice_sdk::__private::bindings::mapper",
         with: {
-            "sluice:plugin/types@0.1.0": ::sluice_sdk::__private::bindings::handler::sluice::plugin::types,
-            "sluice:plugin/log@0.1.0": ::sluice_sdk::__private::bindings::handler::sluice::plugin::log,
+            "sluice:plugin/types@0.1.1": ::sluice_sdk::__private::bindings::handler::sluice::plugin::types,
+            "sluice:plugin/log@0.1.1": ::sluice_sdk::__private::bindings::handler::sluice::plugin::log,
         },
     });
 }

@@ -144,7 +144,40 @@ impl Context {
 ///
 /// [`get`](Self::get) and [`set`](Self::set) store values as JSON so any
 /// serde type fits; [`get_raw`](Self::get_raw) and [`set_raw`](Self::set_raw)
-/// store bytes as they are.
+/// store bytes as they are; [`add`](Self::add) adds to a counter.
+///
+/// # Consistency, and `add` versus `get` + `set`
+///
+/// Every job of the plugin shares this state, and jobs run concurrently.
+/// A call that reads a key sees the value as of its read, and its commit
+/// checks that the key is still at that value: if another job changed it
+/// meanwhile, nothing of the call is kept and it runs again (this costs no
+/// attempt; `conflicts` in the job's record counts it). The host makes this
+/// rare: a call's first read of a key waits until the jobs ahead of it that
+/// use the key have committed, so one hot key is a queue, not a fight.
+///
+/// - Use **`get` then `set`** when what you write, post or return depends
+///   on the value: a balance that must not go negative, a result that
+///   reports the new count, a list you append to.
+/// - Use **`add`** for a counter you only bump and do not read in the same
+///   call (hits, totals, rate tallies): it applies the delta at commit
+///   without reading, so it never conflicts and never waits during the
+///   call. A later `get` reads the sum as an `i64`.
+///
+/// ```no_run
+/// # use sluice_sdk::prelude::*;
+/// # fn handle(ctx: &mut Context) -> Result<Outcome, Error> {
+/// // A tally: never conflicts.
+/// ctx.state().add("orders", 1);
+/// // A balance that must stay consistent with what the call decides.
+/// let balance: i64 = ctx.state().get("balance")?.unwrap_or(0);
+/// if balance < 10 {
+///     return Err(Error::permanent("insufficient funds"));
+/// }
+/// ctx.state().set("balance", &(balance - 10))?;
+/// # Ok(Outcome::done())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct State<'a> {
     // Ties the handle to the context so state is only touched during a call.
@@ -184,6 +217,22 @@ impl State<'_> {
     /// Stores `value` at `key` as it is.
     pub fn set_raw(&self, key: &str, value: &[u8]) {
         host::state_set(key, value);
+    }
+
+    /// Adds `delta` to the integer at `key` when the call commits (an
+    /// absent key counts as 0), without reading it: adds from concurrent
+    /// jobs never conflict. The value is stored as a JSON integer, so
+    /// `get::<i64>` reads it and `set(&n)` writes one `add` can add to.
+    ///
+    /// In a call that also reads or writes `key`, the add applies to what
+    /// that call sees (and the call's commit checks its read as usual).
+    /// Adding to a value that is not an integer, or overflowing an `i64`,
+    /// fails the job for good (it is dead-lettered: retrying cannot help).
+    ///
+    /// Needs a host that implements `sluice:plugin@0.1.1` (any plugin this
+    /// SDK version builds does).
+    pub fn add(&self, key: &str, delta: i64) {
+        host::state_add(key, delta);
     }
 }
 

@@ -6,8 +6,10 @@
 
 #[cfg(target_arch = "wasm32")]
 pub(crate) use crate::__private::bindings::handler::sluice::plugin::effects::{
-    post, progress, state_delete, state_get, state_set,
+    post, progress, state_add, state_delete, state_get, state_set,
 };
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use crate::testing::backend::{post, progress, state_delete, state_get, state_set};
+pub(crate) use crate::testing::backend::{
+    post, progress, state_add, state_delete, state_get, state_set,
+};

@@ -65,6 +65,8 @@ struct Call {
     writes: BTreeMap<String, Option<Vec<u8>>>,
     posts: Vec<Posted>,
     progress: Option<Progress>,
+    /// Set by a `state-add` the host would refuse: the call fails for good.
+    invalid: Option<String>,
 }
 
 /// A message a handler posted in a successful call.
@@ -213,7 +215,10 @@ impl TestHost {
 
     /// Runs `H` on a JSON body the way the host does. On `Ok` the call's
     /// state writes, posts and progress are committed to this host; on
-    /// `Err` (including a body that does not parse) nothing is.
+    /// `Err` (including a body that does not parse) nothing is. A
+    /// `state().add` on a value that is not an integer, or one that
+    /// overflows an `i64`, makes the call a permanent error, as the host
+    /// dead-letters such a job.
     pub fn handle_json<H: Handler>(&mut self, body: &str) -> Result<Outcome, Error> {
         let ctx = JobContext {
             job_id: "test-job".into(),
@@ -230,6 +235,10 @@ impl TestHost {
         });
         let outcome = crate::__private::run_handler::<H>(ctx, name, body);
         let call = CALL.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let outcome = match call.invalid {
+            Some(why) => Err(Error::permanent(why)),
+            None => outcome,
+        };
         if outcome.is_ok() {
             for (key, value) in call.writes {
                 match value {
@@ -320,5 +329,46 @@ pub(crate) mod backend {
         with_call(|c| {
             c.writes.insert(key.into(), None);
         })
+    }
+
+    /// One call at a time on a thread, so adding to what the call sees
+    /// now is what the host's commit-time add comes to.
+    pub(crate) fn state_add(key: &str, delta: i64) {
+        with_call(|c| {
+            let seen = match c.writes.get(key) {
+                Some(v) => v.clone(),
+                None => c.committed.get(key).cloned(),
+            };
+            match add(seen.as_deref(), delta) {
+                Some(sum) => {
+                    c.writes.insert(key.into(), Some(sum));
+                }
+                None => {
+                    c.invalid.get_or_insert_with(|| {
+                        format!(
+                            "state-add on key {key:?}: its value is not an integer, \
+                             or adding {delta} overflows"
+                        )
+                    });
+                }
+            }
+        })
+    }
+
+    /// `value + delta` in the host's encoding of a counter (a JSON integer;
+    /// absent is 0); `None` where the host refuses the add.
+    fn add(value: Option<&[u8]>, delta: i64) -> Option<Vec<u8>> {
+        let n = match value {
+            None => 0,
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes).ok()?.trim_ascii();
+                let digits = text.strip_prefix('-').unwrap_or(text);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                text.parse::<i64>().ok()?
+            }
+        };
+        n.checked_add(delta).map(|sum| sum.to_string().into_bytes())
     }
 }

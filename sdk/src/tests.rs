@@ -240,6 +240,45 @@ mod test_host {
         assert!(host.progress().is_none());
     }
 
+    struct Tally;
+
+    impl Handler for Tally {
+        type Request = i64;
+
+        fn describe() -> Describe {
+            Describe::handler("tally", "1.0.0").channel("c")
+        }
+
+        fn handle(ctx: &mut Context, delta: i64) -> Result<Outcome, Error> {
+            ctx.state().add("hits", delta);
+            ctx.state().add("hits", delta);
+            ctx.post("out", &delta)?;
+            Ok(Outcome::done())
+        }
+    }
+
+    #[test]
+    fn adds_sum_into_a_json_integer_and_a_bad_add_fails_for_good() {
+        let mut host = TestHost::new();
+        host.handle::<Tally>(&3).unwrap();
+        assert_eq!(host.state::<i64>("hits"), Some(6), "absent counts as 0");
+        host.handle::<Tally>(&-10).unwrap();
+        assert_eq!(host.state_raw("hits"), Some(&b"-14"[..]));
+        // Overflow, or a value that is not an integer: permanent, nothing kept.
+        for (start, delta) in [
+            (serde_json::json!(i64::MAX), 1),
+            (serde_json::json!("7"), 1),
+        ] {
+            let mut host = TestHost::new();
+            host.set_state("hits", &start);
+            let err = host.handle::<Tally>(&delta).unwrap_err();
+            assert!(!err.is_retryable(), "{err}");
+            assert!(err.message().contains("state-add on key \"hits\""), "{err}");
+            assert_eq!(host.state::<serde_json::Value>("hits"), Some(start));
+            assert!(host.posts().is_empty());
+        }
+    }
+
     #[test]
     fn a_panicking_handler_leaves_no_call_behind() {
         let mut host = TestHost::new();

@@ -1,9 +1,11 @@
 //! `sluice bench` runs end to end on the embedded queue and prints its
 //! report. Figures are not asserted (they depend on the machine); that the
 //! run completed every job, checked the workload's sums and printed each
-//! line is, and so is a failed check failing the command.
+//! line is, and so is a failed check failing the command. The traced drain
+//! must deliver every span to the bench's OTLP receiver, and the dashboard
+//! pages must answer on a generated store.
 
-use crate::util::Env;
+use crate::util::{Env, built_plugins};
 
 #[test]
 fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
@@ -24,6 +26,8 @@ fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
         "50",
         "--swaps",
         "1",
+        "--dashboard-jobs",
+        "3000",
     ]);
     for line in [
         "sluice bench: bench-amounts 0.1.0 on bench.amounts",
@@ -34,12 +38,23 @@ fn bench_runs_on_the_embedded_queue_and_prints_its_report() {
         "[embedded]   jobs      200 of 200 succeeded in SQLite, amounts add up to 9900,",
         "[embedded]   steady    200 msgs/s offered",
         "[embedded]   rss       peak",
+        "[embedded]   post      sluice post < 200 lines in",
         "[baseline]   sandbox   instantiate+call+drop p50",
         "[baseline]   native    same work as a Rust call p50",
         "[reload]     swap      file written -> new version serving, 1 swaps",
+        // The traced twin of the drain: every span reached the receiver.
+        "[traced]     drain     200 jobs",
+        "[traced]     jobs      200 of 200 succeeded in SQLite",
+        "[traced]     spans     1200 of 1200 received by the OTLP receiver (6 per job)\n",
+        "| embedded drain, [otel] on: spans over OTLP (median of 1) |",
+        "[pages]      store     3000 jobs filled in",
+        "[pages]      job           GET /v1/dashboard/jobs/job-00001500 p50",
+        "[pages]      dead letters  GET /v1/dead-letters?limit=50 p50",
+        "| dashboard overview: GET /v1/dashboard/overview?minutes=15 with 3,000 jobs (p50) |",
         "| figure | measured | baseline (same run) | ratio | target | |",
         "| embedded drain (median of 1) |",
         "| embedded p99 post->handled at 200 msgs/s |",
+        "| embedded `sluice post` from stdin |",
         "| sandbox, instantiate+call+drop p50 |",
         "| peak RSS over the host runs |",
         "checks: every run handled every message exactly once",
@@ -75,4 +90,37 @@ fn bench_fails_when_not_every_message_succeeds() {
         stderr.contains("checks failed: embedded: 0 of 20 jobs succeeded"),
         "{stderr}"
     );
+}
+
+#[test]
+fn bench_state_modes_print_their_ratio_to_the_stateless_run_and_reruns() {
+    let env = Env::new(&[], "");
+    let plugin = built_plugins().join("test-state.wasm");
+    let out = env.ok(&[
+        "bench",
+        "--state",
+        "hot,spread,add",
+        "--plugin",
+        plugin.to_str().expect("utf-8 path"),
+        "--messages",
+        "300",
+        "--runs",
+        "1",
+        "--transport",
+        "embedded",
+    ]);
+    for line in [
+        "[embedded:none] jobs      300 of 300 succeeded in SQLite",
+        "[embedded:hot] jobs      300 of 300 succeeded in SQLite",
+        "[embedded:hot] state     ",
+        "[embedded:hot] totals    key \"hot\" = 300: exact",
+        "[embedded:add] totals    key \"hot\" = 300: exact",
+        "[embedded:spread] totals    300 keys, each = 1: exact",
+        "[embedded:spread] state     ",
+        "[embedded:add] state     ",
+        "| embedded drain, state hot (get + set, one key) (median of 1) |",
+        "checks: every run handled every message exactly once",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
 }

@@ -122,3 +122,37 @@ fn a_handlers_concurrency_stays_an_upper_bound_under_a_larger_budget() {
     assert_eq!(metric(&t, "sluice_sandbox_calls_peak"), Some(2.0), "{t}");
     assert!(daemon.stop(LONG).success());
 }
+
+#[test]
+fn an_idle_host_gives_free_heap_memory_back() {
+    let env = Env::new(
+        &["test-counter"],
+        &format!(
+            "{}\n[sandbox]\nidle_release = \"300ms\"\n",
+            crate::util::FAST
+        ),
+    );
+    let daemon = env.start();
+    let bodies: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"amount": {}, "note": "{}"}}"#, i % 7, "x".repeat(200)))
+        .collect();
+    post_many(&env, "test.counter", &bodies);
+    env.wait_settled("test.counter", 1000, LONG);
+    // Once the backlog is done and no call has run for 300 ms, the free
+    // memory the drain left in the allocator's arenas goes back to the
+    // kernel (logged when it is at least 1 MiB).
+    let gave = "idle: gave free heap memory back to the kernel";
+    daemon.wait_log(&[gave], 1, LONG);
+    let line = daemon.log_lines(&[gave]).pop().unwrap_or_default();
+    let mib = |f: &str| crate::util::log_field(&line, f).and_then(|v| v.parse::<f64>().ok());
+    let (before, after) = (mib("rss_before_mib"), mib("rss_after_mib"));
+    assert!(
+        matches!((before, after), (Some(b), Some(a)) if a < b),
+        "{line}"
+    );
+    // And the host works on as before.
+    let id = env.post("test.counter", r#"{"amount": 1}"#);
+    env.wait_settled("test.counter", 1001, LONG);
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    assert!(daemon.stop(LONG).success());
+}

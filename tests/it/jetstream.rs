@@ -283,3 +283,108 @@ fn max_attempts_dead_letters_terminates_and_can_be_replayed() {
         host.log_text()
     );
 }
+
+#[test]
+fn a_pipelined_post_names_the_one_line_jetstream_refused_and_queues_every_other() {
+    let nats = NatsServer::start();
+    let a = Env::new(&["test-counter"], &config(&nats, "10s", ""));
+    // Line 700 is larger than the server's max payload (1 MiB); the lines
+    // around it are in flight with it.
+    let n = 1500;
+    let big = format!("{{\"amount\": 1, \"pad\": \"{}\"}}\n", "x".repeat(2 << 20));
+    let input: String = (1..=n)
+        .map(|i| {
+            if i == 700 {
+                big.clone()
+            } else {
+                "{\"amount\": 1}\n".to_owned()
+            }
+        })
+        .collect();
+    let out = a.sluice_stdin(&["post", "test.counter"], &input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("stdin line 700 not queued")
+            && err.contains(&format!("every other line up to line {n} was queued")),
+        "{err}"
+    );
+    let printed: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed.len(), n - 1, "one id per queued line");
+    let host = a.start();
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&a, "test.counter")
+            .len()
+            >= n - 1),
+        "{}",
+        host.log_text()
+    );
+    assert_eq!(
+        succeeded(&a, "test.counter"),
+        printed,
+        "exactly the printed ids"
+    );
+    assert_eq!(
+        a.state("test-counter", "total"),
+        Some((n - 1).to_string()),
+        "each handled once"
+    );
+    host.stop(Duration::from_secs(10));
+}
+
+/// Item 4 of issue 10: the server hands a message out again while its
+/// first run is still going (the host froze past the ack wait). The first
+/// run's finish is stale and must settle nothing, so when the live run is
+/// handed back the message still comes back and runs.
+#[test]
+fn a_stale_run_never_settles_the_live_delivery() {
+    let nats = NatsServer::start();
+    let cfg = format!(
+        "poll_interval = \"20ms\"\ndrain_timeout = \"1s\"\n[plugin.test-wire]\nfuel = 10_000_000_000_000\ntimeout = \"120s\"\n[nats]\nurl = \"{}\"\nack_wait = \"1s\"\n",
+        nats.url()
+    );
+    let (a, b) = (
+        Env::new(&["test-wire"], &cfg),
+        Env::new(&["test-wire"], &cfg),
+    );
+    let host = a.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    let message = a.ok(&["post", "test.wire", r#"{"spin_ms": 5000}"#]);
+    let id = sluice::store::job_id_for(message.trim(), "test-wire");
+    let attempts = |env: &Env| {
+        env.jobs("test.wire")
+            .into_iter()
+            .find(|j| j.id == id)
+            .filter(|j| j.state == JobState::Running)
+            .map_or(0, |j| j.attempts)
+    };
+    assert!(wait_until(Duration::from_secs(60), || attempts(&a) == 1));
+    // Frozen past the ack wait: the server delivers the message again.
+    host.signal("STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    host.signal("CONT");
+    assert!(
+        wait_until(Duration::from_secs(60), || attempts(&a) == 2),
+        "{}",
+        host.log_text()
+    );
+    // The first run ends stale: it settles nothing.
+    host.wait_log(&["outcome=\"stale\""], 1, Duration::from_secs(60));
+    // The live run is handed back by a graceful stop, and runs elsewhere.
+    let log_a = host.log.clone();
+    assert!(host.stop(Duration::from_secs(30)).success());
+    let other = b.start();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            b.jobs("test.wire")
+                .iter()
+                .any(|j| j.id == id && j.state == JobState::Succeeded)
+        }),
+        "{}\n{}",
+        std::fs::read_to_string(&log_a).unwrap_or_default(),
+        other.log_text()
+    );
+}

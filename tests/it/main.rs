@@ -6,26 +6,37 @@
 
 mod browser;
 mod nats;
+mod otel;
+mod same_site;
 mod util;
 
 mod api;
 mod bench;
 mod budget;
+mod cluster;
 mod crash;
+mod crashloop;
 mod dashboard;
 mod dev;
 mod effects;
 mod examples;
 mod failures;
+mod faults;
 mod isolation;
 mod jetstream;
 mod lifecycle;
+mod mapper_outputs;
 mod new;
+mod producers;
 mod python;
 mod rejects;
 mod reload;
+mod replay;
 mod sandbox;
+mod schedules;
 mod send;
+mod shared_state;
+mod state;
 mod trace_context;
 mod wire;
 mod wit;

@@ -13,6 +13,15 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// In a cluster: this node's name, its route port and its peers'.
+    cluster: Option<(String, u16, Vec<u16>)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn binary() -> PathBuf {
@@ -31,17 +40,35 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         let mut server = NatsServer {
             child: None,
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            cluster: None,
         };
         server.spawn();
         server
+    }
+
+    /// `n` servers routed into one JetStream cluster on loopback.
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes: Vec<NatsServer> = (0..n)
+            .map(|i| NatsServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                cluster: Some((
+                    format!("n{i}"),
+                    routes[i],
+                    routes.iter().copied().filter(|p| *p != routes[i]).collect(),
+                )),
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        nodes
     }
 
     fn spawn(&mut self) {
@@ -49,9 +76,19 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}",
                 self.port,
-                self.dir.path().join("js").display()
+                self.dir.path().join("js").display(),
+                self.cluster.as_ref().map_or(String::new(), |(name, port, peers)| {
+                    let routes: Vec<String> = peers
+                        .iter()
+                        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                        .collect();
+                    format!(
+                        "server_name: {name}\ncluster {{\n  name: sluice\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
+                        routes.join(", ")
+                    )
+                })
             ),
         )
         .expect("write nats.conf");
@@ -146,10 +183,21 @@ impl NatsServer {
     /// Kills the server (SIGKILL) and starts it again on the same port and
     /// store directory.
     pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills the server (SIGKILL); `start_again` brings it back on the same
+    /// port and store directory.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a killed server again.
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 }

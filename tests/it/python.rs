@@ -100,6 +100,8 @@ fn the_python_example_handles_retries_and_dead_letters() {
     );
     // Two invoices were numbered, one event posted for each.
     assert_eq!(env.state("py-invoice", "last_number"), Some("2".into()));
+    // ctx.state.add through the component's state-add import.
+    assert_eq!(env.state("py-invoice", "revenue_cents"), Some("306".into()));
     let created = env.jobs("invoice.created");
     assert_eq!(created.len(), 2);
     assert!(created.iter().all(|j| j.kind == "event"));

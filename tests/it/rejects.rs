@@ -115,3 +115,43 @@ fn malformed_cli_input_is_rejected() {
         "the line before the bad one was queued"
     );
 }
+
+#[test]
+fn a_bad_line_deep_in_a_pipelined_stdin_post_queues_exactly_the_lines_before_it() {
+    // 2,500 lines are three chunks in flight at once; line 2,200 is bad.
+    let env = Env::new(&[], FAST);
+    let mut input: String = (1..=2500).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    input = input.replacen("{\"n\": 2200}", "{\"n\": 2200", 1);
+    let out = env.sluice_stdin(&["post", "orders", "--json"], &input);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("stdin line 2200 is not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("the lines before it were queued, nothing from it on"),
+        "{}",
+        stderr(&out)
+    );
+    // One JSON line per queued message, in input order, naming its line.
+    let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let lines: Vec<u64> = printed
+        .iter()
+        .map(|v| v["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, (1..2200).collect::<Vec<u64>>());
+    let jobs = env.jobs("orders");
+    assert_eq!(jobs.len(), 2199, "exactly the lines before the bad one");
+    let body_of: std::collections::HashMap<String, String> = jobs
+        .into_iter()
+        .map(|j| (j.id.clone(), j.body.clone()))
+        .collect();
+    for (v, line) in printed.iter().zip(1..) {
+        let id = v["job_ids"][0].as_str().expect("a job id");
+        assert_eq!(body_of[id], format!("{{\"n\": {line}}}"), "job {id}");
+    }
+}

@@ -55,6 +55,10 @@ fn a_handler_swapped_50_times_under_load_loses_no_job_and_keeps_its_pump() {
     let posted = AtomicUsize::new(0);
     let swaps = 50;
     std::thread::scope(|s| {
+        // Stops the load on every way out of this scope, a failed assertion
+        // included: otherwise the scope waits for the posting thread forever
+        // and a failure shows as a hung test.
+        let _stop_load = StopOnDrop(&stop);
         // Continuous load: batches of messages, each burning a little CPU
         // so calls are in flight when a swap lands.
         s.spawn(|| {
@@ -214,6 +218,38 @@ fn deleting_a_plugin_pauses_its_channel_and_putting_it_back_resumes_it() {
 }
 
 #[test]
+fn a_new_version_that_drops_a_channel_stops_serving_it() {
+    let env = Env::new(&[], FAST);
+    env.deploy("test-version-1", "test-version.wasm");
+    let daemon = start_watching(&env);
+    let before = env.post("test.version.v1", r#"{"seq": 1}"#);
+    env.wait_settled("test.version.v1", 1, LONG);
+    assert_eq!(env.job(&before).state, JobState::Succeeded);
+    // Version 2 serves test.version only.
+    env.deploy("test-version-2", "test-version.wasm");
+    daemon.wait_log(&["new version serving", "version=2.0.0"], 1, LONG);
+    daemon.wait_log(&["channel paused", "channel=test.version.v1"], 1, LONG);
+    let dropped = env.post("test.version.v1", r#"{"seq": 2}"#);
+    let kept = env.post("test.version", r#"{"seq": 3}"#);
+    env.wait_settled("test.version", 1, LONG);
+    assert_eq!(env.job(&kept).plugin_version.as_deref(), Some("2.0.0"));
+    // The dropped channel's message waits (nothing is lost) instead of
+    // reaching a version that does not handle it.
+    assert_eq!(
+        env.job(&dropped).state,
+        JobState::Queued,
+        "{}",
+        daemon.log_text()
+    );
+    // Version 1 back: it is served again.
+    env.deploy("test-version-1", "test-version.wasm");
+    let jobs = env.wait_settled("test.version.v1", 2, LONG);
+    let job = jobs.iter().find(|j| j.id == dropped).expect("job");
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.plugin_version.as_deref(), Some("1.0.0"));
+}
+
+#[test]
 fn a_new_handler_gets_a_pump_without_restarting_the_others() {
     let env = Env::new(&["test-counter"], FAST);
     let daemon = start_watching(&env);
@@ -341,4 +377,13 @@ fn a_restart_loads_unchanged_plugins_from_the_compile_cache() {
     let id = env.post("test.counter", r#"{"amount": 3}"#);
     env.wait_settled("test.counter", 1, LONG);
     assert_eq!(env.job(&id).state, JobState::Succeeded);
+}
+
+/// Sets its flag when dropped (also while unwinding from a panic).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -23,13 +23,11 @@ fn plugin_json(env: &Env, args: &[&str], name: &str) -> Value {
 
 #[test]
 fn a_plugin_asking_for_unbounded_limits_gets_the_operators_ceiling() {
-    let env = Env::new(
-        &["test-greedy", "test-counter"],
-        &format!(
-            "{FAST}\n[limits]\nfuel = 1_000_000_000\ntimeout = \"2s\"\nmemory = \"32MiB\"\n\
-             [plugin.test-greedy]\nmax_attempts = 1\n"
-        ),
+    let (config, addr) = crate::api::http_config(
+        "[limits]\nfuel = 1_000_000_000\ntimeout = \"2s\"\nmemory = \"32MiB\"\n\
+         [plugin.test-greedy]\nmax_attempts = 1\n",
     );
+    let env = Env::new(&["test-greedy", "test-counter"], &config);
     let check = |v: &Value| {
         assert_eq!(v["asked"]["fuel"], u64::MAX, "{v}");
         assert_eq!(v["asked"]["timeout_ms"], u64::MAX, "{v}");
@@ -62,8 +60,17 @@ fn a_plugin_asking_for_unbounded_limits_gets_the_operators_ceiling() {
     for id in &counted {
         assert_eq!(env.job(id).state, JobState::Succeeded);
     }
-    // The running daemon's view says the same.
+    // The running daemon's view says the same, and so does the API.
     check(&plugin_json(&env, &["plugins", "--json"], "test-greedy"));
+    let api = crate::api::Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let listed = api.get("/v1/plugins").json();
+    let greedy = listed["plugins"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "test-greedy"))
+        .cloned()
+        .unwrap_or_default();
+    check(&greedy);
     daemon.wait_log(
         &["asked for more than the operator's ceiling", "test-greedy"],
         1,
@@ -217,22 +224,6 @@ fn a_compile_cache_entry_planted_from_elsewhere_is_never_loaded() {
 /// the component fails to load (it exports nothing). About 7 MB a function.
 fn compile_bomb(functions: usize, salt: u8) -> Vec<u8> {
     const N: usize = 1_000_000;
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
-        out.push(id);
-        leb(body.len(), out);
-        out.extend_from_slice(body);
-    }
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     section(1, &[1, 0x60, 1, 0x7f, 1, 0x7f], &mut module); // (i32) -> i32
     let mut funcs = Vec::new();
@@ -267,18 +258,23 @@ fn compile_bomb(functions: usize, salt: u8) -> Vec<u8> {
 
 #[test]
 fn plugin_files_are_capped_and_a_compile_bomb_holds_up_nothing() {
+    // Warm the compile cache (under no compile timeout: a cold compile on a
+    // loaded machine may take seconds) so the good plugins load in
+    // milliseconds, far inside the timeout, while a bomb takes seconds of
+    // CPU: the margins hold on a slow or loaded machine (a bomb only gets
+    // slower there).
     let env = Env::new(
         &["test-counter"],
-        &format!("compile_timeout = \"300ms\"\n{FAST}"),
+        &format!("compile_timeout = \"1h\"\n{FAST}"),
     );
-    // Warm the compile cache so the good plugins load in milliseconds, far
-    // inside the timeout, while a bomb takes seconds of CPU: the margins
-    // hold on a slow or loaded machine (a bomb only gets slower there).
     env.deploy("test-version-1", "v.wasm");
     let first = env.start();
     first.wait_log(&["plugins directory loaded"], 1, LONG);
+    let warm = first.log_text();
+    assert!(warm.contains("loaded=2"), "{warm}");
     assert!(first.stop(LONG).success());
     std::fs::remove_file(env.plugins.join("v.wasm")).expect("rm v.wasm");
+    std::fs::write(&env.config, format!("compile_timeout = \"300ms\"\n{FAST}")).expect("config");
 
     std::fs::write(env.plugins.join("bomb.wasm"), compile_bomb(3, 0)).expect("bomb");
     // Over the size cap (sparse: no disk used) and not a regular file.
@@ -366,4 +362,141 @@ fn the_data_dir_may_not_sit_inside_the_plugins_dir() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inside the plugins directory"), "{err}");
     assert!(!inside.exists(), "nothing was created there");
+}
+
+/// `base` (a component) with `copies` more instances of a core module that
+/// defines `memories` memories and `tables` tables, appended in a nested
+/// component that the outer one instantiates: a plugin that works in every
+/// other respect but holds more of the instance pool than one call may.
+fn with_extra_instances(base: &[u8], copies: u8, memories: u8, tables: u8) -> Vec<u8> {
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    if tables > 0 {
+        let mut body = vec![tables];
+        for _ in 0..tables {
+            body.extend_from_slice(&[0x70, 0x00, 0x01]); // funcref, min 1
+        }
+        section(4, &body, &mut module);
+    }
+    if memories > 0 {
+        let mut body = vec![memories];
+        for _ in 0..memories {
+            body.extend_from_slice(&[0x00, 0x01]); // min 1 page
+        }
+        section(5, &body, &mut module);
+    }
+    let mut nested = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut nested);
+    let mut instances = vec![copies];
+    for _ in 0..copies {
+        instances.extend_from_slice(&[0x00, 0x00, 0x00]); // instantiate module 0, no args
+    }
+    section(2, &instances, &mut nested);
+    let mut out = base.to_vec();
+    // Its index: the components `base` defines at its top level before it.
+    let index = top_level_sections(base).filter(|&id| id == 4).count();
+    section(4, &nested, &mut out);
+    let mut instance = vec![1, 0x00];
+    leb(index, &mut instance);
+    instance.push(0x00); // no args
+    section(5, &instance, &mut out);
+    out
+}
+
+/// A (core or component) binary section: id, size, body.
+fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+    out.push(id);
+    leb(body.len(), out);
+    out.extend_from_slice(body);
+}
+
+/// `n` as unsigned LEB128.
+fn leb(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// The ids of a component's top-level sections.
+fn top_level_sections(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut at = 8;
+    std::iter::from_fn(move || {
+        let id = *bytes.get(at)?;
+        at += 1;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = *bytes.get(at)?;
+            at += 1;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        at += len;
+        Some(id)
+    })
+}
+
+#[test]
+fn a_component_over_the_per_component_pool_limits_is_refused_at_load() {
+    let env = Env::new(&["test-counter"], FAST);
+    let counter = std::fs::read(env.plugins.join("test-counter.wasm")).expect("read");
+    // The control: with one more (memory-less) core instance the plugin
+    // still loads, so what refuses the others below is the pool's limits.
+    let control = Env::new(&[], FAST);
+    control.overwrite("counter.wasm", &with_extra_instances(&counter, 1, 0, 0));
+    let listed = control.ok(&["plugins", "--check"]);
+    assert!(listed.contains("test-counter"), "{listed}");
+
+    // 3 core instances of its own + 6 = 9 > 8; 1 memory + 2 = 3 > 2;
+    // 1-2 tables + 4 > 4.
+    let over = [
+        (
+            "instances.wasm",
+            with_extra_instances(&counter, 6, 0, 0),
+            "9 core module instances, which exceeds the configured maximum of 8",
+        ),
+        (
+            "memories.wasm",
+            with_extra_instances(&counter, 2, 1, 0),
+            "3 Wasm linear memories, which exceeds the configured maximum of 2",
+        ),
+        (
+            "tables.wasm",
+            with_extra_instances(&counter, 4, 0, 1),
+            "tables, which exceeds the configured maximum of 4",
+        ),
+    ];
+    for (file, bytes, _) in &over {
+        env.overwrite(file, bytes);
+    }
+    let id = env.post("test.counter", r#"{"amount": 1}"#);
+    let daemon = env.start();
+    daemon.wait_log(&["plugins directory loaded"], 1, LONG);
+    env.wait_settled("test.counter", 1, LONG);
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    let log = daemon.log_text();
+    for (file, _, reason) in &over {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(file) && l.contains("rejected") && l.contains(reason)),
+            "{file}: {reason}\n{log}"
+        );
+    }
+    // One deployed while the host runs is refused the same way, and the
+    // plugin already loaded keeps serving.
+    let tmp = env.dir.path().join("late.wasm");
+    std::fs::write(&tmp, with_extra_instances(&counter, 2, 1, 0)).expect("write");
+    std::fs::rename(&tmp, env.plugins.join("late.wasm")).expect("rename");
+    daemon.wait_log(&["late.wasm", "rejected", "linear memories"], 1, LONG);
+    let id = env.post("test.counter", r#"{"amount": 2}"#);
+    env.wait_settled("test.counter", 2, LONG);
+    assert_eq!(env.job(&id).state, JobState::Succeeded);
+    assert!(daemon.stop(LONG).success());
 }

@@ -193,7 +193,8 @@ impl Env {
     pub fn state(&self, plugin: &str, key: &str) -> Option<String> {
         self.block_on(self.store().state_get(plugin, key))
             .expect("state")
-            .map(|(v, _)| String::from_utf8_lossy(&v).into_owned())
+            .value
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
     /// Waits until every job on `channel` is in a final state; returns them.

@@ -285,3 +285,38 @@ fn posts_over_the_servers_max_payload_are_refused_when_posted() {
     let pending = env.ok(&["outbox", "list", "--json"]);
     assert!(pending.trim().is_empty(), "nothing committed: {pending}");
 }
+
+/// Item 8 of issue 10: a call whose posts cannot be mapped because of the
+/// host (the post's channel lost its mapper in a reload) is handed back
+/// without costing an attempt, however often, and runs once the mapper is
+/// back.
+#[test]
+fn a_host_fault_while_mapping_posts_costs_no_attempt() {
+    let nats = NatsServer::start();
+    let env = Env::new(
+        &["test-wire", "test-lanes-mapper"],
+        &nats.config("10s", ONE_ATTEMPT),
+    );
+    let host = started(&env);
+    std::fs::remove_file(env.plugins.join("test-lanes-mapper.wasm")).expect("rm");
+    host.wait_log(
+        &["plugin file removed", "test-lanes-mapper"],
+        1,
+        Duration::from_secs(30),
+    );
+    let id = env.ok(&[
+        "post",
+        "test.wire",
+        r#"{"posts": [{"channel": "lanes.out"}]}"#,
+    ]);
+    let id = id.trim();
+    // Handed back again and again, never dead (one attempt allowed).
+    host.wait_log(&["outcome=\"host fault\""], 3, Duration::from_secs(60));
+    let job = job_of(&env, id).expect("job");
+    assert!(!crate::util::is_final(job.state), "{job:?}");
+    env.deploy("test-lanes-mapper", "test-lanes-mapper.wasm");
+    let job = wait_final(&env, id, &host);
+    assert_eq!(job.state, JobState::Succeeded, "{}", host.log_text());
+    assert_eq!(job.attempts, 1, "the hand-backs cost nothing");
+    assert_eq!(nats.count("SLUICE", "sluice.lanes.out"), 1);
+}

@@ -48,25 +48,22 @@ pub async fn dead_letters<T: Transport>(
 /// Puts one dead letter back; false when `id` is not one.
 async fn replay_one<T: Transport>(state: &ApiState<T>, id: &str) -> Result<bool, ApiError> {
     let store = &state.deps.store;
-    if !store.replay(id).await? {
-        return Ok(false);
-    }
-    state.deps.control.changed(id);
-    if let Some(js) = &state.jetstream {
-        let Some(job) = store.job(id).await? else {
-            return Ok(false);
-        };
-        js.replay(&job).await.map_err(|e| {
-            tracing::error!(job_id = %id, error = %e, "api: replay publish failed");
+    // On JetStream the replay and the message that carries it commit
+    // together (the relay publishes it), so a failed publish loses nothing.
+    let replayed = match &state.jetstream {
+        Some(js) => js.replay(id).await.map_err(|e| {
+            tracing::error!(job_id = %id, error = %e, "api: replay failed");
             ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "job {id} was marked for replay but could not be re-published; see the daemon log"
-                ),
+                format!("job {id} could not be replayed; see the daemon log"),
             )
-        })?;
+        })?,
+        None => store.replay(id).await?,
+    };
+    if replayed {
+        state.deps.control.changed(id);
     }
-    Ok(true)
+    Ok(replayed)
 }
 
 /// `POST /v1/dead-letters/{id}/replay`.

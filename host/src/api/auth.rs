@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use super::error::refuse;
 
 /// Refuses a request without `Authorization: Bearer <token>` (when a token
 /// is configured).
@@ -34,8 +35,14 @@ pub async fn require_token(
         .map(str::trim);
     match given {
         Some(given) if same(given.as_bytes(), token.as_bytes()) => next.run(request).await,
-        Some(_) => unauthorized("the bearer token is not valid"),
-        None => unauthorized("missing Authorization: Bearer <token>"),
+        Some(_) => refuse(request, unauthorized("the bearer token is not valid")).await,
+        None => {
+            refuse(
+                request,
+                unauthorized("missing Authorization: Bearer <token>"),
+            )
+            .await
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! in full here and answered with a short 500/503 message.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::store::StoreError;
@@ -109,6 +111,42 @@ pub enum ServeError {
     /// The job status bucket on JetStream is unusable.
     #[error("{0}")]
     Cluster(String),
+}
+
+/// How much of a refused request's body is read (and dropped) so the
+/// refusal reaches the client.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// How long a refused request's body may take to arrive.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Answers `response` to a request refused before its body was read (no
+/// token, a cross-site request). The body is read first, up to
+/// [`DRAIN_LIMIT`]: a server that closes a connection with unread bytes in
+/// it makes the kernel reset the connection, and the client then loses the
+/// answer and sees only "connection reset" instead of why it was refused.
+/// A bigger or slower body is not read; the answer says
+/// `Connection: close`.
+pub async fn refuse(request: Request, mut response: Response) -> Response {
+    if has_body(request.headers()) {
+        let drain = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT);
+        let drained = tokio::time::timeout(DRAIN_TIME, drain).await;
+        if !matches!(drained, Ok(Ok(_))) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+/// Whether a request's headers announce a body.
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|n| n.trim() != "0")
 }
 
 #[cfg(test)]

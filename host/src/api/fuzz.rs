@@ -64,6 +64,7 @@ fn server() -> Server {
     };
     let deps = Arc::new(Deps {
         store: store.clone(),
+        state: crate::state::Ledger::new(store.clone(), crate::state::DEFAULT_CACHE_BYTES),
         transport: Embedded::new(store.clone(), Duration::from_millis(50)),
         registry: Arc::new(Registry::new(PluginSet::default())),
         config: Arc::new(config),
@@ -72,7 +73,7 @@ fn server() -> Server {
     let state = Arc::new(ApiState {
         deps,
         jetstream: None,
-        board: None,
+        cluster: None,
     });
     let stop = CancellationToken::new();
     let app = router(state, &settings, addr);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING};
+use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -90,7 +90,7 @@ fn with_port(host: &str, port: u16) -> String {
 pub async fn same_site(State(hosts): State<Arc<Hosts>>, request: Request, next: Next) -> Response {
     match check(&hosts, &request) {
         Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Err(e) => super::error::refuse(request, e.into_response()).await,
     }
 }
 
@@ -124,12 +124,7 @@ fn check(hosts: &Hosts, request: &Request) -> Result<(), ApiError> {
             ));
         }
     }
-    let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|n| n.trim() != "0");
-    if has_body {
+    if super::error::has_body(headers) {
         let essence = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

@@ -65,6 +65,9 @@ pub struct JobView {
     pub fuel_used: u64,
     /// Times replayed from the dead letters.
     pub replays: u32,
+    /// Times its call ran again because state it read changed under it.
+    #[serde(default)]
+    pub conflicts: u32,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms of the first start.
@@ -102,6 +105,7 @@ impl JobView {
             plugin_version: job.plugin_version,
             fuel_used: job.fuel_used,
             replays: job.replays,
+            conflicts: job.conflicts,
             created_at: job.created_at,
             started_at: job.started_at,
             finished_at: job.finished_at,
@@ -133,15 +137,33 @@ pub fn is_final(state: JobState) -> bool {
 }
 
 /// A job from this host's store, or (on JetStream) the status another
-/// host shared.
+/// host shared: when this host has no record of it, or its record is
+/// behind (the job went on elsewhere: a retry, a next slice or a
+/// hand-back another host took).
 async fn find<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Option<JobView>, ApiError> {
-    if let Some(job) = state.deps.store.job(id).await? {
-        return Ok(Some(JobView::of(job, now_ms())));
+    let local = state
+        .deps
+        .store
+        .job(id)
+        .await?
+        .map(|job| JobView::of(job, now_ms()));
+    let Some(cluster) = &state.cluster else {
+        return Ok(local);
+    };
+    match local {
+        Some(view) if is_final(view.state) || view.state == JobState::Running => Ok(Some(view)),
+        Some(view) => Ok(Some(match cluster.board.get(id).await {
+            Some(shared) if newer(&shared, &view) => shared,
+            _ => view,
+        })),
+        None => Ok(cluster.board.get(id).await),
     }
-    match &state.board {
-        Some(board) => Ok(board.get(id).await),
-        None => Ok(None),
-    }
+}
+
+/// Whether `shared` (from the board) is a later status of the same life of
+/// the job than `local`.
+fn newer(shared: &JobView, local: &JobView) -> bool {
+    shared.replays == local.replays && shared.updated_at > local.updated_at
 }
 
 /// `GET /v1/jobs/{id}`.
@@ -306,6 +328,16 @@ pub async fn cancel<T: Transport>(
 ) -> Result<Response, ApiError> {
     let store = &state.deps.store;
     let control = &state.deps.control;
+    // On JetStream the job may have gone on (or ended) on another host.
+    if state.cluster.is_some()
+        && let Some(view) = find(&state, &id).await?
+        && is_final(view.state)
+    {
+        return Err(ApiError::conflict(format!(
+            "job {id} already ended: {}",
+            view.state
+        )));
+    }
     // A job just claimed registers its call a moment later; give it that.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -313,17 +345,19 @@ pub async fn cancel<T: Transport>(
             Cancel::Cancelled(job) => {
                 tracing::info!(job_id = %id, "job cancelled by an operator");
                 control.changed(&id);
+                // Another host may hold a delivery of it: tell every host.
+                tell_every_host(&state, &id, &job.message_id, &job.channel, &job.consumer).await?;
                 return Ok(Json(JobView::of(*job, now_ms())).into_response());
             }
             Cancel::NotFound => {
                 // On JetStream it may be another host's job.
-                if let Some(board) = &state.board
-                    && let Some(view) = board.get(&id).await
+                if let Some(cluster) = &state.cluster
+                    && let Some(view) = cluster.board.get(&id).await
                 {
-                    return Err(ApiError::conflict(format!(
-                        "job {id} ({}) is recorded by another host; cancel it through that host's API",
-                        view.state
-                    )));
+                    tell_every_host(&state, &id, &view.message_id, &view.channel, &view.handler)
+                        .await?;
+                    tracing::info!(job_id = %id, "cancel of another host's job sent to every host");
+                    return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
                 }
                 return Err(ApiError::not_found(format!("no job {id}")));
             }
@@ -336,7 +370,7 @@ pub async fn cancel<T: Transport>(
             }
             Cancel::Running => {
                 return Err(ApiError::conflict(format!(
-                    "job {id} is running on another host; cancel it through that host's API"
+                    "job {id} is recorded running but no call of it runs here; try again"
                 )));
             }
         }
@@ -368,6 +402,33 @@ pub async fn cancel<T: Transport>(
     }
 }
 
+/// On JetStream: writes the cancel where every host sees it. A 503 if it
+/// cannot (this host's record is cancelled already; another host holding
+/// a delivery would run it).
+async fn tell_every_host<T: Transport>(
+    state: &ApiState<T>,
+    id: &str,
+    message_id: &str,
+    channel: &str,
+    handler: &str,
+) -> Result<(), ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(());
+    };
+    let note = crate::cluster::CancelNote {
+        message_id: message_id.to_owned(),
+        channel: channel.to_owned(),
+        handler: handler.to_owned(),
+    };
+    cluster.cancels.send(id, &note).await.map_err(|e| {
+        tracing::error!(job_id = %id, error = %e, "cannot send a cancel to the other hosts");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("job {id} is cancelled on this host, but the other hosts could not be told: {e}; try again"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +456,7 @@ mod tests {
             plugin_hash: None,
             fuel_used: 0,
             replays: 0,
+            conflicts: 0,
             created_at: 0,
             started_at,
             finished_at: None,

@@ -23,7 +23,6 @@
 mod admin;
 mod auth;
 pub mod client;
-mod cluster;
 mod dashboard;
 mod error;
 #[cfg(test)]
@@ -42,8 +41,8 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use cluster::StatusBoard;
 pub use error::{ApiError, ServeError};
+pub use jobs::{JobView, is_final};
 
 use crate::config::HttpSettings;
 use crate::pump::Deps;
@@ -56,71 +55,48 @@ pub struct ApiState<T> {
     /// The JetStream connection when the daemon runs on it (replay
     /// re-publishes; readiness checks the connection).
     pub jetstream: Option<JetStream>,
-    /// Job statuses from every host (JetStream only).
-    pub board: Option<StatusBoard>,
+    /// Job statuses and cancels shared by every host (JetStream only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// The running API, for the daemon to finish after its pumps drained.
 pub struct Running {
+    /// The address bound (a configured port 0 is a real one here).
+    pub addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
-    board: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
-/// Binds the address and starts serving (and, on JetStream, sharing job
-/// statuses). The server stops accepting on `shutdown`.
+/// Binds the address and starts serving. The server stops accepting on
+/// `shutdown`.
 pub async fn start<T: Transport>(
     settings: &HttpSettings,
     deps: Arc<Deps<T>>,
     jetstream: Option<JetStream>,
+    cluster: Option<crate::cluster::Cluster>,
     shutdown: CancellationToken,
 ) -> Result<Running, ServeError> {
     let listener = bind(settings).await?;
-    let mut board = None;
-    if let Some(js) = &jetstream {
-        let (replicas, max_age) = deps
-            .config
-            .nats
-            .as_ref()
-            .map_or((1, std::time::Duration::ZERO), |n| (n.replicas, n.max_age));
-        let opened = StatusBoard::open(js, replicas, max_age)
-            .await
-            .map_err(ServeError::Cluster)?;
-        let done = CancellationToken::new();
-        let changes = deps.control.subscribe_changes();
-        let task = tokio::spawn(
-            opened
-                .clone()
-                .run(deps.store.clone(), changes, done.clone()),
-        );
-        board = Some((opened, task, done));
-    }
     let state = Arc::new(ApiState {
         deps,
         jetstream,
-        board: board.as_ref().map(|(b, _, _)| b.clone()),
+        cluster,
     });
     // The address actually bound (a configured port 0 is now a real one).
     let bound = listener.local_addr().unwrap_or(settings.addr);
     let server = tokio::spawn(serve(listener, router(state, settings, bound), shutdown));
     Ok(Running {
+        addr: bound,
         server,
-        board: board.map(|(_, task, done)| (task, done)),
     })
 }
 
 impl Running {
-    /// After the pumps drained: waits for the server's last requests and
-    /// shares the last statuses (bounded, so a lost NATS cannot hang exit).
+    /// After the pumps drained: waits for the server's last requests
+    /// (bounded).
     pub async fn finish(self) {
         let limit = std::time::Duration::from_secs(10);
         if tokio::time::timeout(limit, self.server).await.is_err() {
             tracing::warn!("HTTP API requests still open after 10s; closing");
-        }
-        if let Some((task, done)) = self.board {
-            done.cancel();
-            if tokio::time::timeout(limit, task).await.is_err() {
-                tracing::warn!("job statuses not all shared within 10s");
-            }
         }
     }
 }

@@ -123,8 +123,8 @@ pub async fn raw_jetstream(
 struct NoState;
 
 impl StateSource for NoState {
-    fn get(&self, _plugin: &str, _key: &str) -> StateFuture<'_> {
-        Box::pin(async { Ok(None) })
+    fn get(&self, _key: &str) -> StateFuture<'_> {
+        Box::pin(async { Ok((None, 0)) })
     }
 }
 

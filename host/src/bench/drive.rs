@@ -30,6 +30,7 @@ use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, Deps};
 use crate::registry::{PluginSet, Registry};
 use crate::store::{NewMessage, Store};
+use crate::telemetry::Spans;
 use crate::transport::{Subscription, Transport};
 
 /// What to run.
@@ -84,6 +85,9 @@ pub struct RunReport {
     pub amount_sum: Option<i64>,
     /// What `amount_sum` must be.
     pub expected_sum: Option<i64>,
+    /// Re-runs because state changed under a call: all the run's jobs
+    /// together, and the most one job needed.
+    pub reruns: (u64, u64),
     /// Peak RSS of the process during the run (`VmHWM`, reset before it).
     pub peak_rss: Option<u64>,
 }
@@ -100,6 +104,8 @@ pub struct Host {
     pub config: Arc<Config>,
     /// What each message carries.
     pub workload: Workload,
+    /// The span exporter, for a traced run (`[otel]` on).
+    pub spans: Option<Arc<Spans>>,
 }
 
 /// Runs `mode` through `transport` on `host`. `transport` must already be
@@ -111,6 +117,7 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
     let probe = Probe::new(prefix.clone(), n);
     let deps = Arc::new(Deps {
         store: host.store.clone(),
+        state: crate::state::Ledger::new(host.store.clone(), crate::state::DEFAULT_CACHE_BYTES),
         transport: Timed {
             inner: transport,
             probe: probe.clone(),
@@ -119,6 +126,9 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         config: host.config.clone(),
         control: Default::default(),
     });
+    if let Some(spans) = &host.spans {
+        deps.control.set_spans(spans.clone());
+    }
     deps.transport
         .register(std::slice::from_ref(&host.sub))
         .await
@@ -155,15 +165,7 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
     let all = probe.wait_all(timeout).await;
     let drain = probe.last_handled_after(started);
     let peak_rss = stats::peak_rss();
-    shutdown.cancel();
-    pumps.close();
-    if tokio::time::timeout(Duration::from_secs(10), pumps.wait())
-        .await
-        .is_err()
-    {
-        hard_stop.cancel();
-        pumps.wait().await;
-    }
+    stop_pumps(&pumps, &shutdown, &hard_stop).await;
     if !all {
         tracing::warn!(
             handled = probe.done(),
@@ -183,11 +185,30 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         fuel_per_job: rows.fuel_per_job,
         amount_sum: matches!(host.workload, Workload::Amounts).then_some(rows.amount_sum),
         expected_sum: host.workload.expected_sum(n),
+        reruns: rows.reruns,
         peak_rss,
     })
 }
 
 /// Message `index` of the run.
+/// Stops a run's pumps as a daemon's shutdown does: drain for up to 10 s,
+/// then interrupt.
+pub(super) async fn stop_pumps(
+    pumps: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    shutdown.cancel();
+    pumps.close();
+    if tokio::time::timeout(Duration::from_secs(10), pumps.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        pumps.wait().await;
+    }
+}
+
 fn message(host: &Host, probe: &Probe, index: usize) -> NewMessage {
     NewMessage {
         message: Message {
@@ -281,18 +302,21 @@ struct Rows {
     fuel_per_job: f64,
     /// Sum of `$.amount` over the succeeded jobs' results.
     amount_sum: i64,
+    /// State re-runs of the run's jobs: the sum and the most for one job.
+    reruns: (u64, u64),
 }
 
 /// How many of the run's jobs succeeded in SQLite, their mean fuel, and the
 /// sum of the amounts their results carry.
 async fn rows_of(store: &Store, prefix: &str) -> anyhow::Result<Rows> {
     let prefix = prefix.to_owned();
-    let (rows, fuel, sum) = store
+    let (rows, fuel, sum, reruns, most) = store
         .call(move |conn| {
             Ok(conn.query_row(
                 "SELECT COUNT(*), COALESCE(AVG(fuel_used), 0),
                      COALESCE(SUM(CASE WHEN json_valid(result)
-                         THEN CAST(json_extract(result, '$.amount') AS INTEGER) END), 0)
+                         THEN CAST(json_extract(result, '$.amount') AS INTEGER) END), 0),
+                     COALESCE(SUM(conflicts), 0), COALESCE(MAX(conflicts), 0)
                  FROM jobs
                  WHERE state = 'succeeded' AND substr(message_id, 1, ?2) = ?1",
                 params![prefix, prefix.len() as i64],
@@ -301,6 +325,8 @@ async fn rows_of(store: &Store, prefix: &str) -> anyhow::Result<Rows> {
                         r.get::<_, i64>(0)?,
                         r.get::<_, f64>(1)?,
                         r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
                     ))
                 },
             )?)
@@ -311,5 +337,9 @@ async fn rows_of(store: &Store, prefix: &str) -> anyhow::Result<Rows> {
         succeeded: usize::try_from(rows).unwrap_or(0),
         fuel_per_job: fuel,
         amount_sum: sum,
+        reruns: (
+            u64::try_from(reruns).unwrap_or(0),
+            u64::try_from(most).unwrap_or(0),
+        ),
     })
 }

@@ -10,23 +10,35 @@
 //! only the transport is wrapped to time its `settle`.
 //!
 //! Files, one concept each: `workload.rs` (the messages and how a run
-//! proves each was handled once), `drive.rs` (backlog drain and
-//! steady-state runs), `probe.rs` (post -> handled timestamps),
+//! proves each was handled once), `state.rs` (`--state`: the same messages
+//! with and without state), `drive.rs` (backlog drain and
+//! steady-state runs, with or without spans), `otlp.rs` (the receiver
+//! traced drains export to), `pages.rs` (the dashboard's requests on a
+//! big store), `channels.rs` (several busy channels at once: RSS
+//! and throughput), `probe.rs` (post -> handled timestamps),
 //! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
-//! native call), `swap.rs` (hot reload swap latency), `natsd.rs` (a
-//! throwaway nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
+//! native call), `post.rs` (the `sluice post` command from stdin),
+//! `swap.rs` (hot reload swap latency), `natsd.rs` (a throwaway
+//! nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
 //! printed lines and the table of figures).
 //!
 //! This is an edge like `cli`, so errors are `anyhow`.
 
 mod baseline;
+mod channels;
 mod drive;
 mod natsd;
+mod otlp;
+mod pages;
+mod post;
 mod probe;
 mod report;
+mod state;
 mod stats;
 mod swap;
 mod workload;
+
+pub use state::StateMode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,9 +53,10 @@ use crate::message::{Message, MessageKind, new_id};
 use crate::registry;
 use crate::runtime::{PluginKind, Runtime};
 use crate::store::{Store, StoreOptions};
+use crate::telemetry::{OtelSettings, Spans};
 use crate::transport::{Embedded, JetStream, JetStreamSettings, Subscription};
 
-use drive::{Host, Mode};
+use drive::{Host, Mode, RunReport};
 use report::Report;
 use workload::{AMOUNTS_PLUGIN, PY_AMOUNTS_PLUGIN, Workload};
 
@@ -98,7 +111,35 @@ pub struct BenchArgs {
     /// Hot reload swaps timed (0: skip).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub swaps: usize,
+    /// Skip the traced drains (by default each embedded drain is followed
+    /// by one with spans exported over OTLP to a receiver in this process,
+    /// pricing `[otel]` on against off in the same run).
+    #[arg(long)]
+    pub no_traces: bool,
+    /// Price every dashboard page with this many jobs in the store (filled
+    /// straight through SQL), against the same pages with 1,000 (0: skip).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub dashboard_jobs: usize,
+    /// Also time the `sluice post` command piping --messages lines from
+    /// stdin, on each transport (to channel `bench.post`, which nothing
+    /// consumes; purged from JetStream afterwards).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub post: bool,
+    /// Instead of the usual figures: drain the same messages through
+    /// `test-state` doing this with state (comma separated: hot, spread,
+    /// add), each against a run without state (`none`) in the same run.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
+    pub state: Vec<StateMode>,
+    /// Instead of the runs above: drain --messages on the first channel of
+    /// each of these handler plugins at once (comma-separated paths or
+    /// names; `default`: bench-amounts,test-flaky,test-lanes,test-spin),
+    /// then the first alone; prints throughput, peak and idle RSS.
+    #[arg(long, value_name = "PLUGINS")]
+    pub channels: Option<String>,
 }
+
+/// Where the `sluice post` runs post: a channel nothing handles.
+const POST_CHANNEL: &str = "bench.post";
 
 /// Runs the benchmark and prints its report. `data`: the `--data` flag.
 pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> anyhow::Result<()> {
@@ -111,8 +152,34 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             p.policy.concurrency = n;
         }
     }
+    let mut args = args;
+    if !args.state.is_empty() {
+        anyhow::ensure!(args.body.is_none(), "--state makes the bodies; drop --body");
+        if args.plugin == AMOUNTS_PLUGIN {
+            args.plugin = "test-state".into();
+        }
+    }
     let work = WorkDir::new(data)?;
     let runtime = Runtime::with_cache(config.runtime.clone(), work.path.join("cache"))?;
+    if let Some(list) = &args.channels {
+        let list = if list == "default" {
+            channels::DEFAULT_PLUGINS
+        } else {
+            list.as_str()
+        };
+        let paths = list
+            .split(',')
+            .map(|name| find_plugin(name.trim(), &config.plugins_dir))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return channels::run(
+            Arc::new(config),
+            &runtime,
+            &paths,
+            args.messages,
+            &work.path,
+        )
+        .await;
+    }
     let path = find_plugin(&args.plugin, &config.plugins_dir)?;
     // Cold load: the cache dir is new, so this compiles.
     let compile_started = std::time::Instant::now();
@@ -133,8 +200,16 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     let Some(channel) = info.channels.first().cloned() else {
         bail!("{} handles no channel", path.display());
     };
+    if !args.state.is_empty() {
+        anyhow::ensure!(
+            info.name == "test-state",
+            "--state drives the test-state plugin, not {}",
+            info.name
+        );
+    }
     let workload = match &args.body {
         Some(body) => Workload::Fixed(body.clone()),
+        None if !args.state.is_empty() => Workload::State(StateMode::None),
         None if [AMOUNTS_PLUGIN, PY_AMOUNTS_PLUGIN].contains(&info.name.as_str()) => {
             Workload::Amounts
         }
@@ -158,7 +233,7 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         &config,
     );
     report.load(&load);
-    let host = |store: Store| Host {
+    let host_with = |store: Store, workload: Workload| Host {
         store,
         set: set.clone(),
         sub: Subscription {
@@ -166,8 +241,63 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             consumer: info.name.clone(),
         },
         config: config.clone(),
-        workload: workload.clone(),
+        workload,
+        spans: None,
     };
+    let host = |store: Store| host_with(store, workload.clone());
+    if !args.state.is_empty() {
+        let drain = Mode::Drain {
+            messages: args.messages,
+        };
+        let modes = StateMode::with_baseline(&args.state);
+        let mut transports = Vec::new();
+        if args.transport != Which::Jetstream {
+            transports.push(("embedded", None));
+        }
+        let mut server = None;
+        if args.transport != Which::Embedded {
+            match nats_url(&config, &work.path, args.transport) {
+                Ok((url, s)) => {
+                    server = s;
+                    transports.push(("jetstream", Some(url)));
+                }
+                Err(why) if args.transport == Which::Both => report.skipped("jetstream", &why),
+                Err(why) => return Err(why),
+            }
+        }
+        for (transport, url) in transports {
+            let mut baseline: Vec<RunReport> = Vec::new();
+            for mode in &modes {
+                let tag = format!("{transport}:{}", mode.name());
+                let mut runs = Vec::new();
+                for i in 0..args.runs {
+                    let dir = work.path.join(format!("{transport}-{}-{i}", mode.name()));
+                    let store = open(&config, &dir, url.is_some())?;
+                    let host = host_with(store.clone(), Workload::State(*mode));
+                    let run = match &url {
+                        None => {
+                            let transport = Embedded::new(store.clone(), config.poll_interval);
+                            drive::run(&host, transport, drain).await?
+                        }
+                        Some(url) => {
+                            jetstream_run(&config, url, &host, store.clone(), drain).await?
+                        }
+                    };
+                    report.run(&tag, drain, &run);
+                    report.state_check(&tag, mode.check(&store, args.messages).await?);
+                    runs.push(run);
+                }
+                if *mode == StateMode::None {
+                    baseline = runs;
+                } else {
+                    report.state(transport, *mode, &runs, &baseline);
+                }
+            }
+        }
+        drop(server);
+        drop(plugin);
+        return report.finish();
+    }
     let steady = (args.rate > 0).then_some(Mode::Steady {
         rate: args.rate,
         duration: args.duration,
@@ -180,6 +310,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
     if args.transport != Which::Jetstream {
         let mut drains = Vec::new();
         let mut steady_run = None;
+        let traced = match args.no_traces {
+            true => None,
+            false => Some(Traced::start().await?),
+        };
+        let mut traced_drains = Vec::new();
         for (i, mode) in modes().enumerate() {
             let store = open(&config, &work.path.join(format!("embedded-{i}")), false)?;
             let transport = Embedded::new(store.clone(), config.poll_interval);
@@ -189,10 +324,31 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 Mode::Drain { .. } => drains.push(run),
                 Mode::Steady { rate, .. } => steady_run = Some((rate, run)),
             }
+            // Right after its untraced twin, so drift hits both alike.
+            if let (Mode::Drain { .. }, Some(t)) = (mode, &traced) {
+                let store = open(&config, &work.path.join(format!("traced-{i}")), false)?;
+                let transport = Embedded::new(store.clone(), config.poll_interval);
+                let traced_host = Host {
+                    spans: Some(t.spans.clone()),
+                    ..host(store)
+                };
+                let run = drive::run(&traced_host, transport, mode).await?;
+                report.run("traced", mode, &run);
+                traced_drains.push(run);
+            }
         }
         report.drains("embedded", &drains);
+        if let Some(t) = traced {
+            let exported = t.finish().await;
+            report.traced(&drains, &traced_drains, exported);
+        }
         if let Some((rate, run)) = steady_run {
             report.steady("embedded", rate, &run);
+        }
+        if args.post {
+            let dir = work.path.join("post-embedded");
+            let r = post::run(&dir, None, POST_CHANNEL, &workload, args.messages).await?;
+            report.post("embedded", &r);
         }
     }
 
@@ -222,11 +378,29 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 if let Some((rate, run)) = steady_run {
                     report.steady("JetStream", rate, &run);
                 }
+                if args.post {
+                    let dir = work.path.join("post-jetstream");
+                    let r =
+                        post::run(&dir, Some(&url), POST_CHANNEL, &workload, args.messages).await;
+                    post::purge(&url, POST_CHANNEL).await?;
+                    report.post("jetstream", &r?);
+                }
                 drop(server);
             }
             Err(why) if args.transport == Which::Both => report.skipped("jetstream", &why),
             Err(why) => return Err(why),
         }
+    }
+
+    if args.dashboard_jobs > 0 {
+        let mut stores = Vec::new();
+        for jobs in [pages::BASELINE_JOBS, args.dashboard_jobs] {
+            let dir = work.path.join(format!("pages-{jobs}"));
+            let r = pages::run(&config, &dir, jobs, 20).await?;
+            report.pages_run(&r);
+            stores.push(r);
+        }
+        report.pages(&stores[0], &stores[1]);
     }
 
     if args.sandbox_calls > 0 {
@@ -291,6 +465,35 @@ async fn load_times(
         compiled,
         cached: started.elapsed(),
     })
+}
+
+/// The traced drains' exporter and the receiver it sends to.
+struct Traced {
+    sink: otlp::Sink,
+    spans: Arc<Spans>,
+}
+
+impl Traced {
+    async fn start() -> anyhow::Result<Traced> {
+        let sink = otlp::Sink::start().await?;
+        let settings = OtelSettings {
+            endpoint: sink.endpoint.clone(),
+            service_name: "sluice-bench".into(),
+        };
+        // Its HTTP client runs a runtime of its own: built off this one.
+        let spans = tokio::task::spawn_blocking(move || Spans::start(&settings)).await??;
+        Ok(Traced {
+            sink,
+            spans: Arc::new(spans),
+        })
+    }
+
+    /// Flushes the exporter; the spans the receiver got.
+    async fn finish(self) -> u64 {
+        let spans = self.spans;
+        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        self.sink.spans()
+    }
 }
 
 /// One JetStream run: connect the transport to `store`, run the outbox

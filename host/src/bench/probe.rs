@@ -214,6 +214,10 @@ impl<T: Transport> Transport for Timed<T> {
     fn uses_outbox(&self) -> bool {
         self.inner.uses_outbox()
     }
+
+    fn slot_until_settled(&self) -> bool {
+        self.inner.slot_until_settled()
+    }
 }
 
 #[cfg(test)]

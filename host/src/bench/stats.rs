@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::idle::status_kib;
+
 /// p50 / p99 / max of a set of durations.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percentiles {
@@ -90,22 +92,13 @@ pub fn peak_rss() -> Option<u64> {
 
 /// Current resident set size (`VmRSS`), in bytes.
 pub fn current_rss() -> Option<u64> {
-    status_kib("VmRSS:").map(|k| k * 1024)
+    crate::idle::resident_bytes()
 }
 
 /// Resets the peak (`VmHWM`) to the current RSS, so the next reading is the
 /// peak of what runs from now on. Best effort: needs Linux 4.0+.
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 /// Bytes as MiB with one decimal.

@@ -79,6 +79,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("loading the plugins dir: {e}"))?;
     let deps = Arc::new(Deps {
         store: store.clone(),
+        state: crate::state::Ledger::new(store.clone(), crate::state::DEFAULT_CACHE_BYTES),
         transport: Embedded::new(store, config.poll_interval),
         registry: Arc::new(Registry::new(set)),
         config: Arc::new(config),

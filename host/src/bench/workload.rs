@@ -12,6 +12,8 @@
 
 use std::hint::black_box;
 
+use super::state::StateMode;
+
 /// The messages of a run.
 #[derive(Debug, Clone)]
 pub enum Workload {
@@ -19,6 +21,8 @@ pub enum Workload {
     Amounts,
     /// The same body for every message.
     Fixed(String),
+    /// `test-state` doing one thing with state (`--state`, see `state.rs`).
+    State(StateMode),
 }
 
 /// The name of the plugin that handles [`Workload::Amounts`].
@@ -38,6 +42,7 @@ impl Workload {
             )
             .into_bytes(),
             Workload::Fixed(body) => body.clone().into_bytes(),
+            Workload::State(mode) => mode.body(index),
         }
     }
 
@@ -46,7 +51,7 @@ impl Workload {
     pub fn expected_sum(&self, count: usize) -> Option<i64> {
         match self {
             Workload::Amounts => Some((0..count).map(|i| (i % 100) as i64).sum()),
-            Workload::Fixed(_) => None,
+            Workload::Fixed(_) | Workload::State(_) => None,
         }
     }
 
@@ -55,6 +60,7 @@ impl Workload {
         match self {
             Workload::Amounts => r#"{"id": i, "amount": i % 100, "note": "hello"}"#.into(),
             Workload::Fixed(body) => body.clone(),
+            Workload::State(mode) => String::from_utf8_lossy(&mode.body(0)).replace("k0", "k<i>"),
         }
     }
 
@@ -64,7 +70,7 @@ impl Workload {
     pub fn native_handle(&self, body: &[u8]) -> i64 {
         match self {
             Workload::Amounts => native_amounts(body),
-            Workload::Fixed(_) => {
+            Workload::Fixed(_) | Workload::State(_) => {
                 black_box(native_flaky(body, 1));
                 0
             }

@@ -93,8 +93,8 @@ pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
     println!("handler    {}", handler(&job));
     println!("message    {}", job.message_id);
     println!(
-        "attempts   {} (slices {}, replays {})",
-        job.attempts, job.slices, job.replays
+        "attempts   {} (slices {}, replays {}, state conflicts {})",
+        job.attempts, job.slices, job.replays, job.conflicts
     );
     println!("plugin     {}", opt(&job.plugin_version));
     println!("fuel       {}", job.fuel_used);
@@ -167,20 +167,27 @@ pub(super) async fn dlq(
             };
             let mut n = 0;
             for id in &ids {
-                if !store.replay(id).await? {
+                let replayed = match &js {
+                    Some(js) => js.replay(id).await?,
+                    None => store.replay(id).await?,
+                };
+                if !replayed {
                     if !all {
                         bail!("no dead letter with id {id}");
                     }
                     continue;
                 }
-                if let Some(js) = &js {
-                    let job = store
-                        .job(id)
-                        .await?
-                        .ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?;
-                    js.replay(&job).await?;
-                }
                 n += 1;
+            }
+            // The replays are in the outbox, committed; send them now. If
+            // the server refuses for the moment, the daemon's relay sends
+            // them later: nothing is lost either way.
+            if let Some(js) = &js
+                && let Err(e) = js.flush_outbox().await
+            {
+                eprintln!(
+                    "replayed, but not yet re-published ({e}); the daemon's outbox relay will send it"
+                );
             }
             if !all {
                 println!("replayed {}", ids.join(" "));

@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::message::{Headers, Message, MessageKind, new_id, now_ms};
-use crate::pump::{self, StoreState};
+use crate::pump;
 use crate::registry::{self, PluginSet};
 use crate::runtime::{
     CallFailure, CallReport, JobContext, Outcome, PluginInfo, StateFuture, StateSource,
 };
+use crate::state::Committed;
 use crate::store::{NewMessage, Store};
 
 /// Longest value shown in a table cell; `--json` shows everything.
@@ -110,7 +111,7 @@ pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let state = committed_state(config)?;
+    let store = committed_state(config)?;
     let message = Message {
         id: new_id(),
         channel: args.channel.clone(),
@@ -137,7 +138,7 @@ pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             .handle(
                 ctx,
                 request.clone(),
-                state.clone(),
+                state_of(store.as_ref(), &info.name),
                 CancellationToken::new(),
             )
             .await;
@@ -213,24 +214,35 @@ async fn load_files(config: &Config, files: &[PathBuf]) -> anyhow::Result<Plugin
     Ok(set)
 }
 
-/// The data dir's committed state when it has a database; an empty state
-/// otherwise, so trying a plugin creates nothing.
-fn committed_state(config: &Config) -> anyhow::Result<Arc<dyn StateSource>> {
+/// The data dir's store when it has a database (for committed state);
+/// `None` otherwise, so trying a plugin creates nothing.
+fn committed_state(config: &Config) -> anyhow::Result<Option<Store>> {
     let path = config.database_path();
     if !path.exists() {
-        return Ok(Arc::new(NoState));
+        return Ok(None);
     }
     let store = Store::open(&path, &config.store)
         .with_context(|| format!("opening {} for plugin state", path.display()))?;
-    Ok(Arc::new(StoreState(store)))
+    Ok(Some(store))
+}
+
+/// `plugin`'s committed state, read without turns (nothing is committed).
+fn state_of(store: Option<&Store>, plugin: &str) -> Arc<dyn StateSource> {
+    match store {
+        Some(store) => Arc::new(Committed {
+            store: store.clone(),
+            plugin: plugin.to_owned(),
+        }),
+        None => Arc::new(NoState),
+    }
 }
 
 /// No database: every key is absent.
 struct NoState;
 
 impl StateSource for NoState {
-    fn get(&self, _plugin: &str, _key: &str) -> StateFuture<'_> {
-        Box::pin(async { Ok(None) })
+    fn get(&self, _key: &str) -> StateFuture<'_> {
+        Box::pin(async { Ok((None, 0)) })
     }
 }
 
@@ -270,6 +282,7 @@ impl Shown<'_> {
                     "state_writes": r.effects.state_writes.iter().map(|(k, v)| {
                         (k.clone(), v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).into())
                     }).collect::<serde_json::Map<String, Value>>(),
+                    "state_adds": r.effects.state_adds,
                 });
             }
             Err(failure) => {
@@ -323,7 +336,7 @@ impl Shown<'_> {
             let note = p.note.as_deref().map(cell).unwrap_or_default();
             let _ = writeln!(s, "  progress: {}% {note}", p.percent);
         }
-        if self.posts.is_empty() && e.state_writes.is_empty() {
+        if self.posts.is_empty() && e.state_writes.is_empty() && e.state_adds.is_empty() {
             let _ = writeln!(s, "  no posts, no state writes");
             return s;
         }
@@ -361,6 +374,13 @@ impl Shown<'_> {
                 None => vec![cell(k), "(deleted)".into()],
             });
             s += &table(&["STATE KEY", "NEW VALUE"], rows);
+        }
+        if !e.state_adds.is_empty() {
+            let rows = e
+                .state_adds
+                .iter()
+                .map(|(k, d)| vec![cell(k), format!("{d:+}")]);
+            s += &table(&["STATE KEY", "ADD"], rows);
         }
         s
     }
@@ -438,7 +458,7 @@ fn failure_kind(f: &CallFailure) -> &'static str {
         CallFailure::Retryable(_) => "retryable",
         CallFailure::Permanent(_) => "permanent",
         CallFailure::Trap(_) => "trap",
-        CallFailure::Host(_) => "host",
+        CallFailure::Host(_) | CallFailure::StateWait { .. } => "host",
     }
 }
 

@@ -17,11 +17,57 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{InFlight, Metrics};
 use crate::runtime::{Runtime, SandboxStats};
+
+/// Job ids whose records changed and are not yet shared: a set, so a job
+/// that changes again before it is shared is held once, and what waits is
+/// bounded by the jobs that changed, not by how often. An id whose sharing
+/// failed goes back in (`put_back`), so a failed write is retried, not
+/// dropped.
+#[derive(Debug, Default)]
+pub struct Changes {
+    on: AtomicBool,
+    ids: Mutex<BTreeSet<String>>,
+    notify: Notify,
+}
+
+impl Changes {
+    fn add(&self, id: &str) {
+        if self.on.load(Ordering::Relaxed) {
+            lock(&self.ids).insert(id.to_owned());
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes every waiting id.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.ids)).into_iter().collect()
+    }
+
+    /// Puts back ids that could not be shared.
+    pub fn put_back(&self, ids: impl IntoIterator<Item = String>) {
+        lock(&self.ids).extend(ids);
+    }
+
+    /// How many wait.
+    pub fn len(&self) -> usize {
+        lock(&self.ids).len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Until an id is added (at once if one was added since the last wait).
+    pub async fn added(&self) {
+        self.notify.notified().await;
+    }
+}
 
 /// One running call, as [`Control`] knows it.
 #[derive(Debug)]
@@ -36,13 +82,15 @@ struct RunningCall {
 pub struct Control {
     running: Mutex<HashMap<String, Arc<RunningCall>>>,
     paused: Mutex<BTreeSet<String>>,
-    /// Where job ids go after their record changed (the API's cluster
-    /// status board listens on JetStream); `None`: nobody listens.
-    changes: Mutex<Option<UnboundedSender<String>>>,
+    /// Ids of jobs whose record changed, for the status board shared by
+    /// the hosts of a JetStream (`crate::cluster`); off unless subscribed.
+    changes: Arc<Changes>,
     /// This process's counters.
     pub metrics: Metrics,
     /// The runtime whose gauges `/metrics` shows (none in unit tests).
     sandbox: Option<Runtime>,
+    /// The span exporter, when `[otel]` is configured (set once at start).
+    spans: std::sync::OnceLock<Arc<crate::telemetry::Spans>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,19 +132,16 @@ impl Control {
     }
 
     /// From now on, the id of every job whose record changes (started,
-    /// outcome committed, cancelled, replayed) is sent to the returned
-    /// receiver.
-    pub fn subscribe_changes(&self) -> UnboundedReceiver<String> {
-        let (tx, rx) = unbounded_channel();
-        *lock(&self.changes) = Some(tx);
-        rx
+    /// outcome committed, cancelled, replayed) is kept in the returned set
+    /// until taken.
+    pub fn subscribe_changes(&self) -> Arc<Changes> {
+        self.changes.on.store(true, Ordering::SeqCst);
+        self.changes.clone()
     }
 
     /// Says the record of `job_id` changed.
     pub fn changed(&self, job_id: &str) {
-        if let Some(tx) = lock(&self.changes).as_ref() {
-            let _ = tx.send(job_id.to_owned());
-        }
+        self.changes.add(job_id);
     }
 
     /// Registers a call about to run `job_id` under `token`, until the
@@ -124,6 +169,17 @@ impl Control {
         call.by_operator.store(true, Ordering::SeqCst);
         call.token.cancel();
         true
+    }
+
+    /// Exports spans from now on (`[otel]` configured); only the first
+    /// call counts.
+    pub fn set_spans(&self, spans: Arc<crate::telemetry::Spans>) {
+        let _ = self.spans.set(spans);
+    }
+
+    /// The span exporter, if traces are exported.
+    pub fn spans(&self) -> Option<&Arc<crate::telemetry::Spans>> {
+        self.spans.get()
     }
 
     /// Whether a call for `job_id` runs on this host now.
@@ -162,6 +218,23 @@ impl Drop for Running<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_are_a_set_kept_until_shared_and_off_until_subscribed() {
+        let control = Control::default();
+        control.changed("before");
+        let changes = control.subscribe_changes();
+        assert!(changes.is_empty(), "nobody listened then");
+        for id in ["a", "b", "a", "a"] {
+            control.changed(id);
+        }
+        assert_eq!(changes.take(), ["a", "b"], "a job changed twice waits once");
+        assert!(changes.is_empty());
+        // A write that failed goes back and is taken again.
+        changes.put_back(["b".to_owned()]);
+        control.changed("c");
+        assert_eq!(changes.take(), ["b", "c"]);
+    }
 
     #[test]
     fn interrupt_marks_the_call_and_cancels_its_token() {

@@ -3,13 +3,16 @@
 //!
 //! A pump holds a `Semaphore` of `concurrency` permits and fetches only as
 //! many messages as it has free permits, so nothing waits in memory that
-//! another host could be running. Each message runs as its own task. On
+//! another host could be running. A delivery holds its permit until it is
+//! settled, or (embedded, see `Transport::slot_until_settled`) until its
+//! call is over, so the next claim overlaps the commit of the last round. Each message runs as its own task. On
 //! shutdown the pump stops fetching, gives in-flight jobs the drain period,
 //! then cancels what is left (the sandbox stops the guest) and hands those
 //! jobs back unrun. Pumps never hold a lock across `.await`.
 
 mod control;
 mod mapping;
+mod marker;
 mod policy;
 mod process;
 
@@ -20,13 +23,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use control::{Control, Running};
+pub use control::{Changes, Control, Running};
 pub use mapping::{CAUSATION_HEADER, MapError, passthrough, post_id, to_messages, to_request};
 pub use policy::{Breaker, backoff};
-pub use process::StoreState;
 
 use crate::config::Config;
 use crate::registry::Registry;
+use crate::state::Ledger;
 use crate::store::Store;
 use crate::transport::{Subscription, Transport};
 
@@ -34,6 +37,9 @@ use crate::transport::{Subscription, Transport};
 pub struct Deps<T> {
     /// Job records and state.
     pub store: Store,
+    /// Per-plugin state as calls see it: turns per key, reads that need no
+    /// commit, commits handed to the store in order (`crate::state`).
+    pub state: Ledger,
     /// Where messages come from.
     pub transport: T,
     /// The live plugins.
@@ -93,7 +99,7 @@ pub async fn run<T: Transport>(
                 if held {
                     tracing::info!(channel = %sub.channel, handler = %sub.consumer, "channel paused by operator; messages stay queued");
                 } else {
-                    tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded; channel paused");
+                    tracing::warn!(channel = %sub.channel, handler = %sub.consumer, "handler not loaded (or its loaded version does not serve this channel); channel paused");
                 }
                 paused_logged = true;
             }
@@ -128,8 +134,7 @@ pub async fn run<T: Transport>(
             let breaker = breaker.clone();
             let cancel = hard_stop.child_token();
             tasks.spawn(async move {
-                process::process(&deps, &sub, &policy, &breaker, delivery, cancel).await;
-                drop(permit);
+                process::process(&deps, &sub, &policy, &breaker, delivery, cancel, permit).await;
             });
         }
     }

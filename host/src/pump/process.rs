@@ -2,41 +2,30 @@
 //! sandbox, then record the outcome (with the call's effects, in one store
 //! transaction) and only then settle it on the transport.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Deps;
+use super::control::Running;
 use super::mapping::{self, MapError};
+use super::marker;
 use super::policy::{Breaker, backoff};
 use crate::config::Policy;
-use crate::message::now_ms;
+use crate::message::{Request, now_ms};
+use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
-use crate::store::{CallRecord, Commit, Finish, FinishResult, Store};
-use crate::telemetry;
+use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
+use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
+use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Subscription, Transport};
 
-/// Committed plugin state, read through the store's thread.
-pub struct StoreState(pub Store);
-
-impl StateSource for StoreState {
-    fn get(
-        &self,
-        plugin: &str,
-        key: &str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<(Vec<u8>, i64)>, String>> + Send + '_>> {
-        let (plugin, key) = (plugin.to_owned(), key.to_owned());
-        Box::pin(async move {
-            self.0
-                .state_get(&plugin, &key)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-}
+/// Re-runs of one attempt after state conflicts before the job is handed
+/// back. Never reached by design (each conflict adds a key the re-run
+/// holds, see `crate::state`); a guard against a bug spinning the CPU.
+const MAX_RERUNS: u32 = 1000;
 
 /// What to record for a finished call and how to settle the delivery.
 struct Verdict {
@@ -47,6 +36,28 @@ struct Verdict {
     error: Option<String>,
 }
 
+/// How a delivery's outcome reaches the store.
+enum Recording {
+    /// Submit this verdict now.
+    Submit(Verdict),
+    /// The state ledger already handed the commit to the writer, in order.
+    Handed {
+        handed: Handed,
+        settle: Settle,
+        outcome: &'static str,
+    },
+    /// It could not be submitted: leave the delivery to come back.
+    Lost(String),
+}
+
+/// What the call(s) of one delivery cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cost {
+    fuel: u64,
+    /// Re-runs because state changed under the call.
+    conflicts: u32,
+}
+
 pub(super) async fn process<T: Transport>(
     deps: &Deps<T>,
     sub: &Subscription,
@@ -54,8 +65,11 @@ pub(super) async fn process<T: Transport>(
     breaker: &Breaker,
     delivery: Delivery,
     cancel: CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
+    // Phase instants for the job's span; `None` (free) unless exported.
+    let mut clock = deps.control.spans().map(|s| s.job());
     let job = &delivery.job;
     // Registered so an operator can interrupt it (DELETE /v1/jobs/{id}).
     let running = deps.control.start(&job.job_id, &cancel);
@@ -65,27 +79,29 @@ pub(super) async fn process<T: Transport>(
     // quiet for the ack wait is handed to another host, and a slow commit
     // must not make that happen to a job this host is still finishing.
     let work = async {
-        let (plugin, fuel_used, verdict) =
-            decide(deps, sub, policy, breaker, &delivery, cancel, &running).await;
-        let recorded = commit(deps, &delivery, plugin.as_ref(), fuel_used, verdict).await;
-        (plugin, fuel_used, recorded)
-    };
-    let (plugin, fuel_used, recorded) = with_heartbeats(&deps.transport, &delivery, work).await;
-    if let Some(recorded) = recorded {
-        settle(
-            deps,
-            &delivery,
-            plugin.as_ref(),
-            fuel_used,
-            recorded,
-            started,
+        let mut cost = Cost::default();
+        let (plugin, recording) = decide(
+            deps, sub, policy, breaker, &delivery, cancel, &running, &mut cost, &mut clock,
         )
         .await;
+        let slot = keep_slot(deps, slot);
+        let recorded = commit(deps, &delivery, plugin.as_ref(), cost, recording).await;
+        mark(&mut clock, Phase::Commit);
+        (plugin, cost, recorded, slot)
+    };
+    let (plugin, cost, recorded, _slot) = with_heartbeats(&deps.transport, &delivery, work).await;
+    if let Some(recorded) = recorded {
+        let times = Times { started, clock };
+        settle(deps, &delivery, plugin.as_ref(), cost, recorded, times).await;
     }
 }
 
 /// Runs the delivery through expiry, mapping, the handler and the post
-/// mapping; says what to record, with the plugin that ran and its fuel.
+/// mapping; says what to record (a verdict, or a commit the state ledger
+/// already handed to the writer), with the plugin that ran. `cost` gathers
+/// its fuel and state re-runs; `clock` the phases' instants when spans are
+/// exported.
+#[allow(clippy::too_many_arguments)]
 async fn decide<T: Transport>(
     deps: &Deps<T>,
     sub: &Subscription,
@@ -93,98 +109,345 @@ async fn decide<T: Transport>(
     breaker: &Breaker,
     delivery: &Delivery,
     cancel: CancellationToken,
-    running: &super::control::Running<'_>,
-) -> (Option<Plugin>, u64, Verdict) {
+    running: &Running<'_>,
+    cost: &mut Cost,
+    clock: &mut Option<JobSpan>,
+) -> (Option<Plugin>, Recording) {
     let job = &delivery.job;
     let set = deps.registry.current();
     let Some(handler) = set.handlers.get(&sub.consumer).cloned() else {
-        return (None, 0, host_fault("handler not loaded".into()));
+        return (
+            None,
+            Recording::Submit(host_fault("handler not loaded".into())),
+        );
     };
-    let mut fuel_used = 0;
-    let verdict = if job.expires_at.is_some_and(|at| at <= now_ms()) {
-        Verdict {
-            finish: Finish::Expired,
-            settle: Settle::Ack,
-            outcome: "expired",
-            error: None,
+    mark(clock, Phase::Receive);
+    // With shared state, a job committed before (by any host: the
+    // delivery came back after a crash, or a slow host's was handed on) is
+    // recorded from its marker, never run again.
+    if deps.state.is_shared() {
+        match deps.state.marker(&marker::commit_name(job)).await {
+            Ok(Some(body)) => return (Some(handler), from_marker(&body)),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = format!("shared state store: {e}");
+                return (Some(handler), Recording::Submit(host_fault(reason)));
+            }
         }
+    }
+    let recording = if expired(job) {
+        Recording::Submit(expiry())
+    } else if job.attempt > policy.max_attempts {
+        // Every attempt it was allowed ended without an outcome: the host
+        // running it died (or lost it) each time. Running it again would
+        // only take the next host down.
+        Recording::Submit(dead(
+            format!(
+                "gave up after {} of {} attempts: each ended without an outcome (the host \
+                 running it stopped, or lost the delivery)",
+                job.attempt - 1,
+                policy.max_attempts
+            ),
+            "dead",
+        ))
     } else {
-        match mapping::to_request(&set, &job.message, job.attempt).await {
-            Err(MapError::Poison(reason)) => dead(reason, "poison"),
-            Err(MapError::Fault(reason)) => failed(policy, breaker, job.attempt, reason),
-            Err(MapError::Host(reason)) => host_fault(reason),
+        let mapped = mapping::to_request(&set, &job.message, job.attempt).await;
+        mark(clock, Phase::Map);
+        match mapped {
+            Err(MapError::Poison(reason)) => Recording::Submit(dead(reason, "poison")),
+            Err(MapError::Fault(reason)) => {
+                Recording::Submit(failed(policy, breaker, job.attempt, reason))
+            }
+            Err(MapError::Host(reason)) => Recording::Submit(host_fault(reason)),
             Ok(request) => {
-                let ctx = JobContext {
-                    job_id: job.job_id.clone(),
-                    message_id: job.message.id.clone(),
-                    channel: job.message.channel.clone(),
-                    attempt: job.attempt,
-                    headers: job.message.headers.clone(),
-                    cursor: job.cursor.clone(),
+                let call = Call {
+                    deps,
+                    sub,
+                    policy,
+                    breaker,
+                    delivery,
+                    set: &set,
+                    handler: &handler,
+                    running,
                 };
-                let state: Arc<dyn StateSource> = Arc::new(StoreState(deps.store.clone()));
-                let call = handler.handle(ctx, request, state, cancel);
-                let report = call.await;
-                fuel_used = report.fuel_used;
-                match report.result {
-                    Ok(outcome) => {
-                        match mapping::to_messages(
-                            &set,
-                            &report.effects.posts,
-                            &job.message,
-                            &sub.consumer,
-                            job.cursor.as_deref(),
-                        )
-                        .await
-                        .and_then(|mut posts| {
-                            // The posts' jobs are children of this one.
-                            if !posts.is_empty() {
-                                let (_, trace) = telemetry::job_trace(
-                                    &job.message.headers,
-                                    &job.message.id,
-                                    &sub.consumer,
-                                    job.cursor.as_deref(),
-                                    job.attempt,
-                                );
-                                telemetry::inherit(&mut posts, &trace);
-                            }
-                            check_outgoing(&deps.transport, job, &outcome, &posts)?;
-                            Ok(posts)
-                        }) {
-                            Ok(posts) => {
-                                breaker.success();
-                                let commit = Commit {
-                                    progress: report.effects.progress.map(|p| (p.percent, p.note)),
-                                    state_plugin: handler.info().name.clone(),
-                                    state_reads: report.effects.state_reads,
-                                    state_writes: report.effects.state_writes,
-                                    posts,
-                                };
-                                succeeded(outcome, commit)
-                            }
-                            Err(MapError::Poison(reason)) => dead(reason, "dead"),
-                            Err(MapError::Fault(reason)) => {
-                                failed(policy, breaker, job.attempt, reason)
-                            }
-                            Err(MapError::Host(reason)) => host_fault(reason),
-                        }
-                    }
-                    Err(CallFailure::Permanent(m)) => dead(format!("permanent error: {m}"), "dead"),
-                    Err(CallFailure::Host(reason)) => host_fault(format!("host error: {reason}")),
-                    Err(CallFailure::Trap(TrapKind::Cancelled))
-                        if running.cancelled_by_operator() =>
-                    {
-                        cancelled()
-                    }
-                    Err(CallFailure::Trap(TrapKind::Cancelled)) => {
-                        release("interrupted by shutdown; handed back", Duration::ZERO)
-                    }
-                    Err(failure) => failed(policy, breaker, job.attempt, failure.to_string()),
-                }
+                call.run(request, &cancel, cost, clock).await
             }
         }
     };
-    (Some(handler), fuel_used, verdict)
+    (Some(handler), recording)
+}
+
+/// One delivery's handler call(s) and what they need.
+struct Call<'a, T> {
+    deps: &'a Deps<T>,
+    sub: &'a Subscription,
+    policy: &'a Policy,
+    breaker: &'a Breaker,
+    delivery: &'a Delivery,
+    set: &'a PluginSet,
+    handler: &'a Plugin,
+    running: &'a Running<'a>,
+}
+
+impl<T: Transport> Call<'_, T> {
+    /// Runs the handler and hands a success's commit to the state ledger.
+    /// A commit that met state another job changed runs the call again,
+    /// first taking the turns of every key it touched (so it cannot meet
+    /// them changed again); that costs no attempt. In the job's span the
+    /// `handle` phase covers every run (and the waits for turns between
+    /// them); each re-run is a `state conflict` event on it.
+    async fn run(
+        &self,
+        request: Request,
+        cancel: &CancellationToken,
+        cost: &mut Cost,
+        clock: &mut Option<JobSpan>,
+    ) -> Recording {
+        let job = &self.delivery.job;
+        let plugin = &self.handler.info().name;
+        let session = self.deps.state.session(plugin);
+        // A hot key: wait for its turn before the sandbox starts, not in it.
+        let mut hold: Vec<String> = self.deps.state.hot_key(plugin).into_iter().collect();
+        loop {
+            if !hold.is_empty() {
+                session.release_all();
+                tokio::select! {
+                    () = session.acquire(&hold) => {}
+                    () = cancel.cancelled() => return Recording::Submit(self.interrupted()),
+                }
+                // The wait may have outlasted the message's life.
+                if expired(job) {
+                    return Recording::Submit(expiry());
+                }
+            }
+            let ctx = JobContext {
+                job_id: job.job_id.clone(),
+                message_id: job.message.id.clone(),
+                channel: job.message.channel.clone(),
+                attempt: job.attempt,
+                headers: job.message.headers.clone(),
+                cursor: job.cursor.clone(),
+            };
+            let source: Arc<dyn StateSource> = session.clone();
+            let report = self
+                .handler
+                .handle(ctx, request.clone(), source, cancel.clone())
+                .await;
+            cost.fuel += report.fuel_used;
+            mark(clock, Phase::Handle);
+            let outcome = match report.result {
+                Ok(outcome) => outcome,
+                Err(CallFailure::StateWait { key }) => {
+                    // Another job holds a key it read (nobody waits for a
+                    // turn in a sandbox): run again, taking the turns
+                    // first, outside the sandbox.
+                    cost.conflicts += 1;
+                    telemetry::conflict(clock, cost.conflicts);
+                    hold = session.touched();
+                    hold.push(key);
+                    continue;
+                }
+                Err(failure) => return Recording::Submit(self.failure(failure)),
+            };
+            let posts = mapping::to_messages(
+                self.set,
+                &report.effects.posts,
+                &job.message,
+                &self.sub.consumer,
+                job.cursor.as_deref(),
+            )
+            .await
+            .and_then(|mut posts| {
+                // The posts' jobs are children of this one.
+                if !posts.is_empty() {
+                    let (_, trace) = telemetry::job_trace(
+                        &job.message.headers,
+                        &job.message.id,
+                        &self.sub.consumer,
+                        job.cursor.as_deref(),
+                        job.attempt,
+                    );
+                    telemetry::inherit(&mut posts, &trace);
+                }
+                check_outgoing(&self.deps.transport, job, &outcome, &posts)?;
+                Ok(posts)
+            });
+            let posts = match posts {
+                Ok(posts) => posts,
+                Err(MapError::Poison(reason)) => return Recording::Submit(dead(reason, "dead")),
+                Err(MapError::Fault(reason)) => {
+                    return Recording::Submit(failed(
+                        self.policy,
+                        self.breaker,
+                        job.attempt,
+                        reason,
+                    ));
+                }
+                Err(MapError::Host(reason)) => return Recording::Submit(host_fault(reason)),
+            };
+            self.breaker.success();
+            let commit = Commit {
+                progress: report.effects.progress.map(|p| (p.percent, p.note)),
+                state: StateCommit::default(),
+                posts,
+            };
+            let Verdict {
+                finish,
+                settle,
+                outcome,
+                ..
+            } = succeeded(outcome, commit);
+            let state = CallState {
+                reads: report.effects.state_reads,
+                writes: report.effects.state_writes,
+                adds: report.effects.state_adds,
+            };
+            let handoff = if self.deps.state.is_shared() {
+                if state.is_empty() {
+                    // No state: nothing another host could disagree with.
+                    return Recording::Submit(Verdict {
+                        finish,
+                        settle,
+                        outcome,
+                        error: None,
+                    });
+                }
+                let Some(body) = marker::encode(&finish) else {
+                    return Recording::Submit(host_fault("no commit marker for a success".into()));
+                };
+                let name = marker::commit_name(job);
+                match session.commit_remote(&state, &name, body).await {
+                    Ok(RemoteCommitted::Stored) => {
+                        return Recording::Submit(Verdict {
+                            finish,
+                            settle,
+                            outcome,
+                            error: None,
+                        });
+                    }
+                    Ok(RemoteCommitted::Already(body)) => return from_marker(&body),
+                    Err(e) => e,
+                }
+            } else {
+                let record = call_record(Some(self.handler), *cost);
+                let store = &self.deps.store;
+                let submit = |state| {
+                    store.submit_finish(&job.job_id, job.attempt, record, with_state(finish, state))
+                };
+                match session.commit(state, submit).await {
+                    Ok(handed) => {
+                        return Recording::Handed {
+                            handed,
+                            settle,
+                            outcome,
+                        };
+                    }
+                    Err(e) => e,
+                }
+            };
+            match handoff {
+                HandOff::Conflict { keys } => {
+                    cost.conflicts += 1;
+                    telemetry::conflict(clock, cost.conflicts);
+                    if cost.conflicts >= MAX_RERUNS {
+                        tracing::error!(job_id = %job.job_id, conflicts = cost.conflicts, "state conflicts do not end (a bug); handing the job back");
+                        return Recording::Submit(release(
+                            "state conflicts did not end; handed back",
+                            Duration::from_secs(1),
+                        ));
+                    }
+                    hold = keys;
+                }
+                HandOff::Invalid(reason) => {
+                    return Recording::Submit(dead(reason, "dead"));
+                }
+                HandOff::Store(e) => return Recording::Lost(e.to_string()),
+                // The batch may have been stored: the delivery comes back
+                // (to any host), which finds the marker if it was.
+                HandOff::Remote(e) => return Recording::Lost(format!("shared state store: {e}")),
+            }
+        }
+    }
+
+    /// The verdict for a call that failed.
+    fn failure(&self, failure: CallFailure) -> Verdict {
+        match failure {
+            CallFailure::Permanent(m) => dead(format!("permanent error: {m}"), "dead"),
+            CallFailure::Host(reason) => host_fault(format!("host error: {reason}")),
+            CallFailure::Trap(TrapKind::Cancelled) => self.interrupted(),
+            failure => failed(
+                self.policy,
+                self.breaker,
+                self.delivery.job.attempt,
+                failure.to_string(),
+            ),
+        }
+    }
+
+    /// Stopped by an operator (recorded as final) or by shutdown (handed
+    /// back).
+    fn interrupted(&self) -> Verdict {
+        if self.running.cancelled_by_operator() {
+            cancelled()
+        } else {
+            release("interrupted by shutdown; handed back", Duration::ZERO)
+        }
+    }
+}
+
+/// What to record for a job whose commit marker exists: its outcome and
+/// posts as committed.
+fn from_marker(body: &[u8]) -> Recording {
+    match marker::decode(body) {
+        Ok((finish, settle)) => Recording::Submit(Verdict {
+            finish,
+            settle,
+            outcome: "succeeded",
+            error: None,
+        }),
+        Err(e) => Recording::Submit(host_fault(e)),
+    }
+}
+
+/// `finish` with the state commit the ledger versioned.
+fn with_state(finish: Finish, state: StateCommit) -> Finish {
+    match finish {
+        Finish::Succeeded { result, mut commit } => {
+            commit.state = state;
+            Finish::Succeeded { result, commit }
+        }
+        Finish::Continue {
+            cursor,
+            visible_at,
+            mut commit,
+        } => {
+            commit.state = state;
+            Finish::Continue {
+                cursor,
+                visible_at,
+                commit,
+            }
+        }
+        other => other,
+    }
+}
+
+fn call_record(plugin: Option<&Plugin>, cost: Cost) -> CallRecord {
+    CallRecord {
+        plugin_version: plugin.map(|p| p.info().version.clone()),
+        plugin_hash: plugin.map(|p| p.hash().to_owned()),
+        fuel_used: cost.fuel,
+        conflicts: cost.conflicts,
+    }
+}
+
+/// The call is over: the slot is kept until the delivery is settled, or
+/// freed now where the transport allows it.
+fn keep_slot<T: Transport>(
+    deps: &Deps<T>,
+    slot: OwnedSemaphorePermit,
+) -> Option<OwnedSemaphorePermit> {
+    deps.transport.slot_until_settled().then_some(slot)
 }
 
 /// Runs `call`, telling the transport every `heartbeat_every` that the
@@ -279,6 +542,21 @@ fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
     }
 }
 
+/// Whether the job's message expired (`expires_at` passed).
+fn expired(job: &crate::store::ClaimedJob) -> bool {
+    job.expires_at.is_some_and(|at| at <= now_ms())
+}
+
+/// The verdict for an expired message: recorded, acked, never run.
+fn expiry() -> Verdict {
+    Verdict {
+        finish: Finish::Expired,
+        settle: Settle::Ack,
+        outcome: "expired",
+        error: None,
+    }
+}
+
 /// An operator cancelled the job while it ran: recorded as final, and
 /// acked so no host runs it again.
 fn cancelled() -> Verdict {
@@ -328,7 +606,7 @@ fn failed(policy: &Policy, breaker: &Breaker, attempt: u32, reason: String) -> V
             visible_at: now_ms()
                 .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         },
-        settle: Settle::Nak { delay },
+        settle: Settle::Retry { delay },
         outcome: "retrying",
         error: Some(reason),
     }
@@ -352,35 +630,52 @@ struct Recorded {
     outcome: &'static str,
     settle: Option<Settle>,
     error: Option<String>,
+    /// State re-runs, counting a conflict at the writer.
+    conflicts: u32,
 }
 
-/// Commits the verdict. `None` when it could not be recorded: the delivery
-/// is left unsettled so it comes back.
+/// Commits the verdict, or waits for the writer's answer to a commit the
+/// state ledger handed over. `None` when it could not be recorded: the
+/// delivery is left unsettled so it comes back.
 async fn commit<T: Transport>(
     deps: &Deps<T>,
     delivery: &Delivery,
     plugin: Option<&Plugin>,
-    fuel_used: u64,
-    verdict: Verdict,
+    cost: Cost,
+    recording: Recording,
 ) -> Option<Recorded> {
     let job = &delivery.job;
-    let call = CallRecord {
-        plugin_version: plugin.map(|p| p.info().version.clone()),
-        plugin_hash: plugin.map(|p| p.hash().to_owned()),
-        fuel_used,
+    let (result, settle, outcome, error) = match recording {
+        Recording::Submit(v) => {
+            let call = call_record(plugin, cost);
+            let result = deps
+                .store
+                .finish(&job.job_id, job.attempt, call, v.finish)
+                .await;
+            (result, v.settle, v.outcome, v.error)
+        }
+        Recording::Handed {
+            handed,
+            settle,
+            outcome,
+        } => (handed.finish().await, settle, outcome, None),
+        Recording::Lost(e) => {
+            tracing::error!(job_id = %job.job_id, error = %e, "cannot record job outcome; it will be redelivered");
+            return None;
+        }
     };
-    let (outcome, settle) = match deps
-        .store
-        .finish(&job.job_id, job.attempt, call, verdict.finish)
-        .await
-    {
-        Ok(FinishResult::Committed { .. }) => (verdict.outcome, Some(verdict.settle)),
-        Ok(FinishResult::Conflict) => (
-            "conflict",
-            Some(Settle::Nak {
-                delay: Duration::ZERO,
-            }),
-        ),
+    let mut conflicts = cost.conflicts;
+    let (outcome, settle) = match result {
+        Ok(FinishResult::Committed { .. }) => (outcome, Some(settle)),
+        Ok(FinishResult::Conflict) => {
+            conflicts += 1;
+            (
+                "conflict",
+                Some(Settle::Nak {
+                    delay: Duration::ZERO,
+                }),
+            )
+        }
         // The job moved on without this delivery (a newer delivery of it is
         // running here, or it was cancelled): settling this one could end
         // the live one (an ack is per message, not per delivery), so it is
@@ -395,19 +690,28 @@ async fn commit<T: Transport>(
     Some(Recorded {
         outcome,
         settle,
-        error: verdict.error,
+        error,
+        conflicts,
     })
 }
 
-/// Settles the delivery as recorded, then logs one line.
+/// When a delivery started, and its phases' instants if spans are exported.
+struct Times {
+    started: Instant,
+    clock: Option<JobSpan>,
+}
+
+/// Settles the delivery as recorded, then logs one line (and exports its
+/// span, when spans are exported).
 async fn settle<T: Transport>(
     deps: &Deps<T>,
     delivery: &Delivery,
     plugin: Option<&Plugin>,
-    fuel_used: u64,
+    cost: Cost,
     recorded: Recorded,
-    started: Instant,
+    times: Times,
 ) {
+    let Times { started, mut clock } = times;
     let job = &delivery.job;
     let outcome = recorded.outcome;
     if let Some(settle) = recorded.settle
@@ -415,24 +719,34 @@ async fn settle<T: Transport>(
     {
         tracing::warn!(job_id = %job.job_id, error = %e, "settle failed; the message may be delivered again (the store keeps it exactly-once)");
     }
+    mark(&mut clock, Phase::Settle);
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let plugin_name = plugin.map_or("", |p| p.info().name.as_str());
-    deps.control
-        .metrics
-        .record_job(&job.consumer, outcome, duration_ms / 1000.0, fuel_used);
-    deps.control
-        .metrics
+    let fuel_used = cost.fuel;
+    let conflicts = recorded.conflicts;
+    let metrics = &deps.control.metrics;
+    metrics.record_job(&job.consumer, outcome, duration_ms / 1000.0, fuel_used);
+    metrics.record_conflicts(&job.consumer, conflicts);
+    metrics
         .series
         .record(&job.message.channel, outcome, now_ms());
     let version = plugin.map_or("", |p| p.info().version.as_str());
+    if let (Some(clock), Some(spans)) = (clock, deps.control.spans()) {
+        let error = recorded.error.as_deref().filter(|_| outcome != "succeeded");
+        let cost = telemetry::JobCost {
+            fuel: fuel_used,
+            conflicts,
+        };
+        spans.finish_job(clock, job, plugin_name, version, cost, outcome, error);
+    }
     match recorded.error {
         Some(error) if outcome != "succeeded" => tracing::warn!(
             job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
-            attempt = job.attempt, duration_ms, fuel = fuel_used, outcome, %error, "job"
+            attempt = job.attempt, duration_ms, fuel = fuel_used, conflicts, outcome, %error, "job"
         ),
         _ => tracing::info!(
             job_id = %job.job_id, channel = %job.message.channel, plugin = plugin_name, version,
-            attempt = job.attempt, duration_ms, fuel = fuel_used, outcome, "job"
+            attempt = job.attempt, duration_ms, fuel = fuel_used, conflicts, outcome, "job"
         ),
     }
 }

@@ -43,6 +43,8 @@ struct State {
     waiting: usize,
     /// Most tickets out at once since start.
     peak: usize,
+    /// Tickets handed out since start.
+    admitted: u64,
     /// Orders waiters across lanes.
     seq: u64,
     lanes: HashMap<String, Lane>,
@@ -67,6 +69,8 @@ pub struct AdmissionStats {
     pub waiting: usize,
     /// Most calls running at once since start.
     pub peak: usize,
+    /// Calls let in since start (`idle.rs` tells quiet from busy by it).
+    pub admitted: u64,
 }
 
 /// The right to run one sandboxed call; gives it back when dropped.
@@ -143,12 +147,14 @@ impl Admission {
             running: s.running,
             waiting: s.waiting,
             peak: s.peak,
+            admitted: s.admitted,
         }
     }
 
     fn issue(self: &Arc<Self>, s: &mut State, lane: &str) -> Ticket {
         s.running += 1;
         s.peak = s.peak.max(s.running);
+        s.admitted += 1;
         s.seq += 1;
         let seq = s.seq;
         let l = s.lanes.entry(lane.to_owned()).or_default();

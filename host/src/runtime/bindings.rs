@@ -10,7 +10,8 @@
 //! - every export is `async`: calls run on a wasmtime fiber so the epoch
 //!   callback can yield to tokio, and a call future can be dropped;
 //! - imports are `trappable`: the host stops a guest that exceeds its effect
-//!   bounds; `state-get` is also `async` because it awaits the store;
+//!   bounds; `state-get` is also `async` because it may wait its turn for
+//!   a key and load it (see `crate::state`);
 //! - the mapper world uses borrowed parameters: `to-request` gets the wire
 //!   message's body without a copy. (The handler world cannot: wasmtime 48's
 //!   generator emits invalid code for its unused borrowed types; handler
@@ -42,7 +43,23 @@ pub(super) mod mapper {
     });
 }
 
-/// Export names that identify a plugin's world.
-pub(super) const HANDLER_EXPORT: &str = "sluice:plugin/handler@0.1.0";
+/// The export that makes a component a handler, as the docs spell it: any
+/// `0.1.x` of the interface (see [`exports_interface`]).
+pub(super) const HANDLER_EXPORT: &str = "sluice:plugin/handler@0.1.x";
 /// See [`HANDLER_EXPORT`].
-pub(super) const MAPPER_EXPORT: &str = "sluice:plugin/mapper@0.1.0";
+pub(super) const MAPPER_EXPORT: &str = "sluice:plugin/mapper@0.1.x";
+
+/// True when the export `name` is `family` (one of the consts above) at
+/// some `0.1.x`. The bindings are generated from the newest WIT
+/// (`0.1.1`); a component built against an older `0.1.x` exports and
+/// imports older names, which wasmtime resolves as semver-compatible when
+/// it links and instantiates, so a plugin built against `0.1.0` keeps
+/// loading. Pre-releases (`0.1.1-rc`) are not compatible with anything,
+/// as in wasmtime's own matching.
+pub(super) fn exports_interface(name: &str, family: &str) -> bool {
+    let Some(prefix) = family.strip_suffix('x') else {
+        return false;
+    };
+    name.strip_prefix(prefix)
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}

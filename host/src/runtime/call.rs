@@ -13,12 +13,17 @@
 //!   worker thread;
 //! - while the guest awaits a host import (`state-get`) no wasm runs, so the
 //!   same deadline and token are also raced against the call future, which
-//!   is dropped when they win;
+//!   is dropped when they win. Time `state-get` spends waiting for another
+//!   job's turn on a key (or loading it) is the host's, not the guest's: it
+//!   moves the deadline out by as much ([`Deadline::extend`]); the wait
+//!   itself is capped at the call's timeout (`host.rs`), so a call never
+//!   sits in its sandbox for long doing nothing;
 //! - memory: a `ResourceLimiter` refuses growth past the cap and records it,
 //!   because the guest only sees `memory.grow` fail and aborts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -69,9 +74,66 @@ pub(super) struct CallState {
     /// same all call long.
     pub(super) read_values: HashMap<String, Option<Vec<u8>>>,
     pub(super) state: Option<Arc<dyn StateSource>>,
-    deadline: Instant,
+    pub(super) deadline: Deadline,
+    pub(super) limits: Limits,
     cancel: Option<CancellationToken>,
     pub(super) facts: Facts,
+}
+
+/// A call's wall-clock deadline, shared by the epoch callback, the race in
+/// [`Guard`] and the `state-get` import (which moves it out by the time it
+/// made the guest wait).
+#[derive(Debug, Clone)]
+pub(super) struct Deadline {
+    base: Instant,
+    /// Nanoseconds after `base`.
+    after: Arc<AtomicU64>,
+}
+
+impl Deadline {
+    /// `started + timeout`, saturating far in the future.
+    fn new(started: Instant, timeout_ms: u64) -> Deadline {
+        const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let after = Duration::from_millis(timeout_ms).min(FAR);
+        Deadline {
+            base: started,
+            after: Arc::new(AtomicU64::new(
+                u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
+            )),
+        }
+    }
+
+    fn at(&self) -> Instant {
+        let after = Duration::from_nanos(self.after.load(Ordering::Relaxed));
+        self.base.checked_add(after).unwrap_or(self.base)
+    }
+
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at()
+    }
+
+    /// Moves the deadline out by `by` (time the host may make the guest
+    /// wait).
+    pub(super) fn extend(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.after
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_add(by))
+            })
+            .ok();
+    }
+
+    /// Takes back part of an [`extend`](Self::extend) that was not used.
+    /// (A [`Guard`] asleep until the later time keeps sleeping; the epoch
+    /// callback enforces the earlier one as soon as wasm runs again.)
+    pub(super) fn shorten(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.after
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(by))
+            })
+            .ok();
+    }
 }
 
 /// What a call needs besides its arguments.
@@ -120,7 +182,8 @@ impl Call {
             effect_bytes: 0,
             read_values: HashMap::new(),
             state: setup.state,
-            deadline: deadline(started, limits.timeout_ms),
+            deadline: Deadline::new(started, limits.timeout_ms),
+            limits,
             cancel: setup.cancel,
             facts: Facts::default(),
         };
@@ -142,7 +205,7 @@ impl Call {
     pub(super) fn guard(&self) -> Guard {
         let data = self.store.data();
         Guard {
-            deadline: data.deadline,
+            deadline: data.deadline.clone(),
             cancel: data.cancel.clone(),
         }
     }
@@ -191,7 +254,7 @@ impl Call {
 
 /// What can cut a call short while it awaits the host.
 pub(super) struct Guard {
-    deadline: Instant,
+    deadline: Deadline,
     cancel: Option<CancellationToken>,
 }
 
@@ -208,10 +271,16 @@ impl Guard {
                 None => std::future::pending().await,
             }
         };
+        let deadline = async {
+            // The deadline may have moved while this slept.
+            while !self.deadline.passed() {
+                tokio::time::sleep_until(self.deadline.at().into()).await;
+            }
+        };
         tokio::select! {
             biased;
             result = work => Ok(result),
-            () = tokio::time::sleep_until(self.deadline.into()) => Err(Interrupt::Deadline),
+            () = deadline => Err(Interrupt::Deadline),
             () = cancelled => Err(Interrupt::Cancelled),
         }
     }
@@ -226,7 +295,7 @@ fn on_epoch(mut ctx: wasmtime::StoreContextMut<'_, CallState>) -> wasmtime::Resu
         .is_some_and(CancellationToken::is_cancelled)
     {
         Some(Interrupt::Cancelled)
-    } else if Instant::now() >= data.deadline {
+    } else if data.deadline.passed() {
         Some(Interrupt::Deadline)
     } else {
         None
@@ -241,14 +310,6 @@ fn on_epoch(mut ctx: wasmtime::StoreContextMut<'_, CallState>) -> wasmtime::Resu
             Box::pin(tokio::task::yield_now()),
         )),
     }
-}
-
-/// `started + timeout`, saturating far in the future.
-fn deadline(started: Instant, timeout_ms: u64) -> Instant {
-    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    started
-        .checked_add(Duration::from_millis(timeout_ms).min(FAR))
-        .unwrap_or(started)
 }
 
 /// The guest's WASI world: nothing. No preopened directories (no files), no

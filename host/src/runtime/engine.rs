@@ -72,6 +72,9 @@ pub struct RuntimeConfig {
     /// Log lines a single call may emit; the rest are dropped with one
     /// warning. Each line is also truncated at 4 KiB.
     pub max_log_lines_per_call: u32,
+    /// After this long without a sandboxed call, the daemon gives free heap
+    /// memory back to the kernel (`[sandbox] idle_release`; `idle.rs`).
+    pub idle_release: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +89,7 @@ impl Default for RuntimeConfig {
             max_instances: default_calls(),
             epoch_tick: Duration::from_millis(5),
             max_log_lines_per_call: 1000,
+            idle_release: Duration::from_secs(5),
         }
     }
 }

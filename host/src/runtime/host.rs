@@ -24,9 +24,10 @@ use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::bindings::{handler, mapper};
 use super::call::CallState;
-use super::trap::{HostTrap, truncate};
-use super::types::{Post, Progress};
+use super::trap::{HostTrap, Interrupt, truncate};
+use super::types::{Post, Progress, StateReadError};
 use crate::message::MessageKind;
+use crate::state::int;
 
 use handler::sluice::plugin::effects;
 
@@ -157,11 +158,19 @@ impl CallState {
         Ok(())
     }
 
-    /// Buffers a state write (`None`: delete), last write wins.
+    /// Distinct state keys the call touched, counting a key read and
+    /// written twice (a bound, not an exact count).
+    fn state_keys(&self) -> usize {
+        self.effects.state_writes.len() + self.read_values.len() + self.effects.state_adds.len()
+    }
+
+    /// Buffers a state write (`None`: delete), last write wins; it replaces
+    /// a pending add on the key.
     fn write_state(&mut self, key: String, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
         check_key(&key)?;
+        self.effects.state_adds.remove(&key);
         let size = key.len() + value.as_ref().map_or(0, Vec::len);
-        let distinct = self.effects.state_writes.len() + self.read_values.len();
+        let distinct = self.state_keys();
         match self.effects.state_writes.entry(key) {
             Entry::Occupied(mut e) => {
                 let old = e.key().len() + e.get().as_ref().map_or(0, Vec::len);
@@ -282,7 +291,7 @@ impl effects::Host for CallState {
         if let Some(read) = self.read_values.get(&key) {
             return Ok(read.clone());
         }
-        if self.effects.state_writes.len() + self.read_values.len() >= MAX_STATE_KEYS {
+        if self.state_keys() >= MAX_STATE_KEYS {
             return limit(format!(
                 "too many state keys: a call may touch at most {MAX_STATE_KEYS}"
             ));
@@ -290,11 +299,26 @@ impl effects::Host for CallState {
         let Some(source) = self.state.clone() else {
             return fault("no state store for this call".into());
         };
-        let plugin = self.plugin.clone();
-        let (value, version) = match source.get(&plugin.name, &key).await {
-            Ok(Some((value, version))) => (Some(value), version),
-            Ok(None) => (None, 0),
-            Err(e) => {
+        // A read never waits for another job's turn (`StateSource::get`);
+        // loading a value is the host's time, not charged to the guest's
+        // deadline, and capped at the call's timeout. A key another job
+        // holds (or a load past the cap) gives up the sandbox: the pump
+        // runs the job again holding the turn, taken outside it.
+        self.facts.state_wait = Some(key.clone());
+        let began = std::time::Instant::now();
+        let cap = std::time::Duration::from_millis(self.limits.timeout_ms);
+        self.deadline.extend(cap);
+        let read = tokio::time::timeout(cap, source.get(&key)).await;
+        self.deadline.shorten(cap.saturating_sub(began.elapsed()));
+        self.facts.state_wait = None;
+        let (value, version) = match read {
+            Err(_) | Ok(Err(StateReadError::Busy)) => {
+                self.facts.interrupt = Some(Interrupt::Deadline);
+                self.facts.state_wait = Some(key);
+                return Err(wasmtime::Error::new(HostTrap::Interrupted));
+            }
+            Ok(Ok(read)) => read,
+            Ok(Err(StateReadError::Store(e))) => {
                 let message = format!("state store: {e}");
                 self.facts.host_fault = Some(message.clone());
                 return fault(message);
@@ -302,7 +326,14 @@ impl effects::Host for CallState {
         };
         self.charge(key.len() + value.as_ref().map_or(0, Vec::len))?;
         self.effects.state_reads.insert(key.clone(), version);
-        self.read_values.insert(key, value.clone());
+        self.read_values.insert(key.clone(), value.clone());
+        // An add made before this read: the call now sees (and writes) the
+        // sum, and its commit checks the version it read.
+        if let Some(delta) = self.effects.state_adds.remove(&key) {
+            let sum = sum_or_invalid(&key, value.as_deref(), delta)?;
+            self.write_state(key, Some(sum.clone()))?;
+            return Ok(Some(sum));
+        }
         Ok(value)
     }
 
@@ -319,6 +350,52 @@ impl effects::Host for CallState {
     fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.write_state(key, None)
     }
+
+    fn state_add(&mut self, key: String, delta: i64) -> wasmtime::Result<()> {
+        check_key(&key)?;
+        // On a key this call wrote or read, the add applies to what it sees.
+        let seen = match self.effects.state_writes.get(&key) {
+            Some(written) => Some(written.clone()),
+            None => self.read_values.get(&key).cloned(),
+        };
+        if let Some(seen) = seen {
+            let sum = sum_or_invalid(&key, seen.as_deref(), delta)?;
+            return self.write_state(key, Some(sum));
+        }
+        if !self.effects.state_adds.contains_key(&key) {
+            if self.state_keys() >= MAX_STATE_KEYS {
+                return limit(format!(
+                    "too many state keys: a call may touch at most {MAX_STATE_KEYS}"
+                ));
+            }
+            self.charge(key.len() + 8)?;
+        }
+        let pending = self.effects.state_adds.entry(key.clone()).or_insert(0);
+        match pending.checked_add(delta) {
+            Some(total) => {
+                *pending = total;
+                Ok(())
+            }
+            None => invalid(format!(
+                "state-add on key {key:?}: the adds of this call overflow a 64-bit integer"
+            )),
+        }
+    }
+}
+
+/// `value + delta` for `state-add`, or a trap that fails the job for good.
+fn sum_or_invalid(key: &str, value: Option<&[u8]>, delta: i64) -> wasmtime::Result<Vec<u8>> {
+    match int::add(value, delta) {
+        Some(sum) => Ok(sum),
+        None => invalid(format!(
+            "state-add on key {key:?}: its value is not an integer, or adding {delta} overflows"
+        )),
+    }
+}
+
+/// Traps the guest for asking the impossible: the job is dead-lettered.
+fn invalid<T>(message: String) -> wasmtime::Result<T> {
+    Err(wasmtime::Error::new(HostTrap::Invalid(message)))
 }
 
 fn check_key(key: &str) -> wasmtime::Result<()> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{HANDLER_EXPORT, MAPPER_EXPORT, handler, mapper};
+use super::bindings::{HANDLER_EXPORT, MAPPER_EXPORT, exports_interface, handler, mapper};
 use super::call::{Call, CallSetup};
 use super::engine::{Runtime, Shared};
 use super::plugin::{Compiled, Exports, Plugin};
@@ -133,7 +133,7 @@ fn link(shared: &Shared, component: &Component) -> Result<(PluginKind, Exports),
         .exports(&shared.engine)
         .map(|(name, _)| name.to_owned())
         .collect();
-    let has = |n: &str| names.iter().any(|e| e == n);
+    let has = |family: &str| names.iter().any(|e| exports_interface(e, family));
     let link_err = |e: wasmtime::Error| LoadError::Link(one_line(&e));
     match (has(HANDLER_EXPORT), has(MAPPER_EXPORT)) {
         (true, true) => Err(LoadError::Invalid(format!(
@@ -220,8 +220,9 @@ async fn describe(
 fn describe_err(f: Failure) -> LoadError {
     LoadError::Describe(match f {
         Failure::Trap(t) => t.to_string(),
-        Failure::Host(m) => format!("host error: {m}"),
+        Failure::Host(m) | Failure::StateWait(m) => format!("host error: {m}"),
         Failure::Limit(m) => format!("sandbox limit: {m}"),
+        Failure::Invalid(m) => m,
     })
 }
 
@@ -285,7 +286,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "exports neither sluice:plugin/handler@0.1.0 nor sluice:plugin/mapper@0.1.0 \
+            "exports neither sluice:plugin/handler@0.1.x nor sluice:plugin/mapper@0.1.x \
              (it exports: wasi:cli/run@0.2.6)"
         );
     }
@@ -313,6 +314,20 @@ mod tests {
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("an empty component loaded"),
         }
+    }
+
+    #[test]
+    fn any_patch_of_the_interface_names_the_world() {
+        use super::super::bindings::exports_interface as is;
+        assert!(is("sluice:plugin/handler@0.1.0", HANDLER_EXPORT));
+        assert!(is("sluice:plugin/handler@0.1.1", HANDLER_EXPORT));
+        assert!(is("sluice:plugin/handler@0.1.17", HANDLER_EXPORT));
+        assert!(!is("sluice:plugin/handler@0.2.0", HANDLER_EXPORT));
+        assert!(!is("sluice:plugin/handler@0.1.1-rc.1", HANDLER_EXPORT));
+        assert!(!is("sluice:plugin/handler@0.1.", HANDLER_EXPORT));
+        assert!(!is("sluice:plugin/handler", HANDLER_EXPORT));
+        assert!(!is("sluice:plugin/handler@0.1.1", MAPPER_EXPORT));
+        assert!(is("sluice:plugin/mapper@0.1.0", MAPPER_EXPORT));
     }
 
     #[test]

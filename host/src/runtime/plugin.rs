@@ -318,14 +318,18 @@ fn call_failure(f: Failure) -> CallFailure {
         Failure::Trap(t) => CallFailure::Trap(t),
         Failure::Host(m) => CallFailure::Host(m),
         Failure::Limit(m) => CallFailure::Permanent(format!("sandbox limit: {m}")),
+        Failure::Invalid(m) => CallFailure::Permanent(m),
+        Failure::StateWait(key) => CallFailure::StateWait { key },
     }
 }
 
 fn map_failure(f: Failure) -> MapFailure {
     match f {
         Failure::Trap(t) => MapFailure::Trap(t),
-        Failure::Host(m) => MapFailure::Host(m),
+        Failure::Host(m) | Failure::StateWait(m) => MapFailure::Host(m),
         Failure::Limit(m) => MapFailure::Rejected(format!("sandbox limit: {m}")),
+        // Mappers have no state imports; nothing raises this for them.
+        Failure::Invalid(m) => MapFailure::Rejected(m),
     }
 }
 

@@ -62,6 +62,10 @@ pub(super) enum HostTrap {
     /// The host failed to serve an import (e.g. the state store).
     #[error("{0}")]
     HostFault(String),
+    /// The guest asked for something that can never work (e.g. adding to a
+    /// state value that is not an integer): the job fails for good.
+    #[error("{0}")]
+    Invalid(String),
     /// Stopped by the epoch callback; the cause is in [`Facts::interrupt`].
     #[error("interrupted by the host")]
     Interrupted,
@@ -74,6 +78,9 @@ pub(super) struct Facts {
     pub(super) memory_refused: bool,
     pub(super) table_refused: bool,
     pub(super) host_fault: Option<String>,
+    /// Set while `state-get` waits for a key (its turn, or a load): a
+    /// deadline that strikes then is the host's wait, not the guest's.
+    pub(super) state_wait: Option<String>,
 }
 
 /// A failed call, before it becomes a `CallFailure` or a `MapFailure`.
@@ -87,6 +94,11 @@ pub(super) enum Failure {
     Limit(String),
     /// The host could not run the call.
     Host(String),
+    /// The guest asked for the impossible ([`HostTrap::Invalid`]).
+    Invalid(String),
+    /// The deadline passed while the host made the guest wait for a state
+    /// key's turn.
+    StateWait(String),
 }
 
 /// Classifies a failed call. `stderr` is the tail of the guest's stderr.
@@ -98,6 +110,9 @@ pub(super) fn classify(
 ) -> Failure {
     match facts.interrupt {
         Some(Interrupt::Cancelled) => return Failure::Trap(TrapKind::Cancelled),
+        Some(Interrupt::Deadline) if facts.state_wait.is_some() => {
+            return Failure::StateWait(facts.state_wait.clone().unwrap_or_default());
+        }
         Some(Interrupt::Deadline) => {
             return Failure::Trap(TrapKind::Deadline {
                 timeout_ms: limits.timeout_ms,
@@ -110,6 +125,9 @@ pub(super) fn classify(
     }
     if let Some(limit) = guest_limit(err) {
         return Failure::Limit(limit);
+    }
+    if let Some(HostTrap::Invalid(m)) = err.downcast_ref::<HostTrap>() {
+        return Failure::Invalid(m.clone());
     }
     if let Some(pool) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return Failure::Host(format!("instance pool exhausted: {pool}"));

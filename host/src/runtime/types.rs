@@ -183,25 +183,46 @@ pub struct Effects {
     pub progress: Option<Progress>,
     /// Key -> new value (`None`: delete), last write wins.
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
-    /// Key -> version the call read from the committed state (0: absent).
-    /// The commit fails with a conflict if any changed since (optimistic
-    /// concurrency), and the job runs again without losing an attempt.
+    /// Key -> delta for `state-add`s on keys the call neither read nor
+    /// wrote (an add to a key it did is folded into its write). Applied at
+    /// commit without a read version.
+    pub state_adds: BTreeMap<String, i64>,
+    /// Key -> version the call read (0: never written). The commit fails
+    /// with a conflict if any changed since (optimistic concurrency), and
+    /// the call runs again.
     pub state_reads: BTreeMap<String, i64>,
 }
 
-/// Committed per-plugin state, as the runtime needs it to answer `state-get`.
-/// Implemented by `store`; the runtime never touches SQLite itself.
+/// Per-plugin state as one call sees it, to answer `state-get`. Made by
+/// the pump for each job (`crate::state::Session`: it knows the plugin);
+/// the runtime never touches SQLite itself.
 pub trait StateSource: Send + Sync {
-    /// The committed value of `key` for `plugin`, with its version (a
-    /// missing key is `None`; its version counts as 0).
-    fn get(&self, plugin: &str, key: &str) -> StateFuture<'_>;
+    /// The value of `key` (`None`: absent) and its version (0: never
+    /// written). Never waits for another job's turn on the key: a call
+    /// holds a sandbox ticket, and a ticket holder that waited for a job
+    /// that waits for a ticket would stall both (see `crate::state`).
+    fn get(&self, key: &str) -> StateFuture<'_>;
 }
 
-/// What [`StateSource::get`] returns: the committed value and its version,
-/// or why it could not be read. (An alias only; implementations may spell
-/// the full type.)
+/// Why [`StateSource::get`] gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateReadError {
+    /// Another job holds the key's turn and this call holds none: the call
+    /// gives up its sandbox and runs again once it holds the turn.
+    Busy,
+    /// The state store failed.
+    Store(String),
+}
+
+/// What [`StateSource::get`] returns: the value and its version, or why it
+/// could not be read. (An alias only; implementations may spell the full
+/// type.)
 pub type StateFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<(Vec<u8>, i64)>, String>> + Send + 'a>,
+    Box<
+        dyn std::future::Future<Output = Result<(Option<Vec<u8>>, i64), StateReadError>>
+            + Send
+            + 'a,
+    >,
 >;
 
 /// Why a call failed. Guest errors are data; the rest are plugin faults.
@@ -216,6 +237,13 @@ pub enum CallFailure {
     /// The host could not run the call (e.g. instance pool exhausted, state
     /// unreadable). Not the plugin's fault: retried.
     Host(String),
+    /// The call read a state key whose turn another job holds (or its
+    /// read outlasted the call's timeout). Not the plugin's fault: the job
+    /// runs again, taking the turn before its sandbox starts.
+    StateWait {
+        /// The key it waited for.
+        key: String,
+    },
 }
 
 /// How a guest was stopped.
@@ -272,6 +300,10 @@ impl std::fmt::Display for CallFailure {
             CallFailure::Permanent(m) => write!(f, "permanent error: {m}"),
             CallFailure::Trap(t) => t.fmt(f),
             CallFailure::Host(m) => write!(f, "host error: {m}"),
+            CallFailure::StateWait { key } => write!(
+                f,
+                "deadline passed while waiting for the turn of state key {key:?}"
+            ),
         }
     }
 }

@@ -67,9 +67,9 @@ impl Store {
         .await
     }
 
-    /// How far the outbox relay is behind.
+    /// How far the outbox relay is behind (on the reader connection).
     pub async fn outbox_lag(&self) -> Result<OutboxLag, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let (pending, oldest): (i64, Option<i64>) = conn
                 .prepare_cached(
                     "SELECT COUNT(*), MIN(created_at) FROM outbox

@@ -7,6 +7,18 @@
 //! final state here (committed but not acked before a crash, say) is acked
 //! without running the handler again; a redelivered slice that was already
 //! committed is recognised by its slice number.
+//!
+//! Attempts count across hosts. A retry message says how many attempts
+//! came before it (`attempts_before`); and the server's delivery count
+//! tells how many times this very message was handed out. Deliveries this
+//! host never saw (made to another host that died mid-call, or lost the
+//! message in a restart) count as attempts here, so a job that kills every
+//! host that runs it still reaches its dead letter after `max_attempts`.
+//! The host remembers the last delivery it took of each job's message
+//! (`delivery_seq`, `delivery_count`), so its own hand-backs (a NAK that
+//! costs no attempt) are not counted again. What it cannot see: a
+//! hand-back made by another host (a graceful stop there) also counts here,
+//! at most one attempt per hand-back.
 
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -60,6 +72,50 @@ pub struct Delivered {
     pub not_before: Option<i64>,
     /// Unix ms after which it must not start.
     pub expires_at: Option<i64>,
+    /// Attempts already made at this slice when this message was sent (a
+    /// retry message's `sluice-attempt`; 0 for the message itself), so the
+    /// attempt count goes on across hosts.
+    pub attempts_before: u32,
+    /// The server's record of this delivery, where it keeps one
+    /// (JetStream): which stored message, and how many times it was handed
+    /// out, this time included.
+    pub server: Option<ServerDelivery>,
+}
+
+/// A delivery as the server counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerDelivery {
+    /// The message's stream sequence.
+    pub stream_seq: u64,
+    /// Times the server delivered it, this delivery included (1: first).
+    pub count: u64,
+}
+
+/// Deliveries of `d`'s message made since this host last took it (to other
+/// hosts: none of them recorded an outcome, or the message would not be
+/// here again). `last`: the (sequence, count) this host recorded.
+fn deliveries_elsewhere(d: &Delivered, last: (Option<i64>, Option<i64>)) -> u32 {
+    let Some(server) = d.server else {
+        return 0;
+    };
+    let seen = match last {
+        (Some(seq), Some(count)) if u64::try_from(seq).ok() == Some(server.stream_seq) => {
+            u64::try_from(count).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let missed = server.count.saturating_sub(seen).saturating_sub(1);
+    u32::try_from(missed).unwrap_or(u32::MAX)
+}
+
+/// The server's record of a delivery as two columns.
+fn server_columns(d: &Delivered) -> (Option<i64>, Option<i64>) {
+    d.server.map_or((None, None), |s| {
+        (
+            i64::try_from(s.stream_seq).ok(),
+            i64::try_from(s.count).ok(),
+        )
+    })
 }
 
 impl Store {
@@ -89,13 +145,33 @@ fn receive_one(
     now: i64,
 ) -> Result<Received, StoreError> {
     let id = job_id_for(&d.message.id, &d.consumer);
-    let row: Option<(String, u32, u32)> = conn
-        .prepare_cached("SELECT state, attempts, slices FROM jobs WHERE id = ?1")?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    type Row = (String, u32, u32, i64, u32, Option<i64>, Option<i64>);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT state, attempts, slices, visible_at, replays, delivery_seq, delivery_count
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
         .optional()?;
     let not_yet = d.not_before.filter(|t| *t > now);
+    let (delivery_seq, delivery_count) = server_columns(&d);
     let attempts = match row {
         None => {
+            // Every earlier delivery of this message went to other hosts.
+            let attempts = d
+                .attempts_before
+                .saturating_add(deliveries_elsewhere(&d, (None, None)))
+                .saturating_add(1);
             let headers = serde_json::to_string(&d.message.headers)
                 .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
             let state = if not_yet.is_some() {
@@ -106,8 +182,9 @@ fn receive_one(
             conn.prepare_cached(
                 "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body,
                      state, attempts, slices, visible_at, expires_at, cursor, created_at,
-                     started_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?14)",
+                     started_at, updated_at, delivery_seq, delivery_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?14,
+                     ?16, ?17)",
             )?
             .execute(params![
                 id,
@@ -118,20 +195,26 @@ fn receive_one(
                 headers,
                 d.message.body,
                 state,
-                if not_yet.is_some() { 0 } else { 1 },
+                if not_yet.is_some() {
+                    d.attempts_before
+                } else {
+                    attempts
+                },
                 d.slice,
                 not_yet.unwrap_or(now),
                 d.expires_at,
                 d.cursor,
                 now,
                 not_yet.map_or(Some(now), |_| None),
+                delivery_seq,
+                delivery_count,
             ])?;
             if let Some(at) = not_yet {
                 return Ok(Received::NotYet(at));
             }
-            1
+            attempts
         }
-        Some((state, attempts, slices)) => {
+        Some((state, attempts, slices, visible_at, replays, last_seq, last_count)) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
             if matches!(
@@ -141,23 +224,57 @@ fn receive_one(
             {
                 return Ok(Received::Done(state));
             }
+            // A redelivery of an attempt older than a retry this host has
+            // committed (the attempt's ack was lost): the retry message in
+            // this host's outbox carries the job on, so this one is done
+            // with. (A job left retrying by a version that retried by NAK
+            // has no such message: it waits out its backoff as it did.)
+            if state == JobState::Retrying && d.slice == slices && d.attempts_before < attempts {
+                let retry =
+                    super::finish::retry_id(&d.message.id, &d.consumer, replays, slices, attempts);
+                let sent: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)")?
+                    .query_row(params![retry], |r| r.get(0))?;
+                if sent {
+                    return Ok(Received::Done(state));
+                }
+            }
+            let not_yet =
+                not_yet.or((state == JobState::Retrying && visible_at > now).then_some(visible_at));
             if let Some(at) = not_yet {
                 conn.prepare_cached(
-                    "UPDATE jobs SET state = 'scheduled', visible_at = ?2, updated_at = ?3
+                    "UPDATE jobs SET state = 'scheduled', visible_at = ?2, updated_at = ?3,
+                         delivery_seq = COALESCE(?4, delivery_seq),
+                         delivery_count = COALESCE(?5, delivery_count)
                      WHERE id = ?1",
                 )?
-                .execute(params![id, at, now])?;
+                .execute(params![id, at, now, delivery_seq, delivery_count])?;
                 return Ok(Received::NotYet(at));
             }
             // A newer slice than this host has seen starts afresh.
-            let attempts = if d.slice > slices { 1 } else { attempts + 1 };
+            let attempts = if d.slice > slices {
+                d.attempts_before
+            } else {
+                attempts.max(d.attempts_before)
+            }
+            .saturating_add(deliveries_elsewhere(&d, (last_seq, last_count)))
+            .saturating_add(1);
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'running', attempts = ?2, slices = ?3,
                      cursor = COALESCE(?4, cursor), started_at = COALESCE(started_at, ?5),
-                     updated_at = ?5
+                     updated_at = ?5, delivery_seq = COALESCE(?6, delivery_seq),
+                     delivery_count = COALESCE(?7, delivery_count)
                  WHERE id = ?1",
             )?
-            .execute(params![id, attempts, d.slice.max(slices), d.cursor, now])?;
+            .execute(params![
+                id,
+                attempts,
+                d.slice.max(slices),
+                d.cursor,
+                now,
+                delivery_seq,
+                delivery_count
+            ])?;
             attempts
         }
     };

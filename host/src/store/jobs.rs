@@ -7,13 +7,16 @@
 //! handles yet is kept as one "unrouted" job (consumer `''`) and is routed the
 //! moment a handler registers, so nothing posted early is lost.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::finish::*;
 use super::records::{ClaimedJob, JobRecord, JobState};
-use super::{Store, StoreError, outbox, state};
-use crate::message::{CURSOR_HEADER, Message, MessageKind, SLICE_HEADER, new_id, now_ms};
+use super::state::{self, StateCommit};
+use super::{Store, StoreError};
+use crate::message::{Message, MessageKind, new_id, now_ms};
 
 /// A message to enqueue.
 #[derive(Debug, Clone)]
@@ -92,12 +95,8 @@ pub enum Finish {
 pub struct Commit {
     /// Last progress reported: percent and note.
     pub progress: Option<(u8, Option<String>)>,
-    /// Plugin whose state the reads and writes are in.
-    pub state_plugin: String,
-    /// Versions the call read.
-    pub state_reads: BTreeMap<String, i64>,
-    /// Key -> new value (`None`: delete).
-    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// What the call read and changed in its plugin's state.
+    pub state: StateCommit,
     /// Messages posted, already mapped to wire form.
     pub posts: Vec<NewMessage>,
 }
@@ -109,9 +108,13 @@ pub enum FinishResult {
     Committed {
         /// Jobs created by the posts.
         posted: Vec<Published>,
+        /// State keys stored under another version than the commit carried
+        /// (see `store/state.rs`); the ledger must forget its view of them.
+        reassigned: Vec<String>,
     },
     /// The state the call read changed meanwhile: nothing was applied and the
-    /// job is queued again at once without losing an attempt.
+    /// job is queued again at once without losing an attempt (the conflict
+    /// is counted in its record).
     Conflict,
     /// The job was no longer running this attempt (e.g. cancelled): nothing
     /// was applied.
@@ -127,6 +130,8 @@ pub struct CallRecord {
     pub plugin_hash: Option<String>,
     /// Fuel the call used.
     pub fuel_used: u64,
+    /// Re-runs this attempt needed because its state changed under it.
+    pub conflicts: u32,
 }
 
 /// A filter for [`Store::jobs`].
@@ -143,7 +148,7 @@ pub struct JobFilter {
 pub(super) const RECORD_COLUMNS: &str = "id, message_id, channel, consumer, kind, headers, body, state, \
      attempts, slices, visible_at, expires_at, cursor, progress, progress_note, result, \
      last_error, plugin_version, plugin_hash, fuel_used, replays, created_at, started_at, \
-     finished_at, updated_at";
+     finished_at, updated_at, conflicts";
 
 impl Store {
     /// Enqueues messages: one job per registered handler of each channel.
@@ -151,9 +156,10 @@ impl Store {
     pub async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
+            let mut routes = Routes::default();
             messages
                 .iter()
-                .map(|m| publish_one(conn, m, None, now))
+                .map(|m| publish_one(conn, &mut routes, m, None, now))
                 .collect()
         })
         .await
@@ -207,10 +213,32 @@ impl Store {
         call: CallRecord,
         finish: Finish,
     ) -> Result<FinishResult, StoreError> {
+        self.submit_finish(job_id, attempt, call, finish)?.await
+    }
+
+    /// [`Store::finish`], queued on the writer before this returns: finishes
+    /// submitted one after the other are applied in that order. The state
+    /// ledger submits under its lock, so the order in which it handed out
+    /// state versions is the order the writer checks them in.
+    pub fn submit_finish(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        call: CallRecord,
+        finish: Finish,
+    ) -> Result<impl Future<Output = Result<FinishResult, StoreError>> + Send + 'static, StoreError>
+    {
         let job_id = job_id.to_owned();
         let outbox = self.outbox;
-        self.call(move |conn| finish_job(conn, &job_id, attempt, &call, finish, outbox, now_ms()))
-            .await
+        let versions = Arc::clone(&self.versions);
+        self.writer.submit(move |conn| {
+            let ctx = FinishCtx {
+                outbox,
+                versions: &versions,
+                now: now_ms(),
+            };
+            finish_job(conn, &job_id, attempt, &call, finish, &ctx)
+        })
     }
 
     /// At daemon start: jobs left `running` by a previous process that died
@@ -228,10 +256,11 @@ impl Store {
         .await
     }
 
-    /// One job.
+    /// One job (read on the reader connection: never waits for, or holds
+    /// up, a commit).
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_owned();
-        self.call(move |conn| {
+        self.read(move |conn| {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?1");
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_row(params![id], record).optional()?.transpose()
@@ -245,9 +274,9 @@ impl Store {
         self.jobs_page(filter, None).await
     }
 
-    /// Job counts by (channel, state).
+    /// Job counts by (channel, state), on the reader connection.
     pub async fn counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT channel, state, COUNT(*) FROM jobs GROUP BY channel, state ORDER BY channel, state",
             )?;
@@ -274,6 +303,25 @@ impl Store {
             .await
     }
 
+    /// Puts a dead letter back for an external transport: in the same
+    /// transaction as the job's return to the queue, the message that
+    /// resumes it (addressed to its handler, from its cursor, its body
+    /// byte for byte) goes to the outbox, so a publish that fails later
+    /// loses nothing (the relay retries it). False when `id` is not a dead
+    /// letter.
+    pub async fn replay_via_outbox(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let now = now_ms();
+            if replay(conn, Some(&id), now)? == 0 {
+                return Ok(false);
+            }
+            replay_message(conn, &id, now)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Replays every dead letter; returns how many.
     pub async fn replay_all(&self) -> Result<usize, StoreError> {
         self.call(|conn| replay(conn, None, now_ms())).await
@@ -293,25 +341,44 @@ impl Store {
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1",
                 params![before_ms],
             )?;
-            Ok(jobs + sent)
+            let tombstones = state::prune_tombstones(conn, before_ms)?;
+            Ok(jobs + sent + tombstones)
         })
         .await
     }
 }
 
+/// The handlers of each channel, looked up once per store operation (the
+/// consumers table only changes in an operation of its own).
+#[derive(Default)]
+pub(super) struct Routes(HashMap<String, Vec<String>>);
+
+impl Routes {
+    /// Who gets a copy of a message on `channel`: its handlers, or the
+    /// unrouted consumer `''` while it has none.
+    fn of(&mut self, conn: &Connection, channel: &str) -> Result<&[String], StoreError> {
+        if !self.0.contains_key(channel) {
+            let mut consumers = consumers_of(conn, channel)?;
+            if consumers.is_empty() {
+                consumers.push(String::new());
+            }
+            self.0.insert(channel.to_owned(), consumers);
+        }
+        Ok(self.0.get(channel).map_or(&[], Vec::as_slice))
+    }
+}
+
 /// Inserts one job per handler of the message's channel; `parent` is the
 /// job whose handler posted it, if one did.
-fn publish_one(
+pub(super) fn publish_one(
     conn: &Connection,
+    routes: &mut Routes,
     m: &NewMessage,
     parent: Option<&str>,
     now: i64,
 ) -> Result<Published, StoreError> {
     let msg = &m.message;
-    let mut consumers = consumers_of(conn, &msg.channel)?;
-    if consumers.is_empty() {
-        consumers.push(String::new());
-    }
+    let consumers = routes.of(conn, &msg.channel)?;
     let state = if m.visible_at > now {
         JobState::Scheduled
     } else {
@@ -325,8 +392,6 @@ fn publish_one(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
          ON CONFLICT (message_id, consumer) DO NOTHING",
     )?;
-    let mut existing =
-        conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
     let mut job_ids = Vec::with_capacity(consumers.len());
     let mut duplicate = false;
     for consumer in consumers {
@@ -349,6 +414,8 @@ fn publish_one(
             job_ids.push(id);
         } else {
             duplicate = true;
+            let mut existing =
+                conn.prepare_cached("SELECT id FROM jobs WHERE message_id = ?1 AND consumer = ?2")?;
             job_ids.push(existing.query_row(params![msg.id, consumer], |r| r.get(0))?);
         }
     }
@@ -359,7 +426,7 @@ fn publish_one(
     })
 }
 
-fn consumers_of(conn: &Connection, channel: &str) -> Result<Vec<String>, StoreError> {
+pub(super) fn consumers_of(conn: &Connection, channel: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT consumer FROM consumers WHERE channel = ?1 ORDER BY consumer")?;
     let rows = stmt.query_map(params![channel], |r| r.get(0))?;
@@ -449,232 +516,6 @@ fn claim(
     Ok(out)
 }
 
-fn finish_job(
-    conn: &Connection,
-    job_id: &str,
-    attempt: u32,
-    call: &CallRecord,
-    finish: Finish,
-    outbox: bool,
-    now: i64,
-) -> Result<FinishResult, StoreError> {
-    let running: Option<u32> = conn
-        .prepare_cached("SELECT attempts FROM jobs WHERE id = ?1 AND state = 'running'")?
-        .query_row(params![job_id], |r| r.get(0))
-        .optional()?;
-    if running != Some(attempt) {
-        return Ok(FinishResult::Stale);
-    }
-    // Columns every outcome records: who ran it and what it cost.
-    conn.prepare_cached(
-        "UPDATE jobs SET plugin_version = COALESCE(?2, plugin_version),
-             plugin_hash = COALESCE(?3, plugin_hash), fuel_used = fuel_used + ?4, updated_at = ?5
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        call.plugin_version,
-        call.plugin_hash,
-        call.fuel_used as i64,
-        now
-    ])?;
-    let mut posted = Vec::new();
-    match finish {
-        Finish::Succeeded { result, commit } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
-            // One statement (outcome and progress): the hot path of a drain.
-            let note = commit.progress.and_then(|(_, note)| note);
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
-                     finished_at = ?3, last_error = NULL, progress = 100,
-                     progress_note = COALESCE(?4, progress_note) WHERE id = ?1",
-            )?
-            .execute(params![job_id, result, now, note])?;
-        }
-        Finish::Continue {
-            cursor,
-            visible_at,
-            commit,
-        } => {
-            if !apply(conn, job_id, &commit, outbox, now, &mut posted)? {
-                release(conn, job_id, now, "state changed while running; re-running")?;
-                return Ok(FinishResult::Conflict);
-            }
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'scheduled', cursor = ?2, visible_at = ?3, attempts = 0,
-                     slices = slices + 1, last_error = NULL WHERE id = ?1",
-            )?
-            .execute(params![job_id, cursor, visible_at])?;
-            if outbox {
-                continuation(conn, job_id, &cursor, visible_at, now)?;
-            }
-            set_progress(conn, job_id, commit.progress.as_ref(), false)?;
-        }
-        Finish::Retry { error, visible_at } => {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'retrying', last_error = ?2, visible_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![job_id, error, visible_at])?;
-        }
-        Finish::Dead { error } => {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'dead', last_error = ?2, finished_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![job_id, error, now])?;
-        }
-        Finish::Expired => {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'expired', finished_at = ?2,
-                     last_error = 'expired before it could start' WHERE id = ?1",
-            )?
-            .execute(params![job_id, now])?;
-        }
-        Finish::Cancelled { reason } => {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'cancelled', last_error = ?2, finished_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![job_id, reason, now])?;
-        }
-        Finish::Release { visible_at, reason } => {
-            release(conn, job_id, visible_at, &reason)?;
-        }
-    }
-    Ok(FinishResult::Committed { posted })
-}
-
-/// Applies a success's effects (the posts recorded as `job_id`'s); false
-/// (and nothing applied) on a state conflict.
-fn apply(
-    conn: &Connection,
-    job_id: &str,
-    commit: &Commit,
-    outbox: bool,
-    now: i64,
-    posted: &mut Vec<Published>,
-) -> Result<bool, StoreError> {
-    if !state::reads_hold(conn, &commit.state_plugin, &commit.state_reads)? {
-        return Ok(false);
-    }
-    state::apply_writes(conn, &commit.state_plugin, &commit.state_writes)?;
-    for post in &commit.posts {
-        if outbox {
-            outbox::insert(conn, &post.message.id, None, post, None, Some(job_id), now)?;
-        } else {
-            posted.push(publish_one(conn, post, Some(job_id), now)?);
-        }
-    }
-    Ok(true)
-}
-
-/// On an external transport the next slice must reach whichever host picks
-/// it up, so it travels as a message of its own, addressed to this handler
-/// only and carrying the cursor and slice number.
-fn continuation(
-    conn: &Connection,
-    job_id: &str,
-    cursor: &str,
-    visible_at: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    let (message_id, channel, consumer, kind, headers, body, slices, expires_at): (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Vec<u8>,
-        u32,
-        Option<i64>,
-    ) = conn
-        .prepare_cached(
-            "SELECT message_id, channel, consumer, kind, headers, body, slices, expires_at
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row(params![job_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?;
-    let message = Message {
-        id: message_id.clone(),
-        channel,
-        kind: parse_kind(&kind)?,
-        headers: parse_headers(&headers)?,
-        body,
-    };
-    let post = NewMessage {
-        message: next_slice(&message, cursor, slices),
-        visible_at,
-        expires_at,
-    };
-    let dedupe = format!("{message_id}/{consumer}/slice/{slices}");
-    outbox::insert(
-        conn,
-        &dedupe,
-        Some(&consumer),
-        &post,
-        Some(cursor),
-        Some(job_id),
-        now,
-    )
-}
-
-/// The message that starts slice `slice` of `message`'s job at `cursor`.
-pub fn next_slice(message: &Message, cursor: &str, slice: u32) -> Message {
-    let mut next = message.clone();
-    next.headers
-        .retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
-    next.headers
-        .push((CURSOR_HEADER.to_owned(), cursor.to_owned()));
-    next.headers
-        .push((SLICE_HEADER.to_owned(), slice.to_string()));
-    next
-}
-
-fn set_progress(
-    conn: &Connection,
-    job_id: &str,
-    progress: Option<&(u8, Option<String>)>,
-    done: bool,
-) -> Result<(), StoreError> {
-    let (percent, note) = match (progress, done) {
-        (Some((p, n)), false) => (Some(*p), n.clone()),
-        (Some((_, n)), true) => (Some(100), n.clone()),
-        (None, true) => (Some(100), None),
-        (None, false) => return Ok(()),
-    };
-    conn.prepare_cached(
-        "UPDATE jobs SET progress = ?2, progress_note = COALESCE(?3, progress_note) WHERE id = ?1",
-    )?
-    .execute(params![job_id, percent, note])?;
-    Ok(())
-}
-
-/// Back to the queue without counting the attempt.
-fn release(
-    conn: &Connection,
-    job_id: &str,
-    visible_at: i64,
-    reason: &str,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE jobs SET state = CASE WHEN cursor IS NULL THEN 'queued' ELSE 'scheduled' END,
-             attempts = MAX(attempts - 1, 0), visible_at = ?2, last_error = ?3 WHERE id = ?1",
-    )?
-    .execute(params![job_id, visible_at, reason])?;
-    Ok(())
-}
-
 fn replay(conn: &Connection, id: Option<&str>, now: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE jobs SET state = CASE WHEN cursor IS NULL THEN 'queued' ELSE 'scheduled' END,
@@ -685,12 +526,12 @@ fn replay(conn: &Connection, id: Option<&str>, now: i64) -> Result<usize, StoreE
     )?)
 }
 
-fn parse_kind(kind: &str) -> Result<MessageKind, StoreError> {
+pub(super) fn parse_kind(kind: &str) -> Result<MessageKind, StoreError> {
     MessageKind::parse(kind)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown message kind {kind:?}")))
 }
 
-fn parse_headers(headers: &str) -> Result<Vec<(String, String)>, StoreError> {
+pub(super) fn parse_headers(headers: &str) -> Result<Vec<(String, String)>, StoreError> {
     serde_json::from_str(headers).map_err(|e| StoreError::Corrupt(format!("headers: {e}")))
 }
 
@@ -735,5 +576,6 @@ pub(super) fn record(r: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreErr
         started_at: r.get(22)?,
         finished_at: r.get(23)?,
         updated_at: r.get(24)?,
+        conflicts: r.get(25)?,
     }))
 }

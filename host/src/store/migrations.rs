@@ -6,6 +6,7 @@
 //! are set outside any transaction.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -161,6 +162,34 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_due ON outbox (visible_at) WHERE sent_at IS NULL AND failed_at IS NULL;
     CREATE INDEX outbox_poisoned ON outbox (failed_at) WHERE failed_at IS NOT NULL;
     "#,
+    // 9: state tombstones and per-job conflict counts. A delete now keeps
+    // the key's row with a NULL value and a new version, and versions come
+    // from one counter for the file, so a key's version never repeats
+    // (store/state.rs). `updated_at` lets old tombstones be pruned.
+    r#"
+    CREATE TABLE state_v9 (
+        plugin     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      BLOB,                       -- NULL: deleted (a tombstone)
+        version    INTEGER NOT NULL,           -- never reused within the file
+        updated_at INTEGER NOT NULL DEFAULT 0, -- ms
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID;
+    INSERT INTO state_v9 (plugin, key, value, version)
+        SELECT plugin, key, value, version FROM state;
+    DROP TABLE state;
+    ALTER TABLE state_v9 RENAME TO state;
+    -- how many times a job's commit met state another job had changed
+    ALTER TABLE jobs ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 10: the last JetStream delivery a host took of a job's message (its
+    // stream sequence and the server's delivery count), so deliveries made
+    // to other hosts in between (which died, or lost the message) count as
+    // attempts here (store/inbox.rs).
+    r#"
+    ALTER TABLE jobs ADD COLUMN delivery_seq INTEGER;
+    ALTER TABLE jobs ADD COLUMN delivery_count INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -181,8 +210,7 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
     let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
     conn.busy_timeout(options.busy_timeout)
         .map_err(|e| open_err(e.to_string()))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    let mode = switch_to_wal(&conn, options.busy_timeout)
         .map_err(|e| open_err(format!("not a usable SQLite database: {e}")))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_err(format!(
@@ -201,7 +229,63 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
     Ok(conn)
 }
 
+/// `PRAGMA journal_mode = WAL`, retried while the file is busy, up to
+/// `patience`. Two connections switching a new file to WAL at once (the
+/// daemon starting while `sluice post` runs) would deadlock on the file
+/// lock, so SQLite answers one of them SQLITE_BUSY at once instead of
+/// calling the busy handler; that one waits a moment and asks again, by
+/// which time the other has switched the file.
+fn switch_to_wal(conn: &Connection, patience: Duration) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Applies the migrations the file lacks, one transaction each. The
+/// version is read inside the write transaction, so two processes opening
+/// a new file at once (the daemon starting while `sluice post` runs) do not
+/// both apply the same migration: the second waits for the first's lock,
+/// then sees its version.
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = next_migration(conn, path);
+        let done = match step {
+            Ok(None) => {
+                conn.execute_batch("COMMIT")?;
+                return Ok(());
+            }
+            Ok(Some(version)) => {
+                let sql = MIGRATIONS[version as usize - 1];
+                conn.execute_batch(&format!("{sql}; PRAGMA user_version = {version}; COMMIT;"))
+                    .map_err(|e| StoreError::Sql(format!("migration {version} failed: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+}
+
+/// The next migration to apply (1-based), or `None` when up to date.
+fn next_migration(conn: &Connection, path: &Path) -> Result<Option<i64>, StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > latest() {
         return Err(StoreError::TooNew {
@@ -210,17 +294,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             supported: latest(),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = i as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Sql(format!("migration {version} failed: {e}"))
-        })?;
-    }
-    Ok(())
+    Ok((current < latest()).then_some(current + 1))
 }
 
 #[cfg(test)]
@@ -251,6 +325,35 @@ mod tests {
         match open(&path, &StoreOptions::default()) {
             Err(StoreError::TooNew { found, .. }) => assert_eq!(found, latest() + 1),
             other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+        }
+        Ok(())
+    }
+
+    /// The daemon starting while `sluice post` runs: processes that open a
+    /// new file at the same moment all get a migrated WAL database. (Two
+    /// connections switching a new file to WAL at once make SQLite answer
+    /// one of them "database is locked" without waiting.)
+    #[test]
+    fn concurrent_openers_of_a_new_file_all_succeed() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for round in 0..20 {
+            let path = dir.path().join(format!("s{round}.db"));
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        open(&path, &StoreOptions::default()).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                match opener.join() {
+                    Ok(result) => result?,
+                    Err(_) => return Err("an opener panicked".into()),
+                }
+            }
         }
         Ok(())
     }

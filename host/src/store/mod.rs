@@ -13,13 +13,21 @@
 //! per batch, not per job. An operation that fails rolls back its own
 //! savepoint only.
 //!
-//! **Reads for operators** (job lists, the dashboard) run on a second,
-//! read-only connection on its own thread (`reader`), so they never wait
-//! for a group commit or hold one up. Every query behind them walks an
+//! Operations run in the order they were submitted, which the state ledger
+//! relies on (`Store::submit_finish`).
+//!
+//! **Reads for operators** (job lists, a job, counts, the dashboard, the
+//! outbox lag, the plugin view; not yet the outbox listing) and a state key
+//! the ledger does not hold run on a second, read-only connection on its own
+//! thread (`reader`), so they never wait for a group commit or hold one up,
+//! and a CLI process reading the daemon's file never takes its write lock.
+//! Every query behind them walks an
 //! index and stops at a limit (`listing`), so they stay fast with millions
 //! of jobs in the file.
 
+mod cluster;
 mod control;
+mod finish;
 mod inbox;
 mod jobs;
 mod listing;
@@ -32,17 +40,20 @@ mod state;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
+pub use cluster::{EndedElsewhere, RemoteCancel, Waiting};
 pub use control::{Cancel, OutboxLag};
-pub use inbox::{Delivered, Received, job_id_for};
-pub use jobs::{
-    CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published, next_slice,
-};
+pub use finish::next_slice;
+pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
+pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
 pub use listing::{COUNT_CAP, Census, ChannelCensus, Posted};
 pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, RelayOutcome};
 pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};
+pub use state::{StateChange, StateCommit, StateValue};
 
 use reader::Reader;
 use writer::Writer;
@@ -134,6 +145,8 @@ pub struct Store {
     reader: Reader,
     path: PathBuf,
     outbox: bool,
+    /// The last state version handed out (see `state.rs`).
+    versions: Arc<AtomicI64>,
 }
 
 impl Store {
@@ -141,11 +154,13 @@ impl Store {
     /// starts the writer thread.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let conn = migrations::open(path, options)?;
+        let versions = Arc::new(AtomicI64::new(state::max_version(&conn)?));
         Ok(Store {
             writer: Writer::spawn(conn, path)?,
             reader: Reader::spawn(path, options.busy_timeout)?,
             path: path.to_path_buf(),
             outbox: options.outbox,
+            versions,
         })
     }
 
@@ -166,7 +181,8 @@ impl Store {
 
     /// Runs the query `f` on the reader thread, in a read transaction of
     /// its own: it sees every committed write and never waits for (or holds
-    /// up) the group commit. For operators' reads, not the message path.
+    /// up) the group commit. For operators' reads, and the state ledger's
+    /// reads of keys it does not hold (quick, by primary key).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

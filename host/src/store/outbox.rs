@@ -267,7 +267,10 @@ impl Store {
         .await
     }
 
-    /// Outbox rows, newest first.
+    /// Outbox rows, newest first. Still on the writer: a read there waits
+    /// for the relay's transaction in flight, which tests/it/wire.rs relies
+    /// on (it lists poisoned rows right after the rows behind them were
+    /// published); the reader would show the last committed snapshot.
     pub async fn outbox_list(
         &self,
         filter: OutboxFilter,

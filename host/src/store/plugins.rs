@@ -61,9 +61,10 @@ impl Store {
         self.call(move |conn| replace(conn, &files)).await
     }
 
-    /// The view the daemon recorded last, by path.
+    /// The view the daemon recorded last, by path (on the reader
+    /// connection).
     pub async fn plugin_files(&self) -> Result<Vec<PluginFile>, StoreError> {
-        self.call(list).await
+        self.read(list).await
     }
 }
 

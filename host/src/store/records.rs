@@ -136,4 +136,8 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
     /// Unix ms of the last change.
     pub updated_at: i64,
+    /// Times its commit met state another job had changed, so that the call
+    /// ran again (summed over attempts).
+    #[serde(default)]
+    pub conflicts: u32,
 }

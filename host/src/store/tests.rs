@@ -26,6 +26,28 @@ fn msg(id: &str, channel: &str) -> NewMessage {
     }
 }
 
+/// A state commit that read `key` at `read` and sets it to `v` at `version`.
+fn put(plugin: &str, key: &str, read: i64, v: &[u8], version: i64) -> StateCommit {
+    StateCommit {
+        plugin: plugin.into(),
+        reads: BTreeMap::from([(key.to_string(), read)]),
+        changes: BTreeMap::from([(
+            key.to_string(),
+            StateChange::Put {
+                value: Some(v.to_vec()),
+                version,
+            },
+        )]),
+    }
+}
+
+fn value(v: &[u8], version: i64) -> StateValue {
+    StateValue {
+        value: Some(v.to_vec()),
+        version,
+    }
+}
+
 fn sub(channel: &str, consumer: &str) -> (String, String) {
     (channel.into(), consumer.into())
 }
@@ -90,13 +112,10 @@ async fn success_commits_effects_and_a_stale_finish_changes_nothing() -> Result<
     store.register_consumers(vec![sub("c", "h")]).await?;
     store.publish(vec![msg("m", "c")]).await?;
     let job = store.claim("c", "h", 1).await?.remove(0);
-    let mut writes = BTreeMap::new();
-    writes.insert("k".to_string(), Some(b"1".to_vec()));
+    let version = store.next_state_version();
     let commit = Commit {
         progress: Some((50, Some("half".into()))),
-        state_plugin: "h".into(),
-        state_reads: BTreeMap::from([("k".to_string(), 0)]),
-        state_writes: writes,
+        state: put("h", "k", 0, b"1", version),
         posts: vec![msg("p1", "out")],
     };
     let r = store
@@ -115,7 +134,7 @@ async fn success_commits_effects_and_a_stale_finish_changes_nothing() -> Result<
     assert_eq!(rec.state, JobState::Succeeded);
     assert_eq!(rec.result.as_deref(), Some("ok"));
     assert_eq!(rec.progress, Some(100));
-    assert_eq!(store.state_get("h", "k").await?, Some((b"1".to_vec(), 1)));
+    assert_eq!(store.state_get("h", "k").await?, value(b"1", version));
     assert_eq!(
         store
             .jobs(JobFilter {
@@ -139,7 +158,7 @@ async fn success_commits_effects_and_a_stale_finish_changes_nothing() -> Result<
         )
         .await?;
     assert_eq!(again, FinishResult::Stale);
-    assert_eq!(store.state_get("h", "k").await?, Some((b"1".to_vec(), 1)));
+    assert_eq!(store.state_get("h", "k").await?, value(b"1", version));
     Ok(())
 }
 
@@ -151,9 +170,7 @@ async fn a_state_conflict_applies_nothing_and_requeues_without_losing_an_attempt
     store.publish(vec![msg("m1", "c"), msg("m2", "c")]).await?;
     let jobs = store.claim("c", "h", 2).await?;
     let commit = |v: &[u8]| Commit {
-        state_plugin: "h".into(),
-        state_reads: BTreeMap::from([("n".to_string(), 0)]),
-        state_writes: BTreeMap::from([("n".to_string(), Some(v.to_vec()))]),
+        state: put("h", "n", 0, v, store.next_state_version()),
         posts: vec![msg(&format!("post-{}", v[0]), "out")],
         ..Commit::default()
     };
@@ -181,10 +198,7 @@ async fn a_state_conflict_applies_nothing_and_requeues_without_losing_an_attempt
         )
         .await?;
     assert_eq!(second, FinishResult::Conflict);
-    assert_eq!(
-        store.state_get("h", "n").await?.map(|(v, _)| v),
-        Some(b"1".to_vec())
-    );
+    assert_eq!(store.state_get("h", "n").await?.value, Some(b"1".to_vec()));
     let out = store
         .jobs(JobFilter {
             channel: Some("out".into()),
@@ -194,6 +208,7 @@ async fn a_state_conflict_applies_nothing_and_requeues_without_losing_an_attempt
     assert_eq!(out.len(), 1, "the conflicting call's post was not applied");
     let rec = store.job(&jobs[1].job_id).await?.expect("job");
     assert_eq!((rec.state, rec.attempts), (JobState::Queued, 0));
+    assert_eq!(rec.conflicts, 1, "the conflict is counted in the record");
     Ok(())
 }
 
@@ -277,6 +292,8 @@ fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>
         cursor: cursor.map(str::to_owned),
         not_before,
         expires_at: None,
+        attempts_before: 0,
+        server: None,
     }
 }
 
@@ -315,6 +332,111 @@ async fn the_inbox_runs_new_deliveries_and_acks_finished_ones_without_running()
         store.receive(delivered("m", 0, None, None)).await?,
         Received::Done(JobState::Succeeded)
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_inbox_counts_deliveries_other_hosts_took_but_not_its_own_hand_backs()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let at = |count: u64| {
+        let mut d = delivered("m", 0, None, None);
+        d.server = Some(ServerDelivery {
+            stream_seq: 7,
+            count,
+        });
+        d
+    };
+    // Its third delivery, the first this host sees: two hosts before it
+    // took it and recorded nothing.
+    let Received::Run(job) = store.receive(at(3)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3);
+    // Handed back here (a NAK costing no attempt), then delivered here
+    // again: the hand-back is not counted.
+    store
+        .finish(
+            &job.job_id,
+            3,
+            CallRecord::default(),
+            Finish::Release {
+                visible_at: 0,
+                reason: "shutdown".into(),
+            },
+        )
+        .await?;
+    let Received::Run(job) = store.receive(at(4)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 3, "a hand-back here costs nothing");
+    // Then delivered twice more elsewhere before it comes back.
+    let Received::Run(job) = store.receive(at(7)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(job.attempt, 6, "two deliveries elsewhere and this one");
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_hosts_cancel_and_outcome_reach_this_hosts_records() -> Result<(), StoreError> {
+    let (_d, store) = store();
+    // A cancel for a job this host never saw: recorded, so its delivery is
+    // acked without running.
+    let id = job_id_for("m", "h");
+    assert_eq!(
+        store.cancel_from_elsewhere(&id, "m", "c", "h").await?,
+        RemoteCancel::Cancelled
+    );
+    assert!(matches!(
+        store.receive(delivered("m", 0, None, None)).await?,
+        Received::Done(JobState::Cancelled)
+    ));
+    // A job running here is left to the caller to interrupt.
+    let Received::Run(job) = store.receive(delivered("n", 0, None, None)).await? else {
+        panic!("runs");
+    };
+    assert_eq!(
+        store
+            .cancel_from_elsewhere(&job.job_id, "n", "c", "h")
+            .await?,
+        RemoteCancel::Running
+    );
+    // Retrying here, finished elsewhere: the record takes the outcome, but
+    // only if it has not changed here since it was looked at.
+    store
+        .finish(
+            &job.job_id,
+            1,
+            CallRecord::default(),
+            Finish::Retry {
+                error: "x".into(),
+                visible_at: 0,
+            },
+        )
+        .await?;
+    let seen = store
+        .job(&job.job_id)
+        .await?
+        .map(|j| j.updated_at)
+        .unwrap_or(0);
+    let ended = |finished_at| EndedElsewhere {
+        state: JobState::Succeeded,
+        result: Some("42".into()),
+        last_error: None,
+        finished_at,
+    };
+    assert!(
+        !store
+            .ended_elsewhere(&job.job_id, seen - 1, ended(1))
+            .await?
+    );
+    assert!(store.ended_elsewhere(&job.job_id, seen, ended(1)).await?);
+    let record = store.job(&job.job_id).await?.expect("job");
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!(record.result.as_deref(), Some("42"));
+    let page = store.waiting_page(JobState::Retrying, None, 10).await?;
+    assert!(page.is_empty(), "{page:?}");
     Ok(())
 }
 
@@ -427,4 +549,130 @@ async fn outbox_rows_wait_until_due_and_a_continuation_is_addressed_to_its_handl
         "due later"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_key_deleted_and_recreated_never_comes_back_to_a_version_a_reader_saw()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    let ids: Vec<String> = (0..4).map(|i| format!("m{i}")).collect();
+    store
+        .publish(ids.iter().map(|id| msg(id, "c")).collect())
+        .await?;
+    let jobs = store.claim("c", "h", 4).await?;
+    let succeed = |job: ClaimedJob, state: StateCommit| succeed_with(&store, job, state);
+    let v1 = store.next_state_version();
+    succeed(jobs[0].clone(), put("h", "k", 0, b"A", v1)).await?;
+    // A reader saw "A" at v1. The key is deleted, then re-created with
+    // another value.
+    let deleted = store.next_state_version();
+    let delete = StateCommit {
+        plugin: "h".into(),
+        reads: BTreeMap::new(),
+        changes: BTreeMap::from([(
+            "k".to_string(),
+            StateChange::Put {
+                value: None,
+                version: deleted,
+            },
+        )]),
+    };
+    succeed(jobs[1].clone(), delete).await?;
+    let tombstone = store.state_get("h", "k").await?;
+    assert_eq!(
+        (tombstone.value, tombstone.version),
+        (None, deleted),
+        "a delete keeps a tombstone with a new version"
+    );
+    let v3 = store.next_state_version();
+    succeed(jobs[2].clone(), put("h", "k", deleted, b"B", v3)).await?;
+    assert!(v1 < deleted && deleted < v3, "versions only grow");
+    // The reader's commit, built on v1, must not pass.
+    let late = succeed(
+        jobs[3].clone(),
+        put("h", "k", v1, b"A+1", store.next_state_version()),
+    )
+    .await?;
+    assert_eq!(late, FinishResult::Conflict);
+    assert_eq!(store.state_get("h", "k").await?, value(b"B", v3));
+    // Versions survive a restart: the counter starts past the largest.
+    drop(store);
+    let store = Store::open(&_d.path().join("s.db"), &StoreOptions::default())?;
+    assert!(store.next_state_version() > v3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_add_applies_to_the_value_on_disk_and_a_stale_base_gets_a_fresh_version()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store
+        .publish(vec![msg("m0", "c"), msg("m1", "c"), msg("m2", "c")])
+        .await?;
+    let jobs = store.claim("c", "h", 3).await?;
+    let add = |delta, base, version| StateCommit {
+        plugin: "h".into(),
+        reads: BTreeMap::new(),
+        changes: BTreeMap::from([(
+            "n".to_string(),
+            StateChange::Add {
+                delta,
+                base,
+                version,
+            },
+        )]),
+    };
+    let finish = |job: ClaimedJob, state: StateCommit| succeed_with(&store, job, state);
+    let v1 = store.next_state_version();
+    let r = finish(jobs[0].clone(), add(5, 0, v1)).await?;
+    assert!(matches!(r, FinishResult::Committed { ref reassigned, .. } if reassigned.is_empty()));
+    assert_eq!(store.state_get("h", "n").await?, value(b"5", v1));
+    // An add the ledger based on a version that is not on disk (a commit
+    // before it failed) still adds to what is there, under a new version,
+    // and says so.
+    let guessed = store.next_state_version();
+    let r = finish(jobs[1].clone(), add(2, v1 + 1000, guessed)).await?;
+    let FinishResult::Committed { reassigned, .. } = r else {
+        panic!("applied: {r:?}");
+    };
+    assert_eq!(reassigned, ["n"]);
+    let now = store.state_get("h", "n").await?;
+    assert_eq!(now.value.as_deref(), Some(&b"7"[..]));
+    assert_ne!(
+        now.version, guessed,
+        "nobody who read the guess can pass a check"
+    );
+    // An add that overflows applies nothing.
+    let r = finish(
+        jobs[2].clone(),
+        add(i64::MAX, now.version, store.next_state_version()),
+    )
+    .await?;
+    assert_eq!(r, FinishResult::Conflict);
+    assert_eq!(store.state_get("h", "n").await?, now);
+    Ok(())
+}
+
+/// Finishes `job` as a success whose commit holds `state` (and nothing else).
+async fn succeed_with(
+    store: &Store,
+    job: ClaimedJob,
+    state: StateCommit,
+) -> Result<FinishResult, StoreError> {
+    store
+        .finish(
+            &job.job_id,
+            job.attempt,
+            CallRecord::default(),
+            Finish::Succeeded {
+                result: None,
+                commit: Commit {
+                    state,
+                    ..Commit::default()
+                },
+            },
+        )
+        .await
 }

@@ -45,6 +45,21 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(f)?.await
+    }
+
+    /// Queues `f` now, before returning: operations run in the order they
+    /// were submitted, so a caller that submits under its own lock orders
+    /// them by that lock (the state ledger does). The future answers after
+    /// the group's COMMIT, like [`Writer::call`].
+    pub(super) fn submit<T, F>(
+        &self,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let op: Op = Box::new(move |conn| {
             let conn = match conn {
@@ -63,6 +78,28 @@ impl Writer {
                         Some(e) => Err(e),
                     });
                 }),
+            })
+        });
+        self.tx.send(op).map_err(|_| StoreError::Closed)?;
+        Ok(async move { answer.await.map_err(|_| StoreError::Closed)? })
+    }
+
+    /// Runs `f` (a read) in its turn on the writer thread and answers as
+    /// soon as it ran, without waiting for the group's COMMIT: it sees every
+    /// operation submitted before it, committed or not.
+    pub(super) async fn call_uncommitted<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Op = Box::new(move |conn| {
+            let result = conn.and_then(f);
+            let ok = result.is_ok();
+            let _ = reply.send(result);
+            Some(Pending {
+                ok,
+                answer: Box::new(|_| {}),
             })
         });
         self.tx.send(op).map_err(|_| StoreError::Closed)?;

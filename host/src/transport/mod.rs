@@ -12,13 +12,13 @@
 
 mod embedded;
 mod jetstream;
-mod wire;
+pub(crate) mod wire;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::Embedded;
-pub use jetstream::{JetStream, JetStreamError, JetStreamSettings};
+pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM};
 pub use wire::WireError;
 
 use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
@@ -60,6 +60,15 @@ pub enum Settle {
     /// Redeliver after `delay` (retry, hand-back).
     Nak {
         /// How long to wait.
+        delay: Duration,
+    },
+    /// A retryable failure was committed. On an outbox transport the retry
+    /// travels as its own message (committed with the outcome, carrying the
+    /// attempt count, kept by the server until due), so this delivery is
+    /// acked and holds no consumer slot through the backoff; elsewhere it
+    /// is a NAK with `delay`.
+    Retry {
+        /// The backoff.
         delay: Duration,
     },
     /// A slice was committed; the next one is scheduled (on JetStream it
@@ -141,5 +150,13 @@ pub trait Transport: Send + Sync + 'static {
     fn check_message(&self, message: &NewMessage, to: Option<&str>) -> Result<(), String> {
         let _ = (message, to);
         Ok(())
+    }
+
+    /// True (the default) when a delivery holds its pump slot until it is
+    /// settled, so the pump never has more deliveries than slots. A backend
+    /// may free the slot as soon as the call is over instead, while the
+    /// outcome commits, when nothing else could take the job meanwhile.
+    fn slot_until_settled(&self) -> bool {
+        true
     }
 }

@@ -87,6 +87,25 @@ pub enum WireError {
         /// The server's limit.
         max: usize,
     },
+    /// A delay the connected server cannot keep without holding a
+    /// consumer slot (it predates message schedules, nats-server 2.12).
+    #[error(
+        "nats-server {version} cannot schedule messages (needs 2.12 or later): post without --delay/--at, or upgrade the server"
+    )]
+    NoSchedules {
+        /// The server's version.
+        version: String,
+    },
+    /// A delay past what the stream keeps messages for.
+    #[error(
+        "a delay of {delay_s} s is longer than the stream keeps messages ({max_s} s: [nats] max_age, less a minute)"
+    )]
+    DelayTooLong {
+        /// The delay asked, seconds.
+        delay_s: i64,
+        /// The longest possible, seconds.
+        max_s: i64,
+    },
 }
 
 /// `sluice.<channel>`.
@@ -227,6 +246,32 @@ pub fn dead_letter_headers(
         cut -= 1;
     }
     set(&mut h, H_ERROR, &encode(&reason[..cut]))?;
+    set(&mut h, NATS_MSG_ID, &encode(dedupe_id))?;
+    Ok(h)
+}
+
+/// The headers of a copy of a delivery that travels again (a delivery
+/// rescheduled until its not-before time): its own headers but the
+/// server's (`Nats-*`: ids, schedule fields), with `Sluice-Id` set so a
+/// message that had only a stream-sequence id keeps it.
+pub fn forwarded_headers(
+    original: Option<&HeaderMap>,
+    message_id: &str,
+    dedupe_id: &str,
+) -> Result<HeaderMap, WireError> {
+    let mut h = HeaderMap::new();
+    if let Some(original) = original {
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            if name.len() >= 5 && name.as_bytes()[..5].eq_ignore_ascii_case(b"nats-") {
+                continue;
+            }
+            for v in values {
+                append(&mut h, name, v.as_str())?;
+            }
+        }
+    }
+    set(&mut h, H_ID, &encode(message_id))?;
     set(&mut h, NATS_MSG_ID, &encode(dedupe_id))?;
     Ok(h)
 }
@@ -375,6 +420,9 @@ pub fn decode(
         expires_at: ms(H_EXPIRES)?,
     })
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

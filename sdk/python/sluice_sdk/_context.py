@@ -119,7 +119,12 @@ class State:
     own writes; writes are kept only if the call succeeds.
 
     :meth:`get` and :meth:`set` store values as JSON; :meth:`get_raw` and
-    :meth:`set_raw` store bytes as they are.
+    :meth:`set_raw` store bytes as they are; :meth:`add` adds to a counter.
+
+    Jobs run concurrently: a call's commit checks that every key it read is
+    unchanged, and re-runs the job if one changed. Use ``get`` then ``set``
+    when what the call does depends on the value (a balance); use ``add``
+    for a tally the call does not read: it never conflicts.
     """
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -141,6 +146,19 @@ class State:
     def delete(self, key: str) -> None:
         """Removes ``key``; does nothing if it is absent."""
         _host().state_delete(str(key))
+
+    def add(self, key: str, delta: int) -> None:
+        """Adds ``delta`` to the integer at ``key`` when the call commits
+        (absent counts as 0), without reading it, so concurrent adds never
+        conflict. The value is a JSON integer, so :meth:`get` reads it as an
+        ``int``. Adding to a value that is not an integer, or past a signed
+        64-bit integer, fails the job for good."""
+        # Both are bugs a retry would repeat: permanent, like the host's refusal.
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise Permanent(f"state add on key {key!r}: delta must be an int, not {type(delta).__name__}")
+        if not -(2**63) <= delta < 2**63:
+            raise Permanent(f"state add on key {key!r}: {delta} does not fit a signed 64-bit integer")
+        _host().state_add(str(key), delta)
 
     def get_raw(self, key: str) -> Optional[bytes]:
         """The bytes at ``key``, if any."""

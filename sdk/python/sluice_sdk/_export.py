@@ -281,5 +281,8 @@ class _WitEffects:
     def state_delete(self, key):
         self._effects.state_delete(key)
 
+    def state_add(self, key, delta):
+        self._effects.state_add(key, delta)
+
 
 __all__ = ["export_handler", "export_mapper"]

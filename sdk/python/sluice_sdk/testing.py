@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._context import Context
+from ._errors import Permanent
 from ._export import handler_spec, run_handler
 from ._outcome import Outcome, to_json
 
@@ -58,6 +59,8 @@ class _Call:
         self.writes: Dict[str, Optional[bytes]] = {}
         self.posts: List[Posted] = []
         self.progress_: Optional[Progress] = None
+        # Set by an add the host would refuse: the call fails for good.
+        self.invalid: Optional[str] = None
 
     def post(self, channel, body, name, kind, headers, delay_ms, launch_at_ms, expires_at_ms):
         self.posts.append(
@@ -77,6 +80,37 @@ class _Call:
 
     def state_delete(self, key):
         self.writes[key] = None
+
+    def state_add(self, key, delta):
+        # One call at a time, so adding to what the call sees now is what
+        # the host's commit-time add comes to.
+        total = _integer(self.state_get(key))
+        if total is not None:
+            total += delta
+        if total is None or not -(2**63) <= total < 2**63:
+            if self.invalid is None:
+                self.invalid = (
+                    f"state-add on key {key!r}: its value is not an integer, "
+                    f"or adding {delta} overflows"
+                )
+            return
+        self.writes[key] = str(total).encode()
+
+
+def _integer(raw: Optional[bytes]) -> Optional[int]:
+    """The counter in ``raw`` as the host reads it (a JSON integer; absent
+    is 0), or None if it is not one."""
+    if raw is None:
+        return 0
+    try:
+        text = raw.decode("ascii").strip(" \t\r\n")
+    except UnicodeDecodeError:
+        return None
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or not all("0" <= c <= "9" for c in digits):
+        return None
+    n = int(text)
+    return n if -(2**63) <= n < 2**63 else None
 
 
 class TestHost:
@@ -112,7 +146,9 @@ class TestHost:
         function or class given to it) on ``request`` (any JSON value, or a
         JSON string with :meth:`handle_json`). Returns the outcome or raises
         ``Retryable`` / ``Permanent``; effects are committed only on
-        success."""
+        success. An ``add`` on a value that is not an integer, or past a
+        signed 64-bit integer, raises ``Permanent``, as the host
+        dead-letters such a job."""
         return self.handle_json(handler, to_json(request))
 
     def handle_json(self, handler: Any, body: str) -> Outcome:
@@ -129,6 +165,8 @@ class TestHost:
         )
         call = _Call(self.committed)
         outcome = run_handler(spec, ctx, body, call)
+        if call.invalid is not None:
+            raise Permanent(call.invalid)
         for key, value in call.writes.items():
             if value is None:
                 self.committed.pop(key, None)

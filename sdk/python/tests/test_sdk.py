@@ -130,6 +130,32 @@ class HandlerTest(unittest.TestCase):
         self.assertEqual(host.state("a"), {"n": 1})
         self.assertIsNone(host.state("b"))
 
+    def test_adds_sum_into_a_json_integer_and_a_bad_add_is_permanent(self):
+        def h(ctx, delta):
+            ctx.state.add("hits", delta)
+            ctx.state.add("hits", delta)
+            ctx.post("out", delta)
+
+        H = sluice.export_handler(h, Describe.handler("t", "1").channel("t"))
+        host = TestHost()
+        host.handle(H, 3)
+        self.assertEqual(host.state("hits"), 6)
+        host.handle(H, -10)
+        self.assertEqual(host.committed["hits"], b"-14")
+        for start, delta in [(2**63 - 1, 1), ("7", 1), (1.5, 1)]:
+            host = TestHost().set_state("hits", start)
+            with self.assertRaises(Permanent) as e:
+                host.handle(H, delta)
+            self.assertIn("state-add on key 'hits'", str(e.exception))
+            self.assertEqual(host.state("hits"), start)
+            self.assertEqual(host.posts, [])
+        with self.assertRaises(Permanent):
+            TestHost().handle(H, 2**63)
+        with self.assertRaises(Permanent):  # a bug a retry would repeat
+            TestHost().handle(sluice.export_handler(
+                lambda ctx, req: ctx.state.add("k", "1"), Describe.handler("t", "1").channel("t")
+            ), {})
+
     def test_state_that_is_not_json_is_permanent(self):
         def h(ctx, req):
             return ctx.state.get("raw")

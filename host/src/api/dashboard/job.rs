@@ -27,8 +27,8 @@ pub async fn job<T: Transport>(
     let store = &state.deps.store;
     let Some(record) = store.job(&id).await? else {
         // On JetStream another host may have recorded it.
-        if let Some(board) = &state.board
-            && let Some(view) = board.get(&id).await
+        if let Some(cluster) = &state.cluster
+            && let Some(view) = cluster.board.get(&id).await
         {
             return Ok(Json(json!({ "job": view, "remote": true })));
         }

@@ -11,7 +11,7 @@ use super::super::wire;
 use super::super::{Delivery, Receipt, Subscription, TransportError};
 use super::{JetStream, JetStreamError, consumer_name};
 use crate::message::now_ms;
-use crate::store::{Delivered, Received};
+use crate::store::{Delivered, Received, ServerDelivery};
 
 fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
     move |reason| JetStreamError::Fetch {
@@ -85,6 +85,7 @@ impl JetStream {
         // (one commit round trip), not one per message.
         let mut pulled = Vec::with_capacity(messages.len());
         let mut delivered = Vec::with_capacity(messages.len());
+        let mut ids = Vec::with_capacity(messages.len());
         for msg in messages {
             let decoded = match wire::decode(
                 msg.subject.as_str(),
@@ -98,6 +99,12 @@ impl JetStream {
                     continue;
                 }
             };
+            ids.push(decoded.message.id.clone());
+            let attempts_before = decoded
+                .message
+                .header(crate::message::ATTEMPT_HEADER)
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or(0);
             delivered.push(Delivered {
                 consumer: subscription.consumer.clone(),
                 message: decoded.message,
@@ -105,6 +112,11 @@ impl JetStream {
                 cursor: decoded.cursor,
                 not_before: decoded.not_before,
                 expires_at: decoded.expires_at,
+                attempts_before,
+                server: msg.info().ok().map(|info| ServerDelivery {
+                    stream_seq: info.stream_sequence,
+                    count: u64::try_from(info.delivered).unwrap_or(1),
+                }),
             });
             pulled.push(msg);
         }
@@ -113,7 +125,7 @@ impl JetStream {
         }
         let received = self.inner.store.receive_all(delivered).await?;
         let mut out = Vec::with_capacity(received.len());
-        for (msg, received) in pulled.into_iter().zip(received) {
+        for ((msg, id), received) in pulled.into_iter().zip(ids).zip(received) {
             match received {
                 Received::Run(job) => out.push(Delivery {
                     job,
@@ -123,12 +135,44 @@ impl JetStream {
                     tracing::debug!(%state, "redelivered message already handled here; acking");
                     let _ = msg.ack().await;
                 }
-                Received::NotYet(at) => {
-                    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                }
+                Received::NotYet(at) => self.not_yet(&msg, subscription, &id, at).await,
             }
         }
         Ok(out)
+    }
+
+    /// A delivery that arrived before its not-before time `at`. Held by a
+    /// NAK it would keep a consumer slot all that time, so with schedules a
+    /// copy addressed to its handler is scheduled for `at` and this one is
+    /// acked (a crash in between redelivers it, and the copy's fixed id
+    /// makes the second schedule the same one). A short wait, a server
+    /// without schedules, or a failed copy falls back to the NAK.
+    async fn not_yet(&self, msg: &jetstream::Message, sub: &Subscription, id: &str, at: i64) {
+        let now = now_ms();
+        if self.wants_schedule(at, now).unwrap_or(false) {
+            let dedupe = format!("{id}/{}/at/{at}", sub.consumer);
+            let target = wire::continuation_subject(&sub.consumer, &sub.channel);
+            let sent = match wire::forwarded_headers(msg.headers.as_ref(), id, &dedupe) {
+                Ok(headers) => match self
+                    .publish_schedule(&target, headers, msg.payload.clone(), at, &dedupe)
+                    .await
+                {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "cannot schedule a message that is not due yet; holding it with a NAK instead");
+                }
+            }
+        }
+        let delay = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+        let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
 }

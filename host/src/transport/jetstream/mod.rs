@@ -14,12 +14,15 @@
 //!
 //! Files: `streams` (stream and consumer setup), `fetch` (pulling and the
 //! inbox), `settle` (ack, NAK, dead letters), `relay` (the outbox),
-//! `publish` (direct publishes: posts from the CLI and API, replays).
+//! `publish` (direct publishes: posts from the CLI and API, replays),
+//! `schedule` (delays kept by the server: ADR-51 message schedules).
 
 mod fetch;
 mod publish;
 mod relay;
+mod schedule;
 mod settle;
+mod state;
 mod streams;
 
 use std::collections::HashMap;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use tokio::sync::Notify;
 
+pub use state::SharedState;
 pub use streams::consumer_name;
 
 use super::wire;
@@ -103,6 +107,9 @@ pub enum JetStreamError {
         /// Why.
         reason: wire::WireError,
     },
+    /// This host's store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Connection and stream settings.
@@ -121,6 +128,9 @@ pub struct JetStreamSettings {
     pub duplicate_window: Duration,
     /// How long one pull waits for messages before returning empty.
     pub fetch_wait: Duration,
+    /// Plugin state lives in the `SLUICE_STATE` stream, one store for
+    /// every host (`state.rs`), instead of in each host's SQLite.
+    pub shared_state: bool,
 }
 
 impl Default for JetStreamSettings {
@@ -132,6 +142,7 @@ impl Default for JetStreamSettings {
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             fetch_wait: Duration::from_millis(500),
+            shared_state: false,
         }
     }
 }
@@ -154,7 +165,16 @@ struct Inner {
     concurrency: ConcurrencyOf,
     consumers: Mutex<HashMap<Subscription, consumer::PullConsumer>>,
     relay_wake: Notify,
+    /// The work stream allows message schedules (nats-server >= 2.12):
+    /// delays are kept by the server (see `schedule`).
+    schedules: bool,
+    /// The connected server's version, for errors.
+    server_version: String,
 }
+
+/// 9999-12-31T23:59:59.999Z: the longest schedule time there is, for size
+/// checks.
+const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_999;
 
 impl JetStream {
     /// Connects, and creates or verifies the streams.
@@ -164,6 +184,16 @@ impl JetStream {
         concurrency: ConcurrencyOf,
     ) -> Result<JetStream, JetStreamError> {
         let url = settings.url.clone();
+        // Several servers (a cluster) are given comma separated; the client
+        // takes them as a list and fails over between them.
+        let servers = url
+            .split(',')
+            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| JetStreamError::Connect {
+                url: url.clone(),
+                reason: format!("not a server URL (or a comma-separated list of them): {e}"),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .name("sluice")
             .connection_timeout(Duration::from_secs(5))
@@ -176,30 +206,40 @@ impl JetStream {
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
-            .connect(&url)
+            .connect(servers)
             .await
             .map_err(|e| JetStreamError::Connect {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        streams::ensure_stream(
-            &js,
-            STREAM,
-            vec![
-                format!("{}.>", wire::PREFIX),
-                format!("{}.>", wire::CONT_PREFIX),
-            ],
-            &settings,
-        )
-        .await?;
+        let server_version = client.server_info().version;
+        let wanted = schedule::server_supports(&server_version);
+        let mut subjects = vec![
+            format!("{}.>", wire::PREFIX),
+            format!("{}.>", wire::CONT_PREFIX),
+        ];
+        if wanted {
+            subjects.push(format!("{}.>", schedule::SCHED_PREFIX));
+        }
+        let schedules = streams::ensure_stream(&js, STREAM, subjects, &settings, wanted).await?;
+        if !schedules {
+            tracing::warn!(
+                server = %server_version,
+                "this nats-server cannot schedule messages (2.12 or later can): delayed posts and retries are held in the local outbox until due, and `sluice post --delay` is refused"
+            );
+        }
         streams::ensure_stream(
             &js,
             DLQ_STREAM,
             vec![format!("{}.>", wire::DLQ_PREFIX)],
             &settings,
+            false,
         )
         .await?;
+        if settings.shared_state {
+            state::ensure_state_stream(&js, &settings, &server_version).await?;
+        }
         Ok(JetStream {
             inner: Arc::new(Inner {
                 client,
@@ -209,8 +249,19 @@ impl JetStream {
                 concurrency,
                 consumers: Mutex::new(HashMap::new()),
                 relay_wake: Notify::new(),
+                schedules,
+                server_version,
             }),
         })
+    }
+
+    /// The shared state store, with `shared_state` set.
+    pub fn shared_state(&self) -> Option<Arc<dyn crate::state::Remote>> {
+        if !self.inner.settings.shared_state {
+            return None;
+        }
+        let remote: Arc<dyn crate::state::Remote> = SharedState::new(self.inner.client.clone());
+        Some(remote)
     }
 
     /// The NATS client (for tests and diagnostics).
@@ -274,8 +325,10 @@ impl Transport for JetStream {
             Some(handler) => wire::continuation_subject(handler, &m.channel),
             None => wire::subject(&m.channel),
         };
-        // The dedupe id is at most the message id plus a short suffix.
-        let dedupe = format!("{}/{}/slice/{}", m.id, to.unwrap_or(""), u32::MAX);
+        // The dedupe id is at most the message id plus a short suffix (a
+        // retry's is the longest).
+        let most = u32::MAX;
+        let dedupe = format!("{}/{}/retry/{most}/{most}/{most}", m.id, to.unwrap_or(""));
         wire::check_subject(&subject)
             .and_then(|()| {
                 wire::headers(&wire::Envelope {
@@ -285,7 +338,14 @@ impl Transport for JetStream {
                     expires_at: message.expires_at,
                 })
             })
-            .and_then(|h| wire::check_size(&h, m.body.len(), self.inner.client.max_payload()))
+            .and_then(|mut h| {
+                // A delayed one may travel as a schedule, whose headers
+                // count against max_payload too.
+                if self.inner.schedules {
+                    schedule::add_headers(&mut h, LATEST_SCHEDULE_MS, &subject)?;
+                }
+                wire::check_size(&h, m.body.len(), self.inner.client.max_payload())
+            })
             .map_err(|e| e.to_string())
     }
 }

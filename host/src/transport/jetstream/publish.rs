@@ -1,70 +1,121 @@
 //! Publishing straight to the stream (not through the outbox): `sluice
 //! post`, the HTTP API's posts, and dead-letter replays.
+//!
+//! Publishes are pipelined: up to [`PIPELINE`] messages are sent before the
+//! first ack is awaited, so a batch costs about one round trip, not one per
+//! message. A message whose ack failed (or never came) is sent again, up to
+//! [`ATTEMPTS`] sends, with the same `Nats-Msg-Id`: if an earlier copy was
+//! stored after all, the stream's duplicate window drops the later one, so
+//! a retry never queues a message twice (a message the wire refuses, e.g.
+//! too large, is not resent). A message answered with an error
+//! got no ack on any send; it is reported as not queued (it can only have
+//! been stored if every ack was lost on the way back).
+
+use std::collections::VecDeque;
+
+use async_nats::jetstream::context::PublishAckFuture;
 
 use super::super::wire::{self, Envelope};
+use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
-use crate::message::{CURSOR_HEADER, SLICE_HEADER, now_ms};
-use crate::store::{JobRecord, NewMessage, Published};
+use crate::message::now_ms;
+use crate::store::{NewMessage, Published};
+
+/// How many publishes may be waiting for their acks at once.
+pub const PIPELINE: usize = 1024;
+
+/// Sends of one message before its failure is final (see the module docs).
+const ATTEMPTS: usize = 3;
 
 impl JetStream {
     /// Publishes each message to its channel's subject; a message delayed
-    /// into the future carries its not-before time.
+    /// into the future goes as a schedule the server fires when it is due
+    /// (see `schedule`), carrying its not-before time. All or the first
+    /// error; see [`JetStream::publish_each`] for the answer per message.
     pub(super) async fn publish_messages(
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Published>, JetStreamError> {
+        self.publish_each(messages).await.into_iter().collect()
+    }
+
+    /// Publishes `messages`, pipelined, and answers for each, in order:
+    /// stored (or a duplicate of one stored before), or why not after
+    /// [`ATTEMPTS`] sends.
+    pub async fn publish_each(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<Published, JetStreamError>> {
+        let mut answers: Vec<Option<Result<bool, JetStreamError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
+        for (i, m) in messages.iter().enumerate() {
+            if in_flight.len() >= PIPELINE
+                && let Some((j, subject, ack)) = in_flight.pop_front()
+            {
+                answers[j] = Some(acked(&subject, ack).await);
+            }
+            let subject = wire::subject(&m.message.channel);
+            match self.send(&subject, m).await {
+                Ok(ack) => in_flight.push_back((i, subject, ack)),
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        for (j, subject, ack) in in_flight {
+            answers[j] = Some(acked(&subject, ack).await);
+        }
         let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
-            let now = now_ms();
-            let duplicate = self
-                .publish_one(
-                    &wire::subject(&m.message.channel),
-                    &m.message,
-                    &m.message.id,
-                    (m.visible_at > now).then_some(m.visible_at),
-                    m.expires_at,
-                )
-                .await?;
-            out.push(Published {
+        for (m, answer) in messages.into_iter().zip(answers) {
+            let mut answer = answer.unwrap_or(Ok(false));
+            let mut sends = 1;
+            // A message the wire refused is refused again: not resent.
+            while matches!(answer, Err(JetStreamError::Publish { .. })) && sends < ATTEMPTS {
+                sends += 1;
+                let subject = wire::subject(&m.message.channel);
+                answer = match self.send(&subject, &m).await {
+                    Ok(ack) => acked(&subject, ack).await,
+                    Err(e) => Err(e),
+                };
+            }
+            out.push(answer.map(|duplicate| Published {
                 message_id: m.message.id,
                 job_ids: Vec::new(),
                 duplicate,
-            });
+            }));
         }
-        Ok(out)
+        out
     }
 
-    /// Re-publishes a job (replayed from the dead letters) to its handler
-    /// only, resuming from its cursor.
-    pub async fn replay(&self, job: &JobRecord) -> Result<(), JetStreamError> {
-        let mut headers = job.headers.clone();
-        headers.retain(|(k, _)| k != CURSOR_HEADER && k != SLICE_HEADER);
-        if let Some(c) = &job.cursor {
-            headers.push((CURSOR_HEADER.into(), c.clone()));
-        }
-        headers.push((SLICE_HEADER.into(), job.slices.to_string()));
-        let message = crate::message::Message {
-            id: job.message_id.clone(),
-            channel: job.channel.clone(),
-            kind: crate::message::MessageKind::parse(&job.kind).unwrap_or_default(),
-            headers,
-            body: job.body.clone().into_bytes(),
-        };
-        let dedupe = format!("{}/{}/replay/{}", job.message_id, job.consumer, job.replays);
-        let subject = wire::continuation_subject(&job.consumer, &job.channel);
-        self.publish_one(&subject, &message, &dedupe, None, job.expires_at)
-            .await
-            .map(|_| ())
-    }
-
-    async fn publish_one(
+    /// Sends one message (its id is its `Nats-Msg-Id`) without waiting for
+    /// the ack.
+    async fn send(
         &self,
         subject: &str,
-        message: &crate::message::Message,
-        dedupe_id: &str,
-        not_before: Option<i64>,
-        expires_at: Option<i64>,
-    ) -> Result<bool, JetStreamError> {
+        m: &NewMessage,
+    ) -> Result<PublishAckFuture, JetStreamError> {
+        let now = now_ms();
+        self.send_envelope(
+            subject,
+            &Envelope {
+                message: &m.message,
+                dedupe_id: &m.message.id,
+                not_before: (m.visible_at > now).then_some(m.visible_at),
+                expires_at: m.expires_at,
+            },
+        )
+        .await
+    }
+
+    /// Sends one envelope without waiting for the ack. A subject, header,
+    /// size or delay the wire refuses is `Rejected` before anything is
+    /// sent. A message delayed into the future goes as a schedule the
+    /// server fires when it is due (see `schedule`), never held by a
+    /// consumer slot.
+    async fn send_envelope(
+        &self,
+        subject: &str,
+        envelope: &Envelope<'_>,
+    ) -> Result<PublishAckFuture, JetStreamError> {
         let err = |e: String| JetStreamError::Publish {
             subject: subject.to_owned(),
             reason: e,
@@ -74,27 +125,54 @@ impl JetStream {
             reason,
         };
         wire::check_subject(subject).map_err(rejected)?;
-        let headers = wire::headers(&Envelope {
-            message,
-            dedupe_id,
-            not_before,
-            expires_at,
-        })
-        .map_err(rejected)?;
+        let at = match envelope.not_before {
+            Some(at) if self.wants_schedule(at, now_ms()).map_err(rejected)? => Some(at),
+            _ => None,
+        };
+        let headers = wire::headers(envelope).map_err(rejected)?;
         wire::check_size(
             &headers,
-            message.body.len(),
+            envelope.message.body.len(),
             self.inner.client.max_payload(),
         )
         .map_err(rejected)?;
-        let ack = self
-            .inner
-            .js
-            .publish_with_headers(subject.to_owned(), headers, message.body.clone().into())
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        Ok(ack.duplicate)
+        let body: bytes::Bytes = envelope.message.body.clone().into();
+        match at {
+            Some(at) => self
+                .publish_schedule(subject, headers, body, at, envelope.dedupe_id)
+                .await
+                .map_err(|e| match e {
+                    ScheduleError::Wire(w) => rejected(w),
+                    ScheduleError::Publish(p) => err(p.to_string()),
+                }),
+            None => self
+                .inner
+                .js
+                .publish_with_headers(subject.to_owned(), headers, body)
+                .await
+                .map_err(|e| err(e.to_string())),
+        }
     }
+
+    /// Replays dead letter `id`: back in the queue and, in the same store
+    /// transaction, its resuming message in the outbox (see
+    /// `Store::replay_via_outbox`), which the relay publishes. False when
+    /// `id` is not a dead letter.
+    pub async fn replay(&self, id: &str) -> Result<bool, JetStreamError> {
+        let replayed = self.inner.store.replay_via_outbox(id).await?;
+        if replayed {
+            self.inner.relay_wake.notify_one();
+        }
+        Ok(replayed)
+    }
+}
+
+/// Waits for one ack: true if the stream already had the message.
+async fn acked(subject: &str, ack: PublishAckFuture) -> Result<bool, JetStreamError> {
+    ack.await
+        .map(|a| a.duplicate)
+        .map_err(|e| JetStreamError::Publish {
+            subject: subject.to_owned(),
+            reason: e.to_string(),
+        })
 }

@@ -22,6 +22,7 @@ use async_nats::jetstream::{ErrorCode, context::PublishAckFuture};
 use tokio_util::sync::CancellationToken;
 
 use super::super::wire::{self, Envelope, WireError};
+use super::schedule::{MIN_SCHEDULED_MS, ScheduleError};
 use super::{JetStream, JetStreamError};
 use crate::message::now_ms;
 use crate::store::{OutboxRow, RelayOutcome};
@@ -98,7 +99,7 @@ impl JetStream {
             }
             // Sleep until woken by a commit, the next delayed row is due, or
             // a poll interval passes (rows written by another process).
-            let wait = match store.outbox_next_due(0).await {
+            let wait = match store.outbox_next_due(self.schedule_horizon_ms()).await {
                 Ok(Some(at)) => Duration::from_millis(
                     u64::try_from((at - now_ms()).clamp(0, POLL.as_millis() as i64)).unwrap_or(0),
                 ),
@@ -112,6 +113,14 @@ impl JetStream {
         }
     }
 
+    /// Publishes what is due in the outbox now, for a process without a
+    /// relay of its own (`sluice dlq replay`): passes until one settles
+    /// nothing. A daemon's relay would send the same rows later.
+    pub async fn flush_outbox(&self) -> Result<(), JetStreamError> {
+        while self.relay_once().await? > 0 {}
+        Ok(())
+    }
+
     /// One pass of the relay; returns how many rows it settled (sent or set
     /// aside), so the caller loops while there is work.
     pub(super) async fn relay_once(&self) -> Result<usize, JetStreamError> {
@@ -121,8 +130,11 @@ impl JetStream {
             reason: e.to_string(),
         };
         let now = now_ms();
+        // With schedules, a delayed row leaves at once as a schedule the
+        // server keeps (if it falls due within the stream's max_age), so it
+        // no longer depends on this host being up when it is due.
         let rows = store
-            .outbox_due(now, now, BATCH)
+            .outbox_due(now, now.saturating_add(self.schedule_horizon_ms()), BATCH)
             .await
             .map_err(outbox_err)?;
         if rows.is_empty() {
@@ -202,11 +214,13 @@ impl JetStream {
             Some(c) => wire::continuation_subject(c, &row.channel),
             None => wire::subject(&row.channel),
         };
+        let now = now_ms();
+        let not_before = (row.visible_at > now).then_some(row.visible_at);
         let framed = wire::check_subject(&subject).and_then(|()| {
             let headers = wire::headers(&Envelope {
                 message: &row.message,
                 dedupe_id: &row.id,
-                not_before: None,
+                not_before,
                 expires_at: row.expires_at,
             })?;
             wire::check_size(
@@ -217,9 +231,22 @@ impl JetStream {
             Ok(headers)
         });
         let headers = framed.map_err(|e: WireError| Failure::Poison(e.to_string()))?;
+        let body: bytes::Bytes = row.message.body.clone().into();
+        // Not due for a while (only with schedules: see `outbox_due`
+        // above): the server keeps it. Due within MIN_SCHEDULED_MS: sent now
+        // with its not-before time, and the inbox holds it that long.
+        if row.visible_at > now.saturating_add(MIN_SCHEDULED_MS) && self.inner.schedules {
+            return self
+                .publish_schedule(&subject, headers, body, row.visible_at, &row.id)
+                .await
+                .map_err(|e| match e {
+                    ScheduleError::Wire(w) => Failure::Poison(w.to_string()),
+                    ScheduleError::Publish(p) => classify(&p),
+                });
+        }
         self.inner
             .js
-            .publish_with_headers(subject, headers, row.message.body.clone().into())
+            .publish_with_headers(subject, headers, body)
             .await
             .map_err(|e| classify(&e))
     }

@@ -33,10 +33,21 @@ impl JetStream {
                 })
         };
         match settle {
-            Settle::Ack | Settle::Continue { .. } => ack(AckKind::Ack).await?,
+            // A retry and the next slice travel as messages of their own
+            // (through the outbox, committed with the outcome).
+            Settle::Ack | Settle::Retry { .. } | Settle::Continue { .. } => {
+                ack(AckKind::Ack).await?
+            }
             Settle::Nak { delay } => ack(AckKind::Nak(Some(delay))).await?,
             Settle::DeadLetter { reason } => {
-                let dedupe = format!("{}/{}/dead", delivery.job.message.id, delivery.job.consumer);
+                // Named by the delivery's stored message, so a re-send after
+                // a crash is dropped as a duplicate, but the dead letter of a
+                // replay (a message of its own) is not.
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let dedupe = format!(
+                    "{}/{}/dead/{seq}",
+                    delivery.job.message.id, delivery.job.consumer
+                );
                 let subject = wire::dlq_subject(&delivery.job.message.channel);
                 self.dead_letter_copy(msg, &subject, &reason, &dedupe)
                     .await?;

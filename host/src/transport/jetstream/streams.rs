@@ -28,12 +28,17 @@ pub fn consumer_name(sub: &Subscription) -> String {
     format!("{}__{}__{tag}", clean(&sub.consumer), clean(&sub.channel))
 }
 
+/// Creates `name` or checks it, and brings an older stream up to date
+/// (a subject it lacks, schedules it does not allow yet: both are stream
+/// updates the server applies to a non-empty stream). `schedules` asks for
+/// message schedules; returns whether the stream has them.
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
     name: &str,
     subjects: Vec<String>,
     settings: &JetStreamSettings,
-) -> Result<(), JetStreamError> {
+    schedules: bool,
+) -> Result<bool, JetStreamError> {
     let config = stream::Config {
         name: name.to_owned(),
         subjects: subjects.clone(),
@@ -42,16 +47,40 @@ pub(super) async fn ensure_stream(
         max_age: settings.max_age,
         duplicate_window: settings.duplicate_window,
         num_replicas: settings.replicas,
+        allow_message_schedules: schedules,
         ..Default::default()
+    };
+    let stream_err = |e: String| JetStreamError::Stream {
+        name: name.to_owned(),
+        reason: e,
     };
     let s = js
         .get_or_create_stream(config)
         .await
-        .map_err(|e| JetStreamError::Stream {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let have = &s.cached_info().config;
+        .map_err(|e| stream_err(e.to_string()))?;
+    let mut have = s.cached_info().config.clone();
+    let missing: Vec<&String> = subjects
+        .iter()
+        .filter(|w| !have.subjects.contains(w))
+        .collect();
+    if !missing.is_empty() || (schedules && !have.allow_message_schedules) {
+        tracing::info!(
+            stream = name,
+            ?missing,
+            schedules,
+            "updating stream settings"
+        );
+        let mut update = have.clone();
+        for m in missing {
+            update.subjects.push(m.clone());
+        }
+        update.allow_message_schedules |= schedules;
+        have = js
+            .update_stream(update)
+            .await
+            .map_err(|e| stream_err(format!("cannot update it to {subjects:?}: {e}")))?
+            .config;
+    }
     let incompatible = |reason: String| JetStreamError::Incompatible {
         name: name.to_owned(),
         reason,
@@ -74,7 +103,7 @@ pub(super) async fn ensure_stream(
             "stream uses memory storage: messages are lost if the server restarts"
         );
     }
-    Ok(())
+    Ok(have.allow_message_schedules)
 }
 
 impl JetStream {

@@ -14,20 +14,26 @@
 //! status is never replaced by an older non-final one (a late write from a
 //! host that lost the job), checked with the entry's revision.
 //!
-//! Limits: the feed from the pumps is an in-memory queue of job ids, so a
-//! host killed between a commit and its write leaves the previous status in
-//! the bucket until another host records the job; while NATS is down the
-//! queue grows (ids only) and is written out on reconnect.
+//! The feed from the pumps is a set of job ids in memory
+//! (`pump::Changes`): a job that changes twice before it is shared is
+//! written once, a write that fails goes back into the set and is retried
+//! (backing off while NATS is unreachable), and what waits is bounded by
+//! the number of jobs that changed. A host killed between a commit and its
+//! write leaves the previous status in the bucket until another host
+//! records the job (or, for a job this host finished, until it restarts
+//! and the job changes again).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedReceiver;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
-use super::jobs::{JobView, is_final};
+use crate::api::{JobView, is_final};
 use crate::message::now_ms;
+use crate::pump::Changes;
 use crate::store::Store;
 use crate::transport::JetStream;
 
@@ -56,21 +62,14 @@ impl StatusBoard {
         replicas: usize,
         max_age: Duration,
     ) -> Result<StatusBoard, String> {
-        let context = async_nats::jetstream::new(js.client().clone());
-        let kv = match context.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => context
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "sluice job statuses, by job id".to_owned(),
-                    history: 1,
-                    max_age,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cannot create key-value bucket {BUCKET}: {e}"))?,
-        };
+        let kv = super::bucket(
+            js,
+            BUCKET,
+            "sluice job statuses, by job id",
+            replicas,
+            max_age,
+        )
+        .await?;
         Ok(StatusBoard { kv })
     }
 
@@ -98,8 +97,9 @@ impl StatusBoard {
         }
     }
 
-    /// Shares `view` unless the bucket holds a final status newer than it.
-    async fn put(&self, view: JobView) -> Result<(), String> {
+    /// Shares `view` unless the bucket holds a final status of the same
+    /// life of the job (same replay count) or a newer one.
+    pub(super) async fn put(&self, view: JobView) -> Result<(), String> {
         let key = view.id.clone();
         if !valid_key(&key) {
             return Ok(());
@@ -109,7 +109,7 @@ impl StatusBoard {
             .entry(key.as_str())
             .await
             .map_err(|e| e.to_string())?;
-        let (state, updated_at) = (view.state, view.updated_at);
+        let (state, updated_at, replays) = (view.state, view.updated_at, view.replays);
         let value = serde_json::to_vec(&Shared {
             result: view.result.clone(),
             view,
@@ -117,10 +117,14 @@ impl StatusBoard {
         .map_err(|e| e.to_string())?;
         match entry {
             Some(e) => {
+                // A final status ends that life of the job (only a replay,
+                // which counts up `replays`, starts another): a host that
+                // ran a stale redelivery afterwards, and so has a newer but
+                // non-final record, must not hide it from everyone.
                 if let Ok(old) = serde_json::from_slice::<Shared>(&e.value)
                     && is_final(old.view.state)
                     && !is_final(state)
-                    && old.view.updated_at >= updated_at
+                    && (old.view.replays >= replays || old.view.updated_at >= updated_at)
                 {
                     return Ok(());
                 }
@@ -139,46 +143,69 @@ impl StatusBoard {
         }
     }
 
-    /// Shares the status of every job id that arrives on `changes`, read
-    /// from `store`, until `done`; then shares what is still waiting.
-    pub async fn run(
-        self,
-        store: Store,
-        mut changes: UnboundedReceiver<String>,
-        done: CancellationToken,
-    ) {
+    /// Shares the status of every job id added to `changes`, read from
+    /// `store`, until `done`; then shares what is still waiting (the
+    /// daemon bounds how long). A failed write is put back and retried
+    /// after a pause that doubles up to 5 s.
+    pub async fn run(self, store: Store, changes: Arc<Changes>, done: CancellationToken) {
+        let mut pause = Duration::from_millis(100);
         loop {
-            let id = tokio::select! {
-                id = changes.recv() => match id {
-                    Some(id) => id,
-                    None => return,
-                },
-                _ = done.cancelled() => break,
-            };
-            self.share(&store, &id).await;
-        }
-        while let Ok(id) = changes.try_recv() {
-            self.share(&store, &id).await;
+            let mut failed = Vec::new();
+            for id in changes.take() {
+                if !self.share(&store, &id).await {
+                    failed.push(id);
+                }
+            }
+            let ok = failed.is_empty();
+            changes.put_back(failed);
+            if done.is_cancelled() {
+                if changes.is_empty() {
+                    return;
+                }
+                if !ok {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                continue;
+            }
+            if ok {
+                pause = Duration::from_millis(100);
+                tokio::select! {
+                    () = changes.added() => {}
+                    () = done.cancelled() => {}
+                }
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = done.cancelled() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
     }
 
-    async fn share(&self, store: &Store, id: &str) {
+    /// Shares one job's status; false if it should be tried again.
+    async fn share(&self, store: &Store, id: &str) -> bool {
         let job = match store.job(id).await {
             Ok(Some(job)) => job,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 tracing::warn!(job_id = %id, error = %e, "cannot read job to share its status");
-                return;
+                return false;
             }
         };
-        if let Err(e) = self.put(JobView::of(job, now_ms())).await {
-            tracing::warn!(job_id = %id, error = %e, "cannot share job status in {BUCKET}");
+        match self.put(JobView::of(job, now_ms())).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "cannot share job status in {BUCKET}; will retry");
+                false
+            }
         }
     }
 }
 
 /// Job ids are hex and dashes; anything else is not a key we wrote.
-fn valid_key(id: &str) -> bool {
+pub(super) fn valid_key(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
         && id

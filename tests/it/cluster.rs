@@ -1,0 +1,144 @@
+//! Several hosts on one JetStream answer for every job: a host whose record
+//! fell behind (the job went on elsewhere) resolves it from the status the
+//! other host shared, and a cancel made on any host stops the job wherever
+//! it would run.
+
+use std::time::Duration;
+
+use sluice::store::{JobState, job_id_for};
+
+use crate::api::{Api, free_port};
+use crate::nats::NatsServer;
+use crate::util::{Daemon, Env, wait_until};
+
+/// A retry that waits on the server (a schedule), long enough for the host
+/// that recorded it to stop first; and a call that can be long.
+const POLICY: &str = "[plugin.test-wire]\nbackoff_initial = \"6s\"\nbackoff_max = \"6s\"\nfuel = 10_000_000_000_000\ntimeout = \"120s\"\n";
+
+fn host(nats: &NatsServer) -> (Env, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::new(
+        &["test-wire"],
+        &nats.config("10s", &format!("[http]\naddr = \"{addr}\"\n{POLICY}")),
+    );
+    (env, addr)
+}
+
+fn started(env: &Env, addr: &str) -> (Daemon, Api) {
+    let daemon = env.start();
+    let api = Api::new(addr, None);
+    api.wait_up(&daemon);
+    (daemon, api)
+}
+
+fn state_of(env: &Env, id: &str) -> Option<JobState> {
+    env.jobs("test.wire")
+        .into_iter()
+        .find(|j| j.id == id)
+        .map(|j| j.state)
+}
+
+fn wait_state(env: &Env, id: &str, state: JobState, daemon: &Daemon) {
+    assert!(
+        wait_until(Duration::from_secs(60), || state_of(env, id) == Some(state)),
+        "job {id}: {:?}, not {state}\n{}",
+        state_of(env, id),
+        daemon.log_text()
+    );
+}
+
+fn calls(env: &Env) -> u64 {
+    env.state("test-wire", "calls")
+        .map_or(0, |c| c.parse().unwrap_or(0))
+}
+
+/// Posts through `env`'s CLI; returns the job id of the test-wire handler.
+fn post(env: &Env, body: &str) -> String {
+    let message = env.ok(&["post", "test.wire", body]);
+    job_id_for(message.trim(), "test-wire")
+}
+
+/// The handler's consumer has settled its first `n` deliveries and holds
+/// nothing else.
+fn consumer_settled(nats: &NatsServer, n: u64) -> bool {
+    nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let Ok(stream) = js.get_stream("SLUICE").await else {
+            return false;
+        };
+        // The stream's one consumer: test-wire's on test.wire.
+        let mut consumers = stream.consumers();
+        let Some(Ok(info)) = consumers.next().await else {
+            return false;
+        };
+        info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.consumer_sequence >= n
+    })
+}
+
+#[test]
+fn a_job_another_host_finished_resolves_on_the_host_that_lost_it() {
+    let nats = NatsServer::start();
+    let ((a, a_addr), (b, b_addr)) = (host(&nats), host(&nats));
+    let (a_host, _) = started(&a, &a_addr);
+    // Fails once on A: A records `retrying`, the retry waits on the server.
+    let id = post(&a, r#"{"fail_times": 1}"#);
+    wait_state(&a, &id, JobState::Retrying, &a_host);
+    a_host.stop(Duration::from_secs(30));
+    // B takes the retry and finishes the job.
+    let (b_host, _) = started(&b, &b_addr);
+    wait_state(&b, &id, JobState::Succeeded, &b_host);
+    // A, back, answers with B's outcome, and its record catches up.
+    let (a_host, a_api) = started(&a, &a_addr);
+    let status = a_api.wait_job(&id, Duration::from_secs(30), |r| r.status == 303);
+    assert_eq!(
+        status.location.as_deref(),
+        Some(format!("/v1/jobs/{id}/result").as_str())
+    );
+    wait_state(&a, &id, JobState::Succeeded, &a_host);
+    assert_eq!(calls(&a) + calls(&b), 1, "it ran to success once");
+}
+
+#[test]
+fn a_cancel_on_one_host_stops_the_job_on_every_host() {
+    let nats = NatsServer::start();
+    let ((a, a_addr), (b, b_addr)) = (host(&nats), host(&nats));
+
+    // 1. Waiting on A (a retry on the server), cancelled on A: B, which
+    //    receives the retry later, must not run it.
+    let (a_host, a_api) = started(&a, &a_addr);
+    let waiting = post(&a, r#"{"fail_times": 1}"#);
+    wait_state(&a, &waiting, JobState::Retrying, &a_host);
+    let cancel = a_api.delete(&format!("/v1/jobs/{waiting}"));
+    assert_eq!(cancel.status, 200, "{}", cancel.text);
+    a_host.stop(Duration::from_secs(30));
+    let (b_host, b_api) = started(&b, &b_addr);
+    wait_state(&b, &waiting, JobState::Cancelled, &b_host);
+    assert!(
+        // The message (to A), then the retry (to B).
+        wait_until(Duration::from_secs(60), || consumer_settled(&nats, 2)),
+        "the retry fired and was settled\n{}",
+        b_host.log_text()
+    );
+    assert_eq!(state_of(&b, &waiting), Some(JobState::Cancelled));
+    assert_eq!(calls(&b), 0, "B never ran the cancelled job");
+
+    // 2. Running on B, cancelled through A (which never saw it): B
+    //    interrupts the call and records it cancelled; A reports it.
+    let (a_host, a_api) = started(&a, &a_addr);
+    a_host.signal("STOP"); // A takes no delivery of it
+    let running = post(&b, r#"{"spin_ms": 100000}"#);
+    wait_state(&b, &running, JobState::Running, &b_host);
+    a_host.signal("CONT");
+    let shared = wait_until(Duration::from_secs(30), || {
+        b_api.get(&format!("/v1/jobs/{running}")).status == 200
+            && a_api.get(&format!("/v1/jobs/{running}")).status == 200
+    });
+    assert!(shared, "A sees B's job through the status board");
+    let cancel = a_api.delete(&format!("/v1/jobs/{running}"));
+    assert_eq!(cancel.status, 202, "{}", cancel.text);
+    wait_state(&b, &running, JobState::Cancelled, &b_host);
+    a_api.wait_job(&running, Duration::from_secs(30), |r| {
+        r.json()["state"] == "cancelled"
+    });
+    assert_eq!(calls(&b), 0);
+}

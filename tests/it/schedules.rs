@@ -1,0 +1,144 @@
+//! Delays on JetStream never take a slot from due work (issue 10, item 1):
+//! delayed `sluice post`s, a foreign producer's `Sluice-Not-Before`, a
+//! handler's delayed posts and retry backoffs all wait on the server as
+//! message schedules, not as NAKed deliveries holding `max_ack_pending`.
+
+use std::time::Duration;
+
+use sluice::store::JobState;
+
+use crate::nats::NatsServer;
+use crate::util::{Env, wait_until};
+
+/// Four slots, retries that back off for an hour, and no circuit breaker
+/// (ten failures in a row would pause the handler).
+const POLICY: &str = r#"[plugin.test-wire]
+concurrency = 4
+breaker_failures = 0
+max_attempts = 10
+backoff_initial = "1h"
+backoff_max = "1h"
+"#;
+
+#[test]
+fn delayed_messages_and_retry_backoffs_leave_every_slot_to_due_work() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-wire"], &nats.config("10s", POLICY));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    let n = 10;
+    let lines = |body: &str| -> String { (0..n).map(|_| format!("{body}\n")).collect() };
+
+    // 10 delayed by the CLI, 10 by a foreign producer's not-before header,
+    // 10 posted delayed by a handler, 10 failing into an hour's backoff:
+    // each group alone is more than the handler's 4 slots.
+    let out = env.sluice_stdin(&["post", "test.wire", "-", "--delay", "1h"], &lines("{}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delayed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(delayed.len(), n);
+    let due_at = sluice::message::now_ms() + 3_600_000;
+    nats.with_js(|js| async move {
+        for i in 0..n {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Sluice-Id", format!("foreign-{i}").as_str());
+            h.insert("Sluice-Not-Before", due_at.to_string().as_str());
+            js.publish_with_headers("sluice.test.wire", h, "{}".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    });
+    let posts: Vec<_> = (0..n)
+        .map(|_| serde_json::json!({"channel": "test.wire", "delay_ms": 3_600_000}))
+        .collect();
+    let poster = env.ok(&[
+        "post",
+        "test.wire",
+        &serde_json::json!({ "posts": posts }).to_string(),
+    ]);
+    let out = env.sluice_stdin(&["post", "test.wire"], &lines(r#"{"fail_times": 5}"#));
+    assert!(out.status.success());
+    let failing: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+
+    // Every one of them waits on the server as a schedule.
+    assert!(
+        wait_until(Duration::from_secs(60), || nats
+            .count("SLUICE", "sluice-sched.>")
+            == 4 * n),
+        "{} schedules\n{}",
+        nats.count("SLUICE", "sluice-sched.>"),
+        host.log_text()
+    );
+
+    // Due work runs at once, all of it.
+    let out = env.sluice_stdin(&["post", "test.wire"], &lines("{}"));
+    assert!(out.status.success());
+    let due: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let state = |id: &str| {
+        env.jobs("test.wire")
+            .into_iter()
+            .find(|j| j.message_id == id)
+            .map(|j| j.state)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || due
+            .iter()
+            .all(|id| state(id) == Some(JobState::Succeeded))),
+        "due jobs: {:?}\n{}",
+        due.iter().map(|id| state(id)).collect::<Vec<_>>(),
+        host.log_text()
+    );
+    assert_eq!(state(poster.trim()), Some(JobState::Succeeded));
+    // The delayed ones have not run, and the failing ones ran once each.
+    for id in &delayed {
+        assert_eq!(state(id), None, "a message delayed by an hour ran");
+    }
+    for id in &failing {
+        let job = env
+            .jobs("test.wire")
+            .into_iter()
+            .find(|j| &j.message_id == id)
+            .expect("job");
+        assert_eq!((job.state, job.attempts), (JobState::Retrying, 1));
+    }
+
+    // A short delay fires when due, not before.
+    let posted_at = sluice::message::now_ms();
+    let soon = env.ok(&["post", "test.wire", "{}", "--delay", "3s"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || state(soon.trim())
+            == Some(JobState::Succeeded)),
+        "{}",
+        host.log_text()
+    );
+    let job = env
+        .jobs("test.wire")
+        .into_iter()
+        .find(|j| j.message_id == soon.trim())
+        .expect("job");
+    assert!(
+        job.started_at.is_some_and(|t| t >= posted_at + 3000),
+        "started {:?}, posted {posted_at}",
+        job.started_at
+    );
+
+    // A delay the stream cannot keep (max_age is 7 days) is refused.
+    let out = env.sluice(&["post", "test.wire", "{}", "--delay", "30d"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("longer than the stream keeps"), "{stderr}");
+}
