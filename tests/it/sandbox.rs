@@ -447,20 +447,21 @@ fn top_level_sections(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
 fn a_component_over_the_per_component_pool_limits_is_refused_at_load() {
     let env = Env::new(&["test-counter"], FAST);
     let counter = std::fs::read(env.plugins.join("test-counter.wasm")).expect("read");
-    // The control: with one more (memory-less) core instance the plugin
-    // still loads, so what refuses the others below is the pool's limits.
+    // The control: with (memory-less) core instances up to the limit, 3 of
+    // its own + 13 = 16, the plugin still loads, so what refuses the others
+    // below is the pool's limits.
     let control = Env::new(&[], FAST);
-    control.overwrite("counter.wasm", &with_extra_instances(&counter, 1, 0, 0));
+    control.overwrite("counter.wasm", &with_extra_instances(&counter, 13, 0, 0));
     let listed = control.ok(&["plugins", "--check"]);
     assert!(listed.contains("test-counter"), "{listed}");
 
-    // 3 core instances of its own + 6 = 9 > 8; 1 memory + 2 = 3 > 2;
+    // 3 core instances of its own + 14 = 17 > 16; 1 memory + 2 = 3 > 2;
     // 1-2 tables + 4 > 4.
     let over = [
         (
             "instances.wasm",
-            with_extra_instances(&counter, 6, 0, 0),
-            "9 core module instances, which exceeds the configured maximum of 8",
+            with_extra_instances(&counter, 14, 0, 0),
+            "17 core module instances, which exceeds the configured maximum of 16",
         ),
         (
             "memories.wasm",
