@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::store::JobState;
 
-use crate::util::{Env, FAST, repo_root};
+use crate::util::{Daemon, Env, FAST, repo_root};
 
 fn sluice_new(cwd: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -107,19 +107,37 @@ fn new_rust_projects_build_test_and_run_in_a_daemon() {
     let empty = env.post("greetings", r#"{"name":""}"#);
     let daemon = env.start();
     env.wait_settled("greetings", 2, Duration::from_secs(60));
-    let job = env.job(&good);
-    assert_eq!(job.state, JobState::Succeeded, "{}", daemon.log_text());
+    assert_the_templates_ran(&env, &daemon, &good, &empty, "greeter-mapper");
+}
+
+/// What the generated handler and mapper (either language) did with
+/// `{"name":"Ann"}` (`good`) and an empty name (`empty`), once settled.
+pub(crate) fn assert_the_templates_ran(
+    env: &Env,
+    daemon: &Daemon,
+    good: &str,
+    empty: &str,
+    mapper: &str,
+) {
+    let job = env.job(good);
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "{:?}\n{}",
+        job.last_error,
+        daemon.log_text()
+    );
     let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
     assert_eq!(
         result,
         serde_json::json!({"greeting": "hello Ann", "seen": 1})
     );
     assert_eq!(env.jobs("greetings.done").len(), 1);
-    let job = env.job(&empty);
+    let job = env.job(empty);
     assert_eq!(job.state, JobState::Dead);
     assert_eq!(
         job.last_error.as_deref(),
-        Some("rejected by mapper greeter-mapper: name is empty")
+        Some(format!("rejected by mapper {mapper}: name is empty").as_str())
     );
 }
 

@@ -182,24 +182,5 @@ fn new_python_projects_build_test_and_run_in_a_daemon() {
     let empty = env.post("greetings", r#"{"name":"  "}"#);
     let daemon = start_loaded(&env, 2);
     env.wait_settled("greetings", 2, LONG);
-    let job = env.job(&good);
-    assert_eq!(
-        job.state,
-        JobState::Succeeded,
-        "{:?}\n{}",
-        job.last_error,
-        daemon.log_text()
-    );
-    let result: Value = serde_json::from_str(job.result.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        result,
-        serde_json::json!({"greeting": "hello Ann", "seen": 1})
-    );
-    assert_eq!(env.jobs("greetings.done").len(), 1);
-    let job = env.job(&empty);
-    assert_eq!(job.state, JobState::Dead);
-    assert_eq!(
-        job.last_error.as_deref(),
-        Some("rejected by mapper hello-mapper: name is empty")
-    );
+    crate::new::assert_the_templates_ran(&env, &daemon, &good, &empty, "hello-mapper");
 }
