@@ -33,6 +33,7 @@ mod sandbox;
 mod schedules;
 mod send;
 mod shared_state;
+mod startup;
 mod state;
 mod trace_context;
 mod wire;
