@@ -25,7 +25,9 @@ use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervise::supervised;
-use crate::transport::{Embedded, JetStream, Subscription, Transport, TransportError};
+use crate::transport::{
+    ConcurrencyOf, Embedded, JetStream, Subscription, Transport, TransportError,
+};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +190,19 @@ pub async fn run(
         .await
         .map_err(RunError::Plugins)?;
     let config = Arc::new(config);
+    // The API's address is bound before anything may wait (a taken port
+    // fails the start); until the daemon can serve, the API answers
+    // `/healthz` (alive) and `/readyz` (not ready) and 503 to the rest.
+    let api = match &config.http {
+        Some(http) => Some(crate::api::listen(http, shutdown.clone()).await?),
+        None => None,
+    };
+    let subscriptions = set.subscriptions();
     let Some(settings) = config.nats.clone() else {
         let transport = Embedded::new(store.clone(), config.poll_interval);
+        transport.register(&subscriptions).await?;
         let stopped = serve(
-            transport, None, store, config, watcher, set, shutdown, hard_stop,
+            transport, None, api, store, config, watcher, set, shutdown, hard_stop,
         )
         .await;
         tracing::info!("sluice stopped");
@@ -201,11 +212,22 @@ pub async fn run(
         let config = config.clone();
         Arc::new(move |name: &str| config.policy_for(name).concurrency)
     };
-    let url = settings.url.clone();
-    let js = JetStream::connect(settings, store.clone(), concurrency)
-        .await
-        .map_err(TransportError::from)?;
-    tracing::info!(%url, "connected to JetStream");
+    let set_up = connect(
+        &settings,
+        &store,
+        concurrency,
+        &subscriptions,
+        api.as_ref(),
+        &shutdown,
+    )
+    .await?;
+    let Some((js, cluster)) = set_up else {
+        tracing::info!("sluice stopped before JetStream was set up");
+        if let Some(api) = api {
+            api.finish().await;
+        }
+        return Ok(());
+    };
     // The relay outlives the pumps so the last commits' posts go out too.
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn({
@@ -215,8 +237,11 @@ pub async fn run(
             async move { js.relay(stop).await }
         })
     });
-    let api_js = Some(js.clone());
-    let stopped = serve(js, api_js, store, config, watcher, set, shutdown, hard_stop).await;
+    let shared = Some((js.clone(), cluster));
+    let stopped = serve(
+        js, shared, api, store, config, watcher, set, shutdown, hard_stop,
+    )
+    .await;
     relay_stop.cancel();
     if tokio::time::timeout(Duration::from_secs(10), relay)
         .await
@@ -228,13 +253,87 @@ pub async fn run(
     stopped
 }
 
-/// Registers the subscriptions, runs one pump per subscription plus the
-/// watcher, pruning and the idle memory release (and the HTTP API when configured; `js` is the
-/// JetStream connection it uses), and on `shutdown` drains them.
+/// Longest pause between two attempts at setting up JetStream.
+const CONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
+
+/// Connects to JetStream and sets up what this host needs there (the
+/// streams, its consumers, the shared buckets). While the failure may heal
+/// (nats-server not up yet, a cluster electing leaders, a stream
+/// unavailable for a while) it tries again after a pause that doubles up
+/// to [`CONNECT_PAUSE_MAX`], one log line per attempt; an error that cannot
+/// heal (credentials refused, a stream whose settings conflict) ends the
+/// start. None: `shutdown` came first.
+async fn connect(
+    settings: &crate::transport::JetStreamSettings,
+    store: &Store,
+    concurrency: ConcurrencyOf,
+    subscriptions: &[Subscription],
+    api: Option<&crate::api::Serving>,
+    shutdown: &CancellationToken,
+) -> Result<Option<(JetStream, Cluster)>, RunError> {
+    let mut pause = Duration::from_millis(250);
+    for attempt in 1u32.. {
+        let (step, tried) = {
+            let mut step = "connecting to NATS";
+            let tried = tokio::select! {
+                tried = async {
+                    let js = JetStream::connect(settings.clone(), store.clone(), concurrency.clone())
+                        .await
+                        .map_err(TransportError::from)?;
+                    step = "creating consumers";
+                    js.register(subscriptions).await?;
+                    step = "opening the shared buckets";
+                    let cluster = Cluster::open(&js, settings.replicas, settings.max_age)
+                        .await
+                        .map_err(crate::api::ServeError::Cluster)?;
+                    Ok::<_, RunError>((js, cluster))
+                } => tried,
+                () = shutdown.cancelled() => return Ok(None),
+            };
+            (step, tried)
+        };
+        let error = match tried {
+            Ok(set_up) => {
+                if attempt > 1 {
+                    tracing::info!(attempts = attempt, "JetStream set up");
+                }
+                return Ok(Some(set_up));
+            }
+            Err(e) => e,
+        };
+        let heals = match &error {
+            RunError::Transport(TransportError::JetStream(e)) => e.heals(),
+            RunError::Api(crate::api::ServeError::Cluster(_)) => true,
+            _ => false,
+        };
+        if !heals {
+            return Err(error);
+        }
+        tracing::warn!(attempt, retry_in = ?pause, error = %error, "cannot set up JetStream yet ({step}); trying again");
+        if let Some(api) = api {
+            api.waiting_for(&format!(
+                "{step} (attempt {attempt} failed, see the daemon log)"
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        pause = (pause * 2).min(CONNECT_PAUSE_MAX);
+    }
+    Ok(None)
+}
+
+/// Runs one pump per subscription (registered with the transport
+/// already) plus the watcher, pruning and the idle memory release, and on
+/// JetStream the shared job view (`shared`: the connection and the
+/// cluster's buckets); installs the HTTP API's routes when configured; and
+/// on `shutdown` drains them.
 #[allow(clippy::too_many_arguments)]
 async fn serve<T: Transport>(
     transport: T,
-    js: Option<JetStream>,
+    shared: Option<(JetStream, Cluster)>,
+    api: Option<crate::api::Serving>,
     store: Store,
     config: Arc<Config>,
     watcher: reload::Watcher,
@@ -243,7 +342,7 @@ async fn serve<T: Transport>(
     hard_stop: CancellationToken,
 ) -> Result<(), RunError> {
     let subscriptions = set.subscriptions();
-    transport.register(&subscriptions).await?;
+    let (js, cluster) = shared.unzip();
     let runtime = watcher.runtime().clone();
     let deps = Arc::new(Deps {
         store: store.clone(),
@@ -265,28 +364,14 @@ async fn serve<T: Transport>(
             .map_err(|e| RunError::Plugins(format!("cannot start the span exporter: {e}")))??;
         deps.control.set_spans(Arc::new(spans));
     }
-    // On JetStream: the job view every host shares (statuses, cancels).
-    let cluster = match &js {
-        Some(js) => {
-            let (replicas, max_age) = config
-                .nats
-                .as_ref()
-                .map_or((1, Duration::ZERO), |n| (n.replicas, n.max_age));
-            Some(
-                Cluster::open(js, replicas, max_age)
-                    .await
-                    .map_err(crate::api::ServeError::Cluster)?,
-            )
-        }
-        None => None,
-    };
-    // Bound before the pumps start: a taken port fails the start.
-    let api = match &config.http {
-        Some(http) => Some(
-            crate::api::start(http, deps.clone(), js, cluster.clone(), shutdown.clone()).await?,
-        ),
-        None => None,
-    };
+    if let (Some(api), Some(http)) = (&api, &config.http) {
+        let state = crate::api::ApiState {
+            deps: deps.clone(),
+            jetstream: js,
+            cluster: cluster.clone(),
+        };
+        api.ready(Arc::new(state), http);
+    }
     // The status board outlives the pumps so the last outcomes are shared.
     let board_stop = CancellationToken::new();
     if cluster.is_some() {

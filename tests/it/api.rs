@@ -66,11 +66,12 @@ impl Api {
         }
     }
 
-    /// Waits until the daemon answers /healthz.
+    /// Waits until the daemon serves (/readyz: on JetStream, once its
+    /// streams and consumers are set up).
     pub(crate) fn wait_up(&self, daemon: &Daemon) {
         let ok = wait_until(Duration::from_secs(60), || {
             self.agent
-                .get(format!("{}/healthz", self.base))
+                .get(format!("{}/readyz", self.base))
                 .call()
                 .is_ok_and(|r| r.status() == 200)
         });

@@ -142,3 +142,88 @@ fn a_cancel_on_one_host_stops_the_job_on_every_host() {
     });
     assert_eq!(calls(&b), 0);
 }
+
+/// A job's status as a host would share it.
+fn view(id: &str, state: JobState, updated_at: i64) -> sluice::api::JobView {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "message_id": "m", "channel": "test.wire", "handler": "test-wire",
+        "kind": "command", "state": state.as_str(), "attempts": 1, "slices": 1,
+        "progress": null, "progress_note": null, "estimate_ms": null, "has_result": false,
+        "last_error": null, "plugin_version": null, "fuel_used": 0, "replays": 0,
+        "created_at": 1, "started_at": 1, "finished_at": null, "updated_at": updated_at,
+        "visible_at": 1, "expires_at": null
+    }))
+    .expect("a job view")
+}
+
+/// The status board as host number `n` of this test opens it.
+async fn board(nats: &NatsServer, dir: &std::path::Path, n: usize) -> sluice::cluster::StatusBoard {
+    let store = sluice::store::Store::open(&dir.join(format!("host-{n}.db")), &Default::default())
+        .expect("store");
+    let settings = sluice::transport::JetStreamSettings {
+        url: nats.url(),
+        ..Default::default()
+    };
+    let js =
+        sluice::transport::JetStream::connect(settings, store, std::sync::Arc::new(|_: &str| 1))
+            .await
+            .expect("connect");
+    sluice::cluster::StatusBoard::open(&js, 1, Duration::from_secs(3600))
+        .await
+        .expect("board")
+}
+
+/// The interleaving behind the fault test's "host 0: f9-3 is scheduled":
+/// host A reads the board (no entry yet: A's first write of that job),
+/// host C shares `succeeded`, then A writes the `scheduled` it had just
+/// recorded (a slice A ran, the job went on on C). A blind write there left
+/// `scheduled` on the board for good, and A's reconciler, reading a
+/// non-final status, never resolved A's record. The write is conditional on
+/// what A read: it is refused, and A's next try keeps C's final status.
+#[test]
+fn a_status_shared_between_a_hosts_read_and_its_write_is_not_overwritten() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (a, c) = (
+            board(&nats, dir.path(), 0).await,
+            board(&nats, dir.path(), 1).await,
+        );
+        let id = "0b9f6c1e-0000-4000-8000-000000000001";
+        let seen = a.seen(id).await.expect("read");
+        c.put(view(id, JobState::Succeeded, 20))
+            .await
+            .expect("C shares");
+        let raced = a.put_over(&seen, view(id, JobState::Scheduled, 30)).await;
+        assert!(
+            matches!(raced, Err(sluice::cluster::Refused::Raced)),
+            "A's write over a stale read: {raced:?}"
+        );
+        a.put(view(id, JobState::Scheduled, 30))
+            .await
+            .expect("A shares again");
+        let held = c.get(id).await.expect("an entry");
+        assert_eq!(held.state, JobState::Succeeded, "C's final status stays");
+
+        // The same over an entry that existed: A read C's `running`, C
+        // then shared `succeeded`.
+        let id = "0b9f6c1e-0000-4000-8000-000000000002";
+        c.put(view(id, JobState::Running, 10))
+            .await
+            .expect("C shares");
+        let seen = a.seen(id).await.expect("read");
+        c.put(view(id, JobState::Succeeded, 20))
+            .await
+            .expect("C shares");
+        let raced = a.put_over(&seen, view(id, JobState::Queued, 30)).await;
+        assert!(
+            matches!(raced, Err(sluice::cluster::Refused::Raced)),
+            "{raced:?}"
+        );
+        a.put(view(id, JobState::Queued, 30))
+            .await
+            .expect("A shares again");
+        assert_eq!(c.get(id).await.map(|v| v.state), Some(JobState::Succeeded));
+    });
+}

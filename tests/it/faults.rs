@@ -70,16 +70,15 @@ impl World {
         self.hosts[i] = Some(daemon);
     }
 
-    /// Starts again every host whose process ended by itself (a daemon
-    /// exits when it cannot set up its consumers at start, e.g. while a
-    /// cluster elects leaders after a server died; its supervisor, here
-    /// the test, starts it again).
-    fn keep_up(&mut self) {
+    /// No host's process ended by itself: a daemon that cannot set up its
+    /// consumers (a cluster electing leaders after a server died) waits
+    /// and tries again, it does not exit.
+    fn assert_up(&mut self) {
         for i in 0..HOSTS {
-            let ended = self.hosts[i].as_mut().is_some_and(|d| d.exited().is_some());
-            if ended {
-                eprintln!("fault test: host {i} exited by itself; starting it again");
-                self.start(i);
+            if let Some(d) = self.hosts[i].as_mut()
+                && let Some(status) = d.exited()
+            {
+                panic!("host {i} exited by itself ({status}):\n{}", d.log_text());
             }
         }
     }
@@ -134,6 +133,26 @@ fn downstream(nats: &NatsServer) -> BTreeMap<(String, u64), usize> {
     out
 }
 
+/// The status board's entry for job `id`, as text (for failure messages).
+fn board_entry(nats: &NatsServer, id: &str) -> String {
+    let id = id.to_owned();
+    nats.with_js(|js| async move {
+        let kv = match js.get_key_value(sluice::cluster::BUCKET).await {
+            Ok(kv) => kv,
+            Err(e) => return format!("no bucket ({e})"),
+        };
+        match kv.entry(id.as_str()).await {
+            Ok(Some(e)) => format!(
+                "revision {}: {}",
+                e.revision,
+                String::from_utf8_lossy(&e.value)
+            ),
+            Ok(None) => "nothing".to_owned(),
+            Err(e) => format!("unreadable ({e})"),
+        }
+    })
+}
+
 /// Runs the fault cycles against `servers` (one, or the nodes of a
 /// cluster); `kill_server(servers, rng)` kills and restarts one of them.
 fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
@@ -168,7 +187,7 @@ fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
                 world.start(host);
             }
         }
-        world.keep_up();
+        world.assert_up();
         // A killed host stays down a cycle now and then, but every host is
         // up again before the next kill of one.
         for i in 0..HOSTS {
@@ -190,7 +209,15 @@ fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
         for (h, env) in world.envs.iter().enumerate() {
             for job in env.jobs("test.wire") {
                 if !is_final(job.state) {
-                    return Err(format!("host {h}: {} is {}", job.message_id, job.state));
+                    return Err(format!(
+                        "host {h}: {} is {} (slices {}, attempts {}, updated_at {}); the status board holds {}",
+                        job.message_id,
+                        job.state,
+                        job.slices,
+                        job.attempts,
+                        job.updated_at,
+                        board_entry(&servers[0], &job.id)
+                    ));
                 }
                 if job.state == JobState::Succeeded {
                     succeeded.insert(job.message_id);
@@ -209,7 +236,7 @@ fn run(servers: &mut [NatsServer], replicas: usize, rng: &mut fastrand::Rng) {
     };
     let mut last = Ok(());
     let ok = wait_until(Duration::from_secs(240), || {
-        world.keep_up();
+        world.assert_up();
         last = settled(&world);
         last.is_ok()
     });

@@ -36,6 +36,7 @@ mod sandbox;
 mod schedules;
 mod send;
 mod shared_state;
+mod startup;
 mod state;
 mod trace_context;
 mod wire;

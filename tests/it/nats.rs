@@ -15,6 +15,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// In a cluster: this node's name, its route port and its peers'.
     cluster: Option<(String, u16, Vec<u16>)>,
+    /// More of the server's config file (e.g. an `authorization` block).
+    extra: String,
 }
 
 fn free_port() -> u16 {
@@ -40,11 +42,17 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// A server whose config file also holds `extra`.
+    pub fn start_with(extra: &str) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             cluster: None,
+            extra: extra.to_owned(),
         };
         server.spawn();
         server
@@ -63,6 +71,7 @@ impl NatsServer {
                     routes[i],
                     routes.iter().copied().filter(|p| *p != routes[i]).collect(),
                 )),
+                extra: String::new(),
             })
             .collect();
         for node in &mut nodes {
@@ -76,7 +85,7 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}",
+                "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{}\n{}",
                 self.port,
                 self.dir.path().join("js").display(),
                 self.cluster.as_ref().map_or(String::new(), |(name, port, peers)| {
@@ -88,7 +97,8 @@ impl NatsServer {
                         "server_name: {name}\ncluster {{\n  name: sluice\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
                         routes.join(", ")
                     )
-                })
+                }),
+                self.extra
             ),
         )
         .expect("write nats.conf");

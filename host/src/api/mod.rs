@@ -18,7 +18,8 @@
 //! `jobs` (status, result, list, cancel), `admin` (dead letters, plugins,
 //! channels), `health` (probes, metrics), `cluster` (job status shared
 //! over JetStream), `client` (the CLI's minimal caller), `dashboard` (the
-//! web UI at `/` and the two endpoints only it needs).
+//! web UI at `/` and the two endpoints only it needs), `serving` (the
+//! listener, bound at once, answering "starting" until the routes are in).
 
 mod admin;
 mod auth;
@@ -31,6 +32,7 @@ mod guard;
 mod health;
 mod jobs;
 mod messages;
+mod serving;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ServeError};
 pub use jobs::{JobView, is_final};
+pub use serving::{Serving, listen};
 
 use crate::config::HttpSettings;
 use crate::pump::Deps;
@@ -59,46 +62,24 @@ pub struct ApiState<T> {
     pub cluster: Option<crate::cluster::Cluster>,
 }
 
-/// The running API, for the daemon to finish after its pumps drained.
-pub struct Running {
-    /// The address bound (a configured port 0 is a real one here).
-    pub addr: std::net::SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-/// Binds the address and starts serving. The server stops accepting on
-/// `shutdown`.
+/// Binds the address and starts serving over `deps` at once (the
+/// daemon, whose start may wait on JetStream, uses [`listen`] and
+/// [`Serving::ready`] instead). The server stops accepting on `shutdown`.
 pub async fn start<T: Transport>(
     settings: &HttpSettings,
     deps: Arc<Deps<T>>,
     jetstream: Option<JetStream>,
     cluster: Option<crate::cluster::Cluster>,
     shutdown: CancellationToken,
-) -> Result<Running, ServeError> {
-    let listener = bind(settings).await?;
+) -> Result<Serving, ServeError> {
+    let serving = listen(settings, shutdown).await?;
     let state = Arc::new(ApiState {
         deps,
         jetstream,
         cluster,
     });
-    // The address actually bound (a configured port 0 is now a real one).
-    let bound = listener.local_addr().unwrap_or(settings.addr);
-    let server = tokio::spawn(serve(listener, router(state, settings, bound), shutdown));
-    Ok(Running {
-        addr: bound,
-        server,
-    })
-}
-
-impl Running {
-    /// After the pumps drained: waits for the server's last requests
-    /// (bounded).
-    pub async fn finish(self) {
-        let limit = std::time::Duration::from_secs(10);
-        if tokio::time::timeout(limit, self.server).await.is_err() {
-            tracing::warn!("HTTP API requests still open after 10s; closing");
-        }
-    }
+    serving.ready(state, settings);
+    Ok(serving)
 }
 
 /// Binds the API's address; done before the pumps start so a taken port

@@ -11,8 +11,13 @@
 //! Why this holds under host failure: the bucket lives in JetStream
 //! (replicated like the streams), not on a host; a host that dies mid-job
 //! leaves a `running` status that the host taking over overwrites. A final
-//! status is never replaced by an older non-final one (a late write from a
-//! host that lost the job), checked with the entry's revision.
+//! status is never replaced by a non-final one of the same life of the job
+//! (a late write from a host that lost the job, or ran a stale
+//! redelivery). Every write is conditional on the revision the writer read,
+//! the first one too ("no entry yet"): two hosts writing one job at once
+//! (one sharing `succeeded`, the other a `scheduled` it recorded just
+//! before) cannot end with the non-final status on top; the loser reads
+//! again and weighs what won.
 //!
 //! The feed from the pumps is a set of job ids in memory
 //! (`pump::Changes`): a job that changes twice before it is shared is
@@ -23,12 +28,12 @@
 //! records the job (or, for a job this host finished, until it restarts
 //! and the job changes again).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv::UpdateErrorKind;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{JobView, is_final};
@@ -39,6 +44,28 @@ use crate::transport::JetStream;
 
 /// The bucket.
 pub const BUCKET: &str = "SLUICE_JOBS";
+
+/// Conditional writes refused in a row before a share is put back (and
+/// retried after a pause): only hosts writing the same job at once race.
+const RACE_TRIES: usize = 8;
+
+/// What the bucket held for a job when this host read it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// The entry's revision; 0 when the key has none.
+    revision: u64,
+    /// The status it held, if any.
+    held: Option<JobView>,
+}
+
+/// Why [`StatusBoard::put_over`] wrote nothing.
+#[derive(Debug)]
+pub enum Refused {
+    /// The entry changed since it was read.
+    Raced,
+    /// The write failed (NATS unreachable, ...).
+    Failed(String),
+}
 
 /// What the bucket holds per job.
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,48 +125,77 @@ impl StatusBoard {
     }
 
     /// Shares `view` unless the bucket holds a final status of the same
-    /// life of the job (same replay count) or a newer one.
-    pub(super) async fn put(&self, view: JobView) -> Result<(), String> {
+    /// life of the job (same replay count) or a newer one. A write is
+    /// conditional on the entry this host read (its revision; none: the key
+    /// must still be absent), so another host's status written in between
+    /// is read again and weighed, never blindly overwritten.
+    pub async fn put(&self, view: JobView) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            let seen = self.seen(&view.id).await?;
+            match self.put_over(&seen, view.clone()).await {
+                Err(Refused::Raced) if tries < RACE_TRIES => tries += 1,
+                Err(Refused::Raced) => {
+                    return Err(format!(
+                        "{BUCKET} entry changed under {RACE_TRIES} writes in a row"
+                    ));
+                }
+                Err(Refused::Failed(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// What the bucket holds for job `id` now, for [`StatusBoard::put_over`].
+    pub async fn seen(&self, id: &str) -> Result<Seen, String> {
+        if !valid_key(id) {
+            return Ok(Seen::default());
+        }
+        let entry = self.kv.entry(id).await.map_err(|e| e.to_string())?;
+        Ok(entry.map_or_else(Seen::default, |e| Seen {
+            revision: e.revision,
+            // A deleted or purged key has an empty value: nothing held.
+            held: serde_json::from_slice::<Shared>(&e.value)
+                .ok()
+                .map(|s| s.view),
+        }))
+    }
+
+    /// Shares `view` over `seen` (what this host read before): skipped if
+    /// `seen` is a final status `view` must not hide, refused with
+    /// [`Refused::Raced`] if the entry is no longer `seen` (another host
+    /// wrote in between: read it again).
+    pub async fn put_over(&self, seen: &Seen, view: JobView) -> Result<(), Refused> {
         let key = view.id.clone();
         if !valid_key(&key) {
             return Ok(());
         }
-        let entry = self
-            .kv
-            .entry(key.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let (state, updated_at, replays) = (view.state, view.updated_at, view.replays);
+        // A final status ends that life of the job (only a replay, which
+        // counts up `replays`, starts another): a host that ran a stale
+        // redelivery afterwards, and so has a newer but non-final record,
+        // must not hide it from everyone.
+        if let Some(old) = &seen.held
+            && is_final(old.state)
+            && !is_final(view.state)
+            && (old.replays >= view.replays || old.updated_at >= view.updated_at)
+        {
+            return Ok(());
+        }
         let value = serde_json::to_vec(&Shared {
             result: view.result.clone(),
             view,
         })
-        .map_err(|e| e.to_string())?;
-        match entry {
-            Some(e) => {
-                // A final status ends that life of the job (only a replay,
-                // which counts up `replays`, starts another): a host that
-                // ran a stale redelivery afterwards, and so has a newer but
-                // non-final record, must not hide it from everyone.
-                if let Ok(old) = serde_json::from_slice::<Shared>(&e.value)
-                    && is_final(old.view.state)
-                    && !is_final(state)
-                    && (old.view.replays >= replays || old.view.updated_at >= updated_at)
-                {
-                    return Ok(());
-                }
-                self.kv
-                    .update(key.as_str(), Bytes::from(value), e.revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            None => self
-                .kv
-                .put(key.as_str(), Bytes::from(value))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+        .map_err(|e| Refused::Failed(e.to_string()))?;
+        // Revision 0: the key must have no entry (the server checks the
+        // subject's last sequence), exactly as `create` does.
+        match self
+            .kv
+            .update(key.as_str(), Bytes::from(value), seen.revision)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(Refused::Raced),
+            Err(e) => Err(Refused::Failed(e.to_string())),
         }
     }
 

@@ -23,7 +23,7 @@ mod reconcile;
 
 use std::time::Duration;
 
-pub use board::{BUCKET, StatusBoard};
+pub use board::{BUCKET, Refused, Seen, StatusBoard};
 pub use cancel::{CANCELS, CancelNote, Cancels};
 pub use reconcile::reconcile;
 

@@ -55,6 +55,15 @@ pub enum JetStreamError {
         /// Why.
         reason: String,
     },
+    /// The server refused this client (credentials, TLS) or the URL is
+    /// not one: trying again cannot help.
+    #[error("NATS at {url} refused the connection: {reason}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A stream could not be created or read.
     #[error("JetStream stream {name}: {reason}")]
     Stream {
@@ -110,6 +119,19 @@ pub enum JetStreamError {
     /// This host's store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+impl JetStreamError {
+    /// Whether trying again later may succeed: an unreachable server, a
+    /// cluster electing leaders, a stream or consumer request that timed
+    /// out. A refused connection and a stream whose settings conflict with
+    /// Sluice's are an operator's to fix.
+    pub fn heals(&self) -> bool {
+        !matches!(
+            self,
+            JetStreamError::Refused { .. } | JetStreamError::Incompatible { .. }
+        )
+    }
 }
 
 /// Connection and stream settings.
@@ -208,9 +230,15 @@ impl JetStream {
             })
             .connect(servers)
             .await
-            .map_err(|e| JetStreamError::Connect {
-                url: url.clone(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                use async_nats::ConnectErrorKind as Kind;
+                let (url, reason) = (url.clone(), e.to_string());
+                match e.kind() {
+                    Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls => {
+                        JetStreamError::Refused { url, reason }
+                    }
+                    _ => JetStreamError::Connect { url, reason },
+                }
             })?;
         let js = jetstream::new(client.clone());
         let server_version = client.server_info().version;
