@@ -134,6 +134,54 @@ fn three_hosts_share_one_counter_exactly() {
 }
 
 #[test]
+fn a_hot_key_and_spread_keys_from_three_hosts_commit_exactly_in_shared_batches() {
+    // A host commits its concurrent jobs' state together, one atomic batch
+    // for many jobs (`transport/jetstream/state_commit.rs`). Mixing one
+    // hot key (whose commits from other hosts make batches stale) with a
+    // key per message puts stale and valid jobs in one batch: the refused
+    // batch must be sorted out so that every valid job still commits once
+    // and every stale one runs again.
+    let nats = NatsServer::start();
+    let cfg = config(&nats);
+    let envs: Vec<Env> = (0..3).map(|_| Env::new(&["test-state"], &cfg)).collect();
+    let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();
+    wait_running(&hosts.iter().collect::<Vec<_>>());
+    let n = 200;
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"key\": \"hot\"}}\n{{\"key\": \"k{i}\"}}\n"))
+        .collect();
+    let out = envs[0].sluice_stdin(&["post", CHANNEL], &lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), 2 * n);
+    let got = results(&envs);
+    assert_eq!(got.len(), 2 * n, "every message succeeded once");
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for value in got.values() {
+        *counts.entry(*value).or_default() += 1;
+    }
+    assert_eq!(
+        counts.get(&1),
+        Some(&(n + 1)),
+        "each spread key counted once, and hot's first"
+    );
+    for v in 2..=n as i64 {
+        assert_eq!(
+            counts.get(&v),
+            Some(&1),
+            "hot's value {v} returned once: {counts:?}"
+        );
+    }
+    assert_eq!(shared_value(&nats, "hot"), Some(n.to_string()));
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(shared_value(&nats, &format!("k{i}")), Some("1".into()));
+    }
+}
+
+#[test]
 fn a_shared_counter_stays_exact_through_kills_and_a_nats_restart() {
     let mut nats = NatsServer::start();
     let cfg = config(&nats);

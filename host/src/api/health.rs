@@ -66,22 +66,28 @@ pub async fn metrics<T: Transport>(
     State(state): State<Arc<ApiState<T>>>,
 ) -> Result<Response, ApiError> {
     let deps = &state.deps;
-    let counts = deps.store.counts().await?;
+    let census = deps.store.census().await?;
     let lag = deps.store.outbox_lag().await?;
     let mut out = String::new();
     out.push_str(
-        "# HELP sluice_jobs Jobs in the store by channel and state.\n# TYPE sluice_jobs gauge\n",
+        "# HELP sluice_jobs Jobs waiting, running and dead by channel and state (each stops at 10000: \"at least\").\n# TYPE sluice_jobs gauge\n",
     );
     let mut dead = 0;
-    for (channel, job_state, n) in &counts {
-        if *job_state == JobState::Dead {
-            dead += n;
+    for c in &census.channels {
+        dead += c.dead;
+        let channel = escape(&c.channel);
+        for (job_state, n) in [
+            (JobState::Queued, c.queued),
+            (JobState::Scheduled, c.scheduled),
+            (JobState::Retrying, c.retrying),
+            (JobState::Running, c.running),
+            (JobState::Dead, c.dead),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_jobs{{channel=\"{channel}\",state=\"{job_state}\"}} {n}"
+            );
         }
-        let _ = writeln!(
-            out,
-            "sluice_jobs{{channel=\"{}\",state=\"{job_state}\"}} {n}",
-            escape(channel)
-        );
     }
     let _ = writeln!(
         out,

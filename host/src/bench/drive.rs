@@ -90,6 +90,9 @@ pub struct RunReport {
     pub reruns: (u64, u64),
     /// Peak RSS of the process during the run (`VmHWM`, reset before it).
     pub peak_rss: Option<u64>,
+    /// CPU time the process's threads spent from the pump's start (or the
+    /// first post) to the last handled (`None`: no schedstat here).
+    pub cpu: Option<stats::ThreadCpu>,
 }
 
 /// The host under test: its store, its plugins, its policies.
@@ -145,24 +148,29 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         ));
     };
     stats::reset_peak_rss();
-    let (enqueue, started) = match mode {
+    let (enqueue, started, cpu_before) = match mode {
         Mode::Drain { messages } => {
             let began = Instant::now();
             enqueue_all(&deps, host, &probe, messages).await?;
             let enqueue = began.elapsed();
+            let cpu_before = stats::thread_cpu();
             let started = Instant::now();
             start_pump();
-            (Some(enqueue), started)
+            (Some(enqueue), started, cpu_before)
         }
         Mode::Steady { rate, .. } => {
+            let cpu_before = stats::thread_cpu();
             start_pump();
             let started = Instant::now();
             offer(&deps, host, &probe, rate).await?;
-            (None, started)
+            (None, started, cpu_before)
         }
     };
     let timeout = Duration::from_secs(60).max(Duration::from_millis(n as u64));
     let all = probe.wait_all(timeout).await;
+    let cpu = stats::thread_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.since(before));
     let drain = probe.last_handled_after(started);
     let peak_rss = stats::peak_rss();
     stop_pumps(&pumps, &shutdown, &hard_stop).await;
@@ -187,6 +195,7 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         expected_sum: host.workload.expected_sum(n),
         reruns: rows.reruns,
         peak_rss,
+        cpu,
     })
 }
 

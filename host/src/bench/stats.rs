@@ -1,5 +1,11 @@
 //! Numbers for the report: latency percentiles from raw samples, rates,
-//! and the process's peak resident memory.
+//! the process's peak resident memory, and the CPU time its threads spent.
+//!
+//! CPU time per job is the figure that survives a loaded box: wall-clock
+//! rates on two shared cores vary 2-3x with the neighbours' builds, the
+//! nanoseconds a thread spent on a CPU (`/proc/self/task/*/schedstat`) much
+//! less. It is split into the store's writer thread (one thread: its time
+//! per job bounds the drain rate whatever the cores) and all the others.
 //!
 //! Why raw samples rather than a histogram: a run holds at most a few
 //! hundred thousand of them (8 bytes each), sorting them once is cheap, and
@@ -101,6 +107,58 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Nanoseconds this process's threads have run on a CPU so far: the store's
+/// writer thread (`sluice-store`) and all the others together. Threads that
+/// ended before the reading are not counted, so take readings around a
+/// stretch in which the threads that do its work live throughout (the
+/// drain's pump, workers and writer do). `None` where `/proc` has no
+/// `schedstat` (not Linux, or a kernel without schedstats).
+pub fn thread_cpu() -> Option<ThreadCpu> {
+    let mut cpu = ThreadCpu::default();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let Some(ns) = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() == crate::store::WRITER_THREAD {
+            cpu.store += ns;
+        } else {
+            cpu.other += ns;
+        }
+    }
+    Some(cpu)
+}
+
+/// CPU time of the process's threads, in nanoseconds (see [`thread_cpu`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThreadCpu {
+    /// The store's writer thread.
+    pub store: u64,
+    /// Every other thread (pumps and sandboxes on the tokio workers, the
+    /// reader thread, the epoch ticker).
+    pub other: u64,
+}
+
+impl ThreadCpu {
+    /// What ran between `before` and `self`.
+    pub fn since(self, before: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            store: self.store.saturating_sub(before.store),
+            other: self.other.saturating_sub(before.other),
+        }
+    }
+
+    /// Per job of `jobs`, in microseconds: (store thread, other threads).
+    pub fn per_job_us(self, jobs: usize) -> (f64, f64) {
+        let n = jobs.max(1) as f64;
+        (self.store as f64 / n / 1e3, self.other as f64 / n / 1e3)
+    }
+}
+
 /// Bytes as MiB with one decimal.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -125,6 +183,27 @@ mod tests {
     fn reads_this_process_memory() {
         assert!(peak_rss().is_some_and(|b| b > 0));
         assert!(current_rss().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn counts_cpu_time_per_thread() {
+        let Some(before) = thread_cpu() else {
+            return; // no schedstat on this kernel: the bench says "n/a"
+        };
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let Some(after) = thread_cpu() else {
+            panic!("schedstat went away");
+        };
+        let ran = after.since(before);
+        // Other tests' threads run meanwhile, so only a lower bound holds:
+        // this thread was on a CPU for part of its 20 ms spin.
+        assert!(ran.other > 0, "this thread spun 20 ms: {ran:?}");
+        assert_eq!(ran.per_job_us(0).1, ran.other as f64 / 1e3);
+        assert_eq!(ran.per_job_us(2).1, ran.other as f64 / 2e3);
     }
 
     #[test]

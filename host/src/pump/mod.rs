@@ -133,9 +133,13 @@ pub async fn run<T: Transport>(
             let sub = sub.clone();
             let breaker = breaker.clone();
             let cancel = hard_stop.child_token();
-            tasks.spawn(async move {
+            // Boxed: a delivery's future is large (14.6 KB: the sandboxed
+            // call's state lives in it), and tokio copies a task's future when
+            // it spawns it and when it stores its output; boxed, a pointer.
+            let job = Box::pin(async move {
                 process::process(&deps, &sub, &policy, &breaker, delivery, cancel, permit).await;
             });
+            tasks.spawn(job);
         }
     }
     tasks.close();

@@ -274,27 +274,6 @@ impl Store {
         self.jobs_page(filter, None).await
     }
 
-    /// Job counts by (channel, state), on the reader connection.
-    pub async fn counts(&self) -> Result<Vec<(String, JobState, u64)>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT channel, state, COUNT(*) FROM jobs GROUP BY channel, state ORDER BY channel, state",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (channel, state, n) = row?;
-                let state = JobState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
-                out.push((channel, state, n as u64));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     /// Puts a dead letter back in the queue with a fresh set of attempts.
     /// False when `id` is not a dead letter.
     pub async fn replay(&self, id: &str) -> Result<bool, StoreError> {

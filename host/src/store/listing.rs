@@ -1,6 +1,6 @@
 //! The reads operators page through: jobs newest first (filtered by state
 //! and channel), a census of the jobs waiting, running and dead per
-//! channel, and the messages a job posted. The CLI, the API and the
+//! channel, and the messages a job posted. The CLI, the API, `/metrics` and the
 //! dashboard all read through these.
 //!
 //! **Every query walks an index and stops at a limit**, so a page costs

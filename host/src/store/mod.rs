@@ -61,6 +61,10 @@ use writer::Writer;
 /// How many operations one transaction may group.
 pub const MAX_BATCH: usize = 512;
 
+/// The writer thread's name (what `top -H` and `perf` show; the bench
+/// reads its CPU time by it).
+pub const WRITER_THREAD: &str = "sluice-store";
+
 /// SQLite's `synchronous` level: how often it fsyncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -163,6 +163,57 @@ async fn success_commits_effects_and_a_stale_finish_changes_nothing() -> Result<
 }
 
 #[tokio::test]
+async fn a_success_without_effects_is_recorded_only_for_the_running_attempt()
+-> Result<(), StoreError> {
+    // The drain's hot path: a duplicate, a finish of another attempt and
+    // one of a job handed back meanwhile are each refused without touching
+    // the row.
+    let (_d, store) = store();
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store.publish(vec![msg("m1", "c"), msg("m2", "c")]).await?;
+    let jobs = store.claim("c", "h", 2).await?;
+    let success = |result: &str| Finish::Succeeded {
+        result: Some(result.into()),
+        commit: Commit::default(),
+    };
+    let call = CallRecord {
+        fuel_used: 7,
+        ..CallRecord::default()
+    };
+    let (a, b) = (&jobs[0], &jobs[1]);
+    let wrong_attempt = store
+        .finish(&a.job_id, a.attempt + 1, call.clone(), success("early"))
+        .await?;
+    assert_eq!(wrong_attempt, FinishResult::Stale);
+    assert_eq!(
+        store.job(&a.job_id).await?.map(|r| r.state),
+        Some(JobState::Running)
+    );
+    let done = store
+        .finish(&a.job_id, a.attempt, call.clone(), success("first"))
+        .await?;
+    assert!(matches!(done, FinishResult::Committed { .. }));
+    let again = store
+        .finish(&a.job_id, a.attempt, call.clone(), success("second"))
+        .await?;
+    assert_eq!(again, FinishResult::Stale);
+    let rec = store.job(&a.job_id).await?.expect("job");
+    assert_eq!(rec.state, JobState::Succeeded);
+    assert_eq!(rec.result.as_deref(), Some("first"));
+    assert_eq!(rec.fuel_used, 7, "counted once");
+    // Handed back (as after a crash): the old attempt cannot record.
+    store.recover_running().await?;
+    let late = store
+        .finish(&b.job_id, b.attempt, call, success("late"))
+        .await?;
+    assert_eq!(late, FinishResult::Stale);
+    let rec = store.job(&b.job_id).await?.expect("job");
+    assert_eq!(rec.state, JobState::Queued);
+    assert_eq!(rec.result, None);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_state_conflict_applies_nothing_and_requeues_without_losing_an_attempt()
 -> Result<(), StoreError> {
     let (_d, store) = store();

@@ -31,7 +31,7 @@ impl Writer {
     pub(super) fn spawn(conn: Connection, path: &Path) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel::<Op>();
         std::thread::Builder::new()
-            .name("sluice-store".into())
+            .name(super::WRITER_THREAD.into())
             .spawn(move || run(conn, rx))
             .map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),

@@ -23,6 +23,7 @@ mod relay;
 mod schedule;
 mod settle;
 mod state;
+mod state_commit;
 mod streams;
 
 use std::collections::HashMap;

@@ -17,7 +17,8 @@
 //!   or a second commit of the same job (from any host, at any time) is
 //!   refused with "wrong last sequence". The messages of a batch get
 //!   consecutive sequences, the marker last, so the commit's answer gives
-//!   every key's new version.
+//!   every key's new version. Concurrent jobs of a host share one batch
+//!   (`state_commit.rs`): the server's cost is per batch, not per message.
 //!
 //! The stream keeps state forever (`max_age` 0); markers are kept too (one
 //! small message per committed job that touched state).
@@ -25,10 +26,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 
 use super::super::wire;
+use super::state_commit::Committer;
 use super::{JetStreamError, JetStreamSettings};
 use crate::state::{Remote, RemoteBatch, RemoteFuture, RemoteOutcome};
 
@@ -38,10 +39,8 @@ pub const STATE_STREAM: &str = "SLUICE_STATE";
 pub const STATE_PREFIX: &str = "sluice-state";
 /// Marks a deleted key's message.
 const H_STATE: &str = "Sluice-State";
-/// The most messages the server takes in one atomic batch (its default).
-const MAX_BATCH: usize = 1000;
 /// How long a read or a commit may wait for the server.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The subject holding `plugin`'s `key`.
 pub fn key_subject(plugin: &str, key: &str) -> String {
@@ -98,123 +97,56 @@ pub(super) async fn ensure_state_stream(
 /// The state stream as the ledger's [`Remote`].
 pub struct SharedState {
     client: async_nats::Client,
+    committer: Arc<Committer>,
 }
 
 impl SharedState {
     /// State through `client`'s server (the stream must exist).
     pub fn new(client: async_nats::Client) -> Arc<SharedState> {
-        Arc::new(SharedState { client })
+        Arc::new(SharedState {
+            committer: Committer::new(client.clone()),
+            client,
+        })
     }
+}
 
-    /// The last message on `subject`: its sequence, body and headers.
-    async fn last(&self, subject: &str) -> Result<Option<async_nats::Message>, String> {
-        let api = format!("$JS.API.DIRECT.GET.{STATE_STREAM}");
-        let body = serde_json::json!({ "last_by_subj": subject }).to_string();
-        let reply = tokio::time::timeout(TIMEOUT, self.client.request(api, body.into()))
-            .await
-            .map_err(|_| format!("no answer reading {subject} in {TIMEOUT:?}"))?
-            .map_err(|e| format!("reading {subject}: {e}"))?;
-        match reply.status {
-            None => Ok(Some(reply)),
-            Some(s) if s.as_u16() < 300 => Ok(Some(reply)),
-            Some(s) if s.as_u16() == 404 => Ok(None),
-            Some(s) => Err(format!(
-                "reading {subject}: {} {}",
-                s.as_u16(),
-                reply.description.unwrap_or_default()
-            )),
-        }
-    }
-
-    async fn commit_batch(&self, batch: RemoteBatch) -> Result<RemoteOutcome, String> {
-        let n = batch.changes.len() + 1;
-        if n > MAX_BATCH {
-            return Ok(RemoteOutcome::Invalid(format!(
-                "a call with shared state may change at most {} keys, not {}",
-                MAX_BATCH - 1,
-                n - 1
-            )));
-        }
-        let max = self.client.max_payload();
-        let id = format!(
-            "{}-{}",
-            batch.job.get(..16).unwrap_or(&batch.job),
-            crate::message::new_id()
-        );
-        let mut messages = Vec::with_capacity(n);
-        for change in &batch.changes {
-            let subject = key_subject(&batch.plugin, &change.key);
-            let mut h = HeaderMap::new();
-            if let Some(expect) = change.expect {
-                wire::append(
-                    &mut h,
-                    "Nats-Expected-Last-Subject-Sequence",
-                    &expect.to_string(),
-                )
-                .map_err(|e| e.to_string())?;
-            }
-            if change.value.is_none() {
-                wire::append(&mut h, H_STATE, "deleted").map_err(|e| e.to_string())?;
-            }
-            let body = change.value.clone().unwrap_or_default();
-            messages.push((subject, h, body));
-        }
-        let mut h = HeaderMap::new();
-        wire::append(&mut h, "Nats-Expected-Last-Subject-Sequence", "0")
-            .map_err(|e| e.to_string())?;
-        messages.push((marker_subject(&batch.job), h, batch.marker));
-        for (i, (subject, h, body)) in messages.iter_mut().enumerate() {
-            wire::append(h, "Nats-Batch-Id", &id).map_err(|e| e.to_string())?;
-            wire::append(h, "Nats-Batch-Sequence", &(i + 1).to_string())
-                .map_err(|e| e.to_string())?;
-            if i + 1 == n {
-                wire::append(h, "Nats-Batch-Commit", "1").map_err(|e| e.to_string())?;
-            }
-            if let Err(e) = wire::check_size(h, body.len(), max) {
-                return Ok(RemoteOutcome::Invalid(format!(
-                    "a shared state commit message for {subject} is too large: {e}"
-                )));
-            }
-        }
-        let mut messages = messages.into_iter();
-        let last = messages.next_back();
-        for (subject, h, body) in messages {
-            self.client
-                .publish_with_headers(subject.clone(), h, body.into())
-                .await
-                .map_err(|e| format!("publishing to {subject}: {e}"))?;
-        }
-        let Some((subject, h, body)) = last else {
-            return Err("an empty batch".into());
-        };
-        let reply = tokio::time::timeout(
-            TIMEOUT,
-            self.client
-                .request_with_headers(subject.clone(), h, body.into()),
-        )
+/// The last message on `subject`.
+async fn last(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<Option<async_nats::Message>, String> {
+    let api = format!("$JS.API.DIRECT.GET.{STATE_STREAM}");
+    let body = serde_json::json!({ "last_by_subj": subject }).to_string();
+    let reply = tokio::time::timeout(TIMEOUT, client.request(api, body.into()))
         .await
-        .map_err(|_| format!("no answer to a state commit in {TIMEOUT:?}"))?
-        .map_err(|e| format!("committing state ({subject}): {e}"))?;
-        let ack: serde_json::Value = serde_json::from_slice(&reply.payload)
-            .map_err(|e| format!("unreadable answer to a state commit: {e}"))?;
-        if let Some(error) = ack.get("error") {
-            if error.get("err_code").and_then(serde_json::Value::as_u64) == Some(10071) {
-                return Ok(RemoteOutcome::Refused);
-            }
-            return Err(format!("state commit refused: {error}"));
-        }
-        let seq = ack
-            .get("seq")
-            .and_then(serde_json::Value::as_i64)
-            .ok_or_else(|| format!("a state commit answer without seq: {ack}"))?;
-        let count = ack.get("count").and_then(serde_json::Value::as_i64);
-        if count != Some(n as i64) {
-            return Err(format!("a state commit of {n} messages stored {count:?}"));
-        }
-        let first = seq - (n as i64 - 1);
-        Ok(RemoteOutcome::Committed(
-            (0..n as i64 - 1).map(|i| first + i).collect(),
-        ))
+        .map_err(|_| format!("no answer reading {subject} in {TIMEOUT:?}"))?
+        .map_err(|e| format!("reading {subject}: {e}"))?;
+    match reply.status {
+        None => Ok(Some(reply)),
+        Some(s) if s.as_u16() < 300 => Ok(Some(reply)),
+        Some(s) if s.as_u16() == 404 => Ok(None),
+        Some(s) => Err(format!(
+            "reading {subject}: {} {}",
+            s.as_u16(),
+            reply.description.unwrap_or_default()
+        )),
+    }
+}
+
+fn sequence(m: &async_nats::Message, subject: &str) -> Result<i64, String> {
+    header(m, "Nats-Sequence")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("reading {subject}: no Nats-Sequence"))
+}
+
+/// The stream sequence of `subject`'s last message (0: none).
+pub(super) async fn last_version(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<i64, String> {
+    match last(client, subject).await? {
+        Some(m) => sequence(&m, subject),
+        None => Ok(0),
     }
 }
 
@@ -230,12 +162,10 @@ impl Remote for SharedState {
     ) -> RemoteFuture<'a, (Option<Vec<u8>>, i64)> {
         Box::pin(async move {
             let subject = key_subject(plugin, key);
-            let Some(m) = self.last(&subject).await? else {
+            let Some(m) = last(&self.client, &subject).await? else {
                 return Ok((None, 0));
             };
-            let version = header(&m, "Nats-Sequence")
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("reading {subject}: no Nats-Sequence"))?;
+            let version = sequence(&m, &subject)?;
             if header(&m, H_STATE) == Some("deleted") {
                 return Ok((None, version));
             }
@@ -244,13 +174,23 @@ impl Remote for SharedState {
     }
 
     fn commit(&self, batch: RemoteBatch) -> RemoteFuture<'_, RemoteOutcome> {
-        Box::pin(self.commit_batch(batch))
+        Box::pin(async move {
+            let plugin = batch.plugin.clone();
+            let marker = marker_subject(&batch.job);
+            self.committer
+                .commit(
+                    batch,
+                    |key| key_subject(&plugin, key),
+                    marker,
+                    (H_STATE, "deleted"),
+                )
+                .await
+        })
     }
 
     fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
-            Ok(self
-                .last(&marker_subject(job))
+            Ok(last(&self.client, &marker_subject(job))
                 .await?
                 .map(|m| m.payload.to_vec()))
         })
