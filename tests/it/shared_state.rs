@@ -182,6 +182,36 @@ fn a_hot_key_and_spread_keys_from_three_hosts_commit_exactly_in_shared_batches()
 }
 
 #[test]
+fn commit_markers_expire_after_twice_the_work_streams_max_age_and_the_state_stays() {
+    // Markers would otherwise pile up, one per stateful job. They carry a
+    // TTL of twice the work stream's max_age (after which no message that
+    // could bring the job back is left, see `marker_ttl`); the state they
+    // were committed with stays.
+    let nats = NatsServer::start();
+    let cfg = format!(
+        "{}max_age = \"10s\"\nduplicate_window = \"1s\"\n",
+        config(&nats)
+    );
+    let env = Env::new(&["test-state"], &cfg);
+    let host = env.start();
+    wait_running(&[&host]);
+    env.ok(&["post", CHANNEL, r#"{"key": "hot"}"#]);
+    let jobs = env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{}", host.log_text());
+    assert!(
+        wait_until(Duration::from_secs(120), || nats
+            .count("SLUICE_STATE", "sluice-state.c.>")
+            == 0),
+        "the marker expired"
+    );
+    assert_eq!(
+        shared_value(&nats, "hot"),
+        Some("1".into()),
+        "the state stays"
+    );
+}
+
+#[test]
 fn a_shared_counter_stays_exact_through_kills_and_a_nats_restart() {
     let mut nats = NatsServer::start();
     let cfg = config(&nats);

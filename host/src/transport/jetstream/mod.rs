@@ -289,7 +289,8 @@ impl JetStream {
         if !self.inner.settings.shared_state {
             return None;
         }
-        let remote: Arc<dyn crate::state::Remote> = SharedState::new(self.inner.client.clone());
+        let remote: Arc<dyn crate::state::Remote> =
+            SharedState::new(self.inner.client.clone(), self.inner.settings.max_age);
         Some(remote)
     }
 

@@ -20,8 +20,10 @@
 //!   every key's new version. Concurrent jobs of a host share one batch
 //!   (`state_commit.rs`): the server's cost is per batch, not per message.
 //!
-//! The stream keeps state forever (`max_age` 0); markers are kept too (one
-//! small message per committed job that touched state).
+//! The stream keeps state forever (`max_age` 0). Markers carry a
+//! per-message TTL (`Nats-TTL`, the stream allows them) of twice the work
+//! stream's `max_age` (see [`marker_ttl`] for why no job can come back
+//! after that), so they do not pile up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,7 @@ pub(super) async fn ensure_state_stream(
         max_messages_per_subject: 1,
         allow_direct: true,
         allow_atomic_publish: true,
+        allow_message_ttl: true,
         num_replicas: settings.replicas,
         ..Default::default()
     };
@@ -86,7 +89,11 @@ pub(super) async fn ensure_state_stream(
         .await
         .map_err(|e| err(e.to_string()))?;
     let have = &s.cached_info().config;
-    if have.max_messages_per_subject != 1 || !have.allow_direct || !have.allow_atomic_publish {
+    if have.max_messages_per_subject != 1
+        || !have.allow_direct
+        || !have.allow_atomic_publish
+        || !have.allow_message_ttl
+    {
         js.update_stream(config)
             .await
             .map_err(|e| err(format!("cannot update its settings: {e}")))?;
@@ -98,16 +105,35 @@ pub(super) async fn ensure_state_stream(
 pub struct SharedState {
     client: async_nats::Client,
     committer: Arc<Committer>,
+    /// How long the server keeps a commit marker (`None`: forever).
+    marker_ttl: Option<Duration>,
 }
 
 impl SharedState {
-    /// State through `client`'s server (the stream must exist).
-    pub fn new(client: async_nats::Client) -> Arc<SharedState> {
+    /// State through `client`'s server (the stream must exist), with the
+    /// work stream's `max_age` (see [`marker_ttl`]).
+    pub fn new(client: async_nats::Client, work_max_age: Duration) -> Arc<SharedState> {
         Arc::new(SharedState {
             committer: Committer::new(client.clone()),
             client,
+            marker_ttl: marker_ttl(work_max_age),
         })
     }
+}
+
+/// How long a commit marker is kept: twice the work stream's `max_age`
+/// (`None`, forever, when that keeps messages forever). A marker only
+/// matters to a delivery of its job that comes after the commit, and every
+/// such delivery comes from a message of the work stream stored no later
+/// than the job's last run (the message itself, or a copy a host made while
+/// or before running it: a not-yet-due copy, a retry, a continuation of an
+/// earlier slice), which the stream drops `max_age` after it was stored. A
+/// run lasts far less than `max_age` (calls and commits are bounded by
+/// seconds to minutes; the ack wait hands a silent one on), so by twice
+/// that no message that could bring the job back is left, and a pruned
+/// marker cannot let it commit a second time.
+pub fn marker_ttl(work_max_age: Duration) -> Option<Duration> {
+    (!work_max_age.is_zero()).then(|| work_max_age.saturating_mul(2))
 }
 
 /// The last message on `subject`.
@@ -181,7 +207,7 @@ impl Remote for SharedState {
                 .commit(
                     batch,
                     |key| key_subject(&plugin, key),
-                    marker,
+                    (marker, self.marker_ttl),
                     (H_STATE, "deleted"),
                 )
                 .await

@@ -116,7 +116,7 @@ impl Committer {
         self: &Arc<Self>,
         batch: RemoteBatch,
         key_subject: impl Fn(&str) -> String,
-        marker_subject: String,
+        (marker_subject, marker_ttl): (String, Option<std::time::Duration>),
         deleted_header: (&str, &str),
     ) -> Result<RemoteOutcome, String> {
         let n = batch.changes.len() + 1;
@@ -153,6 +153,14 @@ impl Committer {
         let mut headers = HeaderMap::new();
         wire::append(&mut headers, "Nats-Expected-Last-Subject-Sequence", "0")
             .map_err(|e| e.to_string())?;
+        if let Some(ttl) = marker_ttl {
+            wire::append(
+                &mut headers,
+                "Nats-TTL",
+                &format!("{}s", ttl.as_secs().max(1)),
+            )
+            .map_err(|e| e.to_string())?;
+        }
         messages.push(Msg {
             subject: marker_subject,
             headers,
