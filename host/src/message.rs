@@ -29,9 +29,11 @@ pub const MAX_HEADER_NAME: usize = 256;
 /// a mapper's output) wants on a message, so that it can travel on any
 /// transport: NATS header names are visible ASCII without `:` (no spaces,
 /// no control characters) and values have no CR or LF, and the names
-/// Sluice and NATS use for their own fields (`Nats-*`, `Sluice-*` other
-/// than the ones a message carries) are reserved. The error says which rule
-/// was broken, in one line.
+/// Sluice and NATS use for their own fields (`Nats-*`, and `Sluice-*` but
+/// the request name) are reserved: the host sets the cursor, slice, attempt
+/// and causation id itself, so a producer can neither forge where a post
+/// came from nor make a message pass for a later slice or attempt. The
+/// error says which rule was broken, in one line.
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let shown = |s: &str| {
         let mut out: String = s.chars().take(60).collect();
@@ -65,9 +67,11 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
             shown(name)
         ));
     }
-    if is_reserved_header(name) {
+    if is_reserved_header(name)
+        || (is_carried_header(name) && !name.eq_ignore_ascii_case(REQUEST_NAME_HEADER))
+    {
         return Err(format!(
-            "header name {} is reserved (Nats-* and Sluice-* are the transport's own fields)",
+            "header name {} is reserved (Nats-* and Sluice-* are the transport's and the host's own fields; {REQUEST_NAME_HEADER} is the one a producer may set)",
             shown(name)
         ));
     }
@@ -215,6 +219,15 @@ mod tests {
         assert!(err("x", "one\rtwo").contains("CR or LF"));
         assert!(err("Nats-Msg-Id", "x").contains("reserved"));
         assert!(err("SLUICE-ID", "x").contains("reserved"));
+        // The host's own fields: a producer sets none of them.
+        for name in [
+            CAUSATION_HEADER,
+            "Sluice-Attempt",
+            CURSOR_HEADER,
+            "SLUICE-SLICE",
+        ] {
+            assert!(err(name, "1").contains("reserved"), "{name}");
+        }
         assert!(err(&"h".repeat(MAX_HEADER_NAME + 1), "x").contains("longer"));
     }
 }

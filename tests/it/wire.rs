@@ -53,11 +53,25 @@ fn headers_cursors_and_reasons_of_any_bytes_never_stop_the_host_posting() {
         "{stderr}"
     );
 
-    // A guest that posts with a header NATS cannot carry fails its own call
-    // with the reason, at post time.
+    // The host's own fields cannot be set by a producer: no forged
+    // causation, slice or attempt.
+    for header in ["sluice-causation-id=forged", "Sluice-Attempt=99"] {
+        let out = env.sluice(&["post", "test.wire", "{}", "--header", header]);
+        assert!(!out.status.success(), "{header} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is reserved") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+
+    // A guest that posts with a header NATS cannot carry, or one of the
+    // host's own, fails its own call with the reason, at post time.
     for (name, value, says) in [
         ("bad name", "x", "header name"),
         ("ok", "two\nlines", "line break"),
+        ("sluice-causation-id", "forged", "is reserved"),
+        ("Sluice-Slice", "7", "is reserved"),
     ] {
         let body = serde_json::json!({
             "posts": [{"channel": "test.sink", "headers": [[name, value]]}]
