@@ -240,7 +240,10 @@ pub fn dead_letter_headers(
     max_reason: usize,
     dedupe_id: &str,
 ) -> Result<HeaderMap, WireError> {
-    let mut h = original.cloned().unwrap_or_default();
+    // The server's own fields stay behind: a retry fired by a schedule
+    // carries `Nats-Schedule-Next` and `Nats-Scheduler`, which the
+    // dead-letter stream (no schedules allowed) refuses.
+    let mut h = without_server_headers(original)?;
     let mut cut = reason.len().min(max_reason);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
@@ -259,6 +262,15 @@ pub fn forwarded_headers(
     message_id: &str,
     dedupe_id: &str,
 ) -> Result<HeaderMap, WireError> {
+    let mut h = without_server_headers(original)?;
+    set(&mut h, H_ID, &encode(message_id))?;
+    set(&mut h, NATS_MSG_ID, &encode(dedupe_id))?;
+    Ok(h)
+}
+
+/// `original`'s headers but the server's (`Nats-*`: ids, schedule fields,
+/// expectations), for a copy that travels again.
+fn without_server_headers(original: Option<&HeaderMap>) -> Result<HeaderMap, WireError> {
     let mut h = HeaderMap::new();
     if let Some(original) = original {
         for (name, values) in original.iter() {
@@ -271,8 +283,6 @@ pub fn forwarded_headers(
             }
         }
     }
-    set(&mut h, H_ID, &encode(message_id))?;
-    set(&mut h, NATS_MSG_ID, &encode(dedupe_id))?;
     Ok(h)
 }
 
@@ -540,6 +550,15 @@ mod tests {
             h.get(H_ERROR).map(|v| decode_text(v.as_str()).len()),
             Some(1000)
         );
+        // A delivery fired by a schedule: the server's fields stay behind.
+        let mut fired = HeaderMap::new();
+        fired.insert("Nats-Scheduler", "sluice-sched.x");
+        fired.insert("Nats-Schedule-Next", "purge");
+        fired.insert("trace-id", "t");
+        let h = dead_letter_headers(Some(&fired), "dead", 1024, "d").expect("headers");
+        assert!(h.get("Nats-Scheduler").is_none() && h.get("Nats-Schedule-Next").is_none());
+        assert_eq!(h.get("trace-id").map(|v| v.as_str()), Some("t"));
+        assert_eq!(h.get(NATS_MSG_ID).map(|v| v.as_str()), Some("d"));
     }
 
     #[test]

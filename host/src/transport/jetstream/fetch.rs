@@ -145,8 +145,8 @@ impl JetStream {
     /// NAK it would keep a consumer slot all that time, so with schedules a
     /// copy addressed to its handler is scheduled for `at` and this one is
     /// acked (a crash in between redelivers it, and the copy's fixed id
-    /// makes the second schedule the same one). A short wait, a server
-    /// without schedules, or a failed copy falls back to the NAK.
+    /// makes the second schedule the same one), however short the wait. A
+    /// server without schedules, or a failed copy, falls back to the NAK.
     async fn not_yet(&self, msg: &jetstream::Message, sub: &Subscription, id: &str, at: i64) {
         let now = now_ms();
         if self.wants_schedule(at, now).unwrap_or(false) {

@@ -22,7 +22,7 @@ use async_nats::jetstream::{ErrorCode, context::PublishAckFuture};
 use tokio_util::sync::CancellationToken;
 
 use super::super::wire::{self, Envelope, WireError};
-use super::schedule::{MIN_SCHEDULED_MS, ScheduleError};
+use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
 use crate::message::now_ms;
 use crate::store::{OutboxRow, RelayOutcome};
@@ -232,10 +232,10 @@ impl JetStream {
         });
         let headers = framed.map_err(|e: WireError| Failure::Poison(e.to_string()))?;
         let body: bytes::Bytes = row.message.body.clone().into();
-        // Not due for a while (only with schedules: see `outbox_due`
-        // above): the server keeps it. Due within MIN_SCHEDULED_MS: sent now
-        // with its not-before time, and the inbox holds it that long.
-        if row.visible_at > now.saturating_add(MIN_SCHEDULED_MS) && self.inner.schedules {
+        // Not due yet (only with schedules: see `outbox_due` above): the
+        // server keeps it, however soon it is due; a delivery NAKed until
+        // then would hold a consumer slot.
+        if row.visible_at > now && self.inner.schedules {
             return self
                 .publish_schedule(&subject, headers, body, row.visible_at, &row.id)
                 .await

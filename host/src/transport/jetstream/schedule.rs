@@ -38,8 +38,11 @@ use super::JetStream;
 /// Subject prefix of schedules.
 pub const SCHED_PREFIX: &str = "sluice-sched";
 
-/// A delay shorter than this is not worth a schedule: the delivery is
-/// NAKed for it, or the relay holds the row that long.
+/// On a server without schedules, a delay shorter than this is still
+/// taken (`sluice post`, the API): the delivery is NAKed for it. Longer
+/// ones are refused there. With schedules every delay is one, however
+/// short: a NAKed delivery would hold a consumer slot meanwhile (the server
+/// fires a schedule whose time is near or past within about 250 ms).
 pub const MIN_SCHEDULED_MS: i64 = 2_000;
 
 /// How far before the stream's `max_age` a schedule must fire.
@@ -90,14 +93,18 @@ impl JetStream {
     }
 
     /// Whether a message due at `at` (Unix ms) should go out as a schedule
-    /// now (`Ok(true)`), as a plain message (`Ok(false)`: due, or too soon
-    /// to be worth one), or cannot be kept (the error says why).
+    /// now (`Ok(true)`), as a plain message (`Ok(false)`: due, or a short
+    /// delay on a server without schedules), or cannot be kept (the error
+    /// says why).
     pub(super) fn wants_schedule(&self, at: i64, now: i64) -> Result<bool, WireError> {
         let delay = at.saturating_sub(now);
-        if delay < MIN_SCHEDULED_MS {
+        if delay <= 0 {
             return Ok(false);
         }
         if !self.inner.schedules {
+            if delay < MIN_SCHEDULED_MS {
+                return Ok(false);
+            }
             return Err(WireError::NoSchedules {
                 version: self.inner.server_version.clone(),
             });
