@@ -342,6 +342,10 @@ async fn serve<T: Transport>(
     hard_stop: CancellationToken,
 ) -> Result<(), RunError> {
     let subscriptions = set.subscriptions();
+    // A previous run's handler version may have listed channels this one
+    // does not.
+    let handlers: Vec<String> = set.handlers.keys().cloned().collect();
+    transport.retire(&handlers, &subscriptions).await?;
     let (js, cluster) = shared.unzip();
     let runtime = watcher.runtime().clone();
     let deps = Arc::new(Deps {

@@ -80,6 +80,9 @@ pub struct Watcher {
     hup: Option<Signal>,
     /// Subscriptions that have a pump.
     started: BTreeSet<Subscription>,
+    /// Of those, the ones the current set does not list (a handler's new
+    /// version dropped the channel, or the handler is gone).
+    unlisted: BTreeSet<Subscription>,
     /// The directory could not be read last time (logged once).
     unreadable: bool,
 }
@@ -117,6 +120,7 @@ impl Watcher {
             changes: Changes::default(),
             hup,
             started: BTreeSet::new(),
+            unlisted: BTreeSet::new(),
             unreadable: false,
         };
         let started = Instant::now();
@@ -212,7 +216,11 @@ impl Watcher {
         if scan.changed {
             let set = self.compose(&deps.registry.current());
             let subs = set.subscriptions();
+            let handlers: Vec<String> = set.handlers.keys().cloned().collect();
             deps.registry.swap(set);
+            if let Err(e) = deps.transport.retire(&handlers, &subs).await {
+                tracing::error!(error = %e, "cannot record which channels the handlers dropped; tried again at the next change");
+            }
             self.record(deps, &deps.registry.current()).await;
             self.start_pumps(deps, spawn, subs).await;
         } else if force {
@@ -220,7 +228,9 @@ impl Watcher {
         }
     }
 
-    /// Registers and starts the pumps of subscriptions that have none.
+    /// Registers and starts the pumps of subscriptions that have none, and
+    /// registers again those listed anew after a version had dropped them
+    /// (their pump is there; the transport may have retired them).
     async fn start_pumps<T: Transport>(
         &mut self,
         deps: &Deps<T>,
@@ -228,15 +238,17 @@ impl Watcher {
         subs: Vec<Subscription>,
     ) {
         let new: Vec<Subscription> = subs
-            .into_iter()
-            .filter(|s| !self.started.contains(s))
+            .iter()
+            .filter(|s| !self.started.contains(*s))
+            .cloned()
             .collect();
-        if new.is_empty() {
-            return;
-        }
-        if let Err(e) = deps.transport.register(&new).await {
+        let back = subs.iter().filter(|s| self.unlisted.contains(*s)).cloned();
+        let register: Vec<Subscription> = new.iter().cloned().chain(back).collect();
+        if !register.is_empty()
+            && let Err(e) = deps.transport.register(&register).await
+        {
             // Not marked started: the next change tries again.
-            tracing::error!(error = %e, subscriptions = ?new, "cannot register new subscriptions; their pumps wait for the next change");
+            tracing::error!(error = %e, subscriptions = ?register, "cannot register new subscriptions; their pumps wait for the next change");
             return;
         }
         for sub in new {
@@ -244,6 +256,12 @@ impl Watcher {
             self.started.insert(sub.clone());
             spawn(sub);
         }
+        self.unlisted = self
+            .started
+            .iter()
+            .filter(|s| !subs.contains(*s))
+            .cloned()
+            .collect();
     }
 
     /// Acts on a listing: removals, then starts loading each changed file,

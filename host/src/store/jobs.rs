@@ -190,6 +190,40 @@ impl Store {
         .await
     }
 
+    /// Forgets every (channel, handler) pair of the consumers table whose
+    /// handler is one of `handlers` but that is not in `keep`: the
+    /// handler's loaded version no longer lists the channel. Jobs already
+    /// queued for it stay (they run if a version listing it comes back).
+    /// Returns the pairs forgotten.
+    pub async fn retire_consumers(
+        &self,
+        handlers: Vec<String>,
+        keep: Vec<(String, String)>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(move |conn| {
+            let keep: std::collections::HashSet<(String, String)> = keep.into_iter().collect();
+            let mut forgotten = Vec::new();
+            for handler in &handlers {
+                let channels: Vec<String> = conn
+                    .prepare_cached("SELECT channel FROM consumers WHERE consumer = ?1")?
+                    .query_map(params![handler], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for channel in channels {
+                    let pair = (channel, handler.clone());
+                    if !keep.contains(&pair) {
+                        conn.prepare_cached(
+                            "DELETE FROM consumers WHERE channel = ?1 AND consumer = ?2",
+                        )?
+                        .execute(params![pair.0, pair.1])?;
+                        forgotten.push(pair);
+                    }
+                }
+            }
+            Ok(forgotten)
+        })
+        .await
+    }
+
     /// Claims up to `max` runnable jobs of `(channel, consumer)`: they become
     /// `running` and their attempt count goes up. Only one claimer can get a
     /// job: claims run one at a time on the writer thread.

@@ -57,6 +57,22 @@ impl Transport for Embedded {
         Ok(())
     }
 
+    async fn retire(
+        &self,
+        handlers: &[String],
+        serving: &[Subscription],
+    ) -> Result<(), TransportError> {
+        let keep = serving
+            .iter()
+            .map(|s| (s.channel.clone(), s.consumer.clone()))
+            .collect();
+        let forgotten = self.store.retire_consumers(handlers.to_vec(), keep).await?;
+        for (channel, handler) in forgotten {
+            tracing::info!(%channel, %handler, "the handler no longer lists the channel: new messages of it are not queued for it");
+        }
+        Ok(())
+    }
+
     async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, TransportError> {
         let published = self.store.publish(messages).await?;
         self.wake();

@@ -104,6 +104,23 @@ pub trait Transport: Send + Sync + 'static {
         subscriptions: &[Subscription],
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
+    /// Says that the loaded handlers `handlers` serve exactly `serving`
+    /// now (at start and after every swap): a handler whose new version no
+    /// longer lists a channel gets no new messages of it. The embedded
+    /// queue forgets the pair, so a post to that channel is not queued for
+    /// a handler that will not run it (with no handler left it is kept
+    /// unrouted, and routed when one registers). JetStream keeps its
+    /// durable consumer: other hosts may still run the old version, and a
+    /// consumer created again would deliver the stream's history anew.
+    fn retire(
+        &self,
+        handlers: &[String],
+        serving: &[Subscription],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let _ = (handlers, serving);
+        async { Ok(()) }
+    }
+
     /// Enqueues messages (idempotent per message id).
     fn publish(
         &self,
