@@ -227,3 +227,52 @@ fn a_status_shared_between_a_hosts_read_and_its_write_is_not_overwritten() {
         assert_eq!(c.get(id).await.map(|v| v.state), Some(JobState::Succeeded));
     });
 }
+
+/// A delayed post is a job from the moment it is posted, not only once it
+/// is due: the host it was posted through lists it and answers for it as
+/// `scheduled`, the other hosts answer from the status board, and a cancel
+/// made on any host before it is due keeps it from ever running.
+#[test]
+fn a_delayed_post_is_listed_answered_and_cancellable_before_it_is_due() {
+    let nats = NatsServer::start();
+    let ((a, a_addr), (b, b_addr)) = (host(&nats), host(&nats));
+    let (a_host, a_api) = started(&a, &a_addr);
+    let (b_host, b_api) = started(&b, &b_addr);
+
+    // Through A's API, due in 10 s (time enough to cancel it first).
+    let posted = a_api.post("/v1/channels/test.wire/messages?delay=10s", "{}");
+    assert_eq!(posted.status, 202, "{}", posted.text);
+    let id = posted.json()["job_ids"][0]
+        .as_str()
+        .expect("job id")
+        .to_owned();
+    assert_eq!(state_of(&a, &id), Some(JobState::Scheduled), "A lists it");
+    let on_a = a_api.get(&format!("/v1/jobs/{id}"));
+    assert_eq!(on_a.status, 200, "{}", on_a.text);
+    assert_eq!(on_a.json()["state"], "scheduled");
+    assert!(
+        wait_until(Duration::from_secs(30), || b_api
+            .get(&format!("/v1/jobs/{id}"))
+            .status
+            == 200),
+        "B answers for it from the status board\n{}",
+        a_host.log_text()
+    );
+    // Cancelled through B, which never had it.
+    let cancel = b_api.delete(&format!("/v1/jobs/{id}"));
+    assert_eq!(cancel.status, 202, "{}", cancel.text);
+    wait_state(&a, &id, JobState::Cancelled, &a_host);
+    wait_state(&b, &id, JobState::Cancelled, &b_host);
+    // It falls due, is delivered, and runs nowhere.
+    assert!(
+        wait_until(Duration::from_secs(60), || consumer_settled(&nats, 1)),
+        "the message fired and was settled\n{}",
+        a_host.log_text()
+    );
+    assert_eq!(calls(&a) + calls(&b), 0, "the cancelled job never ran");
+
+    // Through A's CLI: listed on A at once.
+    let message = a.ok(&["post", "test.wire", "{}", "--delay", "1h"]);
+    let id = job_id_for(message.trim(), "test-wire");
+    assert_eq!(state_of(&a, &id), Some(JobState::Scheduled));
+}

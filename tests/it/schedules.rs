@@ -104,8 +104,13 @@ fn delayed_messages_and_retry_backoffs_leave_every_slot_to_due_work() {
     );
     assert_eq!(state(poster.trim()), Some(JobState::Succeeded));
     // The delayed ones have not run, and the failing ones ran once each.
+    // (Recorded by the host they were posted through, waiting.)
     for id in &delayed {
-        assert_eq!(state(id), None, "a message delayed by an hour ran");
+        assert_eq!(
+            state(id),
+            Some(JobState::Scheduled),
+            "a message delayed by an hour ran"
+        );
     }
     for id in &failing {
         let job = env
@@ -141,4 +146,75 @@ fn delayed_messages_and_retry_backoffs_leave_every_slot_to_due_work() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("longer than the stream keeps"), "{stderr}");
+}
+
+/// Delays under 2 s wait on the server too, never as a NAKed delivery
+/// holding one of the handler's slots: a `sluice post` delayed 1.5 s, a
+/// foreign producer's not-before 1.8 s ahead, a handler's post delayed
+/// 1.5 s and a retry backing off 1 s each reach the stream as the
+/// server's firing of a schedule (`Nats-Scheduler`), and none runs before
+/// it is due.
+#[test]
+fn delays_under_two_seconds_wait_on_the_server_too() {
+    let nats = NatsServer::start();
+    let policy = "[plugin.test-wire]\nconcurrency = 1\nmax_attempts = 5\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n";
+    let env = Env::new(&["test-wire"], &nats.config("10s", policy));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    let posted_at = sluice::message::now_ms();
+    let cli = env.ok(&["post", "test.wire", "{}", "--delay", "1500ms"]);
+    let cli = cli.trim().to_owned();
+    let foreign_due = sluice::message::now_ms() + 1800;
+    nats.with_js(|js| async move {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Sluice-Id", "foreign-short");
+        h.insert("Sluice-Not-Before", foreign_due.to_string().as_str());
+        js.publish_with_headers("sluice.test.wire", h, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    });
+    let body = r#"{"posts": [{"channel": "test.sink", "delay_ms": 1500}]}"#;
+    let poster = env.ok(&["post", "test.wire", body]).trim().to_owned();
+    let failing = env
+        .ok(&["post", "test.wire", r#"{"fail_times": 1}"#])
+        .trim()
+        .to_owned();
+    let job = |id: &str| {
+        env.jobs("test.wire")
+            .into_iter()
+            .find(|j| j.message_id == id)
+    };
+    let ids = [cli.as_str(), "foreign-short", &poster, &failing];
+    assert!(
+        wait_until(Duration::from_secs(60), || ids
+            .iter()
+            .all(|id| job(id).is_some_and(|j| j.state == JobState::Succeeded))),
+        "{:?}\n{}",
+        ids.iter()
+            .map(|id| job(id).map(|j| j.state))
+            .collect::<Vec<_>>(),
+        host.log_text()
+    );
+    let started = |id: &str| job(id).and_then(|j| j.started_at).unwrap_or(0);
+    assert!(started(&cli) >= posted_at + 1500, "ran before it was due");
+    assert!(
+        started("foreign-short") >= foreign_due,
+        "ran before it was due"
+    );
+
+    // Each delayed one came from a schedule the server fired.
+    let fired = |subject: &str, id: Option<&str>| {
+        nats.messages("SLUICE").iter().any(|m| {
+            m.subject.as_str() == subject
+                && m.headers.get("Nats-Scheduler").is_some()
+                && id.is_none_or(|id| m.headers.get("Sluice-Id").is_some_and(|v| v.as_str() == id))
+        })
+    };
+    let cont = "sluice-cont.test-wire.test.wire";
+    assert!(fired("sluice.test.wire", Some(&cli)), "the CLI's post");
+    assert!(fired(cont, Some("foreign-short")), "the foreign message");
+    assert!(fired("sluice.test.sink", None), "the handler's post");
+    assert!(fired(cont, Some(&failing)), "the retry");
 }

@@ -359,6 +359,11 @@ pub async fn cancel<T: Transport>(
                     tracing::info!(job_id = %id, "cancel of another host's job sent to every host");
                     return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
                 }
+                if state.cluster.is_some() {
+                    return Err(ApiError::not_found(format!(
+                        "no job {id} on this host, and no host has shared one (a job is known from its post through a host, or once delivered)"
+                    )));
+                }
                 return Err(ApiError::not_found(format!("no job {id}")));
             }
             Cancel::Finished(s) => {

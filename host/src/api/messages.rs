@@ -54,6 +54,7 @@ pub async fn post<T: Transport>(
     let body = body.map_err(|e| ApiError::new(e.status(), body_error(e.status())))?;
     let message = build(&state, channel, params, &headers, body)?;
     let channel = message.message.channel.clone();
+    let delayed = message.visible_at > crate::message::now_ms();
     let mut published = state.deps.transport.publish(vec![message]).await?;
     let Some(mut published) = published.pop() else {
         return Err(ApiError::new(
@@ -72,6 +73,13 @@ pub async fn post<T: Transport>(
             .iter()
             .map(|h| job_id_for(&published.message_id, &h.info().name))
             .collect();
+        // A delayed one is recorded here as scheduled (the transport did)
+        // and shared, so every host can answer for it before it is due.
+        if delayed {
+            for id in &published.job_ids {
+                state.deps.control.changed(id);
+            }
+        }
     }
     let mut response = (
         StatusCode::ACCEPTED,

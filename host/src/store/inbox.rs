@@ -24,7 +24,7 @@ use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::records::{ClaimedJob, JobState};
-use super::{Store, StoreError};
+use super::{NewMessage, Store, StoreError};
 use crate::message::{Message, now_ms};
 
 /// What to do with a delivery.
@@ -134,6 +134,59 @@ impl Store {
                 .into_iter()
                 .map(|d| receive_one(conn, d, now))
                 .collect()
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// Records the jobs of delayed messages this host published straight
+    /// to the stream (`sluice post --delay`, the API's `delay=`), one per
+    /// handler this host knows for the channel (the consumers table), as
+    /// `scheduled` until due, so the job list and `GET /v1/jobs/{id}` show
+    /// them from the moment they are posted; the delivery, on whichever
+    /// host, carries the job on from there (and the reconciler resolves
+    /// this record if another host ran it). Returns the job ids recorded;
+    /// a job this host has already is left as it is.
+    pub async fn record_delayed_posts(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            let mut recorded = Vec::new();
+            for m in messages.iter().filter(|m| m.visible_at > now) {
+                let msg = &m.message;
+                let headers = serde_json::to_string(&msg.headers)
+                    .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
+                for consumer in super::jobs::consumers_of(conn, &msg.channel)? {
+                    let id = job_id_for(&msg.id, &consumer);
+                    let inserted = conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO jobs (id, message_id, channel, consumer, kind,
+                                 headers, body, state, attempts, slices, visible_at, expires_at,
+                                 created_at, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'scheduled', 0, 0, ?8, ?9, ?10,
+                                 ?10)",
+                        )?
+                        .execute(params![
+                            id,
+                            msg.id,
+                            msg.channel,
+                            consumer,
+                            msg.kind.as_str(),
+                            headers,
+                            msg.body,
+                            m.visible_at,
+                            m.expires_at,
+                            now,
+                        ])?;
+                    if inserted == 1 {
+                        recorded.push(id);
+                    }
+                }
+            }
+            Ok(recorded)
         })
         .await
     }

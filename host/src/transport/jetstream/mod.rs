@@ -310,7 +310,33 @@ impl JetStream {
 
 impl Transport for JetStream {
     async fn register(&self, subscriptions: &[Subscription]) -> Result<(), TransportError> {
-        Ok(self.register_consumers(subscriptions).await?)
+        self.register_consumers(subscriptions).await?;
+        // Which handlers this host runs for which channel, for the jobs of
+        // delayed posts it records before their delivery.
+        let pairs = subscriptions
+            .iter()
+            .map(|s| (s.channel.clone(), s.consumer.clone()))
+            .collect();
+        self.inner.store.register_consumers(pairs).await?;
+        Ok(())
+    }
+
+    async fn retire(
+        &self,
+        handlers: &[String],
+        serving: &[Subscription],
+    ) -> Result<(), TransportError> {
+        // The durable consumers stay (see the trait); this host's record
+        // of what it runs follows the loaded set.
+        let keep = serving
+            .iter()
+            .map(|s| (s.channel.clone(), s.consumer.clone()))
+            .collect();
+        self.inner
+            .store
+            .retire_consumers(handlers.to_vec(), keep)
+            .await?;
+        Ok(())
     }
 
     async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, TransportError> {

@@ -48,6 +48,13 @@ impl JetStream {
     ) -> Vec<Result<Published, JetStreamError>> {
         let mut answers: Vec<Option<Result<bool, JetStreamError>>> =
             messages.iter().map(|_| None).collect();
+        let now = now_ms();
+        let delayed: Vec<(usize, NewMessage)> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.visible_at > now)
+            .map(|(i, m)| (i, m.clone()))
+            .collect();
         let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
         for (i, m) in messages.iter().enumerate() {
             if in_flight.len() >= PIPELINE
@@ -82,6 +89,18 @@ impl JetStream {
                 job_ids: Vec::new(),
                 duplicate,
             }));
+        }
+        // A delayed message is delivered only when due; this host records
+        // its jobs now so that its job list and status show them meanwhile.
+        let stored: Vec<NewMessage> = delayed
+            .into_iter()
+            .filter(|(i, _)| out.get(*i).is_some_and(Result::is_ok))
+            .map(|(_, m)| m)
+            .collect();
+        if !stored.is_empty()
+            && let Err(e) = self.inner.store.record_delayed_posts(stored).await
+        {
+            tracing::warn!(error = %e, "delayed messages posted, but this host could not record their jobs; they show once delivered");
         }
         out
     }
