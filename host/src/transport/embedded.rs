@@ -43,11 +43,10 @@ impl Embedded {
 
 impl Transport for Embedded {
     async fn register(&self, subscriptions: &[Subscription]) -> Result<(), TransportError> {
-        let pairs = subscriptions
-            .iter()
-            .map(|s| (s.channel.clone(), s.consumer.clone()))
-            .collect();
-        let routed = self.store.register_consumers(pairs).await?;
+        let routed = self
+            .store
+            .register_consumers(super::pairs(subscriptions))
+            .await?;
         if routed > 0 {
             tracing::info!(
                 routed,
@@ -62,15 +61,7 @@ impl Transport for Embedded {
         handlers: &[String],
         serving: &[Subscription],
     ) -> Result<(), TransportError> {
-        let keep = serving
-            .iter()
-            .map(|s| (s.channel.clone(), s.consumer.clone()))
-            .collect();
-        let forgotten = self.store.retire_consumers(handlers.to_vec(), keep).await?;
-        for (channel, handler) in forgotten {
-            tracing::info!(%channel, %handler, "the handler no longer lists the channel: new messages of it are not queued for it");
-        }
-        Ok(())
+        super::retire_in_store(&self.store, handlers, serving).await
     }
 
     async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, TransportError> {

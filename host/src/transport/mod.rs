@@ -21,7 +21,7 @@ pub use embedded::Embedded;
 pub use jetstream::{ConcurrencyOf, JetStream, JetStreamError, JetStreamSettings, STREAM};
 pub use wire::WireError;
 
-use crate::store::{ClaimedJob, NewMessage, Published, StoreError};
+use crate::store::{ClaimedJob, NewMessage, Published, Store, StoreError};
 
 /// One durable consumer: the handler `consumer` reading `channel`. Hosts that
 /// share a subscription compete for its messages; each handler of an event
@@ -94,6 +94,30 @@ pub enum TransportError {
     /// JetStream failed.
     #[error(transparent)]
     JetStream(#[from] JetStreamError),
+}
+
+/// (channel, handler) of each subscription, as the consumers table keeps
+/// them.
+fn pairs(subscriptions: &[Subscription]) -> Vec<(String, String)> {
+    subscriptions
+        .iter()
+        .map(|s| (s.channel.clone(), s.consumer.clone()))
+        .collect()
+}
+
+/// The consumers table follows the loaded set (see [`Transport::retire`]).
+async fn retire_in_store(
+    store: &Store,
+    handlers: &[String],
+    serving: &[Subscription],
+) -> Result<(), TransportError> {
+    let forgotten = store
+        .retire_consumers(handlers.to_vec(), pairs(serving))
+        .await?;
+    for (channel, handler) in forgotten {
+        tracing::info!(%channel, %handler, "the handler no longer lists the channel: new messages of it are not queued for it");
+    }
+    Ok(())
 }
 
 /// A message transport. See the module docs for the contract.

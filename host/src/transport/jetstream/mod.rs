@@ -313,11 +313,10 @@ impl Transport for JetStream {
         self.register_consumers(subscriptions).await?;
         // Which handlers this host runs for which channel, for the jobs of
         // delayed posts it records before their delivery.
-        let pairs = subscriptions
-            .iter()
-            .map(|s| (s.channel.clone(), s.consumer.clone()))
-            .collect();
-        self.inner.store.register_consumers(pairs).await?;
+        self.inner
+            .store
+            .register_consumers(super::pairs(subscriptions))
+            .await?;
         Ok(())
     }
 
@@ -328,15 +327,7 @@ impl Transport for JetStream {
     ) -> Result<(), TransportError> {
         // The durable consumers stay (see the trait); this host's record
         // of what it runs follows the loaded set.
-        let keep = serving
-            .iter()
-            .map(|s| (s.channel.clone(), s.consumer.clone()))
-            .collect();
-        self.inner
-            .store
-            .retire_consumers(handlers.to_vec(), keep)
-            .await?;
-        Ok(())
+        super::retire_in_store(&self.inner.store, handlers, serving).await
     }
 
     async fn publish(&self, messages: Vec<NewMessage>) -> Result<Vec<Published>, TransportError> {
