@@ -173,12 +173,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         self.call(move |conn| {
             let now = now_ms();
-            let mut add = conn.prepare_cached(
-                "INSERT OR IGNORE INTO consumers (channel, consumer, created_at) VALUES (?1, ?2, ?3)",
-            )?;
-            for (channel, consumer) in &subscriptions {
-                add.execute(params![channel, consumer, now])?;
-            }
+            add_consumers(conn, &subscriptions, now)?;
             let mut routed = 0;
             let mut channels: Vec<&String> = subscriptions.iter().map(|(c, _)| c).collect();
             channels.dedup();
@@ -188,6 +183,17 @@ impl Store {
             Ok(routed)
         })
         .await
+    }
+
+    /// Records that these handlers consume these channels (idempotent),
+    /// routing nothing: on JetStream no job waits unrouted in this store
+    /// (jobs are recorded on delivery), so a start scans no jobs.
+    pub async fn record_consumers(
+        &self,
+        subscriptions: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| add_consumers(conn, &subscriptions, now_ms()))
+            .await
     }
 
     /// Forgets every (channel, handler) pair of the consumers table whose
@@ -437,6 +443,20 @@ pub(super) fn publish_one(
         job_ids,
         duplicate,
     })
+}
+
+fn add_consumers(
+    conn: &Connection,
+    pairs: &[(String, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut add = conn.prepare_cached(
+        "INSERT OR IGNORE INTO consumers (channel, consumer, created_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for (channel, consumer) in pairs {
+        add.execute(params![channel, consumer, now])?;
+    }
+    Ok(())
 }
 
 pub(super) fn consumers_of(conn: &Connection, channel: &str) -> Result<Vec<String>, StoreError> {

@@ -315,7 +315,7 @@ impl Transport for JetStream {
         // delayed posts it records before their delivery.
         self.inner
             .store
-            .register_consumers(super::pairs(subscriptions))
+            .record_consumers(super::pairs(subscriptions))
             .await?;
         Ok(())
     }
