@@ -25,9 +25,7 @@ use crate::reload;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervise::supervised;
-use crate::transport::{
-    ConcurrencyOf, Embedded, JetStream, Subscription, Transport, TransportError,
-};
+use crate::transport::{Embedded, JetStream, Subscription, Transport, TransportError};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -208,19 +206,7 @@ pub async fn run(
         tracing::info!("sluice stopped");
         return stopped;
     };
-    let concurrency = {
-        let config = config.clone();
-        Arc::new(move |name: &str| config.policy_for(name).concurrency)
-    };
-    let set_up = connect(
-        &settings,
-        &store,
-        concurrency,
-        &subscriptions,
-        api.as_ref(),
-        &shutdown,
-    )
-    .await?;
+    let set_up = connect(&settings, &store, &subscriptions, api.as_ref(), &shutdown).await?;
     let Some((js, cluster)) = set_up else {
         tracing::info!("sluice stopped before JetStream was set up");
         if let Some(api) = api {
@@ -266,7 +252,6 @@ const CONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
 async fn connect(
     settings: &crate::transport::JetStreamSettings,
     store: &Store,
-    concurrency: ConcurrencyOf,
     subscriptions: &[Subscription],
     api: Option<&crate::api::Serving>,
     shutdown: &CancellationToken,
@@ -277,7 +262,7 @@ async fn connect(
             let mut step = "connecting to NATS";
             let tried = tokio::select! {
                 tried = async {
-                    let js = JetStream::connect(settings.clone(), store.clone(), concurrency.clone())
+                    let js = JetStream::connect(settings.clone(), store.clone())
                         .await
                         .map_err(TransportError::from)?;
                     step = "creating consumers";

@@ -164,10 +164,9 @@ async fn board(nats: &NatsServer, dir: &std::path::Path, n: usize) -> sluice::cl
         url: nats.url(),
         ..Default::default()
     };
-    let js =
-        sluice::transport::JetStream::connect(settings, store, std::sync::Arc::new(|_: &str| 1))
-            .await
-            .expect("connect");
+    let js = sluice::transport::JetStream::connect(settings, store)
+        .await
+        .expect("connect");
     sluice::cluster::StatusBoard::open(&js, 1, Duration::from_secs(3600))
         .await
         .expect("board")
@@ -275,4 +274,51 @@ fn a_delayed_post_is_listed_answered_and_cancellable_before_it_is_due() {
     let message = a.ok(&["post", "test.wire", "{}", "--delay", "1h"]);
     let id = job_id_for(message.trim(), "test-wire");
     assert_eq!(state_of(&a, &id), Some(JobState::Scheduled));
+}
+
+/// Every host runs up to its own `concurrency` of a handler whose consumer
+/// it shares: two hosts with `concurrency = 2` run four long jobs at once.
+/// The consumer's `max_ack_pending` was one host's concurrency, shared by
+/// all of them: adding hosts added no capacity, and a host whose pull found
+/// the others holding every slot got `409 Exceeded MaxAckPending`, logged a
+/// failed fetch and slept.
+#[test]
+fn each_host_runs_its_own_concurrency_of_a_shared_consumer() {
+    let nats = NatsServer::start();
+    let config = nats.config("30s", "concurrency = 2\n");
+    let a = Env::new(&["test-spin"], &config);
+    let b = Env::new(&["test-spin"], &config);
+    let da = a.start();
+    let db = b.start();
+    for _ in 0..4 {
+        a.ok(&["post", "test.spin", r#"{"millis": 6000}"#]);
+    }
+    let running = |env: &Env| {
+        env.jobs("test.spin")
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .count()
+    };
+    let mut seen = 0;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            seen = seen.max(running(&a) + running(&b));
+            seen == 4
+        }),
+        "at most {seen} of 4 jobs ran at once on two hosts of concurrency 2\nA:\n{}\nB:\n{}",
+        da.log_text(),
+        db.log_text()
+    );
+    for (env, daemon) in [(&a, &da), (&b, &db)] {
+        assert!(
+            wait_until(Duration::from_secs(60), || running(env) == 0),
+            "{}",
+            daemon.log_text()
+        );
+        assert!(
+            !daemon.log_text().contains("fetch failed"),
+            "{}",
+            daemon.log_text()
+        );
+    }
 }

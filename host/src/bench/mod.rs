@@ -509,11 +509,7 @@ async fn jetstream_run(
         url: url.to_owned(),
         ..config.nats.clone().unwrap_or_default()
     };
-    let concurrency = {
-        let config = host.config.clone();
-        Arc::new(move |name: &str| config.policy_for(name).concurrency)
-    };
-    let js = JetStream::connect(settings, store, concurrency)
+    let js = JetStream::connect(settings, store)
         .await
         .with_context(|| format!("connecting to JetStream at {url}"))?;
     let stop = CancellationToken::new();

@@ -143,14 +143,9 @@ pub(super) async fn dlq(
             // each job to its handler, resuming from its cursor.
             let js = match nats {
                 None => None,
-                Some(s) => Some(
-                    crate::transport::JetStream::connect(
-                        s.clone(),
-                        store.clone(),
-                        std::sync::Arc::new(|_: &str| 1),
-                    )
-                    .await?,
-                ),
+                Some(s) => {
+                    Some(crate::transport::JetStream::connect(s.clone(), store.clone()).await?)
+                }
             };
             let ids = match id {
                 Some(id) => vec![id],

@@ -322,12 +322,7 @@ impl Sink {
         Ok(match &config.nats {
             None => Sink::Store(store),
             Some(settings) => Sink::JetStream(
-                crate::transport::JetStream::connect(
-                    settings.clone(),
-                    store,
-                    std::sync::Arc::new(|_: &str| 1),
-                )
-                .await?,
+                crate::transport::JetStream::connect(settings.clone(), store).await?,
             ),
         })
     }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::Embedded;
-pub use jetstream::{ConcurrencyOf, JetStream, JetStreamError, JetStreamSettings, STREAM};
+pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM};
 pub use wire::WireError;
 
 use crate::store::{ClaimedJob, NewMessage, Published, Store, StoreError};

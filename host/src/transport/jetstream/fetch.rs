@@ -77,7 +77,15 @@ impl JetStream {
                 }
             }
         };
-        let mut messages: Vec<jetstream::Message> = pull(false).await?;
+        let mut messages: Vec<jetstream::Message> = match pull(false).await {
+            Ok(m) => m,
+            // The consumer's own limits reached (a server-side cap on ack
+            // pending, a consumer made by an older version with one):
+            // nothing to take now, so wait for the next message like an
+            // empty pull does, instead of failing the pump's round.
+            Err(e) if e.to_string().contains("409") => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         if messages.is_empty() {
             messages = pull(true).await?;
         }

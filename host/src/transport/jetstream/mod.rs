@@ -170,10 +170,6 @@ impl Default for JetStreamSettings {
     }
 }
 
-/// Concurrency per handler name, which becomes its consumer's
-/// `max_ack_pending`.
-pub type ConcurrencyOf = Arc<dyn Fn(&str) -> usize + Send + Sync>;
-
 /// The JetStream transport; cheap to clone.
 #[derive(Clone)]
 pub struct JetStream {
@@ -185,7 +181,6 @@ struct Inner {
     js: jetstream::Context,
     store: Store,
     settings: JetStreamSettings,
-    concurrency: ConcurrencyOf,
     consumers: Mutex<HashMap<Subscription, consumer::PullConsumer>>,
     relay_wake: Notify,
     /// The work stream allows message schedules (nats-server >= 2.12):
@@ -204,7 +199,6 @@ impl JetStream {
     pub async fn connect(
         settings: JetStreamSettings,
         store: Store,
-        concurrency: ConcurrencyOf,
     ) -> Result<JetStream, JetStreamError> {
         let url = settings.url.clone();
         // Several servers (a cluster) are given comma separated; the client
@@ -275,7 +269,6 @@ impl JetStream {
                 js,
                 store,
                 settings,
-                concurrency,
                 consumers: Mutex::new(HashMap::new()),
                 relay_wake: Notify::new(),
                 schedules,

@@ -2,9 +2,9 @@
 //! (nats-server 2.12 and later).
 //!
 //! Why: a delayed message published at once and NAKed until it is due is
-//! a delivery the whole time, so it holds one of its consumer's
-//! `max_ack_pending` slots (the handler's concurrency); 64 messages
-//! delayed by an hour stall every due message of the channel behind them.
+//! a delivery the whole time, so it holds one of its host's slots (the
+//! handler's concurrency); 64 messages delayed by an hour stall every due
+//! message of the channel behind them.
 //! A schedule instead is a message on a subject of its own
 //! (`sluice-sched.<token>`, outside every consumer's filter), carrying the
 //! whole Sluice message plus `Nats-Schedule: @at <time>` and

@@ -140,7 +140,13 @@ impl JetStream {
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: self.inner.settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: (self.inner.concurrency)(&sub.consumer) as i64,
+                // Unlimited: each host takes at most its own free permits
+                // (its `concurrency`), so hosts add capacity. A limit of one
+                // host's concurrency here was shared by every host: three
+                // hosts ran as many jobs at once as one, and each got `409
+                // Exceeded MaxAckPending` on its pulls while the others held
+                // the slots.
+                max_ack_pending: -1,
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
             };
