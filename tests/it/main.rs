@@ -22,6 +22,7 @@ mod effects;
 mod examples;
 mod failures;
 mod faults;
+mod flow;
 mod isolation;
 mod jetstream;
 mod lifecycle;

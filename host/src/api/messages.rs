@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::message::{Message, MessageKind, new_id, now_ms};
+use crate::message::{Message, MessageKind, new_id, now_ms, options};
 use crate::store::{NewMessage, job_id_for};
 use crate::transport::Transport;
 
@@ -39,6 +39,8 @@ pub struct PostParams {
     expires_in: Option<String>,
     /// command (default) or event.
     kind: Option<String>,
+    /// 0 (default) to 9, higher runs first.
+    priority: Option<String>,
 }
 
 /// `POST /v1/channels/{channel}/messages`.
@@ -171,12 +173,19 @@ fn build<T: Transport>(
             "the body is not JSON ({e}), and channel {channel} has no mapper to read it"
         )));
     }
+    let mut headers = trace_headers(headers);
+    if let Some(p) = params.priority {
+        if let Some(Err(rule)) = options::check(options::PRIORITY_HEADER, &p) {
+            return Err(ApiError::bad_request(format!("priority: {rule}")));
+        }
+        options::set(&mut headers, options::PRIORITY_HEADER, p.trim().to_owned());
+    }
     Ok(NewMessage {
         message: Message {
             id,
             channel,
             kind,
-            headers: trace_headers(headers),
+            headers,
             body: body.to_vec(),
         },
         visible_at,

@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 
 use crate::config::Config;
-use crate::message::{Message, MessageKind, new_id, now_ms};
+use crate::message::{Message, MessageKind, new_id, now_ms, options};
 use crate::store::{NewMessage, Published};
 use crate::telemetry::{self, TraceParent};
 
@@ -55,6 +55,10 @@ pub struct PostArgs {
     /// Drop the message (job expired) if not started within this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub expires_in: Option<Duration>,
+    /// Priority within the channel, 0 (default) to 9: higher runs first
+    /// (the `sluice-priority` header).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: Option<u8>,
     /// Send the body bytes as they are, without checking that they are JSON.
     #[arg(long)]
     pub raw: bool,
@@ -85,7 +89,10 @@ struct Maker {
 impl Maker {
     fn new(args: &PostArgs) -> anyhow::Result<Maker> {
         crate::names::check_channel(&args.channel)?;
-        let headers = super::send::parse_headers(&args.headers)?;
+        let mut headers = super::send::parse_headers(&args.headers)?;
+        if let Some(p) = args.priority {
+            options::set(&mut headers, options::PRIORITY_HEADER, p.to_string());
+        }
         let given_trace = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(telemetry::TRACEPARENT))

@@ -65,7 +65,8 @@ pub struct SendArgs {
 
 /// Parses `--header key=value` arguments.
 pub(super) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
-    args.iter()
+    let headers = args
+        .iter()
         .map(|h| match h.split_once('=') {
             Some((k, v)) if !k.is_empty() => match crate::message::check_header(k, v) {
                 Ok(()) => Ok((k.to_owned(), v.to_owned())),
@@ -73,7 +74,11 @@ pub(super) fn parse_headers(args: &[String]) -> anyhow::Result<Headers> {
             },
             _ => bail!("--header {h:?} is not KEY=VALUE"),
         })
-        .collect()
+        .collect::<anyhow::Result<Headers>>()?;
+    if let Err(reason) = crate::message::options::check_all(&headers) {
+        bail!("--header: {reason}");
+    }
+    Ok(headers)
 }
 
 pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {

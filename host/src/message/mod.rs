@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod options;
+
 /// Header a producer may set to name the request type; the JSON passthrough
 /// mapper uses it, and falls back to the channel name.
 pub const REQUEST_NAME_HEADER: &str = "sluice-request";
@@ -30,10 +32,12 @@ pub const MAX_HEADER_NAME: usize = 256;
 /// transport: NATS header names are visible ASCII without `:` (no spaces,
 /// no control characters) and values have no CR or LF, and the names
 /// Sluice and NATS use for their own fields (`Nats-*`, and `Sluice-*` but
-/// the request name) are reserved: the host sets the cursor, slice, attempt
-/// and causation id itself, so a producer can neither forge where a post
-/// came from nor make a message pass for a later slice or attempt. The
-/// error says which rule was broken, in one line.
+/// the request name and the message options of [`options`]) are reserved:
+/// the host sets the cursor, slice, attempt and causation id itself, so a
+/// producer can neither forge where a post came from nor make a message
+/// pass for a later slice or attempt. An option's value must follow its
+/// rule (`options::check`). The error says which rule was broken, in one
+/// line.
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let shown = |s: &str| {
         let mut out: String = s.chars().take(60).collect();
@@ -67,13 +71,16 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
             shown(name)
         ));
     }
-    if is_reserved_header(name)
-        || (is_carried_header(name) && !name.eq_ignore_ascii_case(REQUEST_NAME_HEADER))
-    {
+    let producers = name.eq_ignore_ascii_case(REQUEST_NAME_HEADER) || options::is_option(name);
+    if is_reserved_header(name) || (is_carried_header(name) && !producers) {
         return Err(format!(
-            "header name {} is reserved (Nats-* and Sluice-* are the transport's and the host's own fields; {REQUEST_NAME_HEADER} is the one a producer may set)",
-            shown(name)
+            "header name {} is reserved (Nats-* and Sluice-* are the transport's and the host's own fields; {REQUEST_NAME_HEADER} and {} are the ones a producer may set)",
+            shown(name),
+            options::names().join(", ")
         ));
+    }
+    if let Some(checked) = options::check(name, value) {
+        return checked;
     }
     // Byte searches in core (a guest may post 640,000 headers in one call).
     let bytes = value.as_bytes();
@@ -106,6 +113,7 @@ pub fn is_carried_header(name: &str) -> bool {
     ]
     .iter()
     .any(|h| name.eq_ignore_ascii_case(h))
+        || options::is_option(name)
 }
 
 /// Header on every posted message naming the message whose handling posted it.
