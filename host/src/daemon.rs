@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::cron;
 use crate::message::now_ms;
 use crate::pump::{self, Control, Deps};
 use crate::registry::{PluginSet, Registry};
@@ -66,6 +67,9 @@ pub enum RunError {
     /// The HTTP API could not start.
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
+    /// A `[[cron]]` entry cannot run with the loaded plugins.
+    #[error("{0}")]
+    Cron(String),
     /// A task the daemon cannot restart in place ended while it ran; the
     /// daemon drained and stopped so its supervisor (systemd, ...) starts
     /// it afresh rather than leaving it running half-dead.
@@ -196,11 +200,16 @@ pub async fn run(
         None => None,
     };
     let subscriptions = set.subscriptions();
+    check_cron_channels(&config.cron, &subscriptions)?;
     let Some(settings) = config.nats.clone() else {
         let transport = Embedded::new(store.clone(), config.poll_interval);
         transport.register(&subscriptions).await?;
+        let ticks = Ticks::Embedded(cron::StoreLedger::new(
+            store.clone(),
+            Some(transport.clone()),
+        ));
         let stopped = serve(
-            transport, None, api, store, config, watcher, set, shutdown, hard_stop,
+            transport, None, ticks, api, store, config, watcher, set, shutdown, hard_stop,
         )
         .await;
         tracing::info!("sluice stopped");
@@ -224,8 +233,9 @@ pub async fn run(
         })
     });
     let shared = Some((js.clone(), cluster));
+    let ticks = Ticks::JetStream(js.clone(), settings.replicas);
     let stopped = serve(
-        js, shared, api, store, config, watcher, set, shutdown, hard_stop,
+        js, shared, ticks, api, store, config, watcher, set, shutdown, hard_stop,
     )
     .await;
     relay_stop.cancel();
@@ -237,6 +247,67 @@ pub async fn run(
     }
     tracing::info!("sluice stopped");
     stopped
+}
+
+/// A `[[cron]]` entry whose channel no loaded handler lists is refused at
+/// start (a typo would otherwise post ticks nobody runs), naming the entry.
+fn check_cron_channels(
+    entries: &[cron::CronEntry],
+    subscriptions: &[Subscription],
+) -> Result<(), RunError> {
+    for e in entries {
+        if !subscriptions.iter().any(|s| s.channel == e.channel) {
+            return Err(RunError::Cron(format!(
+                "[[cron]] {}: channel {} is not listed by any loaded handler (loaded handlers list: {})",
+                crate::names::quote(&e.name),
+                crate::names::quote(&e.channel),
+                {
+                    let mut channels: Vec<&str> =
+                        subscriptions.iter().map(|s| s.channel.as_str()).collect();
+                    channels.dedup();
+                    if channels.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        channels.join(", ")
+                    }
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where the cron ticker keeps its records (see `crate::cron`).
+#[derive(Clone)]
+enum Ticks {
+    /// In the store, a tick's jobs in the same transaction.
+    Embedded(cron::StoreLedger),
+    /// In the `SLUICE_CRON` bucket (opened by the ticker: replicas).
+    JetStream(JetStream, usize),
+}
+
+/// The cron ticker until `stop`; on JetStream it first opens its bucket,
+/// trying again while NATS cannot.
+async fn tick(ticks: Ticks, config: Arc<Config>, control: Arc<Control>, stop: CancellationToken) {
+    let entries = Arc::new(config.cron.clone());
+    match ticks {
+        Ticks::Embedded(ledger) => cron::run(entries, ledger, control, stop).await,
+        Ticks::JetStream(js, replicas) => {
+            let ledger = loop {
+                match cron::JetStreamLedger::open(js.clone(), replicas).await {
+                    Ok(ledger) => break ledger,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the cron bucket yet; trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                }
+            };
+            cron::run(entries, ledger, control, stop).await;
+        }
+    }
 }
 
 /// Longest pause between two attempts at setting up JetStream.
@@ -318,6 +389,7 @@ async fn connect(
 async fn serve<T: Transport>(
     transport: T,
     shared: Option<(JetStream, Cluster)>,
+    ticks: Ticks,
     api: Option<crate::api::Serving>,
     store: Store,
     config: Arc<Config>,
@@ -435,6 +507,12 @@ async fn serve<T: Transport>(
                     .clone()
                     .watch(store.clone(), control.clone(), stop.clone())
             }
+        }));
+    }
+    if !config.cron.is_empty() {
+        tracker.spawn(supervised("cron ticker".into(), shutdown.clone(), {
+            let (config, control, stop) = (config.clone(), deps.control.clone(), shutdown.clone());
+            move || tick(ticks.clone(), config.clone(), control.clone(), stop.clone())
         }));
     }
     tracker.spawn(supervised("pruning".into(), shutdown.clone(), {

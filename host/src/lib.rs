@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod idle;
 pub mod logfmt;

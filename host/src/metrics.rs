@@ -66,6 +66,8 @@ pub struct Metrics {
     /// State conflicts (re-runs because state changed under a call) per
     /// handler.
     conflicts: Mutex<BTreeMap<String, u64>>,
+    /// Cron ticks fired, duplicate and skipped (`crate::cron`).
+    pub cron: crate::cron::Counters,
 }
 
 impl Metrics {
@@ -143,6 +145,7 @@ impl Metrics {
 
     /// Appends this process's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        self.cron.render(out);
         let _ = writeln!(
             out,
             "# HELP sluice_fuel_used_total Wasm fuel used by handler calls.\n\

@@ -16,6 +16,7 @@ mod budget;
 mod cluster;
 mod crash;
 mod crashloop;
+mod cron;
 mod dashboard;
 mod dev;
 mod effects;

@@ -265,3 +265,29 @@ pub async fn repost<T: Transport>(
     tracing::info!(row = %id, "outbox row queued for publishing again through the API");
     Ok(Json(json!({ "reposted": id })))
 }
+
+/// `GET /v1/cron`: each `[[cron]]` entry with its next fire times and
+/// last tick (from the records every host shares on JetStream).
+pub async fn cron<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = &state.deps.config.cron;
+    let records = match &state.jetstream {
+        Some(js) => crate::cron::records_via(js.client(), entries).await,
+        None => {
+            use crate::cron::Ledger as _;
+            crate::cron::StoreLedger::new(state.deps.store.clone(), None)
+                .records(entries)
+                .await
+        }
+    }
+    .map_err(|e| {
+        tracing::error!(error = %e, "api: cannot read cron records");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "cron records cannot be read now; see the daemon log".to_owned(),
+        )
+    })?;
+    let views = crate::cron::views(entries, &records, crate::message::now_ms());
+    Ok(Json(json!({ "cron": views })))
+}

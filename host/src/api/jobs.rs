@@ -80,6 +80,10 @@ pub struct JobView {
     pub visible_at: i64,
     /// Unix ms after which it must not start.
     pub expires_at: Option<i64>,
+    /// The cron tick that posted it (`NAME@INSTANT`), if a `[[cron]]`
+    /// entry did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
     /// The handler's result (kept out of the status; see `/result`).
     #[serde(skip)]
     pub result: Option<String>,
@@ -90,6 +94,7 @@ impl JobView {
     pub fn of(job: JobRecord, now: i64) -> JobView {
         JobView {
             estimate_ms: estimate(&job, now),
+            cron: crate::cron::tick_of(&job.headers).map(str::to_owned),
             has_result: job.result.is_some(),
             id: job.id,
             message_id: job.message_id,

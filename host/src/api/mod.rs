@@ -117,6 +117,7 @@ pub fn router<T: Transport>(
         .route("/v1/dead-letters/replay", post(admin::replay_all::<T>))
         .route("/v1/dead-letters/{id}/replay", post(admin::replay::<T>))
         .route("/v1/plugins", get(admin::plugins::<T>))
+        .route("/v1/cron", get(admin::cron::<T>))
         .route("/v1/outbox", get(admin::outbox::<T>))
         .route("/v1/outbox/{id}/repost", post(admin::repost::<T>))
         .route("/metrics", get(health::metrics::<T>))

@@ -92,6 +92,9 @@ pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
     println!("channel    {} ({})", job.channel, job.kind);
     println!("handler    {}", handler(&job));
     println!("message    {}", job.message_id);
+    if let Some(tick) = crate::cron::tick_of(&job.headers) {
+        println!("cron tick  {tick}");
+    }
     println!(
         "attempts   {} (slices {}, replays {}, state conflicts {})",
         job.attempts, job.slices, job.replays, job.conflicts

@@ -3,6 +3,7 @@
 //! exit (see `main.rs`).
 
 mod control;
+mod cron;
 mod dev;
 mod inspect;
 mod new;
@@ -75,6 +76,10 @@ pub enum Command {
     Dlq(inspect::DlqCommand),
     /// Load the plugins directory and show what each file provides.
     Plugins(plugins::PluginsArgs),
+    /// Recurring messages (`[[cron]]` in the config file): next fire times
+    /// and last ticks.
+    #[command(subcommand)]
+    Cron(cron::CronCommand),
     /// The outbox (JetStream): messages committed for publishing.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
@@ -132,6 +137,7 @@ pub async fn execute(
         }
         Command::Plugins(args) => plugins::list(&config, args).await,
         Command::Outbox(cmd) => outbox::run(&open_existing(&config)?, cmd).await,
+        Command::Cron(cmd) => cron::run(&config, cmd).await,
         Command::Pause(args) => control::channel(&config, "pause", args).await,
         Command::Resume(args) => control::channel(&config, "resume", args).await,
         Command::New(args) => new::run(args),

@@ -57,6 +57,17 @@
 //! [plugin.task-reminder]         # per plugin (by describe() name): any of the above
 //! max_attempts = 3
 //! timeout = "2s"
+//!
+//! [[cron]]                       # a recurring message (any number of these)
+//! name = "nightly-report"        # unique; the plugin-name rule
+//! schedule = "0 3 * * *"         # 5 fields, or 6 with seconds first, or @daily...
+//! time_zone = "Europe/Berlin"    # IANA name; default "UTC"
+//! channel = "reports"            # must be served by a loaded handler at start
+//! body = '{"kind":"nightly"}'    # default empty
+//! headers = { x-team = "ops" }   # optional
+//! kind = "command"               # or "event"
+//! missed = "once"                # or "skip": see crate::cron
+//! deadline = "1m"                # later than this after its instant: missed
 //! ```
 
 use std::collections::BTreeMap;
@@ -77,7 +88,7 @@ use bounds::{
 };
 use raw::RawFile;
 pub use sections::HttpSettings;
-use sections::{http_settings, nats_settings, otel_settings};
+use sections::{cron_entries, http_settings, nats_settings, otel_settings};
 
 /// Why the configuration is unusable. Each message names the file or flag.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +211,8 @@ pub struct Config {
     /// A plugin file that compiles for longer is rejected (a compile bomb
     /// cannot hold up the start or other reloads).
     pub compile_timeout: Duration,
+    /// Recurring messages (`[[cron]]`).
+    pub cron: Vec<crate::cron::CronEntry>,
 }
 
 impl Config {
@@ -299,6 +312,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
     let nats = nats_settings(raw.nats.as_ref(), overrides.nats_url.as_deref())?;
     let http = http_settings(raw.http.as_ref(), overrides)?;
     let otel = raw.otel.as_ref().map(otel_settings).transpose()?;
+    let cron = cron_entries(&raw.cron)?;
     let poll_interval = bounded(
         "",
         "poll_interval",
@@ -358,6 +372,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         poll_interval,
         retention,
         compile_timeout,
+        cron,
     })
 }
 

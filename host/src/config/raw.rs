@@ -118,6 +118,23 @@ pub(super) struct RawStore {
     pub(super) synchronous: Option<Synchronous>,
 }
 
+/// One `[[cron]]` entry as written (checked in `sections::cron_entries`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCron {
+    pub(super) name: Option<String>,
+    pub(super) schedule: Option<String>,
+    pub(super) time_zone: Option<String>,
+    pub(super) channel: Option<String>,
+    pub(super) kind: Option<crate::message::MessageKind>,
+    pub(super) body: Option<String>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    pub(super) missed: Option<crate::cron::Missed>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) deadline: Option<Duration>,
+}
+
 /// The config file as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +164,8 @@ pub(super) struct RawFile {
     pub(super) policy: RawPlugin,
     #[serde(default)]
     pub(super) plugin: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    pub(super) cron: Vec<RawCron>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

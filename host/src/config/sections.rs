@@ -1,11 +1,13 @@
 //! The `[nats]`, `[http]` and `[otel]` sections: each is on when a URL or
-//! address is given (by flag or file) and is validated as a whole here.
+//! address is given (by flag or file) and is validated as a whole here;
+//! and the `[[cron]]` entries, each validated whole.
 
 use std::time::Duration;
 
 use super::bounds::{DAY, HOUR, bounded};
-use super::raw::{RawHttp, RawNats, RawOtel};
+use super::raw::{RawCron, RawHttp, RawNats, RawOtel};
 use super::{ConfigError, Overrides};
+use crate::cron::{CronEntry, Schedule};
 use crate::telemetry::OtelSettings;
 use crate::transport::JetStreamSettings;
 
@@ -181,4 +183,65 @@ pub(super) fn http_settings(
         body_limit: usize::try_from(body_limit).unwrap_or(usize::MAX),
         allowed_hosts,
     }))
+}
+
+/// Longest cron body, in bytes (a tick is a message like any other; this
+/// keeps the config file's copy in memory small).
+pub const MAX_CRON_BODY: usize = 1 << 20;
+
+/// The `[[cron]]` entries, validated: each error names its entry (by name,
+/// or by position when it has none).
+pub(super) fn cron_entries(raw: &[RawCron]) -> Result<Vec<CronEntry>, ConfigError> {
+    let mut out: Vec<CronEntry> = Vec::with_capacity(raw.len());
+    for (i, c) in raw.iter().enumerate() {
+        let where_ = match &c.name {
+            Some(name) => format!("[[cron]] {}", crate::names::quote(name)),
+            None => format!("[[cron]] #{}", i + 1),
+        };
+        let bad = |why: String| ConfigError::Invalid(format!("{where_}: {why}"));
+        let name = c
+            .name
+            .clone()
+            .ok_or_else(|| bad("name is missing".into()))?;
+        crate::names::check_plugin_name(&name)
+            .map_err(|e| bad(e.to_string().replacen("plugin name", "cron name", 1)))?;
+        if out.iter().any(|e| e.name == name) {
+            return Err(bad("another [[cron]] entry has this name".into()));
+        }
+        let expression = c
+            .schedule
+            .as_deref()
+            .ok_or_else(|| bad("schedule is missing (e.g. \"0 3 * * *\")".into()))?;
+        let schedule =
+            Schedule::parse(expression, c.time_zone.as_deref().unwrap_or("UTC")).map_err(bad)?;
+        let channel = c
+            .channel
+            .clone()
+            .ok_or_else(|| bad("channel is missing".into()))?;
+        crate::names::check_channel(&channel).map_err(|e| bad(e.to_string()))?;
+        let body = c.body.clone().unwrap_or_default().into_bytes();
+        if body.len() > MAX_CRON_BODY {
+            return Err(bad(format!("body is larger than {MAX_CRON_BODY} bytes")));
+        }
+        let mut headers = Vec::with_capacity(c.headers.len());
+        for (k, v) in &c.headers {
+            crate::message::check_header(k, v).map_err(bad)?;
+            headers.push((k.clone(), v.clone()));
+        }
+        let deadline = c.deadline.unwrap_or(crate::cron::DEFAULT_DEADLINE);
+        if deadline < Duration::from_secs(1) || deadline > 366 * DAY {
+            return Err(bad("deadline must be between 1s and 366d".into()));
+        }
+        out.push(CronEntry {
+            name,
+            schedule,
+            channel,
+            kind: c.kind.unwrap_or_default(),
+            body,
+            headers,
+            missed: c.missed.unwrap_or_default(),
+            deadline,
+        });
+    }
+    Ok(out)
 }

@@ -110,6 +110,7 @@ pub fn is_carried_header(name: &str) -> bool {
         REQUEST_NAME_HEADER,
         CAUSATION_HEADER,
         ATTEMPT_HEADER,
+        crate::cron::CRON_HEADER,
     ]
     .iter()
     .any(|h| name.eq_ignore_ascii_case(h))

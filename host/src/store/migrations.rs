@@ -190,6 +190,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN delivery_seq INTEGER;
     ALTER TABLE jobs ADD COLUMN delivery_count INTEGER;
     "#,
+    // 11: where each `[[cron]]` entry stands (crate::cron::Record as JSON),
+    // moved by compare-and-set on `revision` (store/cron.rs).
+    r#"
+    CREATE TABLE cron (
+        name       TEXT PRIMARY KEY,
+        record     TEXT NOT NULL,
+        revision   INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

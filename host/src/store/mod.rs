@@ -27,6 +27,7 @@
 
 mod cluster;
 mod control;
+mod cron;
 mod finish;
 mod inbox;
 mod jobs;
