@@ -61,28 +61,8 @@ pub(super) fn finish_job(
                 record_call()?;
                 return conflict(conn, job_id, now);
             };
-            // One statement (outcome, progress, who ran it): the hot path
-            // of a drain.
             let note = commit.progress.and_then(|(_, note)| note);
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
-                     finished_at = ?3, updated_at = ?3, last_error = NULL, progress = 100,
-                     progress_note = COALESCE(?4, progress_note),
-                     plugin_version = COALESCE(?5, plugin_version),
-                     plugin_hash = COALESCE(?6, plugin_hash), fuel_used = fuel_used + ?7,
-                     conflicts = conflicts + ?8
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                job_id,
-                result,
-                now,
-                note,
-                call.plugin_version,
-                call.plugin_hash,
-                call.fuel_used as i64,
-                call.conflicts
-            ])?;
+            record_success(conn, job_id, attempt, call, result, note, now)?;
             return Ok(FinishResult::Committed {
                 posted,
                 reassigned: moved,
@@ -145,6 +125,62 @@ pub(super) fn finish_job(
         }
     }
     Ok(FinishResult::Committed { posted, reassigned })
+}
+
+/// A success with no effects (no state read or written, nothing posted):
+/// the hot path of a drain, one UPDATE that also checks the job is still
+/// running this attempt (else it is stale and nothing is recorded).
+pub(super) fn bare_success(
+    conn: &Connection,
+    job_id: &str,
+    attempt: u32,
+    call: &CallRecord,
+    result: Option<String>,
+    note: Option<String>,
+    now: i64,
+) -> Result<FinishResult, StoreError> {
+    if !record_success(conn, job_id, attempt, call, result, note, now)? {
+        return Ok(FinishResult::Stale);
+    }
+    Ok(FinishResult::Committed {
+        posted: Vec::new(),
+        reassigned: Vec::new(),
+    })
+}
+
+/// Records a success (outcome, progress, who ran it) in one statement,
+/// if attempt `attempt` of the job is running; false if it is not.
+fn record_success(
+    conn: &Connection,
+    job_id: &str,
+    attempt: u32,
+    call: &CallRecord,
+    result: Option<String>,
+    note: Option<String>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'succeeded', result = ?2, cursor = NULL,
+                 finished_at = ?3, updated_at = ?3, last_error = NULL, progress = 100,
+                 progress_note = COALESCE(?4, progress_note),
+                 plugin_version = COALESCE(?5, plugin_version),
+                 plugin_hash = COALESCE(?6, plugin_hash), fuel_used = fuel_used + ?7,
+                 conflicts = conflicts + ?8
+             WHERE id = ?1 AND state = 'running' AND attempts = ?9",
+        )?
+        .execute(params![
+            job_id,
+            result,
+            now,
+            note,
+            call.plugin_version,
+            call.plugin_hash,
+            call.fuel_used as i64,
+            call.conflicts,
+            attempt
+        ])?;
+    Ok(changed == 1)
 }
 
 /// A state conflict: nothing of the call applied; the job goes back to

@@ -240,7 +240,9 @@ impl Store {
         max: usize,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let (channel, consumer) = (channel.to_owned(), consumer.to_owned());
-        self.call(move |conn| claim(conn, &channel, &consumer, max, now_ms()))
+        // One statement: no savepoint needed.
+        self.writer
+            .submit_single(move |conn| claim(conn, &channel, &consumer, max, now_ms()))?
             .await
     }
 
@@ -271,14 +273,26 @@ impl Store {
         let job_id = job_id.to_owned();
         let outbox = self.outbox;
         let versions = Arc::clone(&self.versions);
-        self.writer.submit(move |conn| {
+        if let Finish::Succeeded { result, commit } = &finish
+            && commit.state.is_empty()
+            && commit.posts.is_empty()
+        {
+            // The hot path of a drain: one UPDATE, so no savepoint.
+            let (result, note) = (result.clone(), commit.progress.clone().and_then(|p| p.1));
+            let future = self.writer.submit_single(move |conn| {
+                bare_success(conn, &job_id, attempt, &call, result, note, now_ms())
+            })?;
+            return Ok(futures_util::future::Either::Left(future));
+        }
+        let future = self.writer.submit(move |conn| {
             let ctx = FinishCtx {
                 outbox,
                 versions: &versions,
                 now: now_ms(),
             };
             finish_job(conn, &job_id, attempt, &call, finish, &ctx)
-        })
+        })?;
+        Ok(futures_util::future::Either::Right(future))
     }
 
     /// At daemon start: jobs left `running` by a previous process that died
