@@ -11,13 +11,7 @@ use sluice::store::JobState;
 use crate::nats::NatsServer;
 use crate::util::{Daemon, Env, FAST, wait_until};
 
-/// A free loopback port.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub(crate) use crate::util::free_port;
 
 /// FAST plus an `[http]` table on a free port.
 pub(crate) fn http_config(extra: &str) -> (String, String) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::wait_until;
+use crate::util::{free_port, wait_until};
 
 pub struct NatsServer {
     child: Option<Child>,
@@ -17,13 +17,6 @@ pub struct NatsServer {
     cluster: Option<(String, u16, Vec<u16>)>,
     /// More of the server's config file (e.g. an `authorization` block).
     extra: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn binary() -> PathBuf {

@@ -317,6 +317,35 @@ impl Drop for Daemon {
 }
 
 /// Polls `f` every 20 ms until it is true or `timeout` passes.
+/// A loopback port no other caller in this test process has been given,
+/// free when handed out. Ports come from 20000..32000, below Linux's
+/// ephemeral range (32768..), so an outgoing connection's local port or a
+/// `bind(":0")` cannot take one between our check and the server's bind
+/// (CI once saw a nats-server's route port equal a client port handed out
+/// by `bind(":0")` a moment before). Each call moves to the next port, so
+/// one process never hands out a port twice.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a place that depends on the process id, so two test
+    // processes at once (a helper's run beside CI's) rarely walk together.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
