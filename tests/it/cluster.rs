@@ -83,7 +83,17 @@ fn a_job_another_host_finished_resolves_on_the_host_that_lost_it() {
     // Fails once on A: A records `retrying`, the retry waits on the server.
     let id = post(&a, r#"{"fail_times": 1}"#);
     wait_state(&a, &id, JobState::Retrying, &a_host);
-    a_host.stop(Duration::from_secs(30));
+    // Once the retry is a schedule on the server, A dies on the spot: a
+    // graceful stop could outlast the 6 s backoff under load, and A would
+    // run the retry itself (the test then waited for B in vain).
+    assert!(
+        wait_until(Duration::from_secs(30), || nats
+            .count("SLUICE", "sluice-sched.>")
+            == 1),
+        "the retry is scheduled on the server\n{}",
+        a_host.log_text()
+    );
+    a_host.kill();
     // B takes the retry and finishes the job.
     let (b_host, _) = started(&b, &b_addr);
     wait_state(&b, &id, JobState::Succeeded, &b_host);
