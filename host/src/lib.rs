@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod flow;
 pub mod idle;
 pub mod logfmt;
 pub mod message;

@@ -89,6 +89,33 @@ pub async fn metrics<T: Transport>(
             );
         }
     }
+    let flows = deps.control.flow_census();
+    if !flows.is_empty() {
+        out.push_str(
+            "# HELP sluice_jobs_waiting Due jobs their handler's flow rules hold on this host (embedded), by reason.\n# TYPE sluice_jobs_waiting gauge\n",
+        );
+        for (handler, channel, (conc, rate), _) in &flows {
+            let (handler, channel) = (escape(handler), escape(channel));
+            for (reason, n) in [("concurrency", conc), ("rate limit", rate)] {
+                let _ = writeln!(
+                    out,
+                    "sluice_jobs_waiting{{channel=\"{channel}\",handler=\"{handler}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP sluice_jobs_turned_back_total Deliveries this host turned back to wait (JetStream), by reason.\n# TYPE sluice_jobs_turned_back_total counter\n",
+        );
+        for (handler, channel, _, (conc, rate)) in &flows {
+            let (handler, channel) = (escape(handler), escape(channel));
+            for (reason, n) in [("concurrency", conc), ("rate limit", rate)] {
+                let _ = writeln!(
+                    out,
+                    "sluice_jobs_turned_back_total{{channel=\"{channel}\",handler=\"{handler}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP sluice_dead_letters Dead letters waiting for a replay.\n\

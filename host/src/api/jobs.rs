@@ -84,6 +84,10 @@ pub struct JobView {
     /// entry did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// Why a queued job is not running yet, when its handler's flow rules
+    /// hold it (`waiting: concurrency KEY`, `waiting: rate limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The handler's result (kept out of the status; see `/result`).
     #[serde(skip)]
     pub result: Option<String>,
@@ -117,7 +121,17 @@ impl JobView {
             updated_at: job.updated_at,
             visible_at: job.visible_at,
             expires_at: job.expires_at,
+            waiting: None,
             result: job.result,
+        }
+    }
+
+    /// [`JobView::of`] with why it waits, as `control` sees it.
+    pub fn seen_by(job: JobRecord, now: i64, control: &crate::pump::Control) -> JobView {
+        let waiting = control.waiting(&job);
+        JobView {
+            waiting,
+            ..JobView::of(job, now)
         }
     }
 }
@@ -151,7 +165,7 @@ async fn find<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Option<JobV
         .store
         .job(id)
         .await?
-        .map(|job| JobView::of(job, now_ms()));
+        .map(|job| JobView::seen_by(job, now_ms(), &state.deps.control));
     let Some(cluster) = &state.cluster else {
         return Ok(local);
     };
@@ -313,7 +327,11 @@ pub(super) async fn page<T: Transport>(
             }
             link
         });
-    let jobs: Vec<JobView> = jobs.into_iter().map(|j| JobView::of(j, now)).collect();
+    let control = &state.deps.control;
+    let jobs: Vec<JobView> = jobs
+        .into_iter()
+        .map(|j| JobView::seen_by(j, now, control))
+        .collect();
     Ok(Json(serde_json::json!({ "jobs": jobs, "next": next })))
 }
 

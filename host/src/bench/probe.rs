@@ -186,6 +186,15 @@ impl<T: Transport> Transport for Timed<T> {
         self.inner.fetch(subscription, max)
     }
 
+    fn fetch_gated(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+        gate: &Arc<crate::flow::Gate>,
+    ) -> impl Future<Output = Result<Vec<Delivery>, TransportError>> + Send {
+        self.inner.fetch_gated(subscription, max, gate)
+    }
+
     fn wait(
         &self,
         subscription: &Subscription,

@@ -77,10 +77,65 @@ pub(super) async fn jobs(store: &Store, args: JobsArgs) -> anyhow::Result<()> {
     print_jobs(&jobs, args.json)
 }
 
-pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
+/// Why a queued job waits under its handler's flow rules, as far as this
+/// process can tell from the store: the reason its record carries (a job
+/// a JetStream host turned back), or (embedded) its key's running jobs at
+/// the limit. A rate limit's bucket lives in the daemon: the API says it.
+async fn waiting(
+    store: &Store,
+    config: &crate::config::Config,
+    job: &JobRecord,
+) -> anyhow::Result<Option<String>> {
+    if !matches!(
+        job.state,
+        JobState::Queued | JobState::Scheduled | JobState::Retrying
+    ) {
+        return Ok(None);
+    }
+    if job.state == JobState::Queued
+        && let Some(e) = job
+            .last_error
+            .as_deref()
+            .filter(|e| e.starts_with(crate::flow::WAITING_PREFIX))
+    {
+        return Ok(Some(e.to_owned()));
+    }
+    let Some(c) = config
+        .flow_for(&job.consumer)
+        .and_then(|s| s.concurrency.as_ref())
+    else {
+        return Ok(None);
+    };
+    if job.visible_at > crate::message::now_ms() {
+        return Ok(None);
+    }
+    let key = c.key.key_of(&job.headers, job.body.as_bytes());
+    let running = store
+        .jobs(JobFilter {
+            state: Some(JobState::Running),
+            channel: None,
+            limit: 10_000,
+        })
+        .await?;
+    let n = running
+        .iter()
+        .filter(|r| {
+            r.consumer == job.consumer && c.key.key_of(&r.headers, r.body.as_bytes()) == key
+        })
+        .count();
+    Ok((n >= usize::try_from(c.limit).unwrap_or(usize::MAX))
+        .then(|| crate::flow::Waiting::Concurrency(key).to_string()))
+}
+
+pub(super) async fn job(
+    store: &Store,
+    config: &crate::config::Config,
+    args: JobArgs,
+) -> anyhow::Result<()> {
     let Some(job) = store.job(&args.id).await? else {
         bail!("no job with id {}", args.id);
     };
+    let waiting = waiting(store, config, &job).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(());
@@ -88,7 +143,10 @@ pub(super) async fn job(store: &Store, args: JobArgs) -> anyhow::Result<()> {
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
     let time = |t: Option<i64>| t.map_or_else(|| "-".into(), format_time);
     println!("job        {}", job.id);
-    println!("state      {}", job.state);
+    match &waiting {
+        Some(w) => println!("state      {} ({w})", job.state),
+        None => println!("state      {}", job.state),
+    }
     println!("channel    {} ({})", job.channel, job.kind);
     println!("handler    {}", handler(&job));
     println!("message    {}", job.message_id);

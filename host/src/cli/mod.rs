@@ -131,7 +131,7 @@ pub async fn execute(
         Command::Post(args) => post::run(&config, args).await,
         Command::Send(args) => send::run(&config, args).await,
         Command::Jobs(args) => inspect::jobs(&open_existing(&config)?, args).await,
-        Command::Job(args) => inspect::job(&open_existing(&config)?, args).await,
+        Command::Job(args) => inspect::job(&open_existing(&config)?, &config, args).await,
         Command::Dlq(cmd) => {
             inspect::dlq(&open_existing(&config)?, config.nats.as_ref(), cmd).await
         }

@@ -75,6 +75,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod bounds;
+mod flow;
 mod raw;
 mod sections;
 
@@ -202,6 +203,8 @@ pub struct Config {
     pub policy: Policy,
     /// Per-plugin tables.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Per-handler flow rules (`crate::flow`), for handlers that set any.
+    pub flows: BTreeMap<String, crate::flow::FlowSpec>,
     /// How long in-flight jobs get to finish on shutdown.
     pub drain_timeout: Duration,
     /// How often an idle pump looks for rows posted by other processes.
@@ -229,6 +232,11 @@ impl Config {
     /// The policy for the plugin named `name`.
     pub fn policy_for(&self, name: &str) -> Policy {
         self.plugins.get(name).map_or(self.policy, |p| p.policy)
+    }
+
+    /// The flow rules of the handler named `name`, if it has any.
+    pub fn flow_for(&self, name: &str) -> Option<&crate::flow::FlowSpec> {
+        self.flows.get(name)
     }
 
     /// The sandbox ceiling of the plugin named `name`: its `[plugin.NAME]`
@@ -272,6 +280,11 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             "[policy]: fuel, memory and timeout are sandbox limits: put them in [limits]".into(),
         ));
     }
+    if flow::any(p) {
+        return Err(ConfigError::Invalid(
+            "[policy]: concurrency_key, per_key_concurrency, rate, rate_burst and rate_key are per handler: put them in [plugin.NAME]".into(),
+        ));
+    }
     let policy = merge_policy(base, p);
     check_policy("[policy]", &policy)?;
     let calls = raw.sandbox.calls.unwrap_or(defaults.max_instances);
@@ -288,6 +301,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         DAY,
     )?;
     let mut plugins = BTreeMap::new();
+    let mut flows = BTreeMap::new();
     for (name, table) in &raw.plugin {
         let where_ = format!("[plugin.{name}]");
         let table_limits = LimitsSpec {
@@ -301,6 +315,10 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
             ceiling: ceiling(limits, table_limits),
         };
         check_policy(&where_, &p.policy)?;
+        let spec = flow::spec(&where_, table)?;
+        if spec.is_set() {
+            flows.insert(name.clone(), spec);
+        }
         plugins.insert(name.clone(), p);
     }
     // One pool slot must hold the largest memory any plugin may get.
@@ -368,6 +386,7 @@ fn build(raw: RawFile, overrides: &Overrides) -> Result<Config, ConfigError> {
         },
         policy,
         plugins,
+        flows,
         drain_timeout,
         poll_interval,
         retention,

@@ -78,6 +78,12 @@ pub(super) struct RawPlugin {
     pub(super) memory: Option<Bytes>,
     #[serde(default, with = "humantime_serde")]
     pub(super) timeout: Option<Duration>,
+    /// Flow control (`config::flow`).
+    pub(super) concurrency_key: Option<String>,
+    pub(super) per_key_concurrency: Option<u32>,
+    pub(super) rate: Option<String>,
+    pub(super) rate_burst: Option<u32>,
+    pub(super) rate_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -302,3 +302,40 @@ fn sizes_parse() {
     assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
     assert!(parse_bytes("MiB").is_err());
 }
+
+#[test]
+fn flow_keys_are_per_handler_and_checked_with_the_rule() -> Result<(), String> {
+    let c = parse(
+        r#"
+        [plugin.billing]
+        concurrency_key = "/customer/id"
+        per_key_concurrency = 3
+        rate = "10/1s"
+        rate_key = "header:x-tenant"
+        [plugin.plain]
+        max_attempts = 2
+        "#,
+    )?;
+    let f = c.flow_for("billing").ok_or("no flow")?;
+    assert_eq!(f.concurrency.as_ref().map(|c| c.limit), Some(3));
+    assert_eq!(f.rate.as_ref().map(|r| r.rate.burst), Some(10));
+    assert!(c.flow_for("plain").is_none(), "no rules, no gate");
+    for (bad, says) in [
+        ("[policy]\nrate = \"1/1s\"", "per handler"),
+        (
+            "[plugin.x]\nper_key_concurrency = 2",
+            "needs concurrency_key",
+        ),
+        ("[plugin.x]\nconcurrency_key = \"tenant\"", "JSON pointer"),
+        (
+            "[plugin.x]\nconcurrency_key = \"/t\"\nper_key_concurrency = 0",
+            "between 1",
+        ),
+        ("[plugin.x]\nrate = \"fast\"", "N/INTERVAL"),
+        ("[plugin.x]\nrate_key = \"/t\"", "need rate"),
+    ] {
+        let err = parse(bad).err().unwrap_or_default();
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    Ok(())
+}

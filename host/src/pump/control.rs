@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::flow::{self, FlowSpec, Gate};
 use crate::metrics::{InFlight, Metrics};
 use crate::runtime::{Runtime, SandboxStats};
+use crate::transport::Subscription;
 
 /// Job ids whose records changed and are not yet shared: a set, so a job
 /// that changes again before it is shared is held once, and what waits is
@@ -91,6 +93,19 @@ pub struct Control {
     sandbox: Option<Runtime>,
     /// The span exporter, when `[otel]` is configured (set once at start).
     spans: std::sync::OnceLock<Arc<crate::telemetry::Spans>>,
+    /// Flow gates (`crate::flow`) by handler: what its gates share, and
+    /// one gate per channel it reads.
+    gates: Mutex<HashMap<String, HandlerGates>>,
+}
+
+/// One gate's figures: handler, channel, jobs waiting in it (for a
+/// concurrency limit, for a rate limit), jobs turned back (the same).
+pub type FlowCensus = (String, String, (usize, usize), (u64, u64));
+
+#[derive(Debug, Default)]
+struct HandlerGates {
+    shared: Arc<flow::Shared>,
+    by_channel: HashMap<String, Arc<Gate>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +119,67 @@ impl Control {
             sandbox: Some(runtime),
             ..Control::default()
         }
+    }
+
+    /// The flow gate of `sub` under `spec` (made on first use; a handler's
+    /// gates share its counts).
+    pub fn gate(&self, sub: &Subscription, spec: &FlowSpec) -> Arc<Gate> {
+        let mut gates = lock(&self.gates);
+        let h = gates.entry(sub.consumer.clone()).or_default();
+        let shared = h.shared.clone();
+        h.by_channel
+            .entry(sub.channel.clone())
+            .or_insert_with(|| Gate::new(&sub.consumer, spec.clone(), shared))
+            .clone()
+    }
+
+    /// Why a job with this record waits now, if it does: as its handler's
+    /// gate on this host sees it (a due, queued job), or as its record
+    /// says (JetStream: a job turned back carries the reason).
+    pub fn waiting(&self, job: &crate::store::JobRecord) -> Option<String> {
+        use crate::store::JobState;
+        if !matches!(
+            job.state,
+            JobState::Queued | JobState::Scheduled | JobState::Retrying
+        ) {
+            return None;
+        }
+        let now = crate::message::now_ms();
+        let gate = lock(&self.gates)
+            .get(&job.consumer)
+            .and_then(|h| h.by_channel.get(&job.channel).cloned());
+        if let Some(gate) = gate
+            && job.visible_at <= now
+            && let Some(w) = gate.waiting_reason(&job.headers, job.body.as_bytes(), now)
+        {
+            return Some(w.to_string());
+        }
+        job.last_error
+            .as_deref()
+            .filter(|e| job.state == JobState::Queued && e.starts_with(flow::WAITING_PREFIX))
+            .map(str::to_owned)
+    }
+
+    /// Every gate: (handler, channel, jobs waiting in it for a concurrency
+    /// limit and for a rate limit, jobs turned back for each), for
+    /// `/metrics`.
+    pub fn flow_census(&self) -> Vec<FlowCensus> {
+        let gates = lock(&self.gates);
+        let mut out: Vec<_> = gates
+            .iter()
+            .flat_map(|(handler, h)| {
+                h.by_channel.iter().map(move |(channel, g)| {
+                    (
+                        handler.clone(),
+                        channel.clone(),
+                        g.waiting_counts(),
+                        g.turned_back(),
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The call budget and instance pool now, if a runtime is attached.

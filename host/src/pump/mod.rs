@@ -66,6 +66,11 @@ pub async fn run<T: Transport>(
     let policy = deps.config.policy_for(&sub.consumer);
     let gate = Arc::new(Semaphore::new(policy.concurrency));
     let breaker = Arc::new(Breaker::new(&policy));
+    // The handler's flow rules, if it has any: which due jobs may start.
+    let flow = deps
+        .config
+        .flow_for(&sub.consumer)
+        .map(|spec| deps.control.gate(&sub, spec));
     let tasks = TaskTracker::new();
     tracing::info!(channel = %sub.channel, handler = %sub.consumer, concurrency = policy.concurrency, "pump started");
     let mut paused_logged = false;
@@ -110,7 +115,14 @@ pub async fn run<T: Transport>(
             }
         }
         paused_logged = false;
-        let deliveries = match deps.transport.fetch(&sub, permits.len()).await {
+        // Made before the claim, so a lease dropped meanwhile wakes the
+        // wait below (see `Gate::freed`).
+        let freed = flow.as_ref().map(|g| g.freed());
+        let fetched = match &flow {
+            Some(g) => deps.transport.fetch_gated(&sub, permits.len(), g).await,
+            None => deps.transport.fetch(&sub, permits.len()).await,
+        };
+        let deliveries = match fetched {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(channel = %sub.channel, handler = %sub.consumer, error = %e, "fetch failed; retrying");
@@ -123,8 +135,15 @@ pub async fn run<T: Transport>(
         };
         if deliveries.is_empty() {
             drop(permits);
+            let freed = async {
+                match freed {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = deps.transport.wait(&sub, IDLE_RETRY) => continue,
+                _ = freed => continue,
                 _ = shutdown.cancelled() => break,
             }
         }

@@ -192,7 +192,7 @@ impl Store {
     }
 }
 
-fn receive_one(
+pub(super) fn receive_one(
     conn: &rusqlite::Connection,
     d: Delivered,
     now: i64,

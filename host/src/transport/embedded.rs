@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{Delivery, Receipt, Settle, Subscription, Transport, TransportError};
+use crate::flow::{Gate, Hold};
 use crate::store::{NewMessage, Published, Store};
 
 /// The embedded SQLite queue.
@@ -87,6 +88,35 @@ impl Transport for Embedded {
             .map(|job| Delivery {
                 job,
                 receipt: Receipt::Embedded,
+                hold: None,
+            })
+            .collect())
+    }
+
+    async fn fetch_gated(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+        gate: &Arc<Gate>,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let jobs = self
+            .store
+            .claim_gated(
+                &subscription.channel,
+                &subscription.consumer,
+                max,
+                gate.clone(),
+            )
+            .await?;
+        Ok(jobs
+            .into_iter()
+            .map(|(job, lease)| Delivery {
+                job,
+                receipt: Receipt::Embedded,
+                hold: Some(Hold::new(lease, None)),
             })
             .collect())
     }

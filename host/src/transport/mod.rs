@@ -15,12 +15,14 @@ mod jetstream;
 pub(crate) mod wire;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::Embedded;
 pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM};
 pub use wire::WireError;
 
+use crate::flow::{Gate, Hold};
 use crate::store::{ClaimedJob, NewMessage, Published, Store, StoreError};
 
 /// One durable consumer: the handler `consumer` reading `channel`. Hosts that
@@ -41,6 +43,9 @@ pub struct Delivery {
     pub job: ClaimedJob,
     /// The backend's handle on it.
     pub receipt: Receipt,
+    /// Its place under its handler's flow rules (`crate::flow`), held
+    /// until the delivery is dropped, after its outcome is recorded.
+    pub hold: Option<Hold>,
 }
 
 /// A backend's handle on a delivery.
@@ -156,6 +161,17 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         subscription: &Subscription,
         max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, TransportError>> + Send;
+
+    /// Up to `max` deliveries that are due now and that `gate` (the
+    /// handler's flow rules) lets start, each holding its place; the
+    /// others wait (embedded: queued; JetStream: turned back). Empty if
+    /// none.
+    fn fetch_gated(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+        gate: &Arc<Gate>,
     ) -> impl Future<Output = Result<Vec<Delivery>, TransportError>> + Send;
 
     /// Returns when new work may have arrived, or after `timeout`.

@@ -198,6 +198,12 @@ pub fn append(h: &mut HeaderMap, name: &str, value: &str) -> Result<(), WireErro
     Ok(())
 }
 
+/// Sets one header of Sluice's own (replacing any value it had),
+/// refusing what NATS cannot carry.
+pub fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), WireError> {
+    set(h, name, value)
+}
+
 /// Sets one header (replacing any value it had).
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), WireError> {
     let v = HeaderValue::from_str(value).map_err(|_| WireError::Header {

@@ -40,6 +40,32 @@ impl JetStream {
         subscription: &Subscription,
         max: usize,
     ) -> Result<Vec<Delivery>, TransportError> {
+        let pulled = self.pull(subscription, max).await?;
+        if pulled.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The whole pull is recorded in the inbox in one store operation
+        // (one commit round trip), not one per message.
+        let ids: Vec<String> = pulled.iter().map(|(_, d)| d.message.id.clone()).collect();
+        let (msgs, delivered): (Vec<_>, Vec<_>) = pulled.into_iter().unzip();
+        let received = self.inner.store.receive_all(delivered).await?;
+        let mut out = Vec::with_capacity(received.len());
+        for ((msg, id), received) in msgs.into_iter().zip(ids).zip(received) {
+            if let Some(delivery) = self.on_received(subscription, msg, &id, received).await {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pulls up to `max` messages of `subscription` and decodes them, each
+    /// with what the inbox records of it (an undecodable one is set aside
+    /// here).
+    pub(super) async fn pull(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+    ) -> Result<Vec<(jetstream::Message, Delivered)>, TransportError> {
         let Some(consumer) = self.consumer(subscription) else {
             tokio::time::sleep(self.inner.settings.fetch_wait).await;
             return Ok(Vec::new());
@@ -89,11 +115,7 @@ impl JetStream {
         if messages.is_empty() {
             messages = pull(true).await?;
         }
-        // The whole pull is recorded in the inbox in one store operation
-        // (one commit round trip), not one per message.
         let mut pulled = Vec::with_capacity(messages.len());
-        let mut delivered = Vec::with_capacity(messages.len());
-        let mut ids = Vec::with_capacity(messages.len());
         for msg in messages {
             let decoded = match wire::decode(
                 msg.subject.as_str(),
@@ -107,13 +129,12 @@ impl JetStream {
                     continue;
                 }
             };
-            ids.push(decoded.message.id.clone());
             let attempts_before = decoded
                 .message
                 .header(crate::message::ATTEMPT_HEADER)
                 .and_then(|a| a.trim().parse().ok())
                 .unwrap_or(0);
-            delivered.push(Delivered {
+            let delivered = Delivered {
                 consumer: subscription.consumer.clone(),
                 message: decoded.message,
                 slice: decoded.slice,
@@ -125,28 +146,38 @@ impl JetStream {
                     stream_seq: info.stream_sequence,
                     count: u64::try_from(info.delivered).unwrap_or(1),
                 }),
-            });
-            pulled.push(msg);
+            };
+            pulled.push((msg, delivered));
         }
-        if delivered.is_empty() {
-            return Ok(Vec::new());
-        }
-        let received = self.inner.store.receive_all(delivered).await?;
-        let mut out = Vec::with_capacity(received.len());
-        for ((msg, id), received) in pulled.into_iter().zip(ids).zip(received) {
-            match received {
-                Received::Run(job) => out.push(Delivery {
-                    job,
-                    receipt: Receipt::JetStream(Box::new(msg)),
-                }),
-                Received::Done(state) => {
-                    tracing::debug!(%state, "redelivered message already handled here; acking");
-                    let _ = msg.ack().await;
-                }
-                Received::NotYet(at) => self.not_yet(&msg, subscription, &id, at).await,
+        Ok(pulled)
+    }
+
+    /// What to do with a pulled message, once the inbox recorded it: run
+    /// it (the delivery), or nothing more here (acked: done already;
+    /// carried on to its not-before time).
+    pub(super) async fn on_received(
+        &self,
+        subscription: &Subscription,
+        msg: jetstream::Message,
+        id: &str,
+        received: Received,
+    ) -> Option<Delivery> {
+        match received {
+            Received::Run(job) => Some(Delivery {
+                job,
+                receipt: Receipt::JetStream(Box::new(msg)),
+                hold: None,
+            }),
+            Received::Done(state) => {
+                tracing::debug!(%state, "redelivered message already handled here; acking");
+                let _ = msg.ack().await;
+                None
+            }
+            Received::NotYet(at) => {
+                self.not_yet(&msg, subscription, id, at).await;
+                None
             }
         }
-        Ok(out)
     }
 
     /// A delivery that arrived before its not-before time `at`. Held by a

@@ -18,6 +18,7 @@
 //! `schedule` (delays kept by the server: ADR-51 message schedules).
 
 mod fetch;
+mod flow;
 mod publish;
 mod relay;
 mod schedule;
@@ -188,6 +189,10 @@ struct Inner {
     schedules: bool,
     /// The connected server's version, for errors.
     server_version: String,
+    /// The shared flow slots and buckets, opened on first use (`flow`).
+    flow: tokio::sync::OnceCell<flow::SharedFlow>,
+    /// Times this host turned each waiting job back (`flow`).
+    flow_turns: Mutex<HashMap<String, u32>>,
 }
 
 /// 9999-12-31T23:59:59.999Z: the longest schedule time there is, for size
@@ -273,6 +278,8 @@ impl JetStream {
                 relay_wake: Notify::new(),
                 schedules,
                 server_version,
+                flow: tokio::sync::OnceCell::new(),
+                flow_turns: Mutex::default(),
             }),
         })
     }
@@ -333,6 +340,15 @@ impl Transport for JetStream {
         max: usize,
     ) -> Result<Vec<Delivery>, TransportError> {
         self.fetch_deliveries(subscription, max).await
+    }
+
+    async fn fetch_gated(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+        gate: &Arc<crate::flow::Gate>,
+    ) -> Result<Vec<Delivery>, TransportError> {
+        self.fetch_gated_deliveries(subscription, max, gate).await
     }
 
     async fn wait(&self, _subscription: &Subscription, _timeout: Duration) {

@@ -1,0 +1,117 @@
+//! Flow control: what a handler's pump may start now, beyond its own
+//! `concurrency` on this host.
+//!
+//! Per handler (`[plugin.NAME]` in the config) an operator may declare
+//! - a **concurrency key** (`concurrency_key`: `header:NAME`, or a JSON
+//!   pointer into the body) with `per_key_concurrency` (default 1): at
+//!   most that many jobs of one key run at once (on JetStream, across
+//!   every host; see `transport::jetstream::flow`), and keys are served
+//!   round robin, so one key's flood delays another key's job by at most
+//!   a round of the keys that have work;
+//! - a **rate limit** (`rate = "N/INTERVAL"`, `rate_burst`, optional
+//!   `rate_key`): a token bucket per handler, or per key (`rate`).
+//!
+//! Jobs over a limit stay queued: they are neither claimed nor failed, and
+//! cost no attempt. Their status says why (`waiting: concurrency KEY`,
+//! `waiting: rate limit`; [`Waiting`]), and `/metrics` counts them.
+//!
+//! This module decides; it knows neither SQL nor NATS. The embedded store
+//! shows a [`Gate`] the due jobs page by page and claims what it picks
+//! (`store::flow`); the JetStream transport asks the shared slots and
+//! buckets (`transport::jetstream::flow`) and keeps a gate per handler for
+//! this host's leases and the status it shows.
+
+mod gate;
+mod key;
+pub mod rate;
+
+pub use gate::{
+    Gate, Lease, MAX_BUFFERED, Pick, RESCAN, Row, SCAN_PAGE, SCAN_PAGES, Shared, Waiting,
+};
+pub use key::{KeySource, MAX_KEY};
+pub use rate::{Bucket, Rate};
+
+use crate::message::Headers;
+
+/// How every waiting reason starts (`Waiting`'s display).
+pub const WAITING_PREFIX: &str = "waiting: ";
+
+/// At most `limit` jobs of one key at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concurrency {
+    /// Where the key comes from.
+    pub key: KeySource,
+    /// Jobs per key at once (>= 1).
+    pub limit: u32,
+}
+
+/// A token bucket per handler (`key: None`) or per key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Per key, when set.
+    pub key: Option<KeySource>,
+    /// The rate and burst.
+    pub rate: Rate,
+}
+
+/// One handler's flow rules (none: no gate at all).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FlowSpec {
+    /// Per-key concurrency.
+    pub concurrency: Option<Concurrency>,
+    /// A rate limit.
+    pub rate: Option<RateLimit>,
+}
+
+impl FlowSpec {
+    /// True when it limits anything.
+    pub fn is_set(&self) -> bool {
+        self.concurrency.is_some() || self.rate.is_some()
+    }
+
+    /// The key jobs are served round robin by: the concurrency key, else
+    /// the rate key, else one key for all.
+    pub fn fair_key(&self, headers: &Headers, body: &[u8]) -> String {
+        match (&self.concurrency, &self.rate) {
+            (Some(c), _) => c.key.key_of(headers, body),
+            (None, Some(RateLimit { key: Some(k), .. })) => k.key_of(headers, body),
+            _ => String::new(),
+        }
+    }
+
+    /// The bucket a job takes its token from (`""`: the handler's).
+    pub fn rate_key(&self, headers: &Headers, body: &[u8]) -> String {
+        match &self.rate {
+            Some(RateLimit { key: Some(k), .. }) => k.key_of(headers, body),
+            _ => String::new(),
+        }
+    }
+}
+
+/// What a started job holds under its handler's rules until its delivery
+/// is dropped (after its outcome is recorded): its lease on this host's
+/// gate and, on JetStream, its shared slot (whose drop gives it back).
+pub struct Hold {
+    /// The transport's part, if any; dropped with the hold, before the
+    /// lease (fields drop in order), so the pump the lease wakes finds the
+    /// shared slot on its way back.
+    _shared: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// This host's count of the key's running jobs.
+    pub lease: Lease,
+}
+
+impl Hold {
+    /// A hold of `lease` and the transport's `shared` part.
+    pub fn new(lease: Lease, shared: Option<Box<dyn std::any::Any + Send + Sync>>) -> Hold {
+        Hold {
+            lease,
+            _shared: shared,
+        }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold").field("lease", &self.lease).finish()
+    }
+}
