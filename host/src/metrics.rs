@@ -68,6 +68,9 @@ pub struct Metrics {
     conflicts: Mutex<BTreeMap<String, u64>>,
     /// Cron ticks fired, duplicate and skipped (`crate::cron`).
     pub cron: crate::cron::Counters,
+    /// Posts through the API whose uniqueness key was held: refused, or
+    /// replacing the holder.
+    unique: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -143,9 +146,36 @@ impl Metrics {
             .collect()
     }
 
+    /// A post through the API met a held uniqueness key: `rejected` or
+    /// `replaced`.
+    pub fn unique_outcome(&self, outcome: &'static str) {
+        *self
+            .unique
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
     /// Appends this process's counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         self.cron.render(out);
+        let unique = self
+            .unique
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        out.push_str(
+            "# HELP sluice_unique_duplicates_total Posts through this daemon's API whose uniqueness key another message held: rejected, or replaced (the holder's waiting jobs cancelled).\n\
+             # TYPE sluice_unique_duplicates_total counter\n",
+        );
+        for outcome in ["rejected", "replaced"] {
+            let _ = writeln!(
+                out,
+                "sluice_unique_duplicates_total{{outcome=\"{outcome}\"}} {}",
+                unique.get(outcome).copied().unwrap_or(0)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP sluice_fuel_used_total Wasm fuel used by handler calls.\n\

@@ -41,5 +41,6 @@ mod shared_state;
 mod startup;
 mod state;
 mod trace_context;
+mod unique;
 mod wire;
 mod wit;

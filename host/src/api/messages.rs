@@ -41,6 +41,12 @@ pub struct PostParams {
     kind: Option<String>,
     /// 0 (default) to 9, higher runs first.
     priority: Option<String>,
+    /// Uniqueness key (`sluice-unique`).
+    unique: Option<String>,
+    /// How long the key is held at most (`sluice-unique-for`).
+    unique_for: Option<String>,
+    /// reject (default) or replace (`sluice-on-duplicate`).
+    on_duplicate: Option<String>,
 }
 
 /// `POST /v1/channels/{channel}/messages`.
@@ -83,12 +89,29 @@ pub async fn post<T: Transport>(
             }
         }
     }
+    if let Some(holder) = &published.duplicate_of {
+        state.deps.control.metrics.unique_outcome("rejected");
+        return Ok((
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": format!("message {holder} holds this post's unique key; nothing new queued"),
+                "duplicate_of": holder,
+                "job_ids": published.job_ids,
+                "status": published.job_ids.first().map(|id| format!("/v1/jobs/{id}")),
+            })),
+        )
+            .into_response());
+    }
+    if !published.replaced.is_empty() {
+        state.deps.control.metrics.unique_outcome("replaced");
+    }
     let mut response = (
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
             "message_id": published.message_id,
             "job_ids": published.job_ids,
             "duplicate": published.duplicate,
+            "replaced": published.replaced,
             "status": published.job_ids.first().map(|id| format!("/v1/jobs/{id}")),
         })),
     )
@@ -179,6 +202,31 @@ fn build<T: Transport>(
             return Err(ApiError::bad_request(format!("priority: {rule}")));
         }
         options::set(&mut headers, options::PRIORITY_HEADER, p.trim().to_owned());
+    }
+    if params.on_duplicate.as_deref().map(str::trim) == Some("replace") && state.jetstream.is_some()
+    {
+        return Err(ApiError::bad_request(
+            "on_duplicate=replace is not available on JetStream yet (use reject, the default)",
+        ));
+    }
+    for (param, name, value) in [
+        ("unique", options::UNIQUE_HEADER, &params.unique),
+        ("unique_for", options::UNIQUE_FOR_HEADER, &params.unique_for),
+        (
+            "on_duplicate",
+            options::ON_DUPLICATE_HEADER,
+            &params.on_duplicate,
+        ),
+    ] {
+        if let Some(v) = value {
+            if params.unique.is_none() {
+                return Err(ApiError::bad_request(format!("{param} needs unique=KEY")));
+            }
+            if let Some(Err(rule)) = options::check(name, v) {
+                return Err(ApiError::bad_request(format!("{param}: {rule}")));
+            }
+            options::set(&mut headers, name, v.trim().to_owned());
+        }
     }
     Ok(NewMessage {
         message: Message {

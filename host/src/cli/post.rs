@@ -59,6 +59,19 @@ pub struct PostArgs {
     /// (the `sluice-priority` header).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub priority: Option<u8>,
+    /// Uniqueness key: while a message with this key on the channel is
+    /// waiting or running, this post is refused and answered with it (the
+    /// `sluice-unique` header).
+    #[arg(long, value_name = "KEY")]
+    pub unique: Option<String>,
+    /// How long the key is held at most, even if the job never ends
+    /// (default 1h, 1s to 30d).
+    #[arg(long, value_name = "DURATION", requires = "unique")]
+    pub unique_for: Option<String>,
+    /// What a post whose key is held does: reject (default) or replace
+    /// (cancel the waiting holder, queue this one; embedded queue).
+    #[arg(long, value_parser = ["reject", "replace"], requires = "unique")]
+    pub on_duplicate: Option<String>,
     /// Send the body bytes as they are, without checking that they are JSON.
     #[arg(long)]
     pub raw: bool,
@@ -92,6 +105,22 @@ impl Maker {
         let mut headers = super::send::parse_headers(&args.headers)?;
         if let Some(p) = args.priority {
             options::set(&mut headers, options::PRIORITY_HEADER, p.to_string());
+        }
+        for (flag, name, value) in [
+            ("--unique", options::UNIQUE_HEADER, &args.unique),
+            ("--unique-for", options::UNIQUE_FOR_HEADER, &args.unique_for),
+            (
+                "--on-duplicate",
+                options::ON_DUPLICATE_HEADER,
+                &args.on_duplicate,
+            ),
+        ] {
+            if let Some(v) = value {
+                if let Some(Err(rule)) = options::check(name, v) {
+                    bail!("{flag}: {rule}");
+                }
+                options::set(&mut headers, name, v.clone());
+            }
         }
         let given_trace = headers
             .iter()
@@ -379,6 +408,12 @@ impl Printer {
             let mut v = serde_json::json!({
                 "message_id": p.message_id, "job_ids": p.job_ids, "duplicate": p.duplicate,
             });
+            if let Some(holder) = &p.duplicate_of {
+                v["duplicate_of"] = holder.as_str().into();
+            }
+            if !p.replaced.is_empty() {
+                v["replaced"] = p.replaced.clone().into();
+            }
             if let Some(line) = line {
                 v["line"] = line.into();
             }
@@ -386,15 +421,34 @@ impl Printer {
         } else if p.job_ids.is_empty() {
             // On JetStream jobs are created by the hosts that receive it.
             let _ = writeln!(self.out, "{}", p.message_id);
+            if p.duplicate_of.is_some() {
+                let _ = self.out.flush();
+                eprintln!(
+                    "note: message {} holds this post's unique key; nothing new queued",
+                    p.message_id
+                );
+            }
         } else {
             for job in &p.job_ids {
                 let _ = writeln!(self.out, "{job}");
             }
-            if p.duplicate {
+            if let Some(holder) = &p.duplicate_of {
+                let _ = self.out.flush();
+                eprintln!(
+                    "note: message {holder} holds this post's unique key; nothing new queued (its job ids above)"
+                );
+            } else if p.duplicate {
                 let _ = self.out.flush();
                 eprintln!(
                     "note: message {} was posted before; nothing new queued",
                     p.message_id
+                );
+            }
+            if !p.replaced.is_empty() {
+                let _ = self.out.flush();
+                eprintln!(
+                    "note: replaced (cancelled) the key's previous holder: job {}",
+                    p.replaced.join(", ")
                 );
             }
         }

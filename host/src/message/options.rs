@@ -15,6 +15,8 @@
 //! To add an option: a name constant, an entry in [`OPTIONS`] with its
 //! check, and a field in [`Options`] read in [`Options::of`].
 
+use std::time::Duration;
+
 use super::Headers;
 
 /// The message's priority within its channel: `0` (the default) to
@@ -32,10 +34,24 @@ struct OptionHeader {
 }
 
 /// Every option header a producer may set.
-const OPTIONS: &[OptionHeader] = &[OptionHeader {
-    name: PRIORITY_HEADER,
-    check: check_priority,
-}];
+const OPTIONS: &[OptionHeader] = &[
+    OptionHeader {
+        name: PRIORITY_HEADER,
+        check: check_priority,
+    },
+    OptionHeader {
+        name: UNIQUE_HEADER,
+        check: check_unique,
+    },
+    OptionHeader {
+        name: UNIQUE_FOR_HEADER,
+        check: check_unique_for,
+    },
+    OptionHeader {
+        name: ON_DUPLICATE_HEADER,
+        check: check_on_duplicate,
+    },
+];
 
 /// True when `name` (any case) is an option header.
 pub fn is_option(name: &str) -> bool {
@@ -125,6 +141,113 @@ pub fn set(headers: &mut Headers, name: &str, value: String) {
     headers.push((name.to_owned(), value));
 }
 
+/// A uniqueness key: while a message with the same key on the same
+/// channel is waiting or running (at most `sluice-unique-for`), a new post
+/// is rejected (answered with the existing message and jobs) or replaces
+/// the waiting one (`sluice-on-duplicate: replace`). See
+/// `store/unique.rs` (embedded) and `transport/jetstream/unique.rs`.
+pub const UNIQUE_HEADER: &str = "sluice-unique";
+
+/// How long a uniqueness key is held at most (`10m`, `1h`; default
+/// [`DEFAULT_UNIQUE_FOR`]), even if the job never ends.
+pub const UNIQUE_FOR_HEADER: &str = "sluice-unique-for";
+
+/// `reject` (default) or `replace`.
+pub const ON_DUPLICATE_HEADER: &str = "sluice-on-duplicate";
+
+/// Longest uniqueness key, in bytes.
+pub const MAX_UNIQUE_KEY: usize = 256;
+
+/// Default `sluice-unique-for`.
+pub const DEFAULT_UNIQUE_FOR: Duration = Duration::from_secs(3600);
+
+/// Longest `sluice-unique-for`.
+pub const MAX_UNIQUE_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a post with a held uniqueness key does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDuplicate {
+    /// The post is refused; the answer names the message holding the key.
+    #[default]
+    Reject,
+    /// The holder's waiting jobs are cancelled and the post goes in (a
+    /// running one cannot be replaced: then it is refused).
+    Replace,
+}
+
+/// A message's uniqueness key, as the host reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unique {
+    /// The key (per channel).
+    pub key: String,
+    /// How long it is held at most.
+    pub ttl: Duration,
+    /// What a duplicate does.
+    pub on_duplicate: OnDuplicate,
+}
+
+fn check_unique(value: &str) -> Result<(), String> {
+    let key = value.trim();
+    if key.is_empty() || key.len() > MAX_UNIQUE_KEY {
+        return Err(format!(
+            "a uniqueness key is 1 to {MAX_UNIQUE_KEY} bytes, not {}",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+fn parse_unique_for(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= MAX_UNIQUE_FOR => Ok(d),
+        _ => Err(format!(
+            "{:?} is not a duration from 1s to 30d (e.g. 10m, 1h)",
+            value.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
+fn check_unique_for(value: &str) -> Result<(), String> {
+    parse_unique_for(value).map(|_| ())
+}
+
+fn parse_on_duplicate(value: &str) -> Result<OnDuplicate, String> {
+    match value.trim() {
+        "reject" => Ok(OnDuplicate::Reject),
+        "replace" => Ok(OnDuplicate::Replace),
+        other => Err(format!(
+            "{:?} is neither reject nor replace",
+            other.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
+fn check_on_duplicate(value: &str) -> Result<(), String> {
+    parse_on_duplicate(value).map(|_| ())
+}
+
+/// The uniqueness key `headers` carry, if any (read leniently like
+/// [`Options::of`]: a bad time-to-live or policy reads as the default; a
+/// bad key as none).
+pub fn unique(headers: &Headers) -> Option<Unique> {
+    let first = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let key = first(UNIQUE_HEADER).filter(|k| check_unique(k).is_ok())?;
+    Some(Unique {
+        key: key.trim().to_owned(),
+        ttl: first(UNIQUE_FOR_HEADER)
+            .and_then(|v| parse_unique_for(v).ok())
+            .unwrap_or(DEFAULT_UNIQUE_FOR),
+        on_duplicate: first(ON_DUPLICATE_HEADER)
+            .and_then(|v| parse_on_duplicate(v).ok())
+            .unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +300,40 @@ mod tests {
         let mut headers = h(&[("Sluice-Priority", "1"), ("a", "b")]);
         set(&mut headers, PRIORITY_HEADER, "4".into());
         assert_eq!(headers, h(&[("a", "b"), (PRIORITY_HEADER, "4")]));
+    }
+
+    #[test]
+    fn a_uniqueness_key_is_checked_and_read_with_its_defaults() {
+        assert_eq!(check(UNIQUE_HEADER, "order 1"), Some(Ok(())));
+        assert!(matches!(check(UNIQUE_HEADER, " "), Some(Err(_))));
+        assert!(matches!(
+            check(UNIQUE_HEADER, &"k".repeat(257)),
+            Some(Err(_))
+        ));
+        assert_eq!(check(UNIQUE_FOR_HEADER, "10m"), Some(Ok(())));
+        for bad in ["0s", "31d", "soon", ""] {
+            assert!(
+                matches!(check(UNIQUE_FOR_HEADER, bad), Some(Err(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(check(ON_DUPLICATE_HEADER, "merge"), Some(Err(_))));
+        assert_eq!(unique(&h(&[])), None);
+        assert_eq!(
+            unique(&h(&[
+                ("Sluice-Unique", " k "),
+                (ON_DUPLICATE_HEADER, "replace")
+            ])),
+            Some(Unique {
+                key: "k".into(),
+                ttl: DEFAULT_UNIQUE_FOR,
+                on_duplicate: OnDuplicate::Replace
+            })
+        );
+        // Read leniently: a foreign producer's bad TTL is the default.
+        assert_eq!(
+            unique(&h(&[(UNIQUE_HEADER, "k"), (UNIQUE_FOR_HEADER, "x")])).map(|u| u.ttl),
+            Some(DEFAULT_UNIQUE_FOR)
+        );
     }
 }

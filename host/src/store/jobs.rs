@@ -38,6 +38,13 @@ pub struct Published {
     pub job_ids: Vec<String>,
     /// True when the id had been posted before: nothing new was enqueued.
     pub duplicate: bool,
+    /// The message holding the post's uniqueness key (`sluice-unique`):
+    /// nothing new was enqueued, and `message_id`/`job_ids` are the
+    /// holder's.
+    pub duplicate_of: Option<String>,
+    /// Jobs of the key's previous holder this post cancelled
+    /// (`sluice-on-duplicate: replace`).
+    pub replaced: Vec<String>,
 }
 
 /// How a job's current call ended, and what to record.
@@ -411,6 +418,26 @@ pub(super) fn publish_one(
     now: i64,
 ) -> Result<Published, StoreError> {
     let msg = &m.message;
+    let mut replaced = Vec::new();
+    if let Some(unique) = crate::message::options::unique(&msg.headers) {
+        match super::unique::claim(conn, &msg.channel, &msg.id, &unique, now)? {
+            super::unique::Claim::Post => {}
+            super::unique::Claim::Replaced { cancelled } => replaced = cancelled,
+            super::unique::Claim::Rejected {
+                message_id,
+                job_ids,
+            } => {
+                tracing::info!(channel = %msg.channel, key = %unique.key, message_id = %msg.id, holder = %message_id, "post refused: another message holds its unique key");
+                return Ok(Published {
+                    duplicate_of: Some(message_id.clone()),
+                    message_id,
+                    job_ids,
+                    duplicate: true,
+                    replaced,
+                });
+            }
+        }
+    }
     let consumers = routes.of(conn, &msg.channel)?;
     let state = if m.visible_at > now {
         JobState::Scheduled
@@ -456,6 +483,8 @@ pub(super) fn publish_one(
         message_id: msg.id.clone(),
         job_ids,
         duplicate,
+        duplicate_of: None,
+        replaced,
     })
 }
 

@@ -200,6 +200,17 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: uniqueness keys (`sluice-unique`): the message holding each, per
+    // channel, until its jobs end or `expires_at` (store/unique.rs).
+    r#"
+    CREATE TABLE unique_keys (
+        channel    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -39,6 +39,7 @@ mod plugins;
 mod reader;
 mod records;
 mod state;
+mod unique;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -26,6 +26,7 @@ mod settle;
 mod state;
 mod state_commit;
 mod streams;
+mod unique;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,6 +122,9 @@ pub enum JetStreamError {
     /// This host's store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A uniqueness key could not be claimed or read (`unique.rs`).
+    #[error("uniqueness key: {0}")]
+    Unique(String),
 }
 
 impl JetStreamError {

@@ -18,7 +18,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use super::super::wire::{self, Envelope};
 use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
-use crate::message::now_ms;
+use crate::message::{now_ms, options};
 use crate::store::{NewMessage, Published};
 
 /// How many publishes may be waiting for their acks at once.
@@ -48,6 +48,32 @@ impl JetStream {
     ) -> Vec<Result<Published, JetStreamError>> {
         let mut answers: Vec<Option<Result<bool, JetStreamError>>> =
             messages.iter().map(|_| None).collect();
+        // A message whose uniqueness key another message holds is not
+        // sent: it is answered with the holder (see `unique`).
+        let mut held: Vec<Option<String>> = messages.iter().map(|_| None).collect();
+        let mut claimed: Vec<Option<options::Unique>> = messages.iter().map(|_| None).collect();
+        for (i, m) in messages.iter().enumerate() {
+            let Some(unique) = options::unique(&m.message.headers) else {
+                continue;
+            };
+            if unique.on_duplicate == options::OnDuplicate::Replace {
+                answers[i] = Some(Err(JetStreamError::Unique(
+                    "on-duplicate replace is not available on JetStream yet (use reject, the default)".into(),
+                )));
+                continue;
+            }
+            match self
+                .claim_unique(&m.message.channel, &m.message.id, &unique)
+                .await
+            {
+                Ok(None) => claimed[i] = Some(unique),
+                Ok(Some(holder)) => {
+                    held[i] = Some(holder);
+                    answers[i] = Some(Ok(true));
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
         let now = now_ms();
         let delayed: Vec<(usize, NewMessage)> = messages
             .iter()
@@ -57,6 +83,9 @@ impl JetStream {
             .collect();
         let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
         for (i, m) in messages.iter().enumerate() {
+            if answers[i].is_some() {
+                continue;
+            }
             if in_flight.len() >= PIPELINE
                 && let Some((j, subject, ack)) = in_flight.pop_front()
             {
@@ -72,7 +101,19 @@ impl JetStream {
             answers[j] = Some(acked(&subject, ack).await);
         }
         let mut out = Vec::with_capacity(messages.len());
-        for (m, answer) in messages.into_iter().zip(answers) {
+        for (((m, answer), holder), claimed) in
+            messages.into_iter().zip(answers).zip(held).zip(claimed)
+        {
+            if let Some(holder) = holder {
+                out.push(Ok(Published {
+                    message_id: holder.clone(),
+                    job_ids: Vec::new(),
+                    duplicate: true,
+                    duplicate_of: Some(holder),
+                    replaced: Vec::new(),
+                }));
+                continue;
+            }
             let mut answer = answer.unwrap_or(Ok(false));
             let mut sends = 1;
             // A message the wire refused is refused again: not resent.
@@ -84,10 +125,19 @@ impl JetStream {
                     Err(e) => Err(e),
                 };
             }
+            // Not stored: the key it claimed is not held by anything.
+            if answer.is_err()
+                && let Some(unique) = &claimed
+            {
+                self.release_unique(&m.message.channel, &m.message.id, unique)
+                    .await;
+            }
             out.push(answer.map(|duplicate| Published {
                 message_id: m.message.id,
                 job_ids: Vec::new(),
                 duplicate,
+                duplicate_of: None,
+                replaced: Vec::new(),
             }));
         }
         // A delayed message is delivered only when due; this host records

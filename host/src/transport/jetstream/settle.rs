@@ -32,6 +32,7 @@ impl JetStream {
                     reason: e.to_string(),
                 })
         };
+        let ended = matches!(settle, Settle::Ack | Settle::DeadLetter { .. });
         match settle {
             // A retry and the next slice travel as messages of their own
             // (through the outbox, committed with the outcome).
@@ -53,6 +54,13 @@ impl JetStream {
                     .await?;
                 ack(AckKind::Term).await?;
             }
+        }
+        // The job ended: its uniqueness key is free again.
+        if ended
+            && let Some(unique) = crate::message::options::unique(&delivery.job.message.headers)
+        {
+            let m = &delivery.job.message;
+            self.release_unique(&m.channel, &m.id, &unique).await;
         }
         Ok(())
     }

@@ -1,0 +1,118 @@
+//! Unique jobs on JetStream (`sluice-unique`, see
+//! `crate::message::options`): the key is an entry of the KV bucket
+//! [`BUCKET`] (key: sha256 of channel and uniqueness key; value: the
+//! message id holding it), created with revision 0 ("must not exist") and
+//! a per-entry time-to-live (`sluice-unique-for`), before the message is
+//! published. So of 64 posts of one key at once, on any number of hosts,
+//! exactly one creates the entry and is published; the others read the
+//! holder and are refused naming it. The host that ends the message's
+//! job (settle: succeeded, dead letter, expired, cancelled) deletes the
+//! entry if it still names that message (expected revision), so the key
+//! is free again; a host killed before that leaves it to the TTL.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use sha2::{Digest as _, Sha256};
+
+use super::{JetStream, JetStreamError};
+use crate::message::options::Unique;
+
+/// The bucket of held uniqueness keys.
+pub const BUCKET: &str = "SLUICE_UNIQUE";
+
+/// Creates before giving up when the entry keeps vanishing between a
+/// refused create and the read of its holder.
+const TRIES: usize = 5;
+
+/// The bucket key of (`channel`, `key`): one token, any key.
+fn entry_key(channel: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(channel.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn failed(e: impl std::fmt::Display) -> JetStreamError {
+    JetStreamError::Unique(e.to_string())
+}
+
+impl JetStream {
+    /// The bucket, created if needed (per-entry TTLs allowed).
+    async fn unique_bucket(&self) -> Result<kv::Store, JetStreamError> {
+        let context = async_nats::jetstream::new(self.client().clone());
+        match context.get_key_value(BUCKET).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => context
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.to_owned(),
+                    description: "sluice uniqueness keys: the message holding each".into(),
+                    history: 1,
+                    num_replicas: self.inner.settings.replicas,
+                    limit_markers: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                })
+                .await
+                .map_err(failed),
+        }
+    }
+
+    /// Claims `unique` on `channel` for message `id`: `None` when the key
+    /// is this message's now (post it), else the message holding it.
+    pub(super) async fn claim_unique(
+        &self,
+        channel: &str,
+        id: &str,
+        unique: &Unique,
+    ) -> Result<Option<String>, JetStreamError> {
+        let kv = self.unique_bucket().await?;
+        let key = entry_key(channel, &unique.key);
+        for _ in 0..TRIES {
+            match kv
+                .create_with_ttl(&key, id.as_bytes().to_vec().into(), unique.ttl)
+                .await
+            {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(e)),
+            }
+            match kv.entry(&key).await.map_err(failed)? {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let holder = String::from_utf8_lossy(&e.value).into_owned();
+                    // A repost of the holder: the stream's duplicate
+                    // window makes it a duplicate of the same message.
+                    return Ok((holder != id).then_some(holder));
+                }
+                // Released (or expired) in between: try again.
+                _ => {}
+            }
+        }
+        Err(failed(format!(
+            "uniqueness key {:?} changed hands {TRIES} times in a row",
+            unique.key
+        )))
+    }
+
+    /// Frees `unique` on `channel` if message `id` still holds it (its job
+    /// ended). Failures are logged: the TTL frees the key in the end.
+    pub(super) async fn release_unique(&self, channel: &str, id: &str, unique: &Unique) {
+        let released = async {
+            let kv = self.unique_bucket().await?;
+            let key = entry_key(channel, &unique.key);
+            if let Some(e) = kv.entry(&key).await.map_err(failed)?
+                && e.operation == kv::Operation::Put
+                && e.value.as_ref() == id.as_bytes()
+            {
+                kv.delete_expect_revision(&key, Some(e.revision))
+                    .await
+                    .map_err(failed)?;
+            }
+            Ok::<(), JetStreamError>(())
+        }
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(message_id = %id, key = %unique.key, error = %e, "cannot release a uniqueness key; it frees itself when its time-to-live ends");
+        }
+    }
+}

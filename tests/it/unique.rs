@@ -1,0 +1,148 @@
+//! Unique jobs: the same uniqueness key from 64 concurrent posts makes
+//! exactly one job (embedded: one daemon; JetStream: two hosts), the
+//! others are answered with the job holding the key; `replace` cancels
+//! the waiting holder (embedded); the key is free again once the job ends.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::api::{Api, free_port, http_config};
+use crate::nats::NatsServer;
+use crate::util::{Env, wait_until};
+
+const POST: &str = "/v1/channels/test.counter/messages?unique=order%201&unique_for=10m";
+
+/// 64 posts of one key at once, spread over `apis`: (status, JSON) each.
+fn race(apis: &[&Api]) -> Vec<(u16, serde_json::Value)> {
+    std::thread::scope(|s| {
+        let posts: Vec<_> = (0..64)
+            .map(|i| {
+                let api = apis[i % apis.len()];
+                s.spawn(move || {
+                    let r = api.post(POST, &format!("{{\"amount\": {i}}}"));
+                    (r.status, r.json())
+                })
+            })
+            .collect();
+        posts.into_iter().map(|p| p.join().expect("post")).collect()
+    })
+}
+
+/// Exactly one 202; every other answer a 409 naming its message.
+fn one_won(answers: &[(u16, serde_json::Value)]) -> String {
+    let won: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    let id = won[0]["message_id"].as_str().unwrap_or_default().to_owned();
+    for (status, v) in answers.iter().filter(|(s, _)| *s != 202) {
+        assert_eq!(*status, 409, "{v}");
+        assert_eq!(v["duplicate_of"], id.as_str(), "{v}");
+        assert!(
+            v["job_ids"].as_array().is_some_and(|j| !j.is_empty()),
+            "{v}"
+        );
+    }
+    id
+}
+
+#[test]
+fn sixty_four_posts_of_one_key_make_one_job_and_replace_cancels_the_waiting_one() {
+    let (config, addr) = http_config("");
+    let env = Env::new(&["test-counter"], &config);
+    let daemon = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&daemon);
+    // Paused: the job stays queued while the posts race.
+    assert_eq!(api.post("/v1/channels/test.counter/pause", "").status, 200);
+    let first = one_won(&race(&[&api]));
+    let jobs = env.jobs("test.counter");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].message_id, first);
+    // The CLI is told too, and queues nothing.
+    let out = env.sluice(&[
+        "post",
+        "test.counter",
+        "{\"amount\":1}",
+        "--unique",
+        "order 1",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), jobs[0].id);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unique key"),
+        "{out:?}"
+    );
+    // Replace: the waiting holder is cancelled, the new post queued.
+    let r = api.post(&format!("{POST}&on_duplicate=replace"), "{\"amount\": 100}");
+    assert_eq!(r.status, 202, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["replaced"], serde_json::json!([jobs[0].id]), "{v}");
+    assert_eq!(
+        env.job(&jobs[0].id).state,
+        sluice::store::JobState::Cancelled
+    );
+    assert_eq!(api.post("/v1/channels/test.counter/resume", "").status, 200);
+    let settled = env.wait_settled("test.counter", 2, Duration::from_secs(60));
+    assert_eq!(
+        env.state("test-counter", "total"),
+        Some("100".into()),
+        "{settled:?}"
+    );
+    // Ended: the key is free again.
+    let r = api.post(POST, "{\"amount\": 1}");
+    assert_eq!(r.status, 202, "{}", r.text);
+    let metrics = api.get("/metrics").text;
+    assert!(
+        crate::api::metric(
+            &metrics,
+            "sluice_unique_duplicates_total{outcome=\"rejected\"}"
+        ) >= Some(63.0),
+        "{metrics}"
+    );
+    daemon.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn sixty_four_posts_of_one_key_over_two_jetstream_hosts_make_one_message() {
+    let nats = NatsServer::start();
+    let host = || {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let env = Env::new(
+            &["test-counter"],
+            &nats.config("10s", &format!("[http]\naddr = \"{addr}\"\n")),
+        );
+        (env, addr)
+    };
+    let ((a, a_addr), (b, b_addr)) = (host(), host());
+    let (a_host, b_host) = (a.start(), b.start());
+    let (a_api, b_api) = (Api::new(&a_addr, None), Api::new(&b_addr, None));
+    a_api.wait_up(&a_host);
+    b_api.wait_up(&b_host);
+    for api in [&a_api, &b_api] {
+        assert_eq!(api.post("/v1/channels/test.counter/pause", "").status, 200);
+    }
+    let first = one_won(&race(&[&a_api, &b_api]));
+    let stored: BTreeSet<String> = nats
+        .messages("SLUICE")
+        .into_iter()
+        .filter(|m| m.subject.as_str() == "sluice.test.counter")
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(stored.len(), 1, "one message stored: {stored:?}");
+    for api in [&a_api, &b_api] {
+        assert_eq!(api.post("/v1/channels/test.counter/resume", "").status, 200);
+    }
+    // Once its job ended, the key is free again (released at settle).
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let r = a_api.post(POST, "{\"amount\": 1}");
+            r.status == 202 && r.json()["message_id"] != first.as_str()
+        }),
+        "{}\n{}",
+        a_host.log_text(),
+        b_host.log_text()
+    );
+}
