@@ -124,3 +124,45 @@ fn bench_state_modes_print_their_ratio_to_the_stateless_run_and_reruns() {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
 }
+
+/// Issue 17: `--hosts 3` runs each state mode on JetStream on one host and
+/// on three competing hosts, shared state off and on, checks each run's
+/// totals where the state lives (the shared store, or the hosts' SQLite
+/// added up) and prints the ratios.
+#[test]
+fn bench_state_on_three_hosts_compares_shared_state_with_one_host() {
+    let nats = crate::nats::NatsServer::start();
+    let env = Env::new(&[], &nats.config("30s", ""));
+    let plugin = built_plugins().join("test-state.wasm");
+    let out = env.ok(&[
+        "bench",
+        "--state",
+        "hot,spread",
+        "--hosts",
+        "3",
+        "--plugin",
+        plugin.to_str().expect("utf-8 path"),
+        "--messages",
+        "40",
+        "--runs",
+        "1",
+        "--transport",
+        "jetstream",
+    ]);
+    for line in [
+        "[none:3h:shared] jobs      40 of 40 succeeded in SQLite",
+        "[hot:1h:local] totals    key \"hot\" = 40: exact",
+        "[hot:1h:shared] totals    key \"hot\" = 40: exact",
+        "[hot:3h:local] totals    key \"hot\" = 40: exact",
+        "[hot:3h:shared] jobs      40 of 40 succeeded in SQLite",
+        "[hot:3h:shared] totals    key \"hot\" = 40: exact\n",
+        "[spread:3h:shared] totals    40 keys, each = 1: exact",
+        "[shared:hot] 3 hosts  ",
+        "[shared:spread] 3 hosts against 1: shared ",
+        "| JetStream drain, state hot (get + set, one key), shared, 3 hosts (median of 1) |",
+        "| JetStream drain, state spread (get + set, a key per message), shared: 3 hosts against 1 |",
+        "checks: every run handled every message exactly once",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+}

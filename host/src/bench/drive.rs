@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::message::{Message, MessageKind, new_id};
 use crate::pump::{self, Deps};
 use crate::registry::{PluginSet, Registry};
+use crate::state::Remote;
 use crate::store::{NewMessage, Store};
 use crate::telemetry::Spans;
 use crate::transport::{Subscription, Transport};
@@ -114,55 +115,86 @@ pub struct Host {
 /// Runs `mode` through `transport` on `host`. `transport` must already be
 /// connected to `host.store`.
 pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow::Result<RunReport> {
+    run_hosts(std::slice::from_ref(host), vec![(transport, None)], mode).await
+}
+
+/// Runs `mode` on several hosts at once, competing for the same messages
+/// (JetStream): `hosts[i]` pulls through `transports[i]`, connected to its
+/// own store, with state in the shared store when one is given. The first
+/// host posts the messages; the report adds up every host's jobs.
+pub async fn run_hosts<T: Transport>(
+    hosts: &[Host],
+    transports: Vec<(T, Option<Arc<dyn Remote>>)>,
+    mode: Mode,
+) -> anyhow::Result<RunReport> {
     let n = mode.messages();
     anyhow::ensure!(n > 0, "nothing to send: the run has 0 messages");
+    anyhow::ensure!(
+        !hosts.is_empty() && hosts.len() == transports.len(),
+        "a run needs a transport for each of its hosts"
+    );
     let prefix = format!("bench-{}-", new_id());
     let probe = Probe::new(prefix.clone(), n);
-    let deps = Arc::new(Deps {
-        store: host.store.clone(),
-        state: crate::state::Ledger::new(host.store.clone(), crate::state::DEFAULT_CACHE_BYTES),
-        transport: Timed {
-            inner: transport,
-            probe: probe.clone(),
-        },
-        registry: Arc::new(Registry::new(host.set.clone())),
-        config: host.config.clone(),
-        control: Default::default(),
-    });
-    if let Some(spans) = &host.spans {
-        deps.control.set_spans(spans.clone());
+    let members: Vec<Arc<Deps<Timed<T>>>> = hosts
+        .iter()
+        .zip(transports)
+        .map(|(host, (transport, remote))| {
+            Arc::new(Deps {
+                store: host.store.clone(),
+                state: crate::state::Ledger::with_remote(
+                    host.store.clone(),
+                    crate::state::DEFAULT_CACHE_BYTES,
+                    remote,
+                ),
+                transport: Timed {
+                    inner: transport,
+                    probe: probe.clone(),
+                },
+                registry: Arc::new(Registry::new(host.set.clone())),
+                config: host.config.clone(),
+                control: Default::default(),
+            })
+        })
+        .collect();
+    for (host, deps) in hosts.iter().zip(&members) {
+        if let Some(spans) = &host.spans {
+            deps.control.set_spans(spans.clone());
+        }
+        deps.transport
+            .register(std::slice::from_ref(&host.sub))
+            .await
+            .context("registering the subscription")?;
     }
-    deps.transport
-        .register(std::slice::from_ref(&host.sub))
-        .await
-        .context("registering the subscription")?;
+    let (first, deps) = (&hosts[0], &members[0]);
     let shutdown = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let pumps = TaskTracker::new();
-    let start_pump = || {
-        pumps.spawn(pump::run(
-            host.sub.clone(),
-            deps.clone(),
-            shutdown.child_token(),
-            hard_stop.clone(),
-        ));
+    let start_pumps = || {
+        for (host, deps) in hosts.iter().zip(&members) {
+            pumps.spawn(pump::run(
+                host.sub.clone(),
+                deps.clone(),
+                shutdown.child_token(),
+                hard_stop.clone(),
+            ));
+        }
     };
     stats::reset_peak_rss();
     let (enqueue, started, cpu_before) = match mode {
         Mode::Drain { messages } => {
             let began = Instant::now();
-            enqueue_all(&deps, host, &probe, messages).await?;
+            enqueue_all(deps, first, &probe, messages).await?;
             let enqueue = began.elapsed();
             let cpu_before = stats::thread_cpu();
             let started = Instant::now();
-            start_pump();
+            start_pumps();
             (Some(enqueue), started, cpu_before)
         }
         Mode::Steady { rate, .. } => {
             let cpu_before = stats::thread_cpu();
-            start_pump();
+            start_pumps();
             let started = Instant::now();
-            offer(&deps, host, &probe, rate).await?;
+            offer(deps, first, &probe, rate).await?;
             (None, started, cpu_before)
         }
     };
@@ -181,7 +213,10 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
             "not every message was handled within {timeout:?}"
         );
     }
-    let rows = rows_of(&host.store, &prefix).await?;
+    let mut rows = Rows::default();
+    for host in hosts {
+        rows.add(rows_of(&host.store, &prefix).await?);
+    }
     Ok(RunReport {
         messages: n,
         enqueue,
@@ -191,15 +226,14 @@ pub async fn run<T: Transport>(host: &Host, transport: T, mode: Mode) -> anyhow:
         other_settles: probe.other(),
         succeeded_rows: rows.succeeded,
         fuel_per_job: rows.fuel_per_job,
-        amount_sum: matches!(host.workload, Workload::Amounts).then_some(rows.amount_sum),
-        expected_sum: host.workload.expected_sum(n),
+        amount_sum: matches!(first.workload, Workload::Amounts).then_some(rows.amount_sum),
+        expected_sum: first.workload.expected_sum(n),
         reruns: rows.reruns,
         peak_rss,
         cpu,
     })
 }
 
-/// Message `index` of the run.
 /// Stops a run's pumps as a daemon's shutdown does: drain for up to 10 s,
 /// then interrupt.
 pub(super) async fn stop_pumps(
@@ -218,6 +252,7 @@ pub(super) async fn stop_pumps(
     }
 }
 
+/// Message `index` of the run.
 fn message(host: &Host, probe: &Probe, index: usize) -> NewMessage {
     NewMessage {
         message: Message {
@@ -306,6 +341,7 @@ async fn offer<T: Transport>(
 }
 
 /// What SQLite holds about a run's jobs afterwards.
+#[derive(Default)]
 struct Rows {
     succeeded: usize,
     fuel_per_job: f64,
@@ -313,6 +349,24 @@ struct Rows {
     amount_sum: i64,
     /// State re-runs of the run's jobs: the sum and the most for one job.
     reruns: (u64, u64),
+}
+
+impl Rows {
+    /// Adds another host's rows to these.
+    fn add(&mut self, other: Rows) {
+        let total = self.succeeded + other.succeeded;
+        if total > 0 {
+            self.fuel_per_job = (self.fuel_per_job * self.succeeded as f64
+                + other.fuel_per_job * other.succeeded as f64)
+                / total as f64;
+        }
+        self.succeeded = total;
+        self.amount_sum += other.amount_sum;
+        self.reruns = (
+            self.reruns.0 + other.reruns.0,
+            self.reruns.1.max(other.reruns.1),
+        );
+    }
 }
 
 /// How many of the run's jobs succeeded in SQLite, their mean fuel, and the

@@ -16,7 +16,8 @@
 //! traced drains export to), `pages.rs` (the dashboard's requests on a
 //! big store), `channels.rs` (several busy channels at once: RSS
 //! and throughput), `probe.rs` (post -> handled timestamps),
-//! `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
+//! `shared.rs` (`--state --hosts N`: state shared by several hosts on
+//! JetStream against one host, on and off), `baseline.rs` (raw JetStream publish and consume + ack, sandbox vs
 //! native call), `post.rs` (the `sluice post` command from stdin),
 //! `swap.rs` (hot reload swap latency), `natsd.rs` (a throwaway
 //! nats-server), `stats.rs` (percentiles, RSS), `report.rs` (the
@@ -33,6 +34,7 @@ mod pages;
 mod post;
 mod probe;
 mod report;
+mod shared;
 mod state;
 mod stats;
 mod swap;
@@ -130,6 +132,12 @@ pub struct BenchArgs {
     /// add), each against a run without state (`none`) in the same run.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
     pub state: Vec<StateMode>,
+    /// With --state on JetStream: run each mode on one host and on this
+    /// many hosts competing for the same messages, with `[nats]
+    /// shared_state` off and on (four configurations), and print the
+    /// ratios (1: one host, shared state as the config says).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub hosts: usize,
     /// Instead of the runs above: drain --messages on the first channel of
     /// each of these handler plugins at once (comma-separated paths or
     /// names; `default`: bench-amounts,test-flaky,test-lanes,test-spin),
@@ -152,6 +160,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
             p.policy.concurrency = n;
         }
     }
+    anyhow::ensure!(args.hosts > 0, "--hosts must be at least 1");
+    anyhow::ensure!(
+        args.hosts == 1 || (!args.state.is_empty() && args.transport != Which::Embedded),
+        "--hosts compares hosts sharing state on JetStream: it needs --state and a --transport with jetstream"
+    );
     let mut args = args;
     if !args.state.is_empty() {
         anyhow::ensure!(args.body.is_none(), "--state makes the bodies; drop --body");
@@ -265,6 +278,11 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                 Err(why) => return Err(why),
             }
         }
+        // Several hosts: JetStream runs as the matrix below instead.
+        let shared_url = match transports.last() {
+            Some((_, Some(_))) if args.hosts > 1 => transports.pop().and_then(|(_, url)| url),
+            _ => None,
+        };
         for (transport, url) in transports {
             let mut baseline: Vec<RunReport> = Vec::new();
             for mode in &modes {
@@ -293,6 +311,18 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
                     report.state(transport, *mode, &runs, &baseline);
                 }
             }
+        }
+        if let Some(url) = shared_url {
+            let matrix = shared::Matrix {
+                config: &config,
+                url: &url,
+                dir: &work.path.join("shared"),
+                host: &host_with,
+                hosts: args.hosts,
+                runs: args.runs,
+                messages: args.messages,
+            };
+            matrix.run(&args.state, &mut report).await?;
         }
         drop(server);
         drop(plugin);

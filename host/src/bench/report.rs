@@ -218,6 +218,67 @@ impl Report {
         });
     }
 
+    /// `--state --hosts N`: one state mode on JetStream, on one host and on
+    /// `hosts`, with shared state off and on (`runs`: those four, in that
+    /// order). Prints the ratios; the table gets the shared runs against
+    /// one host, and against the same hosts without shared state.
+    pub fn shared(&mut self, mode: super::StateMode, hosts: usize, runs: &[Vec<RunReport>; 4]) {
+        let rates = runs
+            .clone()
+            .map(|r| median(r.iter().map(|r| rate(r.handled, r.drain))));
+        let reruns = |r: &[RunReport]| {
+            let jobs: u64 = r.iter().map(|r| r.messages as u64).sum();
+            let total: u64 = r.iter().map(|r| r.reruns.0).sum();
+            let most = r.iter().map(|r| r.reruns.1).max().unwrap_or(0);
+            (total as f64 / jobs.max(1) as f64, most)
+        };
+        let [one_off, one_on, many_off, many_on] = rates;
+        let t = format!("[shared:{}]", mode.name());
+        println!(
+            "{t:<12} 1 host   {one_on:.0} jobs/s shared vs {one_off:.0} not shared = {}",
+            ratio(one_on, one_off)
+        );
+        println!(
+            "{t:<12} {hosts} hosts  {many_on:.0} jobs/s shared vs {many_off:.0} not shared = {}",
+            ratio(many_on, many_off)
+        );
+        println!(
+            "{t:<12} {hosts} hosts against 1: shared {}, not shared {}",
+            ratio(many_on, one_on),
+            ratio(many_off, one_off)
+        );
+        for (i, n) in [(1, 1), (3, hosts)] {
+            let (per_job, most) = reruns(&runs[i]);
+            self.figures.push(Figure {
+                name: format!(
+                    "JetStream drain, state {}, shared, {n} host{} (median of {})",
+                    mode.describe(),
+                    if n == 1 { "" } else { "s" },
+                    runs[i].len()
+                ),
+                measured: format!(
+                    "{}; re-runs {per_job:.3} per job, max {most}",
+                    per_s(rates[i], "jobs")
+                ),
+                baseline: format!("{} not shared", per_s(rates[i - 1], "jobs")),
+                ratio: ratio(rates[i], rates[i - 1]),
+                target: String::new(),
+                verdict: "",
+            });
+        }
+        self.figures.push(Figure {
+            name: format!(
+                "JetStream drain, state {}, shared: {hosts} hosts against 1",
+                mode.describe()
+            ),
+            measured: per_s(many_on, "jobs"),
+            baseline: format!("{} on 1 host", per_s(one_on, "jobs")),
+            ratio: ratio(many_on, one_on),
+            target: String::new(),
+            verdict: "",
+        });
+    }
+
     /// The drains of one transport: their medians become figures.
     pub fn drains(&mut self, transport: &str, runs: &[RunReport]) {
         if runs.is_empty() {

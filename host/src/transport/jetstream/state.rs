@@ -222,3 +222,48 @@ impl Remote for SharedState {
         })
     }
 }
+
+/// Looks at the whole state stream, for `sluice bench` (which starts each
+/// shared run from an empty store and checks what it left).
+impl super::JetStream {
+    /// How many keys of `plugin` the shared store holds (a deleted key's
+    /// tombstone counts).
+    pub async fn shared_keys(&self, plugin: &str) -> Result<usize, JetStreamError> {
+        use futures_util::TryStreamExt as _;
+        let err = |reason: String| JetStreamError::Stream {
+            name: STATE_STREAM.into(),
+            reason,
+        };
+        let stream = self
+            .inner
+            .js
+            .get_stream(STATE_STREAM)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let filter = format!("{STATE_PREFIX}.k.{}.*", wire::handler_token(plugin));
+        let subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        subjects
+            .try_fold(0, |n, _| async move { Ok(n + 1) })
+            .await
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Removes every key and marker from the shared store.
+    pub async fn purge_shared_state(&self) -> Result<(), JetStreamError> {
+        let err = |reason: String| JetStreamError::Stream {
+            name: STATE_STREAM.into(),
+            reason,
+        };
+        let stream = self
+            .inner
+            .js
+            .get_stream(STATE_STREAM)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        stream.purge().await.map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
