@@ -326,3 +326,36 @@ fn a_job_whose_commit_is_in_the_shared_store_is_recorded_from_it_not_run_again()
         host.log_text()
     );
 }
+
+#[test]
+fn a_hot_key_on_one_host_chains_its_jobs_into_shared_batches_exactly() {
+    // On one host the next job on a hot key reads its predecessor's value
+    // before the store answered, and its commit follows the predecessor's
+    // in the same atomic batch (`state/remote.rs`, `state_commit.rs`):
+    // fewer batches than jobs, and still exactly 1..N.
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-state"], &config(&nats));
+    let host = env.start();
+    wait_running(&[&host]);
+    let n = 200;
+    post(&env, n);
+    wait_all(std::slice::from_ref(&env), &[&host], n);
+    assert_exact(&nats, std::slice::from_ref(&env), n);
+    let batches: BTreeSet<String> = nats
+        .messages("SLUICE_STATE")
+        .iter()
+        .filter(|m| m.subject.starts_with("sluice-state.c."))
+        .map(|m| {
+            m.headers
+                .get("Nats-Batch-Id")
+                .map(|v| v.as_str().to_owned())
+                .expect("a marker is stored by an atomic batch")
+        })
+        .collect();
+    eprintln!("one host, hot key: {n} jobs in {} batches", batches.len());
+    assert!(
+        batches.len() < n,
+        "{n} jobs took {} batches: jobs on the hot key did not share one",
+        batches.len()
+    );
+}

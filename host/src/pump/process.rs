@@ -26,6 +26,21 @@ use crate::transport::{Delivery, Settle, Subscription, Transport};
 /// back. Never reached by design (each conflict adds a key the re-run
 /// holds, see `crate::state`); a guard against a bug spinning the CPU.
 const MAX_RERUNS: u32 = 1000;
+/// With shared state, re-runs of one attempt after the store refused its
+/// commit (another host changed a key) before the job is handed back,
+/// without losing its attempt, to whichever host gets it next: across
+/// hosts a re-run holds its keys on its own host only, so it can lose
+/// again (see `shared_backoff`).
+const MAX_SHARED_RERUNS: u32 = 32;
+
+/// The pause before the `n`th re-run of a job whose shared state commit
+/// lost to another host: doubling from 1 ms up to 64 ms, a random point in
+/// its upper half (so the hosts that lost together do not retry together).
+fn shared_backoff(n: u32) -> Duration {
+    let ceiling = Duration::from_millis(1 << n.saturating_sub(1).min(6));
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
+}
 
 /// What to record for a finished call and how to settle the delivery.
 struct Verdict {
@@ -326,6 +341,26 @@ impl<T: Transport> Call<'_, T> {
                         });
                     }
                     Ok(RemoteCommitted::Already(body)) => return from_marker(&body),
+                    Err(HandOff::Conflict { keys }) => {
+                        cost.conflicts += 1;
+                        telemetry::conflict(clock, cost.conflicts);
+                        if cost.conflicts >= MAX_SHARED_RERUNS {
+                            return Recording::Submit(release(
+                                "shared state: other hosts kept changing its keys; handed back",
+                                shared_backoff(cost.conflicts),
+                            ));
+                        }
+                        // Another host won the key: let it (and the jobs
+                        // chained behind it) move on before reading the
+                        // fresh value, holding nothing meanwhile.
+                        session.release_all();
+                        tokio::select! {
+                            () = tokio::time::sleep(shared_backoff(cost.conflicts)) => {}
+                            () = cancel.cancelled() => return Recording::Submit(self.interrupted()),
+                        }
+                        hold = keys;
+                        continue;
+                    }
                     Err(e) => e,
                 }
             } else {

@@ -72,7 +72,7 @@ pub use remote::{Remote, RemoteBatch, RemoteChange, RemoteCommitted, RemoteFutur
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use table::{Slot, Table, Turn};
@@ -97,6 +97,8 @@ struct Inner {
     remote: Option<Arc<dyn Remote>>,
     table: Mutex<Table>,
     sessions: AtomicU64,
+    /// The last pending version handed out (shared state: `remote.rs`).
+    tickets: AtomicI64,
     budget: usize,
 }
 
@@ -116,6 +118,7 @@ impl Ledger {
                 remote,
                 table: Mutex::new(Table::default()),
                 sessions: AtomicU64::new(0),
+                tickets: AtomicI64::new(0),
                 budget,
             }),
         }
@@ -162,6 +165,11 @@ impl Ledger {
 }
 
 impl Inner {
+    /// A fresh pending version: negative, never repeated.
+    fn next_ticket(&self) -> i64 {
+        self.tickets.fetch_sub(1, Ordering::Relaxed) - 1
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock would be a bug in `table.rs`; the
         // table is still consistent enough to go on (every method keeps

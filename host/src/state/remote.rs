@@ -10,12 +10,24 @@
 //!   expected version (a key only read is written back unchanged, so its
 //!   read is checked too), plus the job's commit marker, which must not
 //!   exist yet. All of it is stored, or nothing.
-//! - **Turns are held until the store answered**, not only until the commit
-//!   is handed over: the versions are the store's (stream sequences), known
-//!   only then. So a hot key on one host is a queue of commits, one round
-//!   trip each; across hosts a stale value (another host wrote the key)
-//!   fails the batch, the keys become `Unknown` (read from the store next)
-//!   and the call runs again holding its keys, as after any conflict.
+//! - **Versions are the store's** (stream sequences), known only once the
+//!   store answered. Turns are still given up at hand-over, as on one
+//!   host: each change gets a pending version, a *ticket* (negative,
+//!   unique on this host), and the next call on the key reads the pending
+//!   value at that ticket. Its commit then expects "whatever version the
+//!   ticket's write gets": the committer (`transport/jetstream/
+//!   state_commit.rs`) puts it in the same atomic batch right after its
+//!   predecessor (stored together or not at all) or, when the predecessor
+//!   went in an earlier batch, expects the version that batch gave the key;
+//!   a predecessor not stored refuses it. So a hot key on one host is a
+//!   chain of calls, many per round trip, as it is on SQLite. When the
+//!   answer arrives the ticket becomes the store's version (a call that
+//!   read the ticket meanwhile is matched by the entry's alias); a refused
+//!   or unanswered commit makes its keys `Unknown` (read from the store
+//!   next), unless a later change on this host is already on top.
+//! - Across hosts a stale value (another host wrote the key) fails the
+//!   batch, the keys become `Unknown` and the call runs again holding its
+//!   keys, as after any conflict.
 //!
 //! A batch the store refused because the job's marker exists means the job
 //! committed already (on this host or another, e.g. before a crash): the
@@ -26,6 +38,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::table::{Slot, Turn};
+use std::sync::Arc;
+
 use super::{CallState, HandOff, Session, int};
 
 /// What a [`Remote`] call returns.
@@ -37,9 +51,10 @@ pub trait Remote: Send + Sync {
     /// deleted) and its version (0: never written).
     fn get<'a>(&'a self, plugin: &'a str, key: &'a str)
     -> RemoteFuture<'a, (Option<Vec<u8>>, i64)>;
-    /// Stores `batch` atomically if every expectation holds and the job's
-    /// marker does not exist.
-    fn commit(&self, batch: RemoteBatch) -> RemoteFuture<'_, RemoteOutcome>;
+    /// Queues `batch`, at once (commits are stored in the order they were
+    /// submitted), to be stored atomically if every expectation holds and
+    /// the job's marker does not exist; the future says what became of it.
+    fn submit(&self, batch: RemoteBatch) -> RemoteFuture<'static, RemoteOutcome>;
     /// The marker of the commit `job` (see [`RemoteBatch::job`]), if any.
     fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>>;
 }
@@ -64,9 +79,12 @@ pub struct RemoteChange {
     pub key: String,
     /// The new value (`None`: delete).
     pub value: Option<Vec<u8>>,
-    /// The version the key must be at (0: absent); `None`: any (a blind
-    /// write).
+    /// The version the key must be at (0: absent; negative: the version
+    /// the write holding that ticket gets); `None`: any (a blind write).
     pub expect: Option<i64>,
+    /// This write's pending version until the store answers (negative,
+    /// unique on this host).
+    pub ticket: i64,
 }
 
 /// The store's answer to a batch.
@@ -92,7 +110,9 @@ pub enum RemoteCommitted {
 
 impl Session {
     /// Commits the call's state with its marker to the shared store (see
-    /// the module docs), then gives up every turn.
+    /// the module docs). Its turns are given up as soon as the commit is
+    /// queued; the ledger's view is settled with the store's answer even if
+    /// this future is dropped meanwhile.
     pub async fn commit_remote(
         &self,
         state: &CallState,
@@ -102,48 +122,35 @@ impl Session {
         let Some(remote) = self.inner.remote.clone() else {
             return Err(HandOff::Remote("no shared state store".into()));
         };
-        let batch = loop {
+        let (answer, tickets) = loop {
             for key in state.adds.keys() {
                 self.ensure_known(key).await?;
             }
-            match self.batch(state, job, &marker) {
-                Ok(Some(batch)) => break batch,
+            match self.submit(remote.as_ref(), state, job, &marker) {
+                Ok(Some(submitted)) => break submitted,
                 Ok(None) => {}
                 Err(Ok(keys)) => self.acquire(&keys).await,
                 Err(Err(handoff)) => return Err(handoff),
             }
         };
-        let keys: Vec<String> = batch.changes.iter().map(|c| c.key.clone()).collect();
-        let answer = remote.commit(batch.clone()).await;
-        {
-            let mut table = self.inner.lock();
-            match &answer {
-                Ok(RemoteOutcome::Committed(versions)) => {
-                    for (change, version) in batch.changes.iter().zip(versions) {
-                        table.set_slot(
-                            &self.plugin,
-                            &change.key,
-                            Slot::Known {
-                                value: change.value.clone(),
-                                version: *version,
-                                committed: true,
-                            },
-                        );
-                    }
-                }
-                Ok(RemoteOutcome::Invalid(_)) => {}
-                // Refused, or no answer (it may have been stored): what
-                // this host believes of these keys is no longer known.
-                _ => {
-                    for key in &keys {
-                        table.set_slot(&self.plugin, key, Slot::Unknown);
-                    }
-                }
+        let inner = Arc::clone(&self.inner);
+        let plugin = self.plugin.clone();
+        let settled = tokio::spawn(async move {
+            let answer = answer.await;
+            let mut table = inner.lock();
+            for (i, (key, ticket)) in tickets.iter().enumerate() {
+                let version = match &answer {
+                    Ok(RemoteOutcome::Committed(versions)) => versions.get(i).copied(),
+                    _ => None,
+                };
+                table.resolve(&plugin, key, *ticket, version);
             }
-            let held = table.held_keys(self.id);
-            table.release(self.id, &held);
-            table.evict(self.inner.budget);
-        }
+            table.evict(inner.budget);
+            answer
+        });
+        let answer = settled
+            .await
+            .map_err(|e| HandOff::Remote(format!("the state commit's task ended: {e}")))?;
         match answer {
             Ok(RemoteOutcome::Committed(_)) => Ok(RemoteCommitted::Stored),
             Ok(RemoteOutcome::Refused) => {
@@ -157,17 +164,18 @@ impl Session {
         }
     }
 
-    /// Under the lock: the batch, or (`Err(Ok(keys))`) turns to wait for
-    /// first, or why it cannot commit; `Ok(None)`: load again. Takes the
-    /// turn of every key in the batch, so no other call of this host reads
-    /// a value the store may be about to change.
+    /// Under the lock: builds the batch and submits it, taking the turn of
+    /// every key in it, then shows its writes at their tickets and gives up
+    /// every turn; `Err(Ok(keys))`: turns to wait for first, or why it
+    /// cannot commit; `Ok(None)`: load again.
     #[allow(clippy::type_complexity)]
-    fn batch(
+    fn submit(
         &self,
+        remote: &dyn Remote,
         state: &CallState,
         job: &str,
         marker: &[u8],
-    ) -> Result<Option<RemoteBatch>, Result<Vec<String>, HandOff>> {
+    ) -> Result<Submitted, Result<Vec<String>, HandOff>> {
         let mut table = self.inner.lock();
         self.check_turns(&table, state)?;
         let keys: BTreeSet<&String> = state.keys();
@@ -177,17 +185,27 @@ impl Session {
                 Some(Slot::Known { value, version, .. }) => Some((value.clone(), *version)),
                 _ => None,
             };
-            let read = state.reads.get(key).copied();
+            // A read of a pending write that has been stored since is a
+            // read of the stored version.
+            let read = match (
+                state.reads.get(key).copied(),
+                table.alias(&self.plugin, key),
+            ) {
+                (Some(seen), Some((ticket, stored))) if seen == ticket => Some(stored),
+                (read, _) => read,
+            };
             if let (Some(seen), Some((_, version))) = (read, &known)
                 && seen != *version
             {
                 return Err(Err(self.conflict(state)));
             }
+            let ticket = self.inner.next_ticket();
             let change = if let Some(value) = state.writes.get(key) {
                 RemoteChange {
                     key: key.clone(),
                     value: value.clone(),
                     expect: read,
+                    ticket,
                 }
             } else if let Some(delta) = state.adds.get(key) {
                 let Some((value, version)) = known else {
@@ -202,6 +220,7 @@ impl Session {
                     key: key.clone(),
                     value: Some(sum),
                     expect: Some(version),
+                    ticket,
                 }
             } else {
                 // Only read: written back unchanged, so the store checks
@@ -214,6 +233,7 @@ impl Session {
                     key: key.clone(),
                     value,
                     expect: Some(seen),
+                    ticket,
                 }
             };
             changes.push(change);
@@ -226,11 +246,34 @@ impl Session {
                 return Err(Err(self.conflict(state)));
             }
         }
-        Ok(Some(RemoteBatch {
+        let tickets: Vec<(String, i64)> =
+            changes.iter().map(|c| (c.key.clone(), c.ticket)).collect();
+        let views: Vec<(String, Option<Vec<u8>>, i64)> = changes
+            .iter()
+            .map(|c| (c.key.clone(), c.value.clone(), c.ticket))
+            .collect();
+        let answer = remote.submit(RemoteBatch {
             plugin: self.plugin.clone(),
             changes,
             job: job.to_owned(),
             marker: marker.to_vec(),
-        }))
+        });
+        for (key, value, ticket) in views {
+            table.set_slot(
+                &self.plugin,
+                &key,
+                Slot::Known {
+                    value,
+                    version: ticket,
+                    committed: false,
+                },
+            );
+        }
+        let held = table.held_keys(self.id);
+        table.release(self.id, &held);
+        Ok(Some((answer, tickets)))
     }
 }
+
+/// A submitted commit: the store's answer to come, and each key's ticket.
+type Submitted = Option<(RemoteFuture<'static, RemoteOutcome>, Vec<(String, i64)>)>;

@@ -50,6 +50,9 @@ pub(super) struct Entry {
     /// Changes whenever `slot` does; a load started at one generation is
     /// stored only if the entry is still at it.
     pub(super) generation: u64,
+    /// Shared state: the pending ticket the current version replaced when
+    /// the store answered, and that version (see [`Table::resolve`]).
+    alias: Option<(i64, i64)>,
 }
 
 impl Entry {
@@ -159,6 +162,7 @@ impl Table {
             owner: None,
             waiters: VecDeque::new(),
             generation,
+            alias: None,
         })
     }
 
@@ -258,6 +262,49 @@ impl Table {
             return;
         }
         self.set_slot(plugin, key, Slot::Unknown);
+    }
+
+    /// Shared state: the store answered for the write that showed `key` at
+    /// the pending version `ticket`: stored as `version`, or not (`None`:
+    /// ask the store). A newer change to the key since then is left alone
+    /// (its own answer settles it). A stored one keeps the ticket as an
+    /// alias, so a call that read the pending value still matches.
+    pub(super) fn resolve(&mut self, plugin: &str, key: &str, ticket: i64, version: Option<i64>) {
+        let Some(entry) = self.plugins.get_mut(plugin).and_then(|k| k.get_mut(key)) else {
+            return;
+        };
+        let Slot::Known {
+            value,
+            version: now,
+            ..
+        } = &entry.slot
+        else {
+            return;
+        };
+        if *now != ticket {
+            return;
+        }
+        match version {
+            Some(version) => {
+                let value = value.clone();
+                entry.alias = Some((ticket, version));
+                self.set_slot(
+                    plugin,
+                    key,
+                    Slot::Known {
+                        value,
+                        version,
+                        committed: true,
+                    },
+                );
+            }
+            None => self.set_slot(plugin, key, Slot::Unknown),
+        }
+    }
+
+    /// The alias [`Table::resolve`] left on `key`: (ticket, version).
+    pub(super) fn alias(&self, plugin: &str, key: &str) -> Option<(i64, i64)> {
+        self.entry(plugin, key).and_then(|e| e.alias)
     }
 
     /// Gives up every turn `session` holds (each to its next waiter) and

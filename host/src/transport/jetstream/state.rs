@@ -199,19 +199,15 @@ impl Remote for SharedState {
         })
     }
 
-    fn commit(&self, batch: RemoteBatch) -> RemoteFuture<'_, RemoteOutcome> {
-        Box::pin(async move {
-            let plugin = batch.plugin.clone();
-            let marker = marker_subject(&batch.job);
-            self.committer
-                .commit(
-                    batch,
-                    |key| key_subject(&plugin, key),
-                    (marker, self.marker_ttl),
-                    (H_STATE, "deleted"),
-                )
-                .await
-        })
+    fn submit(&self, batch: RemoteBatch) -> RemoteFuture<'static, RemoteOutcome> {
+        let plugin = batch.plugin.clone();
+        let marker = marker_subject(&batch.job);
+        self.committer.submit(
+            batch,
+            |key| key_subject(&plugin, key),
+            (marker, self.marker_ttl),
+            (H_STATE, "deleted"),
+        )
     }
 
     fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>> {

@@ -19,19 +19,28 @@
 //! a time; commits queue behind it and go together in the next.
 //!
 //! All or nothing now spans the jobs of a batch, so:
-//! - **No two jobs in a batch touch one subject** (a key, a marker): the
-//!   server checks a subject's expected version once per batch, against
-//!   the stream before the batch, so a second write of a key in the same
-//!   batch would not be checked against the first. A job that shares a
-//!   subject with one already in the batch waits for the next one. (The
-//!   ledger never hands over two commits on one key at once anyway: it
-//!   holds a commit's keys until the store answered.)
+//! - **Two jobs of a batch share a subject only as a chain.** The server
+//!   checks a subject's expected version once per batch, against the
+//!   stream before the batch (nats-server 2.15.1 refuses a second message
+//!   on one subject that carries an expectation, and stores one without).
+//!   So a job may follow another on a key in the same batch only when it
+//!   built on that job's pending write (the ledger hands a hot key's next
+//!   job its predecessor's value before the store answered: its expected
+//!   version is the predecessor's ticket, [`Expect::After`]). It then goes
+//!   without an expectation: the batch is all or nothing, so it is stored
+//!   exactly when the write it read is. Any other job that shares a
+//!   subject with the batch waits for the next one.
+//! - **A chain across batches is resolved here.** A job whose predecessor
+//!   went in an earlier batch expects the version that batch gave the
+//!   key; one whose predecessor was refused or got no answer is refused
+//!   (its call runs again on the value read from the store).
 //! - **A refused batch of several jobs is sorted out**: the server refuses
 //!   the whole batch for one stale expectation (or one job committed
 //!   before). The committer then reads every expected key's version and
 //!   every marker (direct gets, all at once): a job whose expectation no
 //!   longer holds, or whose marker exists, is refused; the others go into
-//!   the next batch. Versions only grow and markers are never removed while
+//!   the next batch; a job chained to a refused one is refused with it.
+//!   Versions only grow and markers are never removed while
 //!   their job can come back (see the pruning notes in `state.rs`), so a
 //!   job found stale stays stale: the sorting is final, and a job is put
 //!   back at most [`MAX_REQUEUES`] times before it is refused (its call
@@ -40,7 +49,7 @@
 //!   batch as "may have been stored": each delivery comes back and finds
 //!   its marker, or runs again.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -50,7 +59,7 @@ use tokio::sync::oneshot;
 
 use super::super::wire;
 use super::state::{TIMEOUT, last_version};
-use crate::state::{RemoteBatch, RemoteOutcome};
+use crate::state::{RemoteBatch, RemoteFuture, RemoteOutcome};
 
 /// The most messages the server takes in one atomic batch (its default).
 pub(super) const MAX_BATCH: usize = 1000;
@@ -60,15 +69,36 @@ const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// Times a job of a refused batch found still valid is put back into the
 /// next batch before it is refused itself.
 const MAX_REQUEUES: u8 = 3;
+/// Pending tickets whose outcome is remembered for chained jobs still to
+/// come (a job submitted after its predecessor's answer reached the
+/// committer but before the ledger saw it). One forgotten is refused,
+/// which is always safe.
+const RESOLVED_KEPT: usize = 65_536;
+
+/// What a message expects of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Nothing (a blind write).
+    Nothing,
+    /// The stream's version of the subject (0: none).
+    Version(i64),
+    /// The version the write holding this pending ticket gets (it was
+    /// submitted before on this host).
+    After(i64),
+}
 
 /// One message of a commit, before the batch's headers are added.
 struct Msg {
     subject: String,
+    /// Without the expectation (added when the batch is built).
     headers: HeaderMap,
     body: Vec<u8>,
-    /// The version it must be at (`None`: unchecked), for sorting out a
-    /// refused batch.
-    expect: Option<i64>,
+    expect: Expect,
+    /// The pending ticket this write answers for (key messages).
+    ticket: Option<i64>,
+    /// Set when the batch is built: the version the server checks
+    /// (`None`: unchecked, or chained to a job before it in the batch).
+    check: Option<i64>,
 }
 
 /// One job's commit, waiting for its batch.
@@ -77,6 +107,37 @@ struct Pending {
     messages: Vec<Msg>,
     reply: oneshot::Sender<Result<RemoteOutcome, String>>,
     requeued: u8,
+}
+
+/// The queue and what it knows of pending tickets.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Pending>,
+    /// Ticket -> the version its write got (`None`: not stored).
+    resolved: HashMap<i64, Option<i64>>,
+    /// `resolved`'s tickets, oldest first, for forgetting.
+    order: VecDeque<i64>,
+}
+
+impl Queue {
+    fn resolve(&mut self, ticket: i64, version: Option<i64>) {
+        if self.resolved.insert(ticket, version).is_none() {
+            self.order.push_back(ticket);
+        }
+        while self.order.len() > RESOLVED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.resolved.remove(&old);
+            }
+        }
+    }
+
+    /// Answers `pending` as refused, and its tickets as not stored.
+    fn refuse(&mut self, pending: Pending) {
+        for t in pending.messages.iter().filter_map(|m| m.ticket) {
+            self.resolve(t, None);
+        }
+        let _ = pending.reply.send(Ok(RemoteOutcome::Refused));
+    }
 }
 
 impl Pending {
@@ -88,7 +149,7 @@ impl Pending {
 /// Batches the state commits of one host (see the module docs).
 pub(super) struct Committer {
     client: async_nats::Client,
-    queue: Mutex<VecDeque<Pending>>,
+    queue: Mutex<Queue>,
     /// A flush task is running.
     flushing: AtomicBool,
 }
@@ -97,12 +158,12 @@ impl Committer {
     pub(super) fn new(client: async_nats::Client) -> Arc<Committer> {
         Arc::new(Committer {
             client,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             flushing: AtomicBool::new(false),
         })
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Pending>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding it; a poisoned queue is still a
         // queue.
         self.queue
@@ -110,35 +171,64 @@ impl Committer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores `batch` (with the others queued meanwhile) and says what
-    /// became of it.
-    pub(super) async fn commit(
+    /// Queues `batch` (to go with the others queued meanwhile), at once,
+    /// so commits are stored in the order they were submitted; the future
+    /// says what became of it.
+    pub(super) fn submit(
         self: &Arc<Self>,
         batch: RemoteBatch,
         key_subject: impl Fn(&str) -> String,
         (marker_subject, marker_ttl): (String, Option<std::time::Duration>),
         deleted_header: (&str, &str),
-    ) -> Result<RemoteOutcome, String> {
+    ) -> RemoteFuture<'static, RemoteOutcome> {
+        let pending = match self.prepare(
+            batch,
+            key_subject,
+            marker_subject,
+            marker_ttl,
+            deleted_header,
+        ) {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(invalid)) => return Box::pin(std::future::ready(Ok(invalid))),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.queue().jobs.push_back(Pending {
+            messages: pending,
+            reply,
+            requeued: 0,
+        });
+        if !self.flushing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).flush());
+        }
+        Box::pin(async move {
+            answer
+                .await
+                .map_err(|_| "the state commit was lost (its batch task ended)".to_owned())?
+        })
+    }
+
+    /// The messages of `batch`, or why it can never be stored.
+    fn prepare(
+        &self,
+        batch: RemoteBatch,
+        key_subject: impl Fn(&str) -> String,
+        marker_subject: String,
+        marker_ttl: Option<std::time::Duration>,
+        deleted_header: (&str, &str),
+    ) -> Result<Result<Vec<Msg>, RemoteOutcome>, String> {
         let n = batch.changes.len() + 1;
         if n > MAX_BATCH {
-            return Ok(RemoteOutcome::Invalid(format!(
+            return Ok(Err(RemoteOutcome::Invalid(format!(
                 "a call with shared state may change at most {} keys, not {}",
                 MAX_BATCH - 1,
                 n - 1
-            )));
+            ))));
         }
         let max = self.client.max_payload();
         let mut messages = Vec::with_capacity(n);
         for change in batch.changes {
             let mut headers = HeaderMap::new();
-            if let Some(expect) = change.expect {
-                wire::append(
-                    &mut headers,
-                    "Nats-Expected-Last-Subject-Sequence",
-                    &expect.to_string(),
-                )
-                .map_err(|e| e.to_string())?;
-            }
             if change.value.is_none() {
                 wire::append(&mut headers, deleted_header.0, deleted_header.1)
                     .map_err(|e| e.to_string())?;
@@ -147,12 +237,16 @@ impl Committer {
                 subject: key_subject(&change.key),
                 headers,
                 body: change.value.unwrap_or_default(),
-                expect: change.expect,
+                expect: match change.expect {
+                    None => Expect::Nothing,
+                    Some(t) if t < 0 => Expect::After(t),
+                    Some(v) => Expect::Version(v),
+                },
+                ticket: Some(change.ticket),
+                check: None,
             });
         }
         let mut headers = HeaderMap::new();
-        wire::append(&mut headers, "Nats-Expected-Last-Subject-Sequence", "0")
-            .map_err(|e| e.to_string())?;
         if let Some(ttl) = marker_ttl {
             wire::append(
                 &mut headers,
@@ -165,31 +259,23 @@ impl Committer {
             subject: marker_subject,
             headers,
             body: batch.marker,
-            expect: Some(0),
+            expect: Expect::Version(0),
+            ticket: None,
+            check: None,
         });
         for m in &messages {
             // With the largest batch headers it can get.
             let mut h = m.headers.clone();
+            wire::append(&mut h, EXPECT, &i64::MAX.to_string()).map_err(|e| e.to_string())?;
             batch_headers(&mut h, &crate::message::new_id(), MAX_BATCH, true)?;
             if let Err(e) = wire::check_size(&h, m.body.len(), max) {
-                return Ok(RemoteOutcome::Invalid(format!(
+                return Ok(Err(RemoteOutcome::Invalid(format!(
                     "a shared state commit message for {} is too large: {e}",
                     m.subject
-                )));
+                ))));
             }
         }
-        let (reply, answer) = oneshot::channel();
-        self.queue().push_back(Pending {
-            messages,
-            reply,
-            requeued: 0,
-        });
-        if !self.flushing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(Arc::clone(self).flush());
-        }
-        answer
-            .await
-            .map_err(|_| "the state commit was lost (its batch task ended)".to_owned())?
+        Ok(Ok(messages))
     }
 
     /// Commits batches while commits are queued.
@@ -202,7 +288,7 @@ impl Committer {
                 // A commit queued after the look and before the store
                 // found the flag still set: flush it, unless a new task
                 // already does.
-                if self.queue().is_empty() || self.flushing.swap(true, Ordering::AcqRel) {
+                if self.queue().jobs.is_empty() || self.flushing.swap(true, Ordering::AcqRel) {
                     return;
                 }
                 continue;
@@ -212,26 +298,61 @@ impl Committer {
     }
 
     /// The next batch's jobs, in queue order: as many as fit, stopping at
-    /// one that shares a subject with a job already in it.
+    /// one that shares a subject with a job already in it other than as
+    /// its chain (module docs). Sets each message's check; refuses a job
+    /// chained to a write that was not stored.
     fn take_group(&self) -> Vec<Pending> {
         let mut queue = self.queue();
         let mut group = Vec::new();
-        let mut subjects = BTreeSet::new();
+        // Subject -> the ticket of the group's last write to it.
+        let mut subjects: HashMap<String, Option<i64>> = HashMap::new();
         let (mut count, mut bytes) = (0, 0);
-        while let Some(next) = queue.front() {
-            if !group.is_empty()
-                && (count + next.messages.len() > MAX_BATCH
-                    || bytes + next.bytes() > MAX_GROUP_BYTES
-                    || next.messages.iter().any(|m| subjects.contains(&m.subject)))
-            {
+        while let Some(next) = queue.jobs.front() {
+            let fits = group.is_empty()
+                || (count + next.messages.len() <= MAX_BATCH
+                    && bytes + next.bytes() <= MAX_GROUP_BYTES);
+            // None: it cannot go in this batch; Some(false): it can never
+            // be stored.
+            let mut ok = Some(true);
+            for m in &next.messages {
+                let chained = matches!(m.expect, Expect::After(t) if subjects.get(&m.subject) == Some(&Some(t)));
+                let blind = m.expect == Expect::Nothing;
+                if subjects.contains_key(&m.subject) && !chained && !blind {
+                    ok = None;
+                    break;
+                }
+                if let Expect::After(t) = m.expect
+                    && !chained
+                    && !matches!(queue.resolved.get(&t), Some(Some(_)))
+                {
+                    // Not stored, forgotten, or (impossible: one batch at
+                    // a time, in order) still to come.
+                    ok = Some(false);
+                }
+            }
+            if !fits || ok.is_none() {
                 break;
             }
-            let Some(next) = queue.pop_front() else {
+            let Some(mut next) = queue.jobs.pop_front() else {
                 break;
             };
+            if ok == Some(false) {
+                queue.refuse(next);
+                continue;
+            }
+            for m in &mut next.messages {
+                m.check = match m.expect {
+                    Expect::Nothing => None,
+                    Expect::Version(v) => Some(v),
+                    Expect::After(t) => match subjects.get(&m.subject) {
+                        Some(Some(last)) if *last == t => None,
+                        _ => queue.resolved.get(&t).copied().flatten(),
+                    },
+                };
+                subjects.insert(m.subject.clone(), m.ticket);
+            }
             count += next.messages.len();
             bytes += next.bytes();
-            subjects.extend(next.messages.iter().map(|m| m.subject.clone()));
             group.push(next);
         }
         group
@@ -244,21 +365,34 @@ impl Committer {
             Ok(Some(last)) => {
                 let total: usize = group.iter().map(|p| p.messages.len()).sum();
                 let mut seq = last - total as i64;
+                let mut queue = self.queue();
                 for pending in group {
-                    let keys = pending.messages.len() - 1;
-                    let versions = (1..=keys as i64).map(|i| seq + i).collect();
-                    seq += pending.messages.len() as i64;
+                    let mut versions = Vec::with_capacity(pending.messages.len());
+                    for m in &pending.messages {
+                        seq += 1;
+                        if let Some(t) = m.ticket {
+                            queue.resolve(t, Some(seq));
+                            versions.push(seq);
+                        }
+                    }
                     let _ = pending.reply.send(Ok(RemoteOutcome::Committed(versions)));
                 }
             }
             Ok(None) if group.len() == 1 => {
+                let mut queue = self.queue();
                 for pending in group {
-                    let _ = pending.reply.send(Ok(RemoteOutcome::Refused));
+                    queue.refuse(pending);
                 }
             }
             Ok(None) => self.sort_out(group).await,
             Err(e) => {
+                let mut queue = self.queue();
                 for pending in group {
+                    // It may have been stored; a job chained to it is
+                    // refused (its call runs again on the stored value).
+                    for t in pending.messages.iter().filter_map(|m| m.ticket) {
+                        queue.resolve(t, None);
+                    }
                     let _ = pending.reply.send(Err(e.clone()));
                 }
             }
@@ -274,6 +408,9 @@ impl Committer {
         let mut last = None;
         for (i, m) in messages.by_ref() {
             let mut headers = m.headers.clone();
+            if let Some(v) = m.check {
+                wire::append(&mut headers, EXPECT, &v.to_string()).map_err(|e| e.to_string())?;
+            }
             let commit = i + 1 == total;
             batch_headers(&mut headers, &id, i + 1, commit)?;
             if commit {
@@ -318,12 +455,13 @@ impl Committer {
     }
 
     /// After a refused batch of several jobs: refuses the jobs that cannot
-    /// commit (an expected version moved, or the marker exists) and puts
-    /// the others back at the head of the queue, in order.
+    /// commit (an expected version moved, the marker exists, or the job it
+    /// is chained to is refused) and puts the others back at the head of
+    /// the queue, in order.
     async fn sort_out(&self, group: Vec<Pending>) {
         let checks = group.iter().map(|p| async move {
             let reads = p.messages.iter().filter_map(|m| {
-                m.expect
+                m.check
                     .map(|want| async move { (last_version(&self.client, &m.subject).await, want) })
             });
             let mut valid = Ok(true);
@@ -336,9 +474,24 @@ impl Committer {
             }
             valid
         });
-        let verdicts = join_all(checks).await;
+        let mut verdicts = join_all(checks).await;
+        // A chained write stands or falls with the one it follows (an
+        // earlier job of the group).
+        let mut refused: HashSet<i64> = HashSet::new();
+        for (pending, verdict) in group.iter().zip(verdicts.iter_mut()) {
+            let follows_refused = pending.messages.iter().any(|m| {
+                matches!(m.expect, Expect::After(t) if m.check.is_none() && refused.contains(&t))
+            });
+            if follows_refused {
+                *verdict = Ok(false);
+            }
+            if !matches!(verdict, Ok(true)) {
+                refused.extend(pending.messages.iter().filter_map(|m| m.ticket));
+            }
+        }
         let any_stale = verdicts.iter().any(|v| matches!(v, Ok(false)));
         let mut back = Vec::new();
+        let mut queue = self.queue();
         for (mut pending, verdict) in group.into_iter().zip(verdicts) {
             match verdict {
                 // Nothing found stale (the batch was refused for a reason
@@ -347,20 +500,23 @@ impl Committer {
                     pending.requeued += 1;
                     back.push(pending);
                 }
-                Ok(_) => {
-                    let _ = pending.reply.send(Ok(RemoteOutcome::Refused));
-                }
+                Ok(_) => queue.refuse(pending),
                 Err(e) => {
+                    for t in pending.messages.iter().filter_map(|m| m.ticket) {
+                        queue.resolve(t, None);
+                    }
                     let _ = pending.reply.send(Err(e));
                 }
             }
         }
-        let mut queue = self.queue();
         for pending in back.into_iter().rev() {
-            queue.push_front(pending);
+            queue.jobs.push_front(pending);
         }
     }
 }
+
+/// The expected-version header.
+const EXPECT: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// Adds the ADR-50 headers of message `seq` (from 1) of batch `id`.
 fn batch_headers(h: &mut HeaderMap, id: &str, seq: usize, commit: bool) -> Result<(), String> {
@@ -380,7 +536,7 @@ struct FlushGuard<'a>(&'a Committer);
 impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.queue().clear();
+            self.0.queue().jobs.clear();
             self.0.flushing.store(false, Ordering::Release);
         }
     }
