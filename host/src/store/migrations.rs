@@ -213,6 +213,10 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How many prepared statements a connection keeps (more than the store
+/// has, so none is parsed twice).
+pub(super) const STATEMENT_CACHE: usize = 128;
+
 /// The schema version this build writes.
 pub(super) fn latest() -> i64 {
     MIGRATIONS.len() as i64
@@ -246,6 +250,10 @@ pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Connection, St
         "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
     ))
     .map_err(|e| open_err(e.to_string()))?;
+    // The writer runs some 60 distinct statements (claims, finishes, the
+    // inbox, the outbox, state); rusqlite keeps 16 prepared by default, so
+    // a JetStream round evicted and parsed statements again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     migrate(&conn, path)?;
     Ok(conn)
 }

@@ -39,6 +39,7 @@ impl Reader {
         .map_err(|e| open_err(format!("cannot open a reader: {e}")))?;
         conn.busy_timeout(busy)
             .map_err(|e| open_err(e.to_string()))?;
+        conn.set_prepared_statement_cache_capacity(super::migrations::STATEMENT_CACHE);
         let (tx, rx) = mpsc::channel::<Op>();
         std::thread::Builder::new()
             .name("sluice-store-read".into())

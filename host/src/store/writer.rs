@@ -173,7 +173,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
 }
 
 fn run_batch(conn: &Connection, batch: Vec<Op>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         tracing::error!(error = %err, "store: cannot begin a transaction");
         for op in batch {
@@ -205,8 +205,8 @@ fn run_batch(conn: &Connection, batch: Vec<Op>) {
         }
         pendings.push(pending);
     }
-    let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
+    let commit_error = exec(conn, "COMMIT").err().map(|e| {
+        let _ = exec(conn, "ROLLBACK");
         StoreError::from(e)
     });
     if let Some(e) = &commit_error {
@@ -218,8 +218,8 @@ fn run_batch(conn: &Connection, batch: Vec<Op>) {
 }
 
 /// Runs one statement from the connection's statement cache: the savepoint
-/// statements run twice per operation, so they are parsed once, not each
-/// time.
+/// statements run twice per operation, BEGIN and COMMIT once per group, so
+/// they are parsed once, not each time.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
