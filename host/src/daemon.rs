@@ -339,7 +339,7 @@ async fn connect(
                     step = "creating consumers";
                     js.register(subscriptions).await?;
                     step = "opening the shared buckets";
-                    let cluster = Cluster::open(&js, settings.replicas, settings.max_age)
+                    let cluster = Cluster::open(&js, settings.replicas, settings.max_age, settings.shared_state)
                         .await
                         .map_err(crate::api::ServeError::Cluster)?;
                     Ok::<_, RunError>((js, cluster))
@@ -506,6 +506,16 @@ async fn serve<T: Transport>(
                 cancels
                     .clone()
                     .watch(store.clone(), control.clone(), stop.clone())
+            }
+        }));
+        // Presence, so a split of state between hosts is never silent.
+        tracker.spawn(supervised("host presence".into(), shutdown.clone(), {
+            let (hosts, store, stop) = (cluster.hosts.clone(), store.clone(), shutdown.clone());
+            let registry = deps.registry.clone();
+            move || {
+                hosts
+                    .clone()
+                    .run(store.clone(), registry.clone(), stop.clone())
             }
         }));
     }

@@ -131,6 +131,13 @@ fn three_hosts_share_one_counter_exactly() {
     );
     let busy = envs.iter().filter(|e| !e.jobs(CHANNEL).is_empty()).count();
     assert!(busy >= 2, "the hosts shared the work");
+    for host in &hosts {
+        assert!(
+            !host.log_text().contains("STATE IS SPLIT"),
+            "every host shares state: no split to report\n{}",
+            host.log_text()
+        );
+    }
 }
 
 #[test]
@@ -358,4 +365,80 @@ fn a_hot_key_on_one_host_chains_its_jobs_into_shared_batches_exactly() {
         "{n} jobs took {} batches: jobs on the hot key did not share one",
         batches.len()
     );
+}
+
+#[test]
+fn sluice_send_reads_the_shared_store_when_state_is_shared() {
+    // `sluice send` shows what a call would commit: with shared state that
+    // is built on the shared store's value, not this host's SQLite.
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-state"], &config(&nats));
+    let host = env.start();
+    wait_running(&[&host]);
+    post(&env, 3);
+    wait_all(std::slice::from_ref(&env), &[&host], 3);
+    let out = env.ok(&["send", CHANNEL, r#"{"key": "hot"}"#, "--json"]);
+    let v: Value = serde_json::from_str(out.lines().next().expect("a line")).expect("json");
+    assert_eq!(v["effects"]["state_writes"]["hot"], "4", "{out}");
+    assert_eq!(
+        shared_value(&nats, "hot"),
+        Some("3".into()),
+        "send commits nothing"
+    );
+}
+
+#[test]
+fn hosts_that_do_not_share_state_say_it_is_split() {
+    // Two hosts on one JetStream, shared_state off: each counts its own
+    // share. Each host sees the other in SLUICE_HOSTS; one with the
+    // plugin's state in its SQLite warns and `/v1/plugins` says so.
+    let nats = NatsServer::start();
+    let mut envs = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let (_, addr) = crate::api::http_config("");
+        let extra = format!("[plugin.test-state]\nconcurrency = 4\n[http]\naddr = \"{addr}\"\n");
+        envs.push(Env::new(&["test-state"], &nats.config("3s", &extra)));
+        addrs.push(addr);
+    }
+    let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();
+    wait_running(&hosts.iter().collect::<Vec<_>>());
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"key\": \"k{i}\"}}\n"))
+        .collect();
+    let out = envs[0].sluice_stdin(&["post", CHANNEL], &lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), 20);
+    let warned = |h: &Daemon| h.log_text().contains("STATE IS SPLIT");
+    assert!(
+        wait_until(Duration::from_secs(60), || hosts.iter().any(warned)),
+        "no host warned:\n{}\n----\n{}",
+        hosts[0].log_text(),
+        hosts[1].log_text()
+    );
+    for (i, host) in hosts.iter().enumerate() {
+        let api = crate::api::Api::new(&addrs[i], None);
+        let has_state = envs[i]
+            .jobs(CHANNEL)
+            .iter()
+            .any(|j| j.state == JobState::Succeeded);
+        if !has_state {
+            continue;
+        }
+        // Its next beat has seen the other host.
+        assert!(
+            wait_until(Duration::from_secs(30), || warned(host)),
+            "host {i} ran jobs with state and did not warn:\n{}",
+            host.log_text()
+        );
+        let v = api.get("/v1/plugins").json();
+        assert_eq!(v["state"]["shared"], false, "{v}");
+        assert_eq!(v["state"]["hosts"], 2, "{v}");
+        assert_eq!(v["state"]["split"][0], "test-state", "{v}");
+        assert_eq!(v["plugins"][0]["state_split"], true, "{v}");
+    }
 }

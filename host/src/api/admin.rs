@@ -113,6 +113,8 @@ pub async fn plugins<T: Transport>(
     State(state): State<Arc<ApiState<T>>>,
 ) -> Result<Json<Value>, ApiError> {
     let set = state.deps.registry.current();
+    let split = state.cluster.as_ref().map(|c| c.hosts.split());
+    let split_plugins: &[String] = split.as_ref().map_or(&[], |s| &s.plugins);
     let plugins: Vec<Value> = set
         .handlers
         .values()
@@ -127,6 +129,7 @@ pub async fn plugins<T: Transport>(
                 "limits": p.limits(),
                 "asked": info.limits,
                 "hash": p.hash(),
+                "state_split": split_plugins.contains(&info.name),
             })
         })
         .collect();
@@ -141,7 +144,19 @@ pub async fn plugins<T: Transport>(
             })
         })
         .collect();
-    Ok(Json(json!({ "plugins": plugins, "files": files })))
+    // Where state lives, and whether other hosts split it (JetStream).
+    let state_view = match (&state.cluster, split) {
+        (Some(cluster), Some(split)) => json!({
+            "shared": cluster.hosts.shares_state(),
+            "hosts": split.hosts,
+            "not_shared": split.not_shared,
+            "split": split.plugins,
+        }),
+        _ => json!({ "shared": false, "hosts": 1, "not_shared": 1, "split": [] }),
+    };
+    Ok(Json(
+        json!({ "plugins": plugins, "files": files, "state": state_view }),
+    ))
 }
 
 /// `GET /v1/channels`: every channel with a handler here, its handlers,

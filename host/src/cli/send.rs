@@ -5,9 +5,10 @@
 //! The message goes through the same steps as in a pump (the channel's
 //! mapper or JSON passthrough, the sandboxed call with the plugin's limits,
 //! the target channels' mappers for each post), so what `send` shows is what
-//! a daemon would record. State reads see the data dir's committed state if
-//! there is a database there, and an empty state otherwise (`send` never
-//! creates a data dir). Output: a table per handler for people, or one JSON
+//! a daemon would record. State reads see the committed state where the
+//! config keeps it: with `[nats] shared_state`, the store every host shares
+//! (the `SLUICE_STATE` stream); else the data dir's database if there is
+//! one, and an empty state otherwise (`send` never creates a data dir). Output: a table per handler for people, or one JSON
 //! object per handler per line with `--json`, for scripts and tests.
 
 use std::fmt::Write as _;
@@ -27,7 +28,7 @@ use crate::registry::{self, PluginSet};
 use crate::runtime::{
     CallFailure, CallReport, JobContext, Outcome, PluginInfo, StateFuture, StateSource,
 };
-use crate::state::Committed;
+use crate::state::{Committed, Remote, SharedCommitted};
 use crate::store::{NewMessage, Store};
 
 /// Longest value shown in a table cell; `--json` shows everything.
@@ -116,7 +117,11 @@ pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let store = committed_state(config)?;
+    let shared = shared_state(config).await?;
+    let store = match shared {
+        Some(_) => None,
+        None => committed_state(config)?,
+    };
     let message = Message {
         id: new_id(),
         channel: args.channel.clone(),
@@ -143,7 +148,7 @@ pub(super) async fn run(config: &Config, args: SendArgs) -> anyhow::Result<()> {
             .handle(
                 ctx,
                 request.clone(),
-                state_of(store.as_ref(), &info.name),
+                state_of(shared.as_ref(), store.as_ref(), &info.name),
                 CancellationToken::new(),
             )
             .await;
@@ -231,14 +236,34 @@ fn committed_state(config: &Config) -> anyhow::Result<Option<Store>> {
     Ok(Some(store))
 }
 
-/// `plugin`'s committed state, read without turns (nothing is committed).
-fn state_of(store: Option<&Store>, plugin: &str) -> Arc<dyn StateSource> {
-    match store {
-        Some(store) => Arc::new(Committed {
+/// The store every host shares, when the config says state lives there.
+async fn shared_state(config: &Config) -> anyhow::Result<Option<Arc<dyn Remote>>> {
+    let Some(nats) = config.nats.as_ref().filter(|n| n.shared_state) else {
+        return Ok(None);
+    };
+    let remote = crate::transport::SharedState::connect(nats)
+        .await
+        .context("reading plugin state from the shared store ([nats] shared_state)")?;
+    Ok(Some(remote))
+}
+
+/// `plugin`'s committed state, read without turns (nothing is committed):
+/// from the shared store, or this host's.
+fn state_of(
+    shared: Option<&Arc<dyn Remote>>,
+    store: Option<&Store>,
+    plugin: &str,
+) -> Arc<dyn StateSource> {
+    match (shared, store) {
+        (Some(remote), _) => Arc::new(SharedCommitted {
+            remote: remote.clone(),
+            plugin: plugin.to_owned(),
+        }),
+        (None, Some(store)) => Arc::new(Committed {
             store: store.clone(),
             plugin: plugin.to_owned(),
         }),
-        None => Arc::new(NoState),
+        (None, None) => Arc::new(NoState),
     }
 }
 

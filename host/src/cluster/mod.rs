@@ -14,17 +14,23 @@
 //!   it, and records it cancelled (also when it has never seen the job),
 //!   so a later delivery anywhere is acked without running.
 //!
+//! - `hosts`: every host writes a key of its own to `SLUICE_HOSTS` and
+//!   reads the others', so a host whose plugins' state is split from
+//!   another host's (`[nats] shared_state` off) says so, loudly.
+//!
 //! Each is a task of its own, supervised by the daemon; all of it runs on
 //! every JetStream host, with or without the HTTP API.
 
 mod board;
 mod cancel;
+mod hosts;
 mod reconcile;
 
 use std::time::Duration;
 
 pub use board::{BUCKET, Refused, Seen, StatusBoard};
 pub use cancel::{CANCELS, CancelNote, Cancels};
+pub use hosts::{BEAT, HOSTS, Hosts, StateSplit};
 pub use reconcile::reconcile;
 
 use crate::transport::JetStream;
@@ -36,19 +42,24 @@ pub struct Cluster {
     pub board: StatusBoard,
     /// Operators' cancels.
     pub cancels: Cancels,
+    /// This host's presence, and what it sees of the others.
+    pub hosts: Hosts,
 }
 
 impl Cluster {
-    /// Opens (or creates) both buckets; entries expire after `max_age` (the
-    /// stream's: no delivery outlives it).
+    /// Opens (or creates) the buckets; job entries expire after `max_age`
+    /// (the stream's: no delivery outlives it), host entries after three
+    /// beats. `shared_state`: this host's `[nats] shared_state`.
     pub async fn open(
         js: &JetStream,
         replicas: usize,
         max_age: Duration,
+        shared_state: bool,
     ) -> Result<Cluster, String> {
         Ok(Cluster {
             board: StatusBoard::open(js, replicas, max_age).await?,
             cancels: Cancels::open(js, replicas, max_age).await?,
+            hosts: Hosts::open(js, replicas, shared_state).await?,
         })
     }
 }

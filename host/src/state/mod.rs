@@ -562,6 +562,27 @@ pub struct Committed {
     pub plugin: String,
 }
 
+/// The shared store's committed state (`[nats] shared_state`), read the
+/// same way: for `sluice send`.
+pub struct SharedCommitted {
+    /// The store every host shares.
+    pub remote: Arc<dyn Remote>,
+    /// Whose state.
+    pub plugin: String,
+}
+
+impl StateSource for SharedCommitted {
+    fn get(&self, key: &str) -> StateFuture<'_> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.remote
+                .get(&self.plugin, &key)
+                .await
+                .map_err(StateReadError::Store)
+        })
+    }
+}
+
 impl StateSource for Committed {
     fn get(&self, key: &str) -> StateFuture<'_> {
         let key = key.to_owned();

@@ -102,6 +102,20 @@ pub(super) enum Applied {
 }
 
 impl Store {
+    /// Whether `plugin` has a value in this store's state (one index probe;
+    /// for the split warning of `cluster/hosts.rs`).
+    pub async fn has_state(&self, plugin: &str) -> Result<bool, StoreError> {
+        let plugin = plugin.to_owned();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM state WHERE plugin = ?1 AND value IS NOT NULL)",
+                params![plugin],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// The committed value of `key` in `plugin`'s state (read on the
     /// reader thread: it never waits for the writer's commits).
     pub async fn state_get(&self, plugin: &str, key: &str) -> Result<StateValue, StoreError> {

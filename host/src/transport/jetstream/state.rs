@@ -119,6 +119,38 @@ impl SharedState {
             marker_ttl: marker_ttl(work_max_age),
         })
     }
+
+    /// The shared store on a connection of its own, for reading it without
+    /// a host (`sluice send`); the state stream must exist.
+    pub async fn connect(settings: &JetStreamSettings) -> Result<Arc<SharedState>, JetStreamError> {
+        let url = settings.url.clone();
+        let fail = |reason: String| JetStreamError::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let servers = settings
+            .url
+            .split(',')
+            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("not a server URL (or a list of them): {e}")))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("sluice")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(servers)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        jetstream::new(client.clone())
+            .get_stream(STATE_STREAM)
+            .await
+            .map_err(|e| JetStreamError::Stream {
+                name: STATE_STREAM.into(),
+                reason: format!(
+                    "{e} (no host with [nats] shared_state has run on this server yet?)"
+                ),
+            })?;
+        Ok(SharedState::new(client, settings.max_age))
+    }
 }
 
 /// How long a commit marker is kept: twice the work stream's `max_age`
