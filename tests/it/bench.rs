@@ -131,8 +131,8 @@ fn bench_state_modes_print_their_ratio_to_the_stateless_run_and_reruns() {
 /// added up) and prints the ratios.
 #[test]
 fn bench_state_on_three_hosts_compares_shared_state_with_one_host() {
-    let nats = crate::nats::NatsServer::start();
-    let env = Env::new(&[], &nats.config("30s", ""));
+    // On a nats-server of its own (nats-server from PATH).
+    let env = Env::new(&[], "");
     let plugin = built_plugins().join("test-state.wasm");
     let out = env.ok(&[
         "bench",
@@ -165,4 +165,53 @@ fn bench_state_on_three_hosts_compares_shared_state_with_one_host() {
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
+}
+
+/// `--hosts` empties test-state's keys in the shared state stream between
+/// runs: on the configured server that would be a deployment's state, so
+/// it refuses that server and touches nothing there.
+#[test]
+fn bench_state_on_several_hosts_refuses_the_configured_server_and_keeps_its_state() {
+    let nats = crate::nats::NatsServer::start();
+    let env = Env::new(
+        &[],
+        &format!("{}shared_state = true\n", nats.config("30s", "")),
+    );
+    // The configured server holds shared state (the stream is made by any
+    // command that connects with shared_state).
+    env.ok(&["post", "test.state", r#"{"key": "hot"}"#]);
+    nats.with_js(|js| async move {
+        js.publish("sluice-state.k.test-state.vhot", "41".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    });
+    let plugin = built_plugins().join("test-state.wasm");
+    let out = env.sluice(&[
+        "bench",
+        "--state",
+        "hot",
+        "--hosts",
+        "3",
+        "--plugin",
+        plugin.to_str().expect("utf-8 path"),
+        "--messages",
+        "10",
+        "--runs",
+        "1",
+        "--transport",
+        "jetstream",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bench ran on the configured server");
+    assert!(
+        stderr.contains("runs only on a nats-server it starts itself"),
+        "{stderr}"
+    );
+    assert_eq!(
+        nats.count("SLUICE_STATE", "sluice-state.k.test-state.*"),
+        1,
+        "the configured server's state is untouched"
+    );
 }

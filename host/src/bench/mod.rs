@@ -270,6 +270,9 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         let mut server = None;
         if args.transport != Which::Embedded {
             match nats_url(&config, &work.path, args.transport) {
+                Ok((_, None)) if args.hosts > 1 => bail!(
+                    "--hosts empties plugin test-state's keys in the shared state stream (SLUICE_STATE) between runs, so it runs only on a nats-server it starts itself, never on the configured [nats] server: run it without [nats] and --nats"
+                ),
                 Ok((url, s)) => {
                     server = s;
                     transports.push(("jetstream", Some(url)));

@@ -10,7 +10,8 @@
 //! the plugin (one runtime), as hosts on one box share its cores. Without
 //! shared state each host counts its own share of a hot key (the split the
 //! check prints); with it the one store must hold exactly what one host
-//! would. Each shared run starts from an empty state stream.
+//! would. Each shared run starts with no key of `test-state` in the state
+//! stream, which is why it runs only on a nats-server the bench started.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -101,7 +102,9 @@ impl Matrix<'_> {
                 .await
                 .with_context(|| format!("connecting to JetStream at {}", self.url))?;
             if shared && h == 0 {
-                js.purge_shared_state().await?;
+                // On the bench's own server only (`bench::run` refuses a
+                // configured one).
+                js.purge_shared_keys(PLUGIN).await?;
             }
             let remote = js.shared_state();
             members.push((self.host)(store.clone(), Workload::State(mode)));

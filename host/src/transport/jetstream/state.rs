@@ -279,8 +279,9 @@ impl super::JetStream {
             .map_err(|e| err(e.to_string()))
     }
 
-    /// Removes every key and marker from the shared store.
-    pub async fn purge_shared_state(&self) -> Result<(), JetStreamError> {
+    /// Removes every key of `plugin` from the shared store (markers stay:
+    /// `sluice bench`, on a server of its own, starts each run from none).
+    pub async fn purge_shared_keys(&self, plugin: &str) -> Result<(), JetStreamError> {
         let err = |reason: String| JetStreamError::Stream {
             name: STATE_STREAM.into(),
             reason,
@@ -291,7 +292,14 @@ impl super::JetStream {
             .get_stream(STATE_STREAM)
             .await
             .map_err(|e| err(e.to_string()))?;
-        stream.purge().await.map_err(|e| err(e.to_string()))?;
+        stream
+            .purge()
+            .filter(format!(
+                "{STATE_PREFIX}.k.{}.*",
+                wire::handler_token(plugin)
+            ))
+            .await
+            .map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 }
