@@ -18,6 +18,7 @@ mod crash;
 mod crashloop;
 mod cron;
 mod dashboard;
+mod debounce;
 mod dev;
 mod effects;
 mod examples;

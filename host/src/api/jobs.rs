@@ -88,6 +88,12 @@ pub struct JobView {
     /// hold it (`waiting: concurrency KEY`, `waiting: rate limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Its uniqueness key (`sluice-unique`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<String>,
+    /// Its debounce key (`sluice-debounce`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
     /// The handler's result (kept out of the status; see `/result`).
     #[serde(skip)]
     pub result: Option<String>,
@@ -99,6 +105,8 @@ impl JobView {
         JobView {
             estimate_ms: estimate(&job, now),
             cron: crate::cron::tick_of(&job.headers).map(str::to_owned),
+            unique: crate::message::options::unique(&job.headers).map(|u| u.key),
+            debounce: crate::message::options::debounce(&job.headers).map(|(k, _)| k),
             has_result: job.result.is_some(),
             id: job.id,
             message_id: job.message_id,

@@ -47,6 +47,10 @@ pub struct PostParams {
     unique_for: Option<String>,
     /// reject (default) or replace (`sluice-on-duplicate`).
     on_duplicate: Option<String>,
+    /// Debounce key (`sluice-debounce`).
+    debounce: Option<String>,
+    /// Its window (`sluice-debounce-for`).
+    debounce_for: Option<String>,
 }
 
 /// `POST /v1/channels/{channel}/messages`.
@@ -208,6 +212,24 @@ fn build<T: Transport>(
         return Err(ApiError::bad_request(
             "on_duplicate=replace is not available on JetStream yet (use reject, the default)",
         ));
+    }
+    for (param, name, value) in [
+        ("debounce", options::DEBOUNCE_HEADER, &params.debounce),
+        (
+            "debounce_for",
+            options::DEBOUNCE_FOR_HEADER,
+            &params.debounce_for,
+        ),
+    ] {
+        if let Some(v) = value {
+            if params.debounce.is_none() {
+                return Err(ApiError::bad_request(format!("{param} needs debounce=KEY")));
+            }
+            if let Some(Err(rule)) = options::check(name, v) {
+                return Err(ApiError::bad_request(format!("{param}: {rule}")));
+            }
+            options::set(&mut headers, name, v.trim().to_owned());
+        }
     }
     for (param, name, value) in [
         ("unique", options::UNIQUE_HEADER, &params.unique),

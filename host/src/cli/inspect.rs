@@ -153,6 +153,19 @@ pub(super) async fn job(
     if let Some(tick) = crate::cron::tick_of(&job.headers) {
         println!("cron tick  {tick}");
     }
+    if let Some(u) = crate::message::options::unique(&job.headers) {
+        println!(
+            "unique     {} (held at most {})",
+            u.key,
+            humantime::format_duration(u.ttl)
+        );
+    }
+    if let Some((key, window)) = crate::message::options::debounce(&job.headers) {
+        println!(
+            "debounce   {key} (window {})",
+            humantime::format_duration(window)
+        );
+    }
     println!(
         "attempts   {} (slices {}, replays {}, state conflicts {})",
         job.attempts, job.slices, job.replays, job.conflicts

@@ -72,6 +72,14 @@ pub struct PostArgs {
     /// (cancel the waiting holder, queue this one; embedded queue).
     #[arg(long, value_parser = ["reject", "replace"], requires = "unique")]
     pub on_duplicate: Option<String>,
+    /// Debounce key: of a burst of posts with this key on the channel only
+    /// the last runs, once none came for `--debounce-for` (the
+    /// `sluice-debounce` header).
+    #[arg(long, value_name = "KEY")]
+    pub debounce: Option<String>,
+    /// The debounce window (default 5s, 1s to 1d).
+    #[arg(long, value_name = "DURATION", requires = "debounce")]
+    pub debounce_for: Option<String>,
     /// Send the body bytes as they are, without checking that they are JSON.
     #[arg(long)]
     pub raw: bool,
@@ -113,6 +121,12 @@ impl Maker {
                 "--on-duplicate",
                 options::ON_DUPLICATE_HEADER,
                 &args.on_duplicate,
+            ),
+            ("--debounce", options::DEBOUNCE_HEADER, &args.debounce),
+            (
+                "--debounce-for",
+                options::DEBOUNCE_FOR_HEADER,
+                &args.debounce_for,
             ),
         ] {
             if let Some(v) = value {

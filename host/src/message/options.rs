@@ -51,6 +51,14 @@ const OPTIONS: &[OptionHeader] = &[
         name: ON_DUPLICATE_HEADER,
         check: check_on_duplicate,
     },
+    OptionHeader {
+        name: DEBOUNCE_HEADER,
+        check: check_unique,
+    },
+    OptionHeader {
+        name: DEBOUNCE_FOR_HEADER,
+        check: check_debounce_for,
+    },
 ];
 
 /// True when `name` (any case) is an option header.
@@ -248,6 +256,48 @@ pub fn unique(headers: &Headers) -> Option<Unique> {
     })
 }
 
+/// A debounce key: of a burst of messages with the same key on the same
+/// channel, only the last runs, once no message with the key came for
+/// `sluice-debounce-for` (see `store/debounce.rs`, `transport/jetstream/
+/// debounce.rs`).
+pub const DEBOUNCE_HEADER: &str = "sluice-debounce";
+
+/// The debounce window (`5s`; default [`DEFAULT_DEBOUNCE_FOR`], 1s to 1d).
+pub const DEBOUNCE_FOR_HEADER: &str = "sluice-debounce-for";
+
+/// Default `sluice-debounce-for`.
+pub const DEFAULT_DEBOUNCE_FOR: Duration = Duration::from_secs(5);
+
+fn parse_debounce_for(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600) => Ok(d),
+        _ => Err(format!(
+            "{:?} is not a duration from 1s to 1d (e.g. 5s, 1m)",
+            value.chars().take(40).collect::<String>()
+        )),
+    }
+}
+
+fn check_debounce_for(value: &str) -> Result<(), String> {
+    parse_debounce_for(value).map(|_| ())
+}
+
+/// The debounce key and window `headers` carry, if any (a bad window
+/// reads as the default).
+pub fn debounce(headers: &Headers) -> Option<(String, Duration)> {
+    let first = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let key = first(DEBOUNCE_HEADER).filter(|k| check_unique(k).is_ok())?;
+    let window = first(DEBOUNCE_FOR_HEADER)
+        .and_then(|v| parse_debounce_for(v).ok())
+        .unwrap_or(DEFAULT_DEBOUNCE_FOR);
+    Some((key.trim().to_owned(), window))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +384,27 @@ mod tests {
         assert_eq!(
             unique(&h(&[(UNIQUE_HEADER, "k"), (UNIQUE_FOR_HEADER, "x")])).map(|u| u.ttl),
             Some(DEFAULT_UNIQUE_FOR)
+        );
+    }
+
+    #[test]
+    fn a_debounce_key_has_a_window_from_1s_to_1d() {
+        assert_eq!(check(DEBOUNCE_HEADER, "sync a"), Some(Ok(())));
+        assert!(matches!(check(DEBOUNCE_HEADER, ""), Some(Err(_))));
+        assert_eq!(check(DEBOUNCE_FOR_HEADER, "5s"), Some(Ok(())));
+        for bad in ["500ms", "2d", "x"] {
+            assert!(
+                matches!(check(DEBOUNCE_FOR_HEADER, bad), Some(Err(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            debounce(&h(&[(DEBOUNCE_HEADER, "k")])),
+            Some(("k".into(), DEFAULT_DEBOUNCE_FOR))
+        );
+        assert_eq!(
+            debounce(&h(&[("Sluice-Debounce", "k"), (DEBOUNCE_FOR_HEADER, "2s")])),
+            Some(("k".into(), Duration::from_secs(2)))
         );
     }
 }

@@ -438,8 +438,27 @@ pub(super) fn publish_one(
             }
         }
     }
+    let mut visible_at = m.visible_at;
+    if let Some((key, window)) = crate::message::options::debounce(&msg.headers) {
+        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        match super::debounce::claim(conn, m, &key, window, now)? {
+            super::debounce::Debounced::Post { due } => visible_at = due,
+            super::debounce::Debounced::Merged {
+                message_id,
+                job_ids,
+            } => {
+                return Ok(Published {
+                    message_id,
+                    job_ids,
+                    duplicate: false,
+                    duplicate_of: None,
+                    replaced,
+                });
+            }
+        }
+    }
     let consumers = routes.of(conn, &msg.channel)?;
-    let state = if m.visible_at > now {
+    let state = if visible_at > now {
         JobState::Scheduled
     } else {
         JobState::Queued
@@ -465,7 +484,7 @@ pub(super) fn publish_one(
             headers,
             msg.body,
             state.as_str(),
-            m.visible_at,
+            visible_at,
             m.expires_at,
             now,
             parent

@@ -211,6 +211,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (channel, key)
     ) WITHOUT ROWID;
     "#,
+    // 13: debounce keys (`sluice-debounce`): the message whose job waits
+    // out the key's window, per channel (store/debounce.rs).
+    r#"
+    CREATE TABLE debounce_keys (
+        channel    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (channel, key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// How many prepared statements a connection keeps (more than the store

@@ -28,6 +28,7 @@
 mod cluster;
 mod control;
 mod cron;
+mod debounce;
 mod finish;
 mod flow;
 mod inbox;

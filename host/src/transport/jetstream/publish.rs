@@ -78,7 +78,9 @@ impl JetStream {
         let delayed: Vec<(usize, NewMessage)> = messages
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.visible_at > now)
+            // A debounced one is recorded once it fires (its post may be
+            // replaced by a later one of the same key).
+            .filter(|(_, m)| m.visible_at > now && options::debounce(&m.message.headers).is_none())
             .map(|(i, m)| (i, m.clone()))
             .collect();
         let mut in_flight: VecDeque<(usize, String, PublishAckFuture)> = VecDeque::new();
@@ -92,7 +94,14 @@ impl JetStream {
                 answers[j] = Some(acked(&subject, ack).await);
             }
             let subject = wire::subject(&m.message.channel);
-            match self.send(&subject, m).await {
+            let sent = match options::debounce(&m.message.headers) {
+                Some((key, window)) => {
+                    let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+                    self.send_debounced(m, &key, window).await
+                }
+                None => self.send(&subject, m).await,
+            };
+            match sent {
                 Ok(ack) => in_flight.push_back((i, subject, ack)),
                 Err(e) => answers[i] = Some(Err(e)),
             }
@@ -120,7 +129,14 @@ impl JetStream {
             while matches!(answer, Err(JetStreamError::Publish { .. })) && sends < ATTEMPTS {
                 sends += 1;
                 let subject = wire::subject(&m.message.channel);
-                answer = match self.send(&subject, &m).await {
+                let sent = match options::debounce(&m.message.headers) {
+                    Some((key, window)) => {
+                        let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+                        self.send_debounced(&m, &key, window).await
+                    }
+                    None => self.send(&subject, &m).await,
+                };
+                answer = match sent {
                     Ok(ack) => acked(&subject, ack).await,
                     Err(e) => Err(e),
                 };
