@@ -213,43 +213,29 @@ fn build<T: Transport>(
             "on_duplicate=replace is not available on JetStream yet (use reject, the default)",
         ));
     }
-    for (param, name, value) in [
-        ("debounce", options::DEBOUNCE_HEADER, &params.debounce),
-        (
-            "debounce_for",
-            options::DEBOUNCE_FOR_HEADER,
-            &params.debounce_for,
-        ),
-    ] {
-        if let Some(v) = value {
-            if params.debounce.is_none() {
-                return Err(ApiError::bad_request(format!("{param} needs debounce=KEY")));
-            }
-            if let Some(Err(rule)) = options::check(name, v) {
-                return Err(ApiError::bad_request(format!("{param}: {rule}")));
-            }
-            options::set(&mut headers, name, v.trim().to_owned());
-        }
-    }
-    for (param, name, value) in [
-        ("unique", options::UNIQUE_HEADER, &params.unique),
-        ("unique_for", options::UNIQUE_FOR_HEADER, &params.unique_for),
-        (
-            "on_duplicate",
-            options::ON_DUPLICATE_HEADER,
-            &params.on_duplicate,
-        ),
-    ] {
-        if let Some(v) = value {
-            if params.unique.is_none() {
-                return Err(ApiError::bad_request(format!("{param} needs unique=KEY")));
-            }
-            if let Some(Err(rule)) = options::check(name, v) {
-                return Err(ApiError::bad_request(format!("{param}: {rule}")));
-            }
-            options::set(&mut headers, name, v.trim().to_owned());
-        }
-    }
+    set_options(
+        &mut headers,
+        &[
+            ("debounce", options::DEBOUNCE_HEADER, &params.debounce),
+            (
+                "debounce_for",
+                options::DEBOUNCE_FOR_HEADER,
+                &params.debounce_for,
+            ),
+        ],
+    )?;
+    set_options(
+        &mut headers,
+        &[
+            ("unique", options::UNIQUE_HEADER, &params.unique),
+            ("unique_for", options::UNIQUE_FOR_HEADER, &params.unique_for),
+            (
+                "on_duplicate",
+                options::ON_DUPLICATE_HEADER,
+                &params.on_duplicate,
+            ),
+        ],
+    )?;
     Ok(NewMessage {
         message: Message {
             id,
@@ -261,6 +247,28 @@ fn build<T: Transport>(
         visible_at,
         expires_at,
     })
+}
+
+/// Sets the option headers of `given` ((query parameter, header, value)),
+/// each checked by its rule; the first is the key the others go with.
+fn set_options(
+    headers: &mut crate::message::Headers,
+    given: &[(&str, &str, &Option<String>)],
+) -> Result<(), ApiError> {
+    let key = given
+        .first()
+        .map(|(param, _, value)| (*param, value.is_some()));
+    for (param, name, value) in given {
+        let Some(v) = value else { continue };
+        if let Some((key, false)) = key {
+            return Err(ApiError::bad_request(format!("{param} needs {key}=KEY")));
+        }
+        if let Some(Err(rule)) = options::check(name, v) {
+            return Err(ApiError::bad_request(format!("{param}: {rule}")));
+        }
+        options::set(headers, name, v.trim().to_owned());
+    }
+    Ok(())
 }
 
 /// The request's W3C `traceparent` (so the job joins the caller's trace),

@@ -142,6 +142,14 @@ impl Options {
     }
 }
 
+/// The first value of header `name` (any case) in `headers`.
+fn first<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// Sets `name` to `value` in `headers`, replacing any value it had (the
 /// CLI's and API's own flags win over a `--header` of the same name).
 pub fn set(headers: &mut Headers, name: &str, value: String) {
@@ -238,12 +246,7 @@ fn check_on_duplicate(value: &str) -> Result<(), String> {
 /// [`Options::of`]: a bad time-to-live or policy reads as the default; a
 /// bad key as none).
 pub fn unique(headers: &Headers) -> Option<Unique> {
-    let first = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let first = |name: &str| first(headers, name);
     let key = first(UNIQUE_HEADER).filter(|k| check_unique(k).is_ok())?;
     Some(Unique {
         key: key.trim().to_owned(),
@@ -285,12 +288,7 @@ fn check_debounce_for(value: &str) -> Result<(), String> {
 /// The debounce key and window `headers` carry, if any (a bad window
 /// reads as the default).
 pub fn debounce(headers: &Headers) -> Option<(String, Duration)> {
-    let first = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let first = |name: &str| first(headers, name);
     let key = first(DEBOUNCE_HEADER).filter(|k| check_unique(k).is_ok())?;
     let window = first(DEBOUNCE_FOR_HEADER)
         .and_then(|v| parse_debounce_for(v).ok())

@@ -198,6 +198,8 @@ struct Inner {
     flow: tokio::sync::OnceCell<flow::SharedFlow>,
     /// Times this host turned each waiting job back (`flow`).
     flow_turns: Mutex<HashMap<String, u32>>,
+    /// The bucket of uniqueness keys, opened on first use (`unique.rs`).
+    unique: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 /// 9999-12-31T23:59:59.999Z: the longest schedule time there is, for size
@@ -285,6 +287,7 @@ impl JetStream {
                 server_version,
                 flow: tokio::sync::OnceCell::new(),
                 flow_turns: Mutex::default(),
+                unique: tokio::sync::OnceCell::new(),
             }),
         })
     }

@@ -39,23 +39,33 @@ fn failed(e: impl std::fmt::Display) -> JetStreamError {
 }
 
 impl JetStream {
-    /// The bucket, created if needed (per-entry TTLs allowed).
-    async fn unique_bucket(&self) -> Result<kv::Store, JetStreamError> {
-        let context = async_nats::jetstream::new(self.client().clone());
-        match context.get_key_value(BUCKET).await {
-            Ok(kv) => Ok(kv),
-            Err(_) => context
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "sluice uniqueness keys: the message holding each".into(),
-                    history: 1,
-                    num_replicas: self.inner.settings.replicas,
-                    limit_markers: Some(Duration::from_secs(1)),
-                    ..Default::default()
-                })
-                .await
-                .map_err(failed),
-        }
+    /// The bucket, created if needed (per-entry TTLs allowed), opened
+    /// once per connection. Hosts (and concurrent posts) may create it at
+    /// the same moment: a create that fails is followed by one more open.
+    async fn unique_bucket(&self) -> Result<&kv::Store, JetStreamError> {
+        self.inner
+            .unique
+            .get_or_try_init(|| async {
+                let context = async_nats::jetstream::new(self.client().clone());
+                if let Ok(kv) = context.get_key_value(BUCKET).await {
+                    return Ok(kv);
+                }
+                let created = context
+                    .create_key_value(kv::Config {
+                        bucket: BUCKET.to_owned(),
+                        description: "sluice uniqueness keys: the message holding each".into(),
+                        history: 1,
+                        num_replicas: self.inner.settings.replicas,
+                        limit_markers: Some(Duration::from_secs(1)),
+                        ..Default::default()
+                    })
+                    .await;
+                match created {
+                    Ok(kv) => Ok(kv),
+                    Err(e) => context.get_key_value(BUCKET).await.map_err(|_| failed(e)),
+                }
+            })
+            .await
     }
 
     /// Claims `unique` on `channel` for message `id`: `None` when the key
