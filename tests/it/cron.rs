@@ -220,7 +220,8 @@ fn stored_ticks(nats: &NatsServer) -> Vec<String> {
 }
 
 #[test]
-fn two_hosts_fire_each_tick_once_and_a_restart_after_the_duplicate_window_fires_none_again() {
+fn two_hosts_store_each_tick_once_and_a_restart_after_the_duplicate_window_fires_only_later_ticks()
+{
     let nats = NatsServer::start();
     // A short duplicate window: only the shared record can stop a host
     // started after it from firing a tick again.

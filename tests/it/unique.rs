@@ -146,3 +146,79 @@ fn sixty_four_posts_of_one_key_over_two_jetstream_hosts_make_one_message() {
         b_host.log_text()
     );
 }
+
+/// Posts `body` with key `order 1` and message id `id` (Idempotency-Key).
+fn post_as(api: &Api, id: &str, extra: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = api.send(
+        "POST",
+        &format!("{POST}{extra}"),
+        &[("Idempotency-Key", id)],
+        Some(body.as_bytes()),
+    );
+    (r.status, r.json())
+}
+
+/// Waits until job `id` succeeded (as the API on `api` says).
+fn succeeded(api: &Api, id: &str) -> bool {
+    wait_until(Duration::from_secs(60), || {
+        api.get(&format!("/v1/jobs/{id}")).json()["state"] == "succeeded"
+    })
+}
+
+#[test]
+fn a_resent_message_neither_takes_the_key_nor_replaces_its_holder() {
+    let (config, addr) = http_config("");
+    let env = Env::new(&["test-counter"], &config);
+    let daemon = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let (status, n) = post_as(&api, "n-1", "", "{\"amount\": 1}");
+    assert_eq!(status, 202, "{n}");
+    assert!(succeeded(
+        &api,
+        n["job_ids"][0].as_str().unwrap_or_default()
+    ));
+    assert_eq!(api.post("/v1/channels/test.counter/pause", "").status, 200);
+    let (status, m) = post_as(&api, "m-1", "", "{\"amount\": 2}");
+    assert_eq!(status, 202, "{m}");
+    // The producer retries N (done long ago), asking to replace.
+    let (status, again) = post_as(&api, "n-1", "&on_duplicate=replace", "{\"amount\": 1}");
+    assert_eq!(
+        (status, again["duplicate"].as_bool()),
+        (202, Some(true)),
+        "{again}"
+    );
+    assert_eq!(again["replaced"], serde_json::json!([]), "{again}");
+    let m_job = m["job_ids"][0].as_str().unwrap_or_default().to_owned();
+    assert_eq!(env.job(&m_job).state, sluice::store::JobState::Queued);
+    daemon.stop(Duration::from_secs(30));
+}
+
+#[test]
+fn a_resent_message_on_jetstream_leaves_the_key_free() {
+    let nats = NatsServer::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::new(
+        &["test-counter"],
+        &nats.config("10s", &format!("[http]\naddr = \"{addr}\"\n")),
+    );
+    let daemon = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&daemon);
+    let (status, n) = post_as(&api, "n-1", "", "{\"amount\": 1}");
+    assert_eq!(status, 202, "{n}");
+    assert!(
+        succeeded(&api, n["job_ids"][0].as_str().unwrap_or_default()),
+        "{}",
+        daemon.log_text()
+    );
+    // Within the duplicate window: stored nothing, so it holds nothing.
+    let (status, again) = post_as(&api, "n-1", "", "{\"amount\": 1}");
+    assert_eq!(
+        (status, again["duplicate"].as_bool()),
+        (202, Some(true)),
+        "{again}"
+    );
+    let r = api.post(POST, "{\"amount\": 2}");
+    assert_eq!(r.status, 202, "the key is free: {}", r.text);
+}

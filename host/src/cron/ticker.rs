@@ -31,6 +31,10 @@ use crate::pump::Control;
 /// Longest sleep between two looks at the clock.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 
+/// Most missed ticks counted per step (the count is for logs and metrics;
+/// 10000 then means at least that many).
+pub const MISSED_COUNTED: u64 = 10_000;
+
 /// Pause after a failed step.
 pub const RETRY: Duration = Duration::from_secs(1);
 
@@ -154,7 +158,9 @@ async fn step<L: Ledger>(
     };
     let earlier = entry
         .schedule
-        .count_between(record.handled, tick, 1_000_000);
+        // At most MISSED_COUNTED: a per-second cron 12 days down would
+        // be a million croner steps on a tokio worker, on every retry.
+        .count_between(record.handled, tick, MISSED_COUNTED);
     let late = now.saturating_sub(tick) > millis(entry.deadline);
     let fire = !(late && entry.missed == Missed::Skip);
     let skipped = earlier + u64::from(!fire);

@@ -41,6 +41,14 @@ pub(super) fn claim(
 ) -> Result<Debounced, StoreError> {
     let msg = &m.message;
     let due = m.visible_at.max(now.saturating_add(window_ms));
+    // A message posted before is a duplicate of itself, merged nowhere.
+    let posted: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE message_id = ?1 LIMIT 1")?
+        .query_row(params![msg.id], |r| r.get(0))
+        .optional()?;
+    if posted.is_some() {
+        return Ok(Debounced::Post { due: m.visible_at });
+    }
     let holder: Option<String> = conn
         .prepare_cached("SELECT message_id FROM debounce_keys WHERE channel = ?1 AND key = ?2")?
         .query_row(params![msg.channel, key], |r| r.get(0))

@@ -43,6 +43,12 @@ pub(super) fn claim(
     unique: &Unique,
     now: i64,
 ) -> Result<Claim, StoreError> {
+    // A message posted before (a producer's retry of an old id) is a
+    // duplicate of itself: it neither claims the key nor replaces its
+    // holder (that would cancel live work and queue nothing).
+    if !jobs_of(conn, id)?.is_empty() {
+        return Ok(Claim::Post);
+    }
     let holder: Option<(String, i64)> = conn
         .prepare_cached(
             "SELECT message_id, expires_at FROM unique_keys WHERE channel = ?1 AND key = ?2",

@@ -171,6 +171,8 @@ impl JetStream {
             Received::Done(state) => {
                 tracing::debug!(%state, "redelivered message already handled here; acking");
                 let _ = msg.ack().await;
+                // Its job is over: a uniqueness key it holds is free.
+                self.release_unique_of(&msg).await;
                 None
             }
             Received::NotYet(at) => {

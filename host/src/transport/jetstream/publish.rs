@@ -67,6 +67,9 @@ impl JetStream {
                 .await
             {
                 Ok(None) => claimed[i] = Some(unique),
+                // A repost of the holder: sent, the stream's duplicate
+                // window or the inbox makes it the same message.
+                Ok(Some(holder)) if holder == m.message.id => {}
                 Ok(Some(holder)) => {
                     held[i] = Some(holder);
                     answers[i] = Some(Ok(true));
@@ -141,8 +144,9 @@ impl JetStream {
                     Err(e) => Err(e),
                 };
             }
-            // Not stored: the key it claimed is not held by anything.
-            if answer.is_err()
+            // Not stored (failed, or a duplicate of a message sent before,
+            // whose job may be over): the key it claimed holds nothing.
+            if matches!(answer, Err(_) | Ok(true))
                 && let Some(unique) = &claimed
             {
                 self.release_unique(&m.message.channel, &m.message.id, unique)

@@ -68,8 +68,10 @@ impl JetStream {
             .await
     }
 
-    /// Claims `unique` on `channel` for message `id`: `None` when the key
-    /// is this message's now (post it), else the message holding it.
+    /// Claims `unique` on `channel` for message `id`: `None` when this call
+    /// created the entry (post it; release it if the post stores nothing),
+    /// else the message holding it (`id` itself: a repost, which neither
+    /// claims nor is refused).
     pub(super) async fn claim_unique(
         &self,
         channel: &str,
@@ -89,10 +91,7 @@ impl JetStream {
             }
             match kv.entry(&key).await.map_err(failed)? {
                 Some(e) if e.operation == kv::Operation::Put => {
-                    let holder = String::from_utf8_lossy(&e.value).into_owned();
-                    // A repost of the holder: the stream's duplicate
-                    // window makes it a duplicate of the same message.
-                    return Ok((holder != id).then_some(holder));
+                    return Ok(Some(String::from_utf8_lossy(&e.value).into_owned()));
                 }
                 // Released (or expired) in between: try again.
                 _ => {}
@@ -102,6 +101,23 @@ impl JetStream {
             "uniqueness key {:?} changed hands {TRIES} times in a row",
             unique.key
         )))
+    }
+
+    /// Frees the key of a delivery that ended without running here (the
+    /// inbox found its job done): `release_unique` of its message.
+    pub(super) async fn release_unique_of(&self, msg: &async_nats::jetstream::Message) {
+        let Ok(decoded) = super::super::wire::decode(
+            msg.subject.as_str(),
+            msg.headers.as_ref(),
+            &msg.payload,
+            None,
+        ) else {
+            return;
+        };
+        let m = decoded.message;
+        if let Some(unique) = crate::message::options::unique(&m.headers) {
+            self.release_unique(&m.channel, &m.id, &unique).await;
+        }
     }
 
     /// Frees `unique` on `channel` if message `id` still holds it (its job
