@@ -98,7 +98,7 @@ pub async fn records_via(
     };
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
-        if let Some(v) = read(&kv, &e.name).await? {
+        if let Some(v) = read(&kv, &e.record_key()).await? {
             out.push((e.name.clone(), v.record));
         }
     }

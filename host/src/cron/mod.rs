@@ -127,6 +127,20 @@ pub fn tick_of(headers: &Headers) -> Option<&str> {
         .map(|(_, v)| v.as_str())
 }
 
+impl CronEntry {
+    /// The key of its record: the name and a digest of the schedule's
+    /// fingerprint, so hosts that run different schedules under one name
+    /// (a rolling deploy, a stale config) each keep their own record
+    /// instead of resetting one another's for ever; a tick both name (same
+    /// instant) is still one message (same id).
+    pub fn record_key(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::digest(self.schedule.fingerprint().as_bytes());
+        let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}.{tag}", self.name)
+    }
+}
+
 /// The message id of cron `name`'s tick at `instant`: the same on every
 /// host, so a tick posted twice is one message.
 pub fn tick_id(name: &str, instant: i64) -> String {
@@ -238,11 +252,14 @@ pub trait Ledger: Send + Sync + 'static {
         &self,
         entries: &[CronEntry],
     ) -> impl Future<Output = Result<Vec<(String, Record)>, CronError>> + Send {
-        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let names: Vec<(String, String)> = entries
+            .iter()
+            .map(|e| (e.name.clone(), e.record_key()))
+            .collect();
         async move {
             let mut out = Vec::with_capacity(names.len());
-            for name in names {
-                if let Some(v) = self.read(&name).await? {
+            for (name, key) in names {
+                if let Some(v) = self.read(&key).await? {
                     out.push((name, v.record));
                 }
             }

@@ -129,7 +129,8 @@ async fn step<L: Ledger>(
     now: i64,
 ) -> Result<Option<i64>, CronError> {
     let spec = entry.schedule.fingerprint();
-    let current = ledger.read(&entry.name).await?;
+    let key = entry.record_key();
+    let current = ledger.read(&key).await?;
     let (record, revision) = match current {
         Some(v) if v.record.spec == spec => (v.record, v.revision),
         other => {
@@ -143,7 +144,7 @@ async fn step<L: Ledger>(
                 fired_count: previous.as_ref().map_or(0, |r| r.fired_count),
                 skipped_count: previous.as_ref().map_or(0, |r| r.skipped_count),
             };
-            if ledger.write(&entry.name, fresh, expected, None).await?.won {
+            if ledger.write(&key, fresh, expected, None).await?.won {
                 tracing::info!(cron = %entry.name, schedule = %spec, next = %entry.schedule.next_after(now).map_or_else(|| "never".into(), utc), "cron scheduled");
             }
             return Ok(entry.schedule.next_after(now));
@@ -175,9 +176,7 @@ async fn step<L: Ledger>(
         next.fired_count += 1;
     }
     let message = fire.then(|| entry.message(tick));
-    let written = ledger
-        .write(&entry.name, next, Some(revision), message)
-        .await?;
+    let written = ledger.write(&key, next, Some(revision), message).await?;
     // Counted by what the post did (the stream's answer on JetStream), so
     // the hosts' `fired` counts add up to the ticks fired.
     match written.posted {
@@ -197,4 +196,108 @@ async fn step<L: Ledger>(
         }
     }
     Ok(entry.schedule.next_after(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::cron::{Versioned, Written};
+    use crate::store::NewMessage;
+
+    /// Records in memory; the ticks posted, by message id.
+    #[derive(Default)]
+    struct Memory {
+        records: Mutex<HashMap<String, (Record, u64)>>,
+        posted: Mutex<Vec<String>>,
+    }
+
+    impl Ledger for Memory {
+        async fn read(&self, name: &str) -> Result<Option<Versioned>, CronError> {
+            let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(records.get(name).map(|(record, revision)| Versioned {
+                record: record.clone(),
+                revision: *revision,
+            }))
+        }
+
+        async fn write(
+            &self,
+            name: &str,
+            record: Record,
+            expected: Option<u64>,
+            tick: Option<NewMessage>,
+        ) -> Result<Written, CronError> {
+            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let current = records.get(name).map(|(_, r)| *r);
+            if current != expected {
+                return Ok(Written {
+                    won: false,
+                    posted: Posted::Nothing,
+                });
+            }
+            records.insert(name.to_owned(), (record, current.unwrap_or(0) + 1));
+            let posted = match tick {
+                Some(t) => {
+                    let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+                    let duplicate = posted.contains(&t.message.id);
+                    if !duplicate {
+                        posted.push(t.message.id);
+                    }
+                    Posted::from_duplicate(duplicate)
+                }
+                None => Posted::Nothing,
+            };
+            Ok(Written { won: true, posted })
+        }
+    }
+
+    fn entry(schedule: &str) -> CronEntry {
+        CronEntry {
+            name: "report".into(),
+            schedule: crate::cron::Schedule::parse(schedule, "UTC")
+                .unwrap_or_else(|e| panic!("{e}")),
+            channel: "c".into(),
+            kind: crate::message::MessageKind::Command,
+            body: Vec::new(),
+            headers: Vec::new(),
+            missed: Missed::Once,
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    /// Two hosts with different schedules under one name (a rolling
+    /// deploy): each fires its own ticks instead of resetting the other's
+    /// record on every step, and an instant both name is posted once.
+    #[test]
+    fn two_schedules_under_one_name_both_fire() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (every_second, every_two) = (entry("* * * * * *"), entry("*/2 * * * * *"));
+        let ledger = Memory::default();
+        let counters = Counters::default();
+        let start = 1_800_000_000_000; // a whole, even second
+        rt.block_on(async {
+            for s in 0..10 {
+                let now = start + s * 1000 + 10;
+                for e in [&every_second, &every_two] {
+                    step(&ledger, e, &counters, now)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+        });
+        let posted = ledger
+            .posted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Each fires from its first step on: 9 seconds, of which the even
+        // ones are shared (one message each).
+        assert_eq!(posted.len(), 9, "{posted:?}");
+        let distinct: std::collections::BTreeSet<&String> = posted.iter().collect();
+        assert_eq!(distinct.len(), posted.len());
+    }
 }
