@@ -215,3 +215,29 @@ fn bench_state_on_several_hosts_refuses_the_configured_server_and_keeps_its_stat
         "the configured server's state is untouched"
     );
 }
+
+#[test]
+fn bench_flow_prints_the_cost_of_a_key_on_every_message() {
+    let env = Env::new(&[], "");
+    let plugin = built_plugins().join("bench-amounts.wasm");
+    let out = env.ok(&[
+        "bench",
+        "--flow",
+        "--plugin",
+        plugin.to_str().expect("utf-8 path"),
+        "--messages",
+        "300",
+        "--runs",
+        "1",
+        "--transport",
+        "embedded",
+    ]);
+    for line in [
+        "[embedded:no key] jobs      300 of 300 succeeded in SQLite",
+        "[embedded:key per message] jobs      300 of 300 succeeded in SQLite",
+        "[embedded] flow      ",
+        "| embedded drain, a concurrency key on every message (median of 1) |",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+}

@@ -295,3 +295,135 @@ rate_burst = 5
     let span = starts.iter().max().unwrap_or(&0) - starts.iter().min().unwrap_or(&0);
     assert!(span >= 2_500, "60 jobs started within {span} ms");
 }
+
+fn spin_one_at_a_time() -> &'static str {
+    r#"poll_interval = "20ms"
+[plugin.test-spin]
+fuel = 10_000_000_000_000
+timeout = "120s"
+concurrency = 1
+"#
+}
+
+fn post_with_priority(env: &Env, n: usize, priority: &str) -> Vec<String> {
+    let input: String = (0..n).map(|_| "{\"millis\": 1}\n").collect();
+    let out = env.sluice_stdin(&["post", "test.spin", "--priority", priority], &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Start order of `ids` among every job's, 0-based.
+fn positions(jobs: &[JobRecord], ids: &[String]) -> Vec<usize> {
+    let mut order: Vec<&JobRecord> = jobs.iter().collect();
+    order.sort_by_key(|j| (j.started_at, j.id.clone()));
+    ids.iter()
+        .map(|id| order.iter().position(|j| &j.id == id).unwrap_or(usize::MAX))
+        .collect()
+}
+
+#[test]
+fn urgent_jobs_run_first_and_the_oldest_still_get_a_share() {
+    let env = Env::new(&["test-spin"], spin_one_at_a_time());
+    assert_eq!(post_with_priority(&env, 50, "0").len(), 50);
+    let high = post_with_priority(&env, 10, "9");
+    let host = env.start();
+    let jobs = env.wait_settled("test.spin", 60, Duration::from_secs(60));
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{}",
+        host.log_text()
+    );
+    // One at a time: three claims in four go to priority, so the ten
+    // urgent jobs, posted last, are done within the first 26 starts (the
+    // odds of 16 queue-order claims first are below one in a million).
+    let urgent = positions(&jobs, &high);
+    assert!(urgent.iter().all(|p| *p < 26), "{urgent:?}");
+    drop(host);
+
+    // A steady supply of urgent work does not starve the old jobs.
+    let env = Env::new(&["test-spin"], spin_one_at_a_time());
+    let old = post_with_priority(&env, 10, "0");
+    let urgent = post_with_priority(&env, 60, "9");
+    let host = env.start();
+    let jobs = env.wait_settled("test.spin", 70, Duration::from_secs(60));
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{}",
+        host.log_text()
+    );
+    let last_urgent = positions(&jobs, &urgent).into_iter().max().unwrap_or(0);
+    let first_old = positions(&jobs, &old)
+        .into_iter()
+        .min()
+        .unwrap_or(usize::MAX);
+    assert!(
+        first_old < last_urgent,
+        "the oldest job waited for all 60 urgent ones (first at {first_old})"
+    );
+}
+
+#[test]
+fn jetstream_a_rate_limit_holds_across_two_hosts() {
+    let nats = NatsServer::start();
+    let cfg = format!(
+        r#"poll_interval = "20ms"
+[plugin.test-spin]
+fuel = 10_000_000_000_000
+timeout = "120s"
+rate = "10/1s"
+rate_burst = 3
+[nats]
+url = "{}"
+ack_wait = "10s"
+"#,
+        nats.url()
+    );
+    let (a, b) = (
+        Env::new(&["test-spin"], &cfg),
+        Env::new(&["test-spin"], &cfg),
+    );
+    let (host_a, host_b) = (a.start(), b.start());
+    for host in [&host_a, &host_b] {
+        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    }
+    assert_eq!(post_lines(&a, &bodies(40, "t", 1)).len(), 40);
+    let done = || {
+        records(&[&a, &b])
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded && j.started_at.is_some())
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || done() == 40),
+        "{} of 40\nA:\n{}\nB:\n{}",
+        done(),
+        host_a.log_text(),
+        host_b.log_text()
+    );
+    let jobs: Vec<JobRecord> = records(&[&a, &b])
+        .into_iter()
+        .filter(|j| j.started_at.is_some())
+        .collect();
+    // One bucket for both hosts: a second holds at most the burst plus a
+    // second's worth (one more for the window's edges); two buckets would
+    // start twice that.
+    let most = most_started_in(&jobs, 1000);
+    assert!(most <= 3 + 10 + 1, "{most} jobs started within one second");
+    let starts: Vec<i64> = jobs.iter().filter_map(|j| j.started_at).collect();
+    let span = starts.iter().max().unwrap_or(&0) - starts.iter().min().unwrap_or(&0);
+    assert!(
+        span >= 3_000,
+        "40 jobs started within {span} ms (37 past the burst at 10/s)"
+    );
+    assert!(
+        jobs.iter().all(|j| j.attempts == 1),
+        "waiting costs no attempt"
+    );
+}

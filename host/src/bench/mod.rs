@@ -28,6 +28,7 @@
 mod baseline;
 mod channels;
 mod drive;
+mod flow;
 mod natsd;
 mod otlp;
 mod pages;
@@ -144,6 +145,12 @@ pub struct BenchArgs {
     /// then the first alone; prints throughput, peak and idle RSS.
     #[arg(long, value_name = "PLUGINS")]
     pub channels: Option<String>,
+    /// Instead of the usual figures: drain --messages on the embedded
+    /// queue without flow rules and with a concurrency key on every
+    /// message (`/id`, one job per key at once), --runs each, and print
+    /// the ratio (bench/flow.rs).
+    #[arg(long)]
+    pub flow: bool,
 }
 
 /// Where the `sluice post` runs post: a channel nothing handles.
@@ -258,6 +265,23 @@ pub async fn run(mut config: Config, data: Option<PathBuf>, args: BenchArgs) -> 
         spans: None,
     };
     let host = |store: Store| host_with(store, workload.clone());
+    if args.flow {
+        let host_of = |store: Store, config: Arc<Config>| Host {
+            config,
+            ..host(store)
+        };
+        flow::run(
+            host_of,
+            &config,
+            &info.name,
+            &work.path,
+            (args.messages, args.runs),
+            &mut report,
+        )
+        .await?;
+        drop(plugin);
+        return report.finish();
+    }
     if !args.state.is_empty() {
         let drain = Mode::Drain {
             messages: args.messages,

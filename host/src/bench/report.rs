@@ -279,6 +279,26 @@ impl Report {
         });
     }
 
+    /// A figure of a section of its own (`bench/flow.rs`).
+    pub fn figure(
+        &mut self,
+        name: String,
+        measured: String,
+        baseline: String,
+        ratio: String,
+        target: String,
+        met: bool,
+    ) {
+        self.figures.push(Figure {
+            name,
+            measured,
+            baseline,
+            ratio,
+            target,
+            verdict: verdict(met),
+        });
+    }
+
     /// The drains of one transport: their medians become figures.
     pub fn drains(&mut self, transport: &str, runs: &[RunReport]) {
         if runs.is_empty() {

@@ -23,6 +23,7 @@
 
 mod gate;
 mod key;
+pub mod priority;
 pub mod rate;
 
 pub use gate::{

@@ -465,10 +465,11 @@ pub(super) fn publish_one(
     };
     let headers = serde_json::to_string(&msg.headers)
         .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
+    let priority = crate::message::options::Options::of(&msg.headers).priority;
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
-             visible_at, expires_at, created_at, updated_at, parent_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
+             visible_at, expires_at, created_at, updated_at, parent_id, priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)
          ON CONFLICT (message_id, consumer) DO NOTHING",
     )?;
     let mut job_ids = Vec::with_capacity(consumers.len());
@@ -487,7 +488,8 @@ pub(super) fn publish_one(
             visible_at,
             m.expires_at,
             now,
-            parent
+            parent,
+            priority
         ])?;
         if inserted == 1 {
             job_ids.push(id);
@@ -544,9 +546,9 @@ fn route_unrouted(conn: &Connection, channel: &str, now: i64) -> Result<usize, S
     };
     let mut copy = conn.prepare_cached(
         "INSERT OR IGNORE INTO jobs (id, message_id, channel, consumer, kind, headers, body, state,
-             visible_at, expires_at, created_at, updated_at, parent_id)
+             visible_at, expires_at, created_at, updated_at, parent_id, priority)
          SELECT ?1, message_id, channel, ?2, kind, headers, body, state, visible_at, expires_at,
-             created_at, ?3, parent_id
+             created_at, ?3, parent_id, priority
          FROM jobs WHERE id = ?4",
     )?;
     let mut take = conn
@@ -560,6 +562,10 @@ fn route_unrouted(conn: &Connection, channel: &str, now: i64) -> Result<usize, S
     Ok(ids.len())
 }
 
+/// A claim: with a due job above priority 0, the part `flow::priority`
+/// gives to priority goes to the most urgent (`store/priority.rs`) and the
+/// rest in queue order, else all in queue order. One write statement
+/// either way.
 fn claim(
     conn: &Connection,
     channel: &str,
@@ -567,6 +573,13 @@ fn claim(
     max: usize,
     now: i64,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
+    let urgent = crate::flow::priority::urgent_share(max);
+    if urgent > 0 && super::priority::urgent_due(conn, channel, consumer, now)? {
+        let mut out =
+            super::priority::claim_mixed(conn, channel, consumer, (urgent, max - urgent), now)?;
+        out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        return Ok(out);
+    }
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1,
              started_at = COALESCE(started_at, ?3), updated_at = ?3
@@ -577,7 +590,25 @@ fn claim(
              ORDER BY visible_at, id LIMIT ?4)
          RETURNING id, message_id, kind, headers, body, attempts, cursor, expires_at",
     )?;
-    let rows = stmt.query_map(params![channel, consumer, now, max as i64], |r| {
+    let mut out = claimed(
+        &mut stmt,
+        params![channel, consumer, now, max as i64],
+        channel,
+        consumer,
+    )?;
+    out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    Ok(out)
+}
+
+/// The jobs a claim statement returned (`id, message_id, kind, headers,
+/// body, attempts, cursor, expires_at`).
+pub(super) fn claimed(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    channel: &str,
+    consumer: &str,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let rows = stmt.query_map(params, |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -607,7 +638,6 @@ fn claim(
             expires_at,
         });
     }
-    out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
     Ok(out)
 }
 

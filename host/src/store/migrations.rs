@@ -221,6 +221,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (channel, key)
     ) WITHOUT ROWID;
     "#,
+    // 14: message priorities (`sluice-priority`, 0-9) for the claim
+    // order (store/priority.rs). Only jobs above 0 are in the index, so
+    // the message path of a queue without priorities updates no index.
+    r#"
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_urgent ON jobs (channel, consumer, priority DESC, visible_at, id)
+        WHERE priority > 0 AND state IN ('queued', 'scheduled', 'retrying');
+    "#,
 ];
 
 /// How many prepared statements a connection keeps (more than the store

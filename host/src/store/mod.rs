@@ -37,6 +37,7 @@ mod listing;
 mod migrations;
 mod outbox;
 mod plugins;
+mod priority;
 mod reader;
 mod records;
 mod state;
