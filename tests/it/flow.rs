@@ -427,3 +427,50 @@ ack_wait = "10s"
         "waiting costs no attempt"
     );
 }
+
+#[test]
+fn a_job_over_its_keys_limit_says_why_it_waits_in_the_cli_the_api_and_metrics() {
+    let addr = format!("127.0.0.1:{}", crate::api::free_port());
+    let env = Env::new(
+        &["test-spin"],
+        &keyed(1, &format!("[http]\naddr = \"{addr}\"\n")),
+    );
+    let host = env.start();
+    let api = crate::api::Api::new(&addr, None);
+    api.wait_up(&host);
+    let tenant = "a.b c\u{e9}";
+    let body = |ms: u64| format!("{{\"millis\": {ms}, \"tenant\": \"{tenant}\"}}");
+    let first = env.post("test.spin", &body(4000));
+    assert!(wait_until(Duration::from_secs(30), || env
+        .job(&first)
+        .state
+        == JobState::Running));
+    let second = env.post("test.spin", &body(1));
+    let want = format!("waiting: concurrency {tenant}");
+    let shown = |id: &str| api.get(&format!("/v1/jobs/{id}")).json()["waiting"].clone();
+    assert!(
+        wait_until(Duration::from_secs(30), || shown(&second) == want.as_str()),
+        "{:?}\n{}",
+        shown(&second),
+        host.log_text()
+    );
+    assert_eq!(
+        shown(&first),
+        serde_json::Value::Null,
+        "a running job waits for nothing"
+    );
+    let cli = env.ok(&["job", &second]);
+    assert!(cli.contains(&format!("queued ({want})")), "{cli}");
+    let metrics = api.get("/metrics").text;
+    assert!(
+        metrics.contains(
+            "sluice_jobs_waiting{channel=\"test.spin\",handler=\"test-spin\",reason=\"concurrency\"} 1"
+        ),
+        "{metrics}"
+    );
+    let done = env.wait_settled("test.spin", 2, Duration::from_secs(60));
+    assert!(
+        done.iter()
+            .all(|j| j.state == JobState::Succeeded && j.attempts == 1)
+    );
+}
