@@ -52,8 +52,16 @@ fn claim_gated(
         let picks = gate.pick(max - out.len(), now);
         let mut jobs = Vec::with_capacity(picks.len());
         for pick in &picks {
-            if let Some(job) = claim_one(conn, channel, consumer, &pick.id, now)? {
-                jobs.push(job);
+            match claim_one(conn, channel, consumer, &pick.id, now) {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                Err(e) => {
+                    // The savepoint undoes the SQL; give the picks' places
+                    // back too (the leases in `out` go back as it drops),
+                    // or their keys would count phantom running jobs.
+                    drop(gate.claimed(picks, &HashSet::new()));
+                    return Err(e);
+                }
             }
         }
         let got: HashSet<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
