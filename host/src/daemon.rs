@@ -28,6 +28,10 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervise::supervised;
 use crate::transport::{Embedded, JetStream, Subscription, Transport, TransportError};
 
+/// How long a start waits to apply the cancels other hosts made before
+/// its pumps take deliveries.
+const CANCEL_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -474,6 +478,21 @@ async fn serve<T: Transport>(
             }));
         }
     };
+    if let Some(cluster) = &cluster {
+        // Cancels made while this host was down apply before it takes a
+        // delivery (the watcher below then keeps up with new ones). If the
+        // bucket cannot be read now, the watcher catches up shortly after.
+        let catch_up = cluster.cancels.catch_up(&store, &deps.control);
+        match tokio::time::timeout(CANCEL_CATCH_UP, catch_up).await {
+            Ok(Ok(n)) => tracing::debug!(cancels = n, "cancels made elsewhere applied"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot apply the cancels made elsewhere before starting; the cancel watcher applies them shortly")
+            }
+            Err(_) => {
+                tracing::warn!(after = ?CANCEL_CATCH_UP, "reading the cancels made elsewhere took too long; the cancel watcher applies them shortly")
+            }
+        }
+    }
     for sub in subscriptions {
         spawn_pump(sub);
     }

@@ -121,6 +121,14 @@ fn a_cancel_on_one_host_stops_the_job_on_every_host() {
     let cancel = a_api.delete(&format!("/v1/jobs/{waiting}"));
     assert_eq!(cancel.status, 200, "{}", cancel.text);
     a_host.stop(Duration::from_secs(30));
+    // The retry fires while no host runs: B's first pull finds it at once,
+    // so B must have applied A's cancel before its pumps start.
+    assert!(
+        wait_until(Duration::from_secs(30), || nats
+            .count("SLUICE", "sluice-sched.>")
+            == 0),
+        "the retry fired"
+    );
     let (b_host, b_api) = started(&b, &b_addr);
     wait_state(&b, &waiting, JobState::Cancelled, &b_host);
     assert!(

@@ -75,6 +75,34 @@ impl Cancels {
             .map_err(|e| format!("cannot write the cancel to {CANCELS}: {e}"))
     }
 
+    /// Applies every cancel already in the bucket to this host, once, and
+    /// says how many there were. The daemon runs this before its pumps
+    /// start: a host that was down while a job was cancelled elsewhere
+    /// would otherwise take the job's next delivery (a retry that fired
+    /// meanwhile) before its watch caught up, and run it.
+    pub async fn catch_up(&self, store: &Store, control: &Control) -> Result<usize, String> {
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| format!("cannot list {CANCELS}: {e}"))?
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
+        let mut applied = 0;
+        for key in keys {
+            match self.kv.get(&key).await {
+                Ok(Some(value)) => {
+                    apply(store, control, &key, &value).await;
+                    applied += 1;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot read {CANCELS} {key:?}: {e}")),
+            }
+        }
+        Ok(applied)
+    }
+
     /// Applies every cancel (those in the bucket, then each new one) to
     /// this host until `stop`. A lost watch is opened again after a pause.
     pub async fn watch(self, store: Store, control: Arc<Control>, stop: CancellationToken) {
