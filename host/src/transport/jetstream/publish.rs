@@ -144,9 +144,9 @@ impl JetStream {
                     Err(e) => Err(e),
                 };
             }
-            // Not stored (failed, or a duplicate of a message sent before,
-            // whose job may be over): the key it claimed holds nothing.
-            if matches!(answer, Err(_) | Ok(true))
+            // The key it claimed holds nothing only when the message is
+            // surely not stored by this call (see `stored_nothing`).
+            if stored_nothing(&answer, sends)
                 && let Some(unique) = &claimed
             {
                 self.release_unique(&m.message.channel, &m.message.id, unique)
@@ -264,4 +264,42 @@ async fn acked(subject: &str, ack: PublishAckFuture) -> Result<bool, JetStreamEr
             subject: subject.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// Whether a publish's final `answer`, after `sends` sends, says for sure
+/// that this call stored nothing, so a uniqueness key it claimed must be
+/// freed: a duplicate on the first send (the id was stored before, by an
+/// earlier post whose job may be over), or a refusal that was not resent.
+/// A duplicate after a resend is the first send's own copy (its ack was
+/// lost, the message was stored), and a send that kept failing may have
+/// been stored: the key stays (its time-to-live frees it if not). Freeing
+/// it then let a second post of the key in (two holders, seen under load).
+fn stored_nothing(answer: &Result<bool, JetStreamError>, sends: usize) -> bool {
+    match answer {
+        Ok(true) => sends == 1,
+        Ok(false) => false,
+        Err(JetStreamError::Publish { .. }) => false,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod unique_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_freed_only_when_the_message_is_surely_not_stored() {
+        let lost = || JetStreamError::Publish {
+            subject: "sluice.a".into(),
+            reason: "timed out".into(),
+        };
+        assert!(stored_nothing(&Ok(true), 1), "an id stored before");
+        assert!(!stored_nothing(&Ok(true), 2), "our own first send's copy");
+        assert!(!stored_nothing(&Ok(false), 1));
+        assert!(!stored_nothing(&Err(lost()), 3), "may be stored");
+        assert!(stored_nothing(
+            &Err(JetStreamError::Unique("refused".into())),
+            1
+        ));
+    }
 }
