@@ -247,9 +247,12 @@ impl Store {
         max: usize,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let (channel, consumer) = (channel.to_owned(), consumer.to_owned());
-        // One statement: no savepoint needed.
+        // One write statement, but reading its rows can fail after SQLite
+        // applied it (a row's kind or headers unreadable): the savepoint
+        // undoes the claim then, or the healthy jobs claimed with the bad
+        // one would stay `running` with no one running them.
         self.writer
-            .submit_single(move |conn| claim(conn, &channel, &consumer, max, now_ms()))?
+            .submit(move |conn| claim(conn, &channel, &consumer, max, now_ms()))?
             .await
     }
 

@@ -727,3 +727,30 @@ async fn succeed_with(
         )
         .await
 }
+
+#[tokio::test]
+async fn a_claim_that_meets_an_unreadable_row_claims_nothing() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path, &StoreOptions::default())?;
+    store.register_consumers(vec![sub("c", "h")]).await?;
+    store
+        .publish(vec![msg("good", "c"), msg("bad", "c")])
+        .await?;
+    let raw = rusqlite::Connection::open(&path).expect("open");
+    raw.execute(
+        "UPDATE jobs SET headers = 'not json' WHERE message_id = 'bad'",
+        [],
+    )
+    .expect("corrupt a row");
+    assert!(store.claim("c", "h", 10).await.is_err());
+    let running: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE state = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(running, 0, "the failed claim left no job running");
+    Ok(())
+}

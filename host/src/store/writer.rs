@@ -79,8 +79,11 @@ impl Writer {
     }
 
     /// [`Writer::submit`] for an operation that writes with at most one
-    /// statement: it runs without a savepoint (a statement that fails
-    /// leaves nothing behind by itself), which saves two statements.
+    /// statement and can fail only in that statement: it runs without a
+    /// savepoint (a statement that fails leaves nothing behind by itself),
+    /// which saves two statements. Not for `UPDATE ... RETURNING` whose
+    /// rows are decoded afterwards: SQLite applies it all on the first
+    /// step, so a decoding error would keep its writes.
     pub(super) fn submit_single<T, F>(
         &self,
         f: F,
