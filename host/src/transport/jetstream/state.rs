@@ -253,21 +253,30 @@ impl Remote for SharedState {
 
 /// Looks at the whole state stream, for `sluice bench` (which starts each
 /// shared run from an empty store and checks what it left).
+/// An error of the shared state stream.
+fn state_stream_error(reason: String) -> JetStreamError {
+    JetStreamError::Stream {
+        name: STATE_STREAM.into(),
+        reason,
+    }
+}
+
 impl super::JetStream {
+    /// The shared state stream (the bench's reads and purges go through it).
+    async fn state_stream(&self) -> Result<async_nats::jetstream::stream::Stream, JetStreamError> {
+        self.inner
+            .js
+            .get_stream(STATE_STREAM)
+            .await
+            .map_err(|e| state_stream_error(e.to_string()))
+    }
+
     /// How many keys of `plugin` the shared store holds (a deleted key's
     /// tombstone counts).
     pub async fn shared_keys(&self, plugin: &str) -> Result<usize, JetStreamError> {
         use futures_util::TryStreamExt as _;
-        let err = |reason: String| JetStreamError::Stream {
-            name: STATE_STREAM.into(),
-            reason,
-        };
-        let stream = self
-            .inner
-            .js
-            .get_stream(STATE_STREAM)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let err = state_stream_error;
+        let stream = self.state_stream().await?;
         let filter = format!("{STATE_PREFIX}.k.{}.*", wire::handler_token(plugin));
         let subjects = stream
             .info_with_subjects(filter)
@@ -282,16 +291,8 @@ impl super::JetStream {
     /// Removes every key of `plugin` from the shared store (markers stay:
     /// `sluice bench`, on a server of its own, starts each run from none).
     pub async fn purge_shared_keys(&self, plugin: &str) -> Result<(), JetStreamError> {
-        let err = |reason: String| JetStreamError::Stream {
-            name: STATE_STREAM.into(),
-            reason,
-        };
-        let stream = self
-            .inner
-            .js
-            .get_stream(STATE_STREAM)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let err = state_stream_error;
+        let stream = self.state_stream().await?;
         stream
             .purge()
             .filter(format!(
