@@ -1,6 +1,8 @@
 //! Dead-letter replay on JetStream: the replay and the message that carries
 //! it commit together (through the outbox), so a publish that fails at that
 //! moment loses nothing; and the body goes back byte for byte, binary too.
+//! A dead letter whose copy to `SLUICE_DLQ` failed is copied when its
+//! message comes back, once.
 
 use std::time::Duration;
 
@@ -79,4 +81,80 @@ fn a_replay_survives_a_failed_publish_and_keeps_a_binary_body() {
     for payload in dead_letters(&nats) {
         assert_eq!(payload, BODY, "the body went round byte for byte");
     }
+}
+
+/// Sets `SLUICE_DLQ` to refuse every new message (`refuse`) or to take them
+/// again: a server-side refusal, the way a full stream or a server still
+/// recovering after a restart answers.
+fn dlq_refuses(nats: &NatsServer, refuse: bool) {
+    nats.with_js(|js| async move {
+        use async_nats::jetstream::stream::DiscardPolicy;
+        let mut stream = js.get_stream("SLUICE_DLQ").await.expect("dlq stream");
+        let mut config = stream.info().await.expect("dlq info").config.clone();
+        if refuse {
+            // One message there already, and room for no more.
+            js.publish("sluice-dlq.filler", "filler".into())
+                .await
+                .expect("publish filler")
+                .await
+                .expect("filler stored");
+            config.max_messages = 1;
+            config.discard = DiscardPolicy::New;
+        } else {
+            config.max_messages = -1;
+        }
+        js.update_stream(config).await.expect("update dlq");
+    });
+}
+
+/// Every delivery of the handler's consumer settled (acked or termed).
+fn consumer_idle(nats: &NatsServer) -> bool {
+    nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let Ok(stream) = js.get_stream("SLUICE").await else {
+            return false;
+        };
+        let mut consumers = stream.consumers();
+        let Some(Ok(info)) = consumers.next().await else {
+            return false;
+        };
+        info.num_pending == 0 && info.num_ack_pending == 0
+    })
+}
+
+#[test]
+fn a_dead_letter_the_dead_letter_stream_refused_arrives_once_it_takes_it() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-wire"], &nats.config("2s", ""));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    dlq_refuses(&nats, true);
+    nats.with_js(|js| async move {
+        js.publish("sluice.test.wire", BODY.to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    });
+    // Recorded dead here, but its copy to the dead letters was refused.
+    wait_dead(&env, 0, &host);
+    host.wait_log(&["settle failed"], 1, Duration::from_secs(30));
+    // Delivered again (after the ack wait) while the refusal lasts: still
+    // no copy, and not given up either.
+    host.wait_log(&["dead letter not copied yet"], 1, Duration::from_secs(30));
+    dlq_refuses(&nats, false);
+    let letters = || nats.count("SLUICE_DLQ", "sluice-dlq.test.wire");
+    assert!(
+        wait_until(Duration::from_secs(60), || letters() == 1),
+        "the dead letter never reached SLUICE_DLQ\n{}",
+        host.log_text()
+    );
+    // Termed once it is there: nothing left to deliver, and one copy.
+    assert!(
+        wait_until(Duration::from_secs(30), || consumer_idle(&nats)),
+        "{}",
+        host.log_text()
+    );
+    assert_eq!(letters(), 1, "{}", host.log_text());
+    assert_eq!(dead_letters(&nats).last().map(Vec::as_slice), Some(BODY));
 }

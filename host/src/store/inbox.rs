@@ -35,6 +35,15 @@ pub enum Received {
     /// Already finished here (or this slice was already committed): ack it
     /// without running anything.
     Done(JobState),
+    /// Dead here, and this is the message it died of, back because its
+    /// dead letter may never have been copied (the copy failed or timed
+    /// out after the outcome was recorded): copy it again with this
+    /// reason (the copy's dedupe id makes a second copy the same one),
+    /// then end it.
+    Dead {
+        /// Why it died (the job's last error).
+        reason: String,
+    },
     /// Not due yet: redeliver at this Unix ms.
     NotYet(i64),
 }
@@ -106,6 +115,18 @@ fn deliveries_elsewhere(d: &Delivered, last: (Option<i64>, Option<i64>)) -> u32 
     };
     let missed = server.count.saturating_sub(seen).saturating_sub(1);
     u32::try_from(missed).unwrap_or(u32::MAX)
+}
+
+/// Whether `d` is the latest message of its job this host knows of (its
+/// stream sequence is not below the delivery this host last took, `last`):
+/// of a dead job, that is the message it died of, which stays unsettled
+/// until its dead letter is copied. An older one is back only because its
+/// ack was lost; its job went on in a later message.
+fn is_latest(d: &Delivered, last: Option<i64>) -> bool {
+    match (d.server, last.and_then(|l| u64::try_from(l).ok())) {
+        (Some(server), Some(last)) => server.stream_seq >= last,
+        _ => true,
+    }
 }
 
 /// The server's record of a delivery as two columns.
@@ -198,10 +219,20 @@ pub(super) fn receive_one(
     now: i64,
 ) -> Result<Received, StoreError> {
     let id = job_id_for(&d.message.id, &d.consumer);
-    type Row = (String, u32, u32, i64, u32, Option<i64>, Option<i64>);
+    type Row = (
+        String,
+        u32,
+        u32,
+        i64,
+        u32,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    );
     let row: Option<Row> = conn
         .prepare_cached(
-            "SELECT state, attempts, slices, visible_at, replays, delivery_seq, delivery_count
+            "SELECT state, attempts, slices, visible_at, replays, delivery_seq, delivery_count,
+                 last_error
              FROM jobs WHERE id = ?1",
         )?
         .query_row(params![id], |r| {
@@ -213,6 +244,7 @@ pub(super) fn receive_one(
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })
         .optional()?;
@@ -267,9 +299,14 @@ pub(super) fn receive_one(
             }
             attempts
         }
-        Some((state, attempts, slices, visible_at, replays, last_seq, last_count)) => {
+        Some((state, attempts, slices, visible_at, replays, last_seq, last_count, error)) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
+            if state == JobState::Dead && d.slice == slices && is_latest(&d, last_seq) {
+                return Ok(Received::Dead {
+                    reason: error.unwrap_or_else(|| "dead".to_owned()),
+                });
+            }
             if matches!(
                 state,
                 JobState::Succeeded | JobState::Dead | JobState::Expired | JobState::Cancelled

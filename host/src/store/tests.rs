@@ -387,6 +387,45 @@ async fn the_inbox_runs_new_deliveries_and_acks_finished_ones_without_running()
 }
 
 #[tokio::test]
+async fn a_dead_jobs_last_message_comes_back_for_its_dead_letter_and_an_older_one_is_done()
+-> Result<(), StoreError> {
+    let (_d, store) = store();
+    let at = |seq: u64| {
+        let mut d = delivered("m", 0, None, None);
+        d.server = Some(ServerDelivery {
+            stream_seq: seq,
+            count: 1,
+        });
+        d
+    };
+    // The message ran at stream sequence 9 (a retry of the one at 3) and
+    // died.
+    let Received::Run(job) = store.receive(at(9)).await? else {
+        panic!("runs");
+    };
+    let error = "it broke".to_owned();
+    store
+        .finish(
+            &job.job_id,
+            job.attempt,
+            CallRecord::default(),
+            Finish::Dead { error },
+        )
+        .await?;
+    // Back because its dead letter may not have been copied.
+    assert!(matches!(
+        store.receive(at(9)).await?,
+        Received::Dead { reason } if reason == "it broke"
+    ));
+    // The older message (its ack lost) has nothing to copy.
+    assert!(matches!(
+        store.receive(at(3)).await?,
+        Received::Done(JobState::Dead)
+    ));
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_inbox_counts_deliveries_other_hosts_took_but_not_its_own_hand_backs()
 -> Result<(), StoreError> {
     let (_d, store) = store();

@@ -175,6 +175,27 @@ impl JetStream {
                 self.release_unique_of(&msg).await;
                 None
             }
+            Received::Dead { reason } => {
+                // The settle's copy failed after the store recorded the
+                // job dead (a server restart, a refusing stream): copy it
+                // now, with the same dedupe id, then end it. If it fails
+                // again the message is left to come back after the ack
+                // wait; nothing is lost.
+                let sub = subscription;
+                match self
+                    .dead_letter(&msg, &sub.channel, id, &sub.consumer, &reason)
+                    .await
+                {
+                    Ok(()) => {
+                        let _ = msg.ack_with(AckKind::Term).await;
+                        self.release_unique_of(&msg).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(message_id = %id, error = %e, "dead letter not copied yet; its message will come back");
+                    }
+                }
+                None
+            }
             Received::NotYet(at) => {
                 self.not_yet(&msg, subscription, id, at).await;
                 None

@@ -41,17 +41,15 @@ impl JetStream {
             }
             Settle::Nak { delay } => ack(AckKind::Nak(Some(delay))).await?,
             Settle::DeadLetter { reason } => {
-                // Named by the delivery's stored message, so a re-send after
-                // a crash is dropped as a duplicate, but the dead letter of a
-                // replay (a message of its own) is not.
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let dedupe = format!(
-                    "{}/{}/dead/{seq}",
-                    delivery.job.message.id, delivery.job.consumer
-                );
-                let subject = wire::dlq_subject(&delivery.job.message.channel);
-                self.dead_letter_copy(msg, &subject, &reason, &dedupe)
-                    .await?;
+                let job = &delivery.job;
+                self.dead_letter(
+                    msg,
+                    &job.message.channel,
+                    &job.message.id,
+                    &job.consumer,
+                    &reason,
+                )
+                .await?;
                 ack(AckKind::Term).await?;
             }
         }
@@ -63,6 +61,25 @@ impl JetStream {
             self.release_unique(&m.channel, &m.id, &unique).await;
         }
         Ok(())
+    }
+
+    /// Copies the delivery `msg` of message `id` for `consumer` to the dead
+    /// letters of `channel`. Named by the delivery's stored message, so a
+    /// re-send (after a crash, or when the message comes back because the
+    /// first copy failed) is dropped as a duplicate, but the dead letter of
+    /// a replay (a message of its own) is not.
+    pub(super) async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        channel: &str,
+        id: &str,
+        consumer: &str,
+        reason: &str,
+    ) -> Result<(), JetStreamError> {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let dedupe = format!("{id}/{consumer}/dead/{seq}");
+        let subject = wire::dlq_subject(channel);
+        self.dead_letter_copy(msg, &subject, reason, &dedupe).await
     }
 
     /// Ends a message that cannot even be decoded: kept as a dead letter,
