@@ -15,13 +15,33 @@ use crate::util::{Env, wait_until};
 
 const TOKEN: &str = "s3cret-dashboard-token";
 
-/// A daemon with a token, test-flaky and the task-reminder pair, and some
-/// history: jobs that succeeded, a retried one, a permanent failure (dead),
-/// and a message whose body holds markup that the mapper rejects.
-fn world() -> (Env, crate::util::Daemon, Api, String) {
-    let (config, addr) = http_config(&format!("token = \"{TOKEN}\""));
+/// A cron entry that fires at 02:00 in Paris: the overview lists it with
+/// its next fire time.
+const CRON: &str = r#"
+[[cron]]
+name = "nightly-report"
+schedule = "0 2 * * *"
+time_zone = "Europe/Paris"
+channel = "test.flaky"
+body = "{}"
+"#;
+
+/// A daemon with a token, test-flaky, the task-reminder pair and
+/// test-counter at one job an hour, a cron entry, and some history: jobs
+/// that succeeded, a retried one, a permanent failure (dead), a message
+/// whose body holds markup that the mapper rejects, and a counter job held
+/// by the rate limit (its id is returned).
+fn world() -> (Env, crate::util::Daemon, Api, String, String) {
+    let (config, addr) = http_config(&format!(
+        "token = \"{TOKEN}\"\n[plugin.test-counter]\nrate = \"1/1h\"\n{CRON}"
+    ));
     let env = Env::new(
-        &["test-flaky", "task-reminder", "task-reminder-mapper"],
+        &[
+            "test-flaky",
+            "task-reminder",
+            "task-reminder-mapper",
+            "test-counter",
+        ],
         &config,
     );
     let daemon = env.start();
@@ -48,7 +68,18 @@ fn world() -> (Env, crate::util::Daemon, Api, String) {
                 .all(|j| crate::util::is_final(j.state))
     });
     assert!(ok, "history did not settle; log:\n{}", daemon.log_text());
-    (env, daemon, api, addr)
+    // The first counter job takes the hour's one start; the second waits.
+    api.post_job("test.counter", r#"{"amount": 1}"#);
+    let held = api.post_job("test.counter", r#"{"amount": 2}"#);
+    let ok = wait_until(Duration::from_secs(30), || {
+        api.get(&format!("/v1/jobs/{held}")).json()["waiting"] == "waiting: rate limit"
+    });
+    assert!(
+        ok,
+        "the second counter job is not held; log:\n{}",
+        daemon.log_text()
+    );
+    (env, daemon, api, addr, held)
 }
 
 fn dead_ids(api: &Api, channel: &str) -> Vec<String> {
@@ -65,7 +96,7 @@ fn dead_ids(api: &Api, channel: &str) -> Vec<String> {
 
 #[test]
 fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
-    let (env, daemon, api, addr) = world();
+    let (env, daemon, api, addr, held) = world();
     let shots = screenshot_dir();
     let mut b = Browser::launch();
     let base = format!("http://{addr}/");
@@ -102,6 +133,15 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
         "document.querySelectorAll('svg.chart path.done').length === 1",
         Duration::from_secs(10),
     );
+    // Flow state: the channel's held job, and the cron entry's next fire.
+    b.wait_for(
+        "document.querySelector('tr[data-channel=\"test.counter\"] .held')?.textContent === '1'",
+        Duration::from_secs(20),
+    );
+    b.wait_for(
+        "document.querySelector('tr[data-cron=\"nightly-report\"] td.next')?.textContent.startsWith('in ')",
+        Duration::from_secs(10),
+    );
     b.screenshot(&shots.join("overview.png"));
 
     // Jobs, filtered by state through the page's own select.
@@ -131,6 +171,14 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
     );
     assert_ne!(b.eval("document.title"), Value::from("pwned"));
     assert!(b.text().contains("rejected by mapper"), "{}", b.text());
+
+    // A held job's page says why it has not started.
+    b.goto(&format!("{base}#/jobs/{held}"));
+    b.wait_for(
+        "document.querySelector('.panel.waiting')?.innerText.includes('rate limit')",
+        Duration::from_secs(20),
+    );
+    b.screenshot(&shots.join("job-held.png"));
 
     // A job that posted: its page lists the message it posted.
     let reminder = env
@@ -262,7 +310,11 @@ fn dashboard_assets_are_public_strict_and_its_data_is_not() {
         .expect("text");
     assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
     // The data needs the token.
-    for path in ["/v1/dashboard/overview", "/v1/dashboard/jobs/x"] {
+    for path in [
+        "/v1/dashboard/overview",
+        "/v1/dashboard/channels",
+        "/v1/dashboard/jobs/x",
+    ] {
         assert_eq!(anonymous.get(path).status, 401, "{path}");
     }
     let api = Api::new(&addr, Some(TOKEN));
@@ -273,6 +325,11 @@ fn dashboard_assets_are_public_strict_and_its_data_is_not() {
     let o = api.get("/v1/dashboard/overview").json();
     assert_eq!(o["transport"], "embedded");
     assert_eq!(o["channels"][0]["handlers"][0], "test-flaky");
+    let names = api.get("/v1/dashboard/channels").json();
+    assert_eq!(
+        names,
+        serde_json::json!({"channels": ["test.fanout", "test.flaky"], "more_channels": false})
+    );
 }
 
 /// Without a token the API refuses cross-site requests (`api/guard.rs`);

@@ -125,7 +125,9 @@ async fn pages(addr: SocketAddr, jobs: usize, rounds: usize) -> anyhow::Result<V
     let middle = format!("job-{:08}", jobs / 2);
     let requests: Vec<(&'static str, String)> = vec![
         ("overview", "/v1/dashboard/overview?minutes=15".into()),
+        ("overview", "/v1/cron".into()),
         ("jobs", "/v1/jobs?limit=50".into()),
+        ("jobs", "/v1/dashboard/channels".into()),
         ("jobs", older),
         ("jobs", "/v1/jobs?limit=50&state=succeeded".into()),
         ("jobs", "/v1/jobs?limit=50&channel=bench.c3".into()),

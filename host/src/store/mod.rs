@@ -55,7 +55,7 @@ pub use finish::next_slice;
 pub use flow::GatedReceipt;
 pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
 pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
-pub use listing::{COUNT_CAP, Census, ChannelCensus, Posted};
+pub use listing::{CENSUS_BUDGET, COUNT_CAP, Census, ChannelCensus, Posted};
 pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, RelayOutcome};
 pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};

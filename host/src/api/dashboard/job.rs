@@ -45,7 +45,8 @@ pub async fn job<T: Transport>(
         .as_deref()
         .map(cut)
         .map(|(r, c)| (r.to_owned(), c));
-    let view = JobView::of(record, now_ms());
+    // With why it waits, when its handler's flow rules hold it.
+    let view = JobView::seen_by(record, now_ms(), &state.deps.control);
     Ok(Json(json!({
         "job": view,
         "remote": false,

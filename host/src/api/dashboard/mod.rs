@@ -19,13 +19,16 @@
 //! styles, and the script writes every value as text, never as HTML: job
 //! errors, results and channel names are plugin- and client-controlled.
 //!
-//! **Cost.** The two endpoints the pages poll (`overview`, `job`) read
-//! through the store's reader thread with bounded, indexed queries
-//! (`store::listing`), so a page stays fast with millions of jobs and never
-//! holds up a commit.
+//! **Cost.** The endpoints the pages poll (`overview`, `channels`, `job`)
+//! read through the store's reader thread with bounded, indexed queries
+//! (`store::listing`; the overview's counts within a fixed budget of index
+//! entries), so a page costs about the same with a million jobs as with a
+//! thousand and never holds up a commit. `sluice bench --dashboard-jobs N`
+//! prices every request a page makes.
 //!
-//! Files: `overview` (`GET /v1/dashboard/overview`), `job`
-//! (`GET /v1/dashboard/jobs/{id}`), `assets/` (the page).
+//! Files: `overview` (`GET /v1/dashboard/overview`, `GET
+//! /v1/dashboard/channels`), `job` (`GET /v1/dashboard/jobs/{id}`),
+//! `assets/` (the page).
 
 mod job;
 mod overview;
@@ -55,6 +58,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub fn data_routes<T: Transport>() -> Router<Arc<ApiState<T>>> {
     Router::new()
         .route("/v1/dashboard/overview", get(overview::overview::<T>))
+        .route("/v1/dashboard/channels", get(overview::channels::<T>))
         .route("/v1/dashboard/jobs/{id}", get(job::job::<T>))
 }
 

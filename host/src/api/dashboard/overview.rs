@@ -1,8 +1,12 @@
 //! `GET /v1/dashboard/overview?minutes=15`: everything the overview and
 //! channels pages show, in one request: per channel its handlers, pause
-//! state, waiting/running/dead counts (capped, from the store) and outcomes
-//! over time (this daemon's, in memory); the in-flight calls, outbox lag
-//! and per-handler totals.
+//! state, waiting/running/dead counts (from the store, within the census
+//! budget: `at_least` names the counts that are floors), the jobs its
+//! flow rules hold on this host, and outcomes over time (this daemon's, in
+//! memory); the in-flight calls, outbox lag and per-handler totals.
+//!
+//! `GET /v1/dashboard/channels`: just the channels' names (the filters of
+//! the job and dead-letter pages), without counting anything.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiError, ApiState};
 use crate::message::now_ms;
 use crate::metrics::{BUCKET_MS, BUCKETS, Bucket};
-use crate::store::{COUNT_CAP, ChannelCensus};
+use crate::store::{CENSUS_BUDGET, COUNT_CAP, ChannelCensus};
 use crate::transport::Transport;
 
 /// Query parameters.
@@ -36,6 +40,9 @@ struct ChannelView {
     waiting_for_mapper: bool,
     #[serde(flatten)]
     counts: ChannelCensus,
+    /// Due jobs its handlers' flow rules hold on this host (embedded):
+    /// `[concurrency, rate limit]`, summed over its handlers.
+    flow_waiting: [usize; 2],
     /// `[done, failed, dead, other]` per bucket, oldest first.
     points: Vec<[u64; 4]>,
 }
@@ -52,7 +59,7 @@ pub async fn overview<T: Transport>(
     }
     let buckets = (minutes as usize * 60_000 / BUCKET_MS as usize).min(BUCKETS);
     let deps = &state.deps;
-    let census = deps.store.census().await?;
+    let census = deps.store.census_within(CENSUS_BUDGET).await?;
     let now = now_ms();
     let series = deps.control.metrics.series.snapshot(now, buckets);
     let set = deps.registry.current();
@@ -66,6 +73,7 @@ pub async fn overview<T: Transport>(
             channel: name.to_owned(),
             ..ChannelCensus::default()
         },
+        flow_waiting: [0; 2],
         points: vec![[0; 4]; buckets],
     };
     for sub in set.subscriptions() {
@@ -96,6 +104,13 @@ pub async fn overview<T: Transport>(
             .map(|b: &Bucket| [b.done, b.failed, b.dead, b.other])
             .collect();
     }
+    for (_, channel, (concurrency, rate), _) in deps.control.flow_census() {
+        let view = channels
+            .entry(channel.clone())
+            .or_insert_with(|| empty(&channel));
+        view.flow_waiting[0] += concurrency;
+        view.flow_waiting[1] += rate;
+    }
     let first_bucket = series.values().next().and_then(|p| p.first()).map_or(
         now - now.rem_euclid(BUCKET_MS) - BUCKET_MS * (buckets as i64 - 1),
         |b| b.start_ms,
@@ -118,4 +133,23 @@ pub async fn overview<T: Transport>(
         "load_errors": load_errors,
         "reloads": deps.registry.swaps(),
     })))
+}
+
+/// `GET /v1/dashboard/channels`: every channel a page may filter by (served
+/// by a handler, paused, or with jobs in the store), by name.
+pub async fn channels<T: Transport>(
+    State(state): State<Arc<ApiState<T>>>,
+) -> Result<Json<Value>, ApiError> {
+    let deps = &state.deps;
+    let (stored, more) = deps.store.channel_names().await?;
+    let mut names: std::collections::BTreeSet<String> = stored.into_iter().collect();
+    names.extend(
+        deps.registry
+            .current()
+            .subscriptions()
+            .into_iter()
+            .map(|s| s.channel),
+    );
+    names.extend(deps.control.paused());
+    Ok(Json(json!({ "channels": names, "more_channels": more })))
 }

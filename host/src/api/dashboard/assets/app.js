@@ -45,6 +45,17 @@ function s(tag, attrs) {
 const fmt = new Intl.NumberFormat("en-US");
 function num(n) { return n === null || n === undefined ? "–" : fmt.format(n); }
 function capped(n, cap) { return n >= cap ? fmt.format(cap) + "+" : fmt.format(n); }
+// A channel's count of `states` (one or several, summed), with "+" when
+// any of them is a floor: the census stopped counting it ("at least").
+function counted(c, ...states) {
+  const n = states.reduce((a, k) => a + c[k], 0);
+  return fmt.format(n) + (states.some((k) => (c.at_least || []).includes(k)) ? "+" : "");
+}
+function held(c) {
+  const [conc, rate] = c.flow_waiting || [0, 0];
+  if (!conc && !rate) return h("span", { class: "muted" }, "0");
+  return h("span", { class: "held", title: `${conc} wait for a concurrency key, ${rate} for a rate limit` }, fmt.format(conc + rate));
+}
 
 function ago(ms, now) {
   if (!ms) return "–";
@@ -233,13 +244,21 @@ function setHash(page, params) {
 }
 
 async function overviewPage() {
-  const o = await api("GET", "/v1/dashboard/overview?minutes=" + state.range);
+  // The cron panel is extra: if its records cannot be read now, the rest
+  // of the overview still shows.
+  const [o, cron] = await Promise.all([api("GET", "/v1/dashboard/overview?minutes=" + state.range),
+    api("GET", "/v1/cron").catch((e) => (e instanceof Unauthorized ? Promise.reject(e) : { error: e.message }))]);
   setTransport(o.transport);
   const ch = o.channels;
-  const total = (k) => ch.reduce((a, c) => a + c[k], 0);
-  const waiting = total("queued") + total("scheduled") + total("retrying");
+  const total = (...ks) => {
+    const n = ch.reduce((a, c) => a + ks.reduce((b, k) => b + c[k], 0), 0);
+    const floor = ch.some((c) => ks.some((k) => (c.at_least || []).includes(k)));
+    return { n, text: fmt.format(n) + (floor ? "+" : "") };
+  };
+  const waiting = total("queued", "scheduled", "retrying");
   const dead = total("dead");
   const cap = o.count_cap;
+  const gated = ch.some((c) => c.flow_waiting && (c.flow_waiting[0] || c.flow_waiting[1]));
   const lag = o.outbox_oldest_ms ? duration(o.now - o.outbox_oldest_ms) : null;
   const all = sum(ch.map((c) => c.points));
   const last = all.slice(-6);
@@ -253,8 +272,8 @@ async function overviewPage() {
     h("div", { class: "cards" },
       card("Throughput", rateLabel(recent), "last minute, all channels"),
       card("In flight", num(o.in_flight), "calls running on this host"),
-      card("Queue depth", capped(waiting, cap), "queued, scheduled, retrying", waiting > 0 ? "" : ""),
-      card("Dead letters", capped(dead, cap), h("a", { href: "#/dead" }, "review and replay"), dead > 0 ? "bad" : ""),
+      card("Queue depth", waiting.text, "queued, scheduled, retrying"),
+      card("Dead letters", dead.text, h("a", { href: "#/dead" }, "review and replay"), dead.n > 0 ? "bad" : ""),
       card("Outbox lag", o.transport === "jetstream" ? capped(o.outbox_pending, cap) : "–",
         o.transport === "jetstream" ? (lag ? "oldest " + lag : "nothing pending") : "embedded queue: no outbox",
         o.outbox_pending > 0 ? "warn" : ""),
@@ -270,19 +289,46 @@ async function overviewPage() {
           h("thead", {}, h("tr", {},
             h("th", {}, "Channel"), h("th", {}, "Handlers"), h("th", {}, "Status"),
             h("th", { class: "num" }, "Queued"), h("th", { class: "num" }, "Scheduled"), h("th", { class: "num" }, "Retrying"),
-            h("th", { class: "num" }, "Running"), h("th", { class: "num" }, "Dead"), h("th", {}, `Last ${state.range} min`))),
-          h("tbody", {}, ch.map((c) => h("tr", {},
+            h("th", { class: "num" }, "Running"), h("th", { class: "num" }, "Dead"),
+            gated ? h("th", { class: "num", title: "due jobs its flow rules hold on this host" }, "Held") : null,
+            h("th", {}, `Last ${state.range} min`))),
+          h("tbody", {}, ch.map((c) => h("tr", { "data-channel": c.channel },
             h("td", {}, h("a", { href: "#/jobs?channel=" + encodeURIComponent(c.channel) }, c.channel)),
             h("td", { class: "muted" }, c.handlers.join(", ") || "–"),
             h("td", {}, channelStatus(c)),
-            h("td", { class: "num" }, capped(c.queued, cap)),
-            h("td", { class: "num" }, capped(c.scheduled, cap)),
-            h("td", { class: "num" }, capped(c.retrying, cap)),
-            h("td", { class: "num" }, capped(c.running, cap)),
-            h("td", { class: "num" }, c.dead ? h("a", { href: "#/dead?channel=" + encodeURIComponent(c.channel) }, capped(c.dead, cap)) : "0"),
+            h("td", { class: "num" }, counted(c, "queued")),
+            h("td", { class: "num" }, counted(c, "scheduled")),
+            h("td", { class: "num" }, counted(c, "retrying")),
+            h("td", { class: "num" }, counted(c, "running")),
+            h("td", { class: "num" }, c.dead ? h("a", { href: "#/dead?channel=" + encodeURIComponent(c.channel) }, counted(c, "dead")) : "0"),
+            gated ? h("td", { class: "num" }, held(c)) : null,
             h("td", {}, chart(c.points, o.first_bucket_ms, o.bucket_ms, { width: 180, height: 34, class: "spark" }))))))),
-    h("p", { class: "muted" }, "Plots show what this daemon handled since it started (in memory, last hour). Counts are read from the store; past " + num(cap) + " they show as " + num(cap) + "+."),
+    cronPanel(cron),
+    h("p", { class: "muted" }, "Plots show what this daemon handled since it started (in memory, last hour). Counts are read from the store within a fixed budget, so the page costs the same with a million jobs: a count with + is a floor (at least that many; at most " + num(cap) + " are counted)."),
   ];
+}
+
+// `[[cron]]` entries with their next fire times (GET /v1/cron); nothing
+// when none is configured.
+function cronPanel(cron) {
+  if (cron.error) return h("div", { class: "panel" }, h("h2", {}, "Cron"), h("p", { class: "muted" }, "Cron records cannot be read now: " + cron.error));
+  const list = cron.cron || [];
+  if (!list.length) return null;
+  const at = (iso) => iso ? when(Date.parse(iso)) : h("span", { class: "muted" }, "–");
+  return h("div", { class: "panel cron" },
+    h("h2", {}, "Cron"),
+    h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Schedule"), h("th", {}, "Channel"), h("th", {}, "Next fire"),
+        h("th", {}, "Then"), h("th", {}, "Last tick"), h("th", { class: "num" }, "Fired"), h("th", { class: "num" }, "Skipped"))),
+      h("tbody", {}, list.map((c) => h("tr", { "data-cron": c.name },
+        h("td", {}, h("strong", {}, c.name)),
+        h("td", { class: "mono" }, c.schedule, h("span", { class: "muted" }, " " + c.time_zone)),
+        h("td", {}, h("a", { href: "#/jobs?channel=" + encodeURIComponent(c.channel) }, c.channel)),
+        h("td", { class: "next" }, at(c.next[0])),
+        h("td", { class: "muted" }, c.next.slice(1, 3).map((t) => t.replace("T", " ").replace(/(:00)?Z$/, " UTC")).join(", ")),
+        h("td", { title: c.last_message_id || "" }, at(c.last_tick)),
+        h("td", { class: "num" }, num(c.fired)),
+        h("td", { class: "num" }, num(c.skipped)))))));
 }
 
 function card(label, value, note, cls) {
@@ -325,9 +371,8 @@ async function replay(id) {
 }
 
 async function channelOptions(selected) {
-  const o = await api("GET", "/v1/dashboard/overview?minutes=1");
-  setTransport(o.transport);
-  return [h("option", { value: "" }, "all channels"), o.channels.map((c) => h("option", { value: c.channel, selected: c.channel === selected }, c.channel))];
+  const o = await api("GET", "/v1/dashboard/channels");
+  return [h("option", { value: "" }, "all channels"), o.channels.map((c) => h("option", { value: c, selected: c === selected }, c))];
 }
 
 async function jobsPage(params) {
@@ -402,7 +447,9 @@ async function jobPage(id) {
         h("span", { class: "muted" }, pct === null ? "no progress reported" : pct + "%" + (j.progress_note ? " · " + j.progress_note : "") +
           (j.estimate_ms && j.state !== "succeeded" ? " · about " + duration(j.estimate_ms) + " left" : ""))),
       progress(pct, true)),
-    j.last_error ? h("div", { class: "panel" }, h("h2", {}, j.state === "dead" ? "Why it is dead" : "Last error"), h("pre", { class: "error" }, j.last_error)) : null,
+    j.waiting ? h("div", { class: "panel waiting" }, h("h2", {}, "Why it has not started"), h("p", {}, h("span", { class: "badge st-paused" }, "held"), " ", j.waiting.replace(/^waiting: /, "")),
+      h("p", { class: "muted" }, "Its handler's flow rules ([plugin.NAME] concurrency keys and rate limits) hold it; it starts when the key or the rate frees up.")) : null,
+    j.last_error && !(j.waiting && j.last_error === j.waiting) ? h("div", { class: "panel" }, h("h2", {}, j.state === "dead" ? "Why it is dead" : "Last error"), h("pre", { class: "error" }, j.last_error)) : null,
     h("div", { class: "panel" }, h("h2", {}, "Details"),
       h("div", { class: "grid" },
         field("Message", h("span", { class: "mono" }, j.message_id)),
@@ -420,7 +467,11 @@ async function jobPage(id) {
         field("Took", j.finished_at && j.started_at ? duration(j.finished_at - j.started_at) : "–"),
         field("Updated", when(j.updated_at, now)),
         field("Expires", when(j.expires_at, now)),
-        field("Cursor", d.cursor || "–"))),
+        field("Cursor", d.cursor || "–"),
+        field("State conflicts", String(j.conflicts || 0)),
+        j.cron ? field("Cron tick", h("span", { class: "mono" }, j.cron)) : null,
+        j.unique ? field("Unique key", h("span", { class: "mono" }, j.unique)) : null,
+        j.debounce ? field("Debounce key", h("span", { class: "mono" }, j.debounce)) : null)),
     d.remote ? null : h("div", { class: "two" },
       h("div", { class: "panel" }, h("h2", {}, "Result"),
         d.result === null || d.result === undefined ? h("p", { class: "muted" }, j.state === "succeeded" ? "No result." : "Not finished.") :
@@ -486,7 +537,6 @@ async function pluginsPage() {
 async function channelsPage() {
   const o = await api("GET", "/v1/dashboard/overview?minutes=" + state.range);
   setTransport(o.transport);
-  const cap = o.count_cap;
   const toggle = (c) => h("button", {
     type: "button", class: c.paused ? "primary resume" : "pause", "data-channel": c.channel,
     onclick: async (e) => {
@@ -509,9 +559,9 @@ async function channelsPage() {
           h("td", {}, h("a", { href: "#/jobs?channel=" + encodeURIComponent(c.channel) }, c.channel)),
           h("td", { class: "muted" }, c.handlers.join(", ") || "–"),
           h("td", {}, channelStatus(c)),
-          h("td", { class: "num" }, capped(c.queued + c.scheduled + c.retrying, cap)),
-          h("td", { class: "num" }, capped(c.running, cap)),
-          h("td", { class: "num" }, capped(c.dead, cap)),
+          h("td", { class: "num" }, counted(c, "queued", "scheduled", "retrying")),
+          h("td", { class: "num" }, counted(c, "running")),
+          h("td", { class: "num" }, counted(c, "dead")),
           h("td", {}, chart(c.points, o.first_bucket_ms, o.bucket_ms, { width: 180, height: 34, class: "spark" })),
           h("td", {}, c.handlers.length || c.paused ? toggle(c) : null)))))),
   ];
