@@ -218,3 +218,59 @@ fn delays_under_two_seconds_wait_on_the_server_too() {
     assert!(fired("sluice.test.sink", None), "the handler's post");
     assert!(fired(cont, Some(&failing)), "the retry");
 }
+
+/// A host whose clock is behind nats-server's gets every scheduled message
+/// early by its own clock (review2 #1). Each such delivery used to be
+/// scheduled again under one fixed id; the second early one was dropped by
+/// the duplicate window as a copy of the first, acked, and lost for good.
+/// Here the daemon runs 3 s behind (libfaketime; the CLI and the server
+/// keep real time): a delayed CLI post, which the server fires, and a
+/// foreign message with a not-before time, which arrives at once and is
+/// scheduled by the host, both run, once.
+#[test]
+fn a_host_whose_clock_is_behind_the_servers_still_runs_scheduled_messages() {
+    let faketime = "faketime";
+    assert!(
+        std::process::Command::new(faketime)
+            .args(["-f", "-3s", "true"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "this test needs libfaketime's `faketime` (Debian package faketime; scripts/test installs it)"
+    );
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-wire"], &nats.config("10s", POLICY));
+    let host = env.start_under(&[faketime, "-f", "-3s"]);
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    let cli = env.ok(&["post", "test.wire", "{}", "--delay", "2s"]);
+    let cli = cli.trim().to_owned();
+    let foreign_due = sluice::message::now_ms() + 2000;
+    nats.with_js(|js| async move {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Sluice-Id", "foreign-skewed");
+        h.insert("Sluice-Not-Before", foreign_due.to_string().as_str());
+        js.publish_with_headers("sluice.test.wire", h, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    });
+    let job = |id: &str| {
+        env.jobs("test.wire")
+            .into_iter()
+            .find(|j| j.message_id == id)
+    };
+    let ids = [cli.as_str(), "foreign-skewed"];
+    assert!(
+        wait_until(Duration::from_secs(30), || ids
+            .iter()
+            .all(|id| job(id).is_some_and(|j| j.state == JobState::Succeeded))),
+        "{:?}\n{}",
+        ids.iter()
+            .map(|id| job(id).map(|j| j.state))
+            .collect::<Vec<_>>(),
+        host.log_text()
+    );
+    for id in ids {
+        assert_eq!(job(id).map(|j| j.attempts), Some(1), "{id} ran once");
+    }
+}

@@ -139,7 +139,7 @@ impl JetStream {
                 message: decoded.message,
                 slice: decoded.slice,
                 cursor: decoded.cursor,
-                not_before: decoded.not_before,
+                not_before: due_by_server_clock(&msg, decoded.not_before),
                 expires_at: decoded.expires_at,
                 attempts_before,
                 server: msg.info().ok().map(|info| ServerDelivery {
@@ -206,13 +206,20 @@ impl JetStream {
     /// A delivery that arrived before its not-before time `at`. Held by a
     /// NAK it would keep a consumer slot all that time, so with schedules a
     /// copy addressed to its handler is scheduled for `at` and this one is
-    /// acked (a crash in between redelivers it, and the copy's fixed id
-    /// makes the second schedule the same one), however short the wait. A
+    /// acked (a crash in between redelivers it, and the copy's id, made of
+    /// the message id, consumer, time and stream sequence, makes the second
+    /// schedule the same one), however short the wait. A
     /// server without schedules, or a failed copy, falls back to the NAK.
     async fn not_yet(&self, msg: &jetstream::Message, sub: &Subscription, id: &str, at: i64) {
         let now = now_ms();
         if self.wants_schedule(at, now).unwrap_or(false) {
-            let dedupe = format!("{id}/{}/at/{at}", sub.consumer);
+            // The stream sequence makes the copy of each delivery its own
+            // schedule: a redelivery of this one (crash before the ack)
+            // gives the same id, which the duplicate window drops, while
+            // a later message with the same id and time (e.g. a copy that
+            // also came early) is not dropped as a duplicate and lost.
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let dedupe = format!("{id}/{}/at/{at}/{seq}", sub.consumer);
             let target = wire::continuation_subject(&sub.consumer, &sub.channel);
             let sent = match wire::forwarded_headers(msg.headers.as_ref(), id, &dedupe) {
                 Ok(headers) => match self
@@ -237,4 +244,18 @@ impl JetStream {
         let delay = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
         let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
+}
+
+/// A message's not-before time, unless the server fired it from a schedule
+/// (`Nats-Scheduler`): then it is due by the server's clock, which decides
+/// every schedule, and runs now. Checked against this host's clock instead,
+/// a host whose clock is behind the server's would find it early every time
+/// the server fired it, and schedule it again for a time the server thinks
+/// is past, in a loop that lasts as long as the clocks disagree.
+fn due_by_server_clock(msg: &jetstream::Message, not_before: Option<i64>) -> Option<i64> {
+    let fired = msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get("Nats-Scheduler").is_some());
+    if fired { None } else { not_before }
 }
