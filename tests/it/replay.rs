@@ -158,3 +158,69 @@ fn a_dead_letter_the_dead_letter_stream_refused_arrives_once_it_takes_it() {
     assert_eq!(letters(), 1, "{}", host.log_text());
     assert_eq!(dead_letters(&nats).last().map(Vec::as_slice), Some(BODY));
 }
+
+/// Review2 #2: a replay that reaches a host whose record of the job is
+/// final from the earlier life must start the new life there. It used to be
+/// taken for a redelivery of what that host had finished, acked, and lost
+/// (the replaying host's record stayed `queued` for ever).
+///
+/// Host B runs attempt 1 and is killed with the retry scheduled; host A
+/// runs attempt 2 and dead-letters the job; B, started again, learns from
+/// the status board that its record is dead. A is stopped and the job is
+/// replayed from A's store by the CLI, so only B can take the replay.
+#[test]
+fn a_replay_reaches_a_host_whose_record_of_the_job_is_final() {
+    let nats = NatsServer::start();
+    let policy = "[plugin.test-wire]\nmax_attempts = 2\nbreaker_failures = 0\n\
+                  backoff_initial = \"8s\"\nbackoff_max = \"8s\"\n";
+    let a = Env::new(&["test-wire"], &nats.config("10s", policy));
+    let b = Env::new(&["test-wire"], &nats.config("10s", policy));
+    let job = |env: &Env| env.jobs("test.wire").into_iter().next();
+    let wait_job =
+        |env: &Env, host: &Daemon, what: &str, f: &dyn Fn(&sluice::store::JobRecord) -> bool| {
+            let mut last = None;
+            let ok = wait_until(Duration::from_secs(60), || {
+                last = job(env);
+                last.as_ref().is_some_and(f)
+            });
+            assert!(ok, "{what}: {last:?}\n{}", host.log_text());
+        };
+
+    let host_b = b.start();
+    host_b.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    b.post("test.wire", r#"{"fail_times": 99}"#);
+    wait_job(&b, &host_b, "B retrying", &|j| {
+        j.state == JobState::Retrying
+    });
+    // The retry is a schedule on the server before B goes.
+    assert!(
+        wait_until(Duration::from_secs(30), || nats
+            .messages("SLUICE")
+            .iter()
+            .any(|m| m.subject.starts_with("sluice-sched."))),
+        "{}",
+        host_b.log_text()
+    );
+    host_b.kill();
+
+    let host_a = a.start();
+    wait_job(&a, &host_a, "A dead", &|j| {
+        j.state == JobState::Dead && j.attempts == 2
+    });
+    let host_b = b.start();
+    wait_job(&b, &host_b, "B's record resolved", &|j| {
+        j.state == JobState::Dead
+    });
+    host_a.stop(Duration::from_secs(30));
+
+    let id = job(&a).map(|j| j.id).unwrap_or_default();
+    a.ok(&["dlq", "replay", &id, "--nats", &nats.url()]);
+    wait_job(&b, &host_b, "the replay ran on B", &|j| {
+        j.state == JobState::Dead && j.replays == 1 && j.attempts == 2
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || dead_letters(&nats).len() == 2),
+        "one dead letter per life\n{}",
+        host_b.log_text()
+    );
+}

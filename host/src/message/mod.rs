@@ -24,6 +24,13 @@ pub const SLICE_HEADER: &str = "sluice-slice";
 /// made when it was sent, so attempts count across hosts.
 pub const ATTEMPT_HEADER: &str = "sluice-attempt";
 
+/// Header on a message addressed to a job's handler (a replay, and the
+/// retries and next slices after it) saying which life of the job it
+/// belongs to: the job's `replays` when it was sent. A host whose record of
+/// the job is final from an earlier life starts the new one instead of
+/// taking the message for a redelivery of what it finished.
+pub const REPLAY_HEADER: &str = "sluice-replay";
+
 /// Longest header name accepted, in bytes.
 pub const MAX_HEADER_NAME: usize = 256;
 
@@ -110,6 +117,7 @@ pub fn is_carried_header(name: &str) -> bool {
         REQUEST_NAME_HEADER,
         CAUSATION_HEADER,
         ATTEMPT_HEADER,
+        REPLAY_HEADER,
         crate::cron::CRON_HEADER,
     ]
     .iter()

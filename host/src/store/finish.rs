@@ -9,7 +9,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::jobs::*;
 use super::state::{self, Applied};
 use super::{StoreError, outbox};
-use crate::message::{ATTEMPT_HEADER, CURSOR_HEADER, Message, MessageKind, SLICE_HEADER};
+use crate::message::{
+    ATTEMPT_HEADER, CURSOR_HEADER, Message, MessageKind, REPLAY_HEADER, SLICE_HEADER,
+};
 
 /// What a finish needs besides its arguments.
 pub(super) struct FinishCtx<'a> {
@@ -288,7 +290,7 @@ pub(super) fn continuation(
 ) -> Result<(), StoreError> {
     let job = job_message(conn, job_id)?;
     let post = NewMessage {
-        message: next_slice(&job.message, cursor, job.slices),
+        message: of_life(next_slice(&job.message, cursor, job.slices), job.replays),
         visible_at,
         expires_at: job.expires_at,
     };
@@ -340,7 +342,7 @@ pub(super) fn retry_message(
         .headers
         .push((ATTEMPT_HEADER.to_owned(), attempt.to_string()));
     let post = NewMessage {
-        message,
+        message: of_life(message, job.replays),
         visible_at,
         expires_at: job.expires_at,
     };
@@ -372,7 +374,7 @@ pub(super) fn replay_message(conn: &Connection, job_id: &str, now: i64) -> Resul
         }
     };
     let post = NewMessage {
-        message,
+        message: of_life(message, job.replays),
         visible_at: now,
         expires_at: job.expires_at,
     };
@@ -415,6 +417,22 @@ pub(super) fn retry_id(
 }
 
 /// The message that starts slice `slice` of `message`'s job at `cursor`.
+/// `message`, sent to a job's handler in its `replays`-th life, marked
+/// with that life (`sluice-replay`; none in the first life, as before
+/// replays existed) so that a host whose record is final from an earlier
+/// life runs it instead of acking it as done.
+fn of_life(mut message: Message, replays: u32) -> Message {
+    message
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(REPLAY_HEADER));
+    if replays > 0 {
+        message
+            .headers
+            .push((REPLAY_HEADER.to_owned(), replays.to_string()));
+    }
+    message
+}
+
 pub fn next_slice(message: &Message, cursor: &str, slice: u32) -> Message {
     let mut next = message.clone();
     next.headers

@@ -85,6 +85,9 @@ pub struct Delivered {
     /// retry message's `sluice-attempt`; 0 for the message itself), so the
     /// attempt count goes on across hosts.
     pub attempts_before: u32,
+    /// Which life of the job this message belongs to (`sluice-replay`: the
+    /// job's replay count when it was sent; 0 for the message itself).
+    pub replay: u32,
     /// The server's record of this delivery, where it keeps one
     /// (JetStream): which stored message, and how many times it was handed
     /// out, this time included.
@@ -267,9 +270,9 @@ pub(super) fn receive_one(
             conn.prepare_cached(
                 "INSERT INTO jobs (id, message_id, channel, consumer, kind, headers, body,
                      state, attempts, slices, visible_at, expires_at, cursor, created_at,
-                     started_at, updated_at, delivery_seq, delivery_count)
+                     started_at, updated_at, delivery_seq, delivery_count, replays)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?14,
-                     ?16, ?17)",
+                     ?16, ?17, ?18)",
             )?
             .execute(params![
                 id,
@@ -293,6 +296,7 @@ pub(super) fn receive_one(
                 not_yet.map_or(Some(now), |_| None),
                 delivery_seq,
                 delivery_count,
+                d.replay,
             ])?;
             if let Some(at) = not_yet {
                 return Ok(Received::NotYet(at));
@@ -302,6 +306,27 @@ pub(super) fn receive_one(
         Some((state, attempts, slices, visible_at, replays, last_seq, last_count, error)) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
+            // A message of an earlier life (before a replay this host
+            // knows of) is over with.
+            if d.replay < replays {
+                return Ok(Received::Done(state));
+            }
+            // A message of a later life: the job was replayed elsewhere
+            // (from a dead record there) and this host's record, final or
+            // not, belongs to a life that is over. The new life starts
+            // here as it started there: no attempts yet, at the replay's
+            // slice.
+            let (state, attempts, slices, replays) = if d.replay > replays {
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, slices = ?2,
+                         finished_at = NULL, replays = ?3, updated_at = ?4
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, d.slice, d.replay, now])?;
+                (JobState::Queued, 0, d.slice, d.replay)
+            } else {
+                (state, attempts, slices, replays)
+            };
             if state == JobState::Dead && d.slice == slices && is_latest(&d, last_seq) {
                 return Ok(Received::Dead {
                     reason: error.unwrap_or_else(|| "dead".to_owned()),

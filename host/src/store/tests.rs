@@ -344,6 +344,7 @@ fn delivered(id: &str, slice: u32, cursor: Option<&str>, not_before: Option<i64>
         not_before,
         expires_at: None,
         attempts_before: 0,
+        replay: 0,
         server: None,
     }
 }

@@ -134,6 +134,11 @@ impl JetStream {
                 .header(crate::message::ATTEMPT_HEADER)
                 .and_then(|a| a.trim().parse().ok())
                 .unwrap_or(0);
+            let replay = decoded
+                .message
+                .header(crate::message::REPLAY_HEADER)
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or(0);
             let delivered = Delivered {
                 consumer: subscription.consumer.clone(),
                 message: decoded.message,
@@ -142,6 +147,7 @@ impl JetStream {
                 not_before: due_by_server_clock(&msg, decoded.not_before),
                 expires_at: decoded.expires_at,
                 attempts_before,
+                replay,
                 server: msg.info().ok().map(|info| ServerDelivery {
                     stream_seq: info.stream_sequence,
                     count: u64::try_from(info.delivered).unwrap_or(1),
