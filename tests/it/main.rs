@@ -25,6 +25,7 @@ mod examples;
 mod failures;
 mod faults;
 mod flow;
+mod flow_slots;
 mod isolation;
 mod jetstream;
 mod lifecycle;

@@ -89,24 +89,43 @@ impl FlowSpec {
     }
 }
 
+/// A transport's part of a [`Hold`] (JetStream: a shared slot).
+pub trait SharedPart: Send + Sync {
+    /// Gives the part back, then drops `lease` (which wakes the pump), so
+    /// a pump the lease wakes finds the part given back already. Called
+    /// from a `Drop`, so it must not block: a part that needs a round trip
+    /// does it in a task and drops the lease there.
+    fn release(self: Box<Self>, lease: Lease);
+}
+
 /// What a started job holds under its handler's rules until its delivery
 /// is dropped (after its outcome is recorded): its lease on this host's
-/// gate and, on JetStream, its shared slot (whose drop gives it back).
+/// gate and, on JetStream, its shared slot.
 pub struct Hold {
-    /// The transport's part, if any; dropped with the hold, before the
-    /// lease (fields drop in order), so the pump the lease wakes finds the
-    /// shared slot on its way back.
-    _shared: Option<Box<dyn std::any::Any + Send + Sync>>,
-    /// This host's count of the key's running jobs.
-    pub lease: Lease,
+    /// This host's count of the key's running jobs (`None` once dropped).
+    lease: Option<Lease>,
+    /// The transport's part, if any: given back before the lease.
+    shared: Option<Box<dyn SharedPart>>,
 }
 
 impl Hold {
     /// A hold of `lease` and the transport's `shared` part.
-    pub fn new(lease: Lease, shared: Option<Box<dyn std::any::Any + Send + Sync>>) -> Hold {
+    pub fn new(lease: Lease, shared: Option<Box<dyn SharedPart>>) -> Hold {
         Hold {
-            lease,
-            _shared: shared,
+            lease: Some(lease),
+            shared,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        match self.shared.take() {
+            Some(shared) => shared.release(lease),
+            None => drop(lease),
         }
     }
 }

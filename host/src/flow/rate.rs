@@ -97,6 +97,14 @@ impl Bucket {
         (got, b)
     }
 
+    /// The bucket at `now` with `n` tokens given back (a start that did
+    /// not happen after all), at most full.
+    pub fn give_back(&self, rate: &Rate, now: i64, n: u32) -> Bucket {
+        let mut b = self.at(rate, now);
+        b.tokens = (b.tokens + f64::from(n)).min(f64::from(rate.burst));
+        b
+    }
+
     /// Milliseconds until the next whole token (0 if there is one).
     pub fn wait_ms(&self, rate: &Rate, now: i64) -> i64 {
         let b = self.at(rate, now);

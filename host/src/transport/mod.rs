@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::Embedded;
-pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM, SharedState};
+pub use jetstream::{
+    Got, JetStream, JetStreamError, JetStreamSettings, STREAM, SharedFlow, SharedState,
+};
 pub use wire::WireError;
 
 use crate::flow::{Gate, Hold};

@@ -3,7 +3,12 @@
 //! `SLUICE_FLOW`, each changed by compare-and-set on its revision.
 //!
 //! A key's slots are one entry, `c.<sha256 of handler and key>`: the
-//! holders (job id @ host nonce) with the Unix ms their lease ends. To
+//! holders with the Unix ms their lease ends. A holder names one delivery
+//! (job id @ host nonce # a counter of this host's deliveries), never a
+//! job: the next slice of a job, or its re-queued run, may be pulled
+//! before the last one's slot is given back, and under one name for both
+//! that give-back would take the new delivery's slot with it (the key
+//! would then run one more than its limit on another host). To
 //! start a job a host reads the entry, drops expired holders, and, if
 //! fewer than the limit remain, writes itself in, expecting the revision
 //! it read (revision 0: no entry yet); a host that lost the race reads
@@ -22,12 +27,19 @@
 //!   finds itself already in (idempotent), and a holder nobody renews
 //!   expires.
 //!
+//! A slot is given back when its delivery is dropped, after the job's
+//! outcome is recorded, and only then is this host's lease dropped (which
+//! wakes the pump), so a woken pump finds the slot free.
+//!
 //! A rate bucket is one entry, `r.<sha256 of handler and key>`: its token
 //! level and instant (`flow::Bucket`), taken from the same way.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bytes::Bytes;
@@ -39,7 +51,7 @@ use async_nats::jetstream::AckKind;
 use super::super::wire;
 use super::super::{Delivery, Subscription, TransportError};
 use super::JetStreamError;
-use crate::flow::{Bucket, Gate, Hold, Rate, Waiting};
+use crate::flow::{Bucket, Gate, Hold, Lease, Rate, SharedPart, Waiting};
 use crate::message::{Headers, now_ms};
 use crate::store::{ClaimedJob, GatedReceipt, job_id_for};
 
@@ -55,6 +67,10 @@ pub const RENEW: Duration = Duration::from_secs(5);
 /// Read-modify-write rounds before a contended entry counts as "no".
 const TRIES: usize = 32;
 
+/// Entries renewed at once (each a read and a write): a host holding many
+/// keys renews them in a round well inside a [`LEASE`].
+const RENEW_AT_ONCE: usize = 32;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Slots {
     /// Holder -> Unix ms its lease ends.
@@ -67,6 +83,8 @@ pub struct SharedFlow {
     kv: kv::Store,
     /// What to add to a job id to name this host's holder.
     nonce: String,
+    /// This host's deliveries so far (a holder names one of them).
+    deliveries: Arc<AtomicU64>,
     /// Entry key -> this host's holders in it, renewed every [`RENEW`].
     held: Arc<Mutex<HashMap<String, HashSet<String>>>>,
 }
@@ -117,12 +135,16 @@ impl SharedFlow {
         Ok(SharedFlow {
             kv,
             nonce: crate::message::new_id(),
+            deliveries: Arc::default(),
             held: Arc::default(),
         })
     }
 
-    fn holder(&self, job_id: &str) -> String {
-        format!("{job_id}@{}", self.nonce)
+    /// A new holder name for a delivery of `job_id`: never the same twice
+    /// (see the module docs).
+    pub fn holder(&self, job_id: &str) -> String {
+        let n = self.deliveries.fetch_add(1, Ordering::Relaxed);
+        format!("{job_id}@{}#{n}", self.nonce)
     }
 
     /// Reads an entry: its value and revision (0: none).
@@ -167,16 +189,17 @@ impl SharedFlow {
         Ok(Got::No)
     }
 
-    /// Takes one of `limit` slots of `key` of `handler` for `job_id`.
+    /// Takes one of `limit` slots of `key` of `handler` for `holder` (a
+    /// name from [`SharedFlow::holder`]).
     pub async fn acquire(
         &self,
         handler: &str,
         key: &str,
         limit: u32,
-        job_id: &str,
+        holder: &str,
     ) -> Result<Got, String> {
         let entry = entry_key('c', handler, key);
-        let holder = self.holder(job_id);
+        let holder = holder.to_owned();
         let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
         let got = self
             .change_slots(&entry, |slots, now| {
@@ -196,15 +219,14 @@ impl SharedFlow {
         Ok(got)
     }
 
-    /// Gives `job_id`'s slot of `key` of `handler` back. A failure leaves
+    /// Gives `holder`'s slot of `key` of `handler` back. A failure leaves
     /// it to expire.
-    pub async fn release(&self, handler: &str, key: &str, job_id: &str) {
+    pub async fn release(&self, handler: &str, key: &str, holder: &str) {
         let entry = entry_key('c', handler, key);
-        let holder = self.holder(job_id);
         {
             let mut held = lock(&self.held);
             if let Some(h) = held.get_mut(&entry) {
-                h.remove(&holder);
+                h.remove(holder);
                 if h.is_empty() {
                     held.remove(&entry);
                 }
@@ -212,7 +234,7 @@ impl SharedFlow {
         }
         let released = self
             .change_slots(&entry, |slots, _| {
-                (slots.holders.remove(&holder).is_some(), Got::Yes)
+                (slots.holders.remove(holder).is_some(), Got::Yes)
             })
             .await;
         if let Err(e) = released {
@@ -241,62 +263,142 @@ impl SharedFlow {
         Ok(Got::No)
     }
 
-    /// Renews this host's holders every [`RENEW`], forever (a supervised
-    /// task). A holder that expired meanwhile (the server was out of reach
-    /// longer than a lease) is written back only where there is room.
-    pub async fn renew_forever(self) {
+    /// Gives a token taken for a start that did not happen (a redelivery of
+    /// a job done already) back to `handler`'s bucket `key`.
+    pub async fn give_token_back(
+        &self,
+        handler: &str,
+        key: &str,
+        rate: &Rate,
+    ) -> Result<(), String> {
+        let entry = entry_key('r', handler, key);
+        for _ in 0..TRIES {
+            let (value, revision) = self.read(&entry).await?;
+            let Ok(bucket) = serde_json::from_slice::<Bucket>(&value) else {
+                // No bucket (it expired): a new one is full anyway.
+                return Ok(());
+            };
+            let after = bucket.give_back(rate, now_ms(), 1);
+            let value = serde_json::to_vec(&after).map_err(|e| e.to_string())?;
+            if self.write(&entry, value, revision).await? {
+                return Ok(());
+            }
+        }
+        Err("too contended".into())
+    }
+
+    /// Holders of `key` of `handler` now, live ones only (for tests and
+    /// operators' checks).
+    pub async fn holders(&self, handler: &str, key: &str) -> Result<Vec<String>, String> {
+        let (value, _) = self.read(&entry_key('c', handler, key)).await?;
+        let slots: Slots = serde_json::from_slice(&value).unwrap_or_default();
+        let now = now_ms();
+        Ok(slots
+            .holders
+            .into_iter()
+            .filter(|(_, until)| *until > now)
+            .map(|(h, _)| h)
+            .collect())
+    }
+
+    /// Renews this host's holders of one entry: those still ours (not
+    /// released meanwhile). A holder that expired meanwhile (the server was
+    /// out of reach longer than a lease) is written back as well: it is
+    /// still running here.
+    async fn renew_entry(&self, entry: &str, holders: &[String]) -> Result<Got, String> {
         let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        self.change_slots(entry, |slots, now| {
+            let mut write = false;
+            for h in holders {
+                let ours = lock(&self.held)
+                    .get(entry)
+                    .is_some_and(|set| set.contains(h));
+                if ours {
+                    slots.holders.insert(h.clone(), now + lease);
+                    write = true;
+                }
+            }
+            (write, Got::Yes)
+        })
+        .await
+    }
+
+    /// Renews this host's holders every [`RENEW`], forever (a supervised
+    /// task), [`RENEW_AT_ONCE`] entries at a time.
+    pub async fn renew_forever(self) {
         loop {
             tokio::time::sleep(RENEW).await;
             let held: Vec<(String, Vec<String>)> = lock(&self.held)
                 .iter()
                 .map(|(k, h)| (k.clone(), h.iter().cloned().collect()))
                 .collect();
-            for (entry, holders) in held {
-                let renewed = self
-                    .change_slots(&entry, |slots, now| {
-                        let mut write = false;
-                        for h in &holders {
-                            // Only holders still ours (not released meanwhile).
-                            let ours = lock(&self.held)
-                                .get(&entry)
-                                .is_some_and(|set| set.contains(h));
-                            if ours {
-                                slots.holders.insert(h.clone(), now + lease);
-                                write = true;
-                            }
-                        }
-                        (write, Got::Yes)
-                    })
-                    .await;
-                if let Err(e) = renewed {
-                    tracing::warn!(error = %e, "cannot renew concurrency slots; trying again");
-                }
+            let started = Instant::now();
+            let entries = held.len();
+            let this = &self;
+            futures_util::stream::iter(held)
+                .for_each_concurrent(RENEW_AT_ONCE, |(entry, holders)| async move {
+                    if let Err(e) = this.renew_entry(&entry, &holders).await {
+                        tracing::warn!(error = %e, "cannot renew concurrency slots; trying again");
+                    }
+                })
+                .await;
+            if started.elapsed() > LEASE / 3 {
+                tracing::warn!(entries, took = ?started.elapsed(), lease = ?LEASE, "renewing concurrency slots took over a third of their lease; leases may lapse while jobs run");
             }
         }
     }
 }
 
-/// A shared slot this host holds for a started job: dropping it gives it
-/// back (in a task: a drop cannot wait).
+/// A shared slot this host holds for a started delivery: given back when
+/// its hold is dropped ([`SharedPart::release`]), or, dropped on its own
+/// (the delivery did not start after all), in a task.
 pub struct SharedSlot {
     pub(super) flow: SharedFlow,
     pub(super) handler: String,
     pub(super) key: String,
-    pub(super) job_id: String,
+    pub(super) holder: String,
+}
+
+impl SharedSlot {
+    /// Takes the slot's names out, so its `Drop` gives nothing back.
+    fn take(&mut self) -> (SharedFlow, String, String, String) {
+        (
+            self.flow.clone(),
+            std::mem::take(&mut self.handler),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.holder),
+        )
+    }
+
+    /// Gives the slot back in a task (a drop cannot wait), then drops
+    /// `lease`, if any.
+    fn give_back(&mut self, lease: Option<Lease>) {
+        let (flow, handler, key, holder) = self.take();
+        if holder.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    flow.release(&handler, &key, &holder).await;
+                    drop(lease);
+                });
+            }
+            // No runtime (the process is ending): the slot expires.
+            Err(_) => drop(lease),
+        }
+    }
+}
+
+impl SharedPart for SharedSlot {
+    fn release(mut self: Box<Self>, lease: Lease) {
+        self.give_back(Some(lease));
+    }
 }
 
 impl Drop for SharedSlot {
     fn drop(&mut self) {
-        let flow = self.flow.clone();
-        let (handler, key, job_id) = (
-            std::mem::take(&mut self.handler),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.job_id),
-        );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { flow.release(&handler, &key, &job_id).await });
-        }
+        self.give_back(None);
     }
 }
 
@@ -351,14 +453,27 @@ impl super::JetStream {
         let pulled = self.pull(sub, max).await?;
         let mut msgs = Vec::with_capacity(pulled.len());
         let mut holds = Vec::with_capacity(pulled.len());
+        // The bucket each admitted delivery took a token from.
+        let mut tokens = Vec::with_capacity(pulled.len());
         let mut waits = Vec::with_capacity(pulled.len());
         let mut batch = Vec::with_capacity(pulled.len());
         for (msg, delivered) in pulled {
             let job_id = job_id_for(&delivered.message.id, &sub.consumer);
             let message = &delivered.message;
+            // Not due yet: the store carries it on to its time; it starts
+            // nothing now, so it takes no slot and no token.
+            if delivered.not_before.is_some_and(|t| t > now_ms()) {
+                holds.push(None);
+                tokens.push(None);
+                waits.push(None);
+                batch.push((delivered, None));
+                msgs.push(msg);
+                continue;
+            }
             match admit(&flow, gate, &job_id, &message.headers, &message.body).await {
-                Ok(hold) => {
+                Ok((hold, token)) => {
                     holds.push(Some(hold));
+                    tokens.push(token);
                     waits.push(None);
                     batch.push((delivered, None));
                 }
@@ -366,7 +481,8 @@ impl super::JetStream {
                     let wait = self.wait_for(&job_id);
                     let at = now_ms().saturating_add(millis(wait));
                     holds.push(None);
-                    waits.push(Some((reason.clone(), wait, at)));
+                    tokens.push(None);
+                    waits.push(Some((reason.clone(), wait)));
                     batch.push((delivered, Some((reason, at))));
                 }
             }
@@ -378,17 +494,18 @@ impl super::JetStream {
         let ids: Vec<String> = batch.iter().map(|(d, _)| d.message.id.clone()).collect();
         let receipts = self.inner.store.receive_gated(batch).await?;
         let mut out = Vec::new();
-        for ((((msg, id), hold), receipt), wait) in msgs
+        for (((((msg, id), hold), token), receipt), wait) in msgs
             .into_iter()
             .zip(ids)
             .zip(holds)
+            .zip(tokens)
             .zip(receipts)
             .zip(waits)
         {
             match (receipt, wait) {
-                (GatedReceipt::Waiting(job), Some((reason, wait, at))) => {
+                (GatedReceipt::Waiting(job), Some((reason, wait))) => {
                     gate.note_waited(reason.starts_with("waiting: rate"));
-                    self.turn_back(sub, &msg, &job, &reason, wait, at).await;
+                    self.turn_back(sub, &msg, &job, &reason, wait).await;
                 }
                 (GatedReceipt::Waiting(_), None) => {}
                 (GatedReceipt::Received(received), _) => {
@@ -396,9 +513,14 @@ impl super::JetStream {
                         lock(&self.inner.flow_turns).remove(&delivery.job.job_id);
                         delivery.hold = hold;
                         out.push(delivery);
+                    } else if let (Some(key), Some(r)) = (token, &gate.spec().rate) {
+                        // Done with already (a redelivery): it started
+                        // nothing, so its token goes back. (Its hold drops
+                        // here: the slot goes back too.)
+                        if let Err(e) = flow.give_token_back(gate.handler(), &key, &r.rate).await {
+                            tracing::debug!(handler = %gate.handler(), error = %e, "cannot give a rate token back");
+                        }
                     }
-                    // One done with or not yet due drops its hold: the
-                    // slot goes back.
                 }
             }
         }
@@ -427,6 +549,11 @@ impl super::JetStream {
     /// names this delivery's stream sequence, so a crash between the copy
     /// and the ack makes the second copy the same one. Without schedules
     /// (or if the copy fails) it is a NAK for the wait.
+    ///
+    /// The copy is due `wait` from now, not from when the wait was decided:
+    /// the admissions of the rest of the pull and the store's write come in
+    /// between, and a due time passed meanwhile would make it a NAK, which
+    /// another host counts as an attempt.
     async fn turn_back(
         &self,
         sub: &Subscription,
@@ -434,11 +561,12 @@ impl super::JetStream {
         job: &ClaimedJob,
         reason: &str,
         wait: Duration,
-        at: i64,
     ) {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let dedupe = format!("{}/{}/wait/{seq}", job.message.id, sub.consumer);
-        let copied = match self.wants_schedule(at, now_ms()) {
+        let now = now_ms();
+        let at = now.saturating_add(millis(wait));
+        let copied = match self.wants_schedule(at, now) {
             Ok(true) => {
                 let target = wire::continuation_subject(&sub.consumer, &sub.channel);
                 let headers =
@@ -462,12 +590,15 @@ impl super::JetStream {
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => Err("no schedules".to_owned()),
+            Ok(false) => Err("the server has no schedules".to_owned()),
+            Err(e) => Err(e.to_string()),
         };
-        let settled = if copied.is_ok() {
-            msg.ack().await
-        } else {
-            msg.ack_with(AckKind::Nak(Some(wait))).await
+        let settled = match copied {
+            Ok(()) => msg.ack().await,
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, error = %e, "cannot carry a waiting job on as a scheduled copy; handing it back with a NAK (another host counts that as an attempt)");
+                msg.ack_with(AckKind::Nak(Some(wait))).await
+            }
         };
         if let Err(e) = settled {
             tracing::debug!(job_id = %job.job_id, error = %e, "cannot settle a waiting delivery; it comes back by itself");
@@ -480,44 +611,46 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Takes job `job_id`'s shared slot and rate token under `gate`'s rules,
-/// or says why it waits.
+/// Takes job `job_id`'s shared slot and rate token under `gate`'s rules
+/// (with the bucket the token came from, if any), or says why it waits.
 async fn admit(
     flow: &SharedFlow,
     gate: &Arc<Gate>,
     job_id: &str,
     headers: &Headers,
     body: &[u8],
-) -> Result<Hold, String> {
+) -> Result<(Hold, Option<String>), String> {
     let spec = gate.spec();
     let key = spec.fair_key(headers, body);
     let mut slot = None;
     if let Some(c) = &spec.concurrency {
-        match flow.acquire(gate.handler(), &key, c.limit, job_id).await {
+        let holder = flow.holder(job_id);
+        match flow.acquire(gate.handler(), &key, c.limit, &holder).await {
             Ok(Got::Yes) => {
                 slot = Some(SharedSlot {
                     flow: flow.clone(),
                     handler: gate.handler().to_owned(),
                     key: key.clone(),
-                    job_id: job_id.to_owned(),
+                    holder,
                 });
             }
             Ok(Got::No) => return Err(Waiting::Concurrency(key).to_string()),
             Err(e) => return Err(format!("waiting: shared flow state unavailable ({e})")),
         }
     }
+    let mut token = None;
     if let Some(r) = &spec.rate {
         let rate_key = spec.rate_key(headers, body);
         match flow.take_token(gate.handler(), &rate_key, &r.rate).await {
-            Ok(Got::Yes) => {}
+            Ok(Got::Yes) => token = Some(rate_key),
             // The slot (if any) is dropped, so given back.
             Ok(Got::No) => return Err(Waiting::Rate.to_string()),
             Err(e) => return Err(format!("waiting: shared flow state unavailable ({e})")),
         }
     }
     let lease = gate.admit(job_id, key);
-    Ok(Hold::new(
-        lease,
-        slot.map(|s| Box::new(s) as Box<dyn std::any::Any + Send + Sync>),
+    Ok((
+        Hold::new(lease, slot.map(|s| Box::new(s) as Box<dyn SharedPart>)),
+        token,
     ))
 }

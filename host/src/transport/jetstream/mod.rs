@@ -36,6 +36,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use tokio::sync::Notify;
 
+pub use flow::{Got, SharedFlow};
 pub use state::SharedState;
 pub use streams::consumer_name;
 
