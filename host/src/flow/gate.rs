@@ -16,9 +16,17 @@
 //! re-queues the rows a dead one left running, so there is nothing to
 //! persist. The ready queues are a cache of the store's rows: a job
 //! cancelled or claimed meanwhile is dropped when the claim does not get
-//! it, and a full rescan from the start (whenever nothing is buffered, and
-//! every `RESCAN` otherwise) finds a row the cursor passed before it was
-//! committed (a post from another process stamped a moment earlier).
+//! it.
+//!
+//! Two cursors read the store. The forward one reads on from the newest
+//! row seen. A key buffers at most [`per_key_cap`] rows: past that its rows
+//! are passed over (the first one passed is remembered), so one key's
+//! flood of any size never fills the buffer and hides another key's job
+//! behind it. The back cursor re-reads what the forward one passed: from a
+//! key's first passed-over row once its queue runs low, and from the start
+//! every [`RESCAN`] (a row committed behind the forward cursor: a post from
+//! another process stamped a moment earlier). A claim alternates pages of
+//! the two, so neither holds the other up.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,13 +44,40 @@ pub const SCAN_PAGE: usize = 512;
 /// Pages a claim may read before it picks with what it has.
 pub const SCAN_PAGES: usize = 8;
 
-/// Due jobs a gate keeps in its ready queues at most; past that, the
-/// store is read no further until some start (fairness then holds among
-/// the buffered jobs: a newer key's job waits for the buffer to drain).
+/// Due jobs a gate keeps in its ready queues at most (a bound on memory
+/// with very many keys); past that, the store is read no further until
+/// some start. One key alone never fills it ([`per_key_cap`]).
 pub const MAX_BUFFERED: usize = 50_000;
 
-/// How often a gate that holds jobs reads the store from the start again.
+/// How often a gate re-reads the store from the start (the back cursor).
 pub const RESCAN: Duration = Duration::from_secs(2);
+
+/// Rows of one key a gate buffers at most under `spec`: four rounds of its
+/// concurrency limit, and at least 64 (a key refills from the store once
+/// it is down to half).
+pub fn per_key_cap(spec: &FlowSpec) -> usize {
+    let limit = spec.concurrency.as_ref().map_or(1, |c| c.limit);
+    usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4)
+        .max(64)
+}
+
+/// A place in the queue order: `(visible_at, id)` of a row.
+pub type Position = (i64, String);
+
+/// Which cursor a page of rows was read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// On from the newest row seen.
+    Forward,
+    /// Again over rows the forward cursor passed.
+    Back,
+}
+
+/// Buckets a handler keeps before it drops the full ones (a full bucket
+/// is what a new one is, so dropping it changes nothing).
+const BUCKETS_KEPT: usize = 1024;
 
 /// A due job as the store shows it to the gate.
 pub struct Row {
@@ -108,6 +143,9 @@ pub struct Shared {
 struct Counts {
     running: HashMap<String, u32>,
     buckets: HashMap<String, Bucket>,
+    /// Prune full buckets when there are this many (grows with the live
+    /// ones, so pruning costs O(1) a pick on average).
+    prune_at: usize,
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +154,17 @@ struct Inner {
     /// Keys with queued jobs, in serving order.
     turns: VecDeque<String>,
     known: HashSet<String>,
-    cursor: Option<(i64, String)>,
+    /// The forward cursor: the newest row seen (`None`: from the start).
+    cursor: Option<Position>,
+    /// The back cursor, while it has work (`Some(None)`: from the start).
+    back: Option<Option<Position>>,
+    /// What the back cursor reads for: the keys it refills (it stops once
+    /// each is full again), or everything (`None`: a rescan, to the
+    /// forward cursor).
+    back_for: Option<HashSet<String>>,
+    /// Keys whose rows were passed over (over [`per_key_cap`]): from
+    /// after where (`None`: the start).
+    overflow: HashMap<String, Option<Position>>,
     rescanned: Option<Instant>,
     /// Buffered jobs that waited at the last pick, by reason.
     waiting: (usize, usize),
@@ -167,48 +215,114 @@ impl Gate {
         &self.spec
     }
 
-    /// Where the store should read the next page from (queue order after
-    /// this `(visible_at, id)`; `None`: from the start), or `None` when the
-    /// buffer is full.
-    pub fn scan_from(&self) -> Option<Option<(i64, String)>> {
+    /// Where the store should read the next page of a claim from: which
+    /// cursor, and after which position (`None`: from the start). `None`
+    /// when there is nothing to read: the buffer is full, or the forward
+    /// cursor is at the end (`forward_done`, in this claim) and the back
+    /// one has no work. `prefer_back`: take the back cursor if it has work
+    /// (the store alternates).
+    pub fn next_page(
+        &self,
+        prefer_back: bool,
+        forward_done: bool,
+    ) -> Option<(Scan, Option<Position>)> {
         let mut g = lock(&self.inner);
+        let g = &mut *g;
         if g.known.len() >= MAX_BUFFERED {
             return None;
         }
-        // Nothing buffered: every due row is unseen, so reading from the
-        // start costs what reading on would. Else now and then, for a row
-        // committed behind the cursor.
-        let due = g.rescanned.is_none_or(|t| t.elapsed() >= RESCAN);
-        if g.known.is_empty() || due {
+        if g.known.is_empty() && g.overflow.is_empty() {
+            // Nothing buffered: every due row is unseen, so reading from
+            // the start costs what reading on would.
             g.cursor = None;
             g.rescanned = Some(Instant::now());
+        } else if g.rescanned.is_none_or(|t| t.elapsed() >= RESCAN) {
+            g.back = Some(None);
+            g.back_for = None;
+            g.rescanned = Some(Instant::now());
         }
-        Some(g.cursor.clone())
+        if g.cursor.is_none() {
+            // The forward cursor reads from the start: nothing is behind it.
+            g.back = None;
+            g.back_for = None;
+        }
+        match (&g.back, prefer_back || forward_done) {
+            (Some(from), true) => Some((Scan::Back, from.clone())),
+            _ if !forward_done => Some((Scan::Forward, g.cursor.clone())),
+            (Some(from), false) => Some((Scan::Back, from.clone())),
+            (None, _) => None,
+        }
     }
 
-    /// Files a page of due rows (in queue order) under their keys.
-    pub fn offer(&self, rows: Vec<Row>) {
+    /// Files a page of due rows read with `scan` after `after` (in queue
+    /// order; `full`: the page was a whole one, so there may be more)
+    /// under their keys.
+    pub fn offer(&self, scan: Scan, after: Option<Position>, rows: Vec<Row>, full: bool) {
         let mut g = lock(&self.inner);
         let g = &mut *g;
+        let cap = per_key_cap(&self.spec);
+        let mut prev = after;
         for row in rows {
-            g.cursor = Some((row.visible_at, row.id.clone()));
+            let pos = (row.visible_at, row.id.clone());
+            if scan == Scan::Back && g.cursor.as_ref().is_some_and(|c| pos > *c) {
+                // Past the forward cursor: the rest is its to read.
+                g.back = None;
+                g.back_for = None;
+                return;
+            }
             if g.known.len() >= MAX_BUFFERED {
-                break;
+                // Read this row again later: the cursor stays before it.
+                return;
             }
-            if g.known.contains(&row.id) {
-                continue;
+            if !g.known.contains(&row.id) {
+                let key = self.spec.fair_key(&row.headers, &row.body);
+                let queue = g.queues.entry(key.clone()).or_default();
+                if queue.len() >= cap {
+                    // Passed over: found again from here once the key's
+                    // queue runs low.
+                    let from = g.overflow.entry(key).or_insert_with(|| prev.clone());
+                    if prev < *from {
+                        *from = prev.clone();
+                    }
+                } else {
+                    let rate_key = self.spec.rate_key(&row.headers, &row.body);
+                    g.known.insert(row.id.clone());
+                    if queue.is_empty() {
+                        g.turns.push_back(key.clone());
+                    }
+                    queue.push_back(Ready {
+                        id: row.id,
+                        rate_key,
+                    });
+                    let refilled = queue.len() >= cap;
+                    if scan == Scan::Back
+                        && refilled
+                        && let Some(keys) = &mut g.back_for
+                        && keys.remove(&key)
+                    {
+                        // Full again: more of its rows may follow, from
+                        // here; and the refill may be over.
+                        let from = g.overflow.entry(key).or_insert_with(|| Some(pos.clone()));
+                        if Some(&pos) < from.as_ref() {
+                            *from = Some(pos.clone());
+                        }
+                        if keys.is_empty() {
+                            g.back = None;
+                            g.back_for = None;
+                            return;
+                        }
+                    }
+                }
             }
-            let key = self.spec.fair_key(&row.headers, &row.body);
-            let rate_key = self.spec.rate_key(&row.headers, &row.body);
-            g.known.insert(row.id.clone());
-            let queue = g.queues.entry(key.clone()).or_default();
-            if queue.is_empty() {
-                g.turns.push_back(key);
+            prev = Some(pos);
+            match scan {
+                Scan::Forward => g.cursor = prev.clone(),
+                Scan::Back => g.back = Some(prev.clone()),
             }
-            queue.push_back(Ready {
-                id: row.id,
-                rate_key,
-            });
+        }
+        if scan == Scan::Back && !full {
+            g.back = None;
+            g.back_for = None;
         }
     }
 
@@ -257,6 +371,22 @@ impl Gate {
                 }
                 if let Some(ready) = taken {
                     g.known.remove(&ready.id);
+                    let left = g.queues.get(&key).map_or(0, VecDeque::len);
+                    if left <= per_key_cap(&self.spec) / 2
+                        && let Some(from) = g.overflow.remove(&key)
+                    {
+                        // Running low with rows passed over: read them.
+                        g.back = Some(match g.back.take() {
+                            Some(b) => b.min(from),
+                            None => {
+                                g.back_for = Some(HashSet::new());
+                                from
+                            }
+                        });
+                        if let Some(keys) = &mut g.back_for {
+                            keys.insert(key.clone());
+                        }
+                    }
                     // Counted now, so a second pick of this round sees it.
                     *c.running.entry(key.clone()).or_default() += 1;
                     out.push(Pick {
@@ -274,6 +404,13 @@ impl Gate {
             if !progressed || out.len() >= max {
                 break;
             }
+        }
+        if c.buckets.len() >= c.prune_at.max(BUCKETS_KEPT)
+            && let Some(r) = &self.spec.rate
+        {
+            let burst = f64::from(r.rate.burst);
+            c.buckets.retain(|_, b| b.at(&r.rate, now).tokens < burst);
+            c.prune_at = c.buckets.len().saturating_mul(2);
         }
         // What is left waits: count why, for `/metrics`.
         let (mut conc, mut rate) = (0, 0);

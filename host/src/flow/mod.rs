@@ -27,7 +27,8 @@ pub mod priority;
 pub mod rate;
 
 pub use gate::{
-    Gate, Lease, MAX_BUFFERED, Pick, RESCAN, Row, SCAN_PAGE, SCAN_PAGES, Shared, Waiting,
+    Gate, Lease, MAX_BUFFERED, Pick, Position, RESCAN, Row, SCAN_PAGE, SCAN_PAGES, Scan, Shared,
+    Waiting, per_key_cap,
 };
 pub use key::{KeySource, MAX_KEY};
 pub use rate::{Bucket, Rate};

@@ -76,9 +76,21 @@ pub(super) fn claim(
         }
     }
     conn.prepare_cached(
-        "INSERT INTO debounce_keys (channel, key, message_id) VALUES (?1, ?2, ?3)
-         ON CONFLICT (channel, key) DO UPDATE SET message_id = ?3",
+        "INSERT INTO debounce_keys (channel, key, message_id, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (channel, key) DO UPDATE SET message_id = ?3, created_at = ?4",
     )?
-    .execute(params![msg.channel, key, msg.id])?;
+    .execute(params![msg.channel, key, msg.id, now])?;
     Ok(Debounced::Post { due })
+}
+
+/// Drops the keys written before `before_ms` whose message waits no more
+/// (its job ran, or was pruned): a post of such a key would find nothing
+/// to merge into and start a window of its own anyway. How many.
+pub(super) fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM debounce_keys WHERE created_at < ?1 AND NOT EXISTS (
+             SELECT 1 FROM jobs WHERE jobs.message_id = debounce_keys.message_id
+                 AND jobs.state = 'scheduled')",
+        params![before_ms],
+    )?)
 }

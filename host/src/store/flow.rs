@@ -13,7 +13,7 @@ use super::inbox::{Delivered, Received, job_id_for, receive_one};
 use super::jobs::{parse_headers, parse_kind};
 use super::records::ClaimedJob;
 use super::{Store, StoreError};
-use crate::flow::{Gate, Lease, Row, SCAN_PAGE, SCAN_PAGES};
+use crate::flow::{Gate, Lease, Row, SCAN_PAGE, SCAN_PAGES, Scan};
 use crate::message::{Message, now_ms};
 
 impl Store {
@@ -42,12 +42,19 @@ fn claim_gated(
     now: i64,
 ) -> Result<Vec<(ClaimedJob, Lease)>, StoreError> {
     let mut out = Vec::new();
-    for _ in 0..SCAN_PAGES {
-        let mut full_page = false;
-        if let Some(after) = gate.scan_from() {
-            let rows = scan(conn, channel, consumer, after, now)?;
-            full_page = rows.len() == SCAN_PAGE;
-            gate.offer(rows);
+    // The forward cursor reached the end in this claim.
+    let mut forward_done = false;
+    for page in 0..SCAN_PAGES {
+        // Odd pages go to the back cursor when it has work (`Gate`).
+        let next = gate.next_page(page % 2 == 1, forward_done);
+        let read = next.is_some();
+        if let Some((which, after)) = next {
+            let rows = scan(conn, channel, consumer, after.clone(), now)?;
+            let full = rows.len() == SCAN_PAGE;
+            if which == Scan::Forward && !full {
+                forward_done = true;
+            }
+            gate.offer(which, after, rows, full);
         }
         let picks = gate.pick(max - out.len(), now);
         let mut jobs = Vec::with_capacity(picks.len());
@@ -72,7 +79,7 @@ fn claim_gated(
             }
         }
         // Read on only while there is room and more rows to see.
-        if out.len() >= max || !full_page {
+        if out.len() >= max || !read {
             break;
         }
     }

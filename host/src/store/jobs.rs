@@ -371,8 +371,10 @@ impl Store {
     }
 
     /// Deletes finished jobs (succeeded, expired, cancelled) that finished
-    /// before `before_ms`, and outbox rows sent before then. Dead letters
-    /// stay until replayed or purged.
+    /// before `before_ms`, and outbox rows sent before then; uniqueness
+    /// keys past their time-to-live, and debounce keys older than
+    /// `before_ms` whose message waits no more. Dead letters stay until
+    /// replayed or purged.
     pub async fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.call(move |conn| {
             let jobs = conn.execute(
@@ -385,7 +387,9 @@ impl Store {
                 params![before_ms],
             )?;
             let tombstones = state::prune_tombstones(conn, before_ms)?;
-            Ok(jobs + sent + tombstones)
+            let keys =
+                super::unique::prune(conn, now_ms())? + super::debounce::prune(conn, before_ms)?;
+            Ok(jobs + sent + tombstones + keys)
         })
         .await
     }

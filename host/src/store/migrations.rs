@@ -229,6 +229,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_urgent ON jobs (channel, consumer, priority DESC, visible_at, id)
         WHERE priority > 0 AND state IN ('queued', 'scheduled', 'retrying');
     "#,
+    // 15: the retention prune of uniqueness and debounce keys (review
+    // #11: one row per key ever used stayed forever): an expired unique
+    // key is as good as none; a debounce key is dropped once it is older
+    // than the retention and its message waits no more.
+    r#"
+    CREATE INDEX unique_keys_expiry ON unique_keys (expires_at);
+    ALTER TABLE debounce_keys ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE debounce_keys SET created_at = CAST(unixepoch('subsec') * 1000 AS INTEGER);
+    CREATE INDEX debounce_keys_age ON debounce_keys (created_at);
+    "#,
 ];
 
 /// How many prepared statements a connection keeps (more than the store

@@ -122,3 +122,12 @@ fn jobs_of(conn: &Connection, id: &str) -> Result<Vec<(String, String)>, StoreEr
     let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Drops the keys whose time-to-live ended before `now` (one is as good
+/// as none: `claim` takes it). How many.
+pub(super) fn prune(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM unique_keys WHERE expires_at < ?1",
+        params![now],
+    )?)
+}

@@ -22,6 +22,11 @@ fn row(i: usize, tenant: &str) -> Row {
     }
 }
 
+/// Offers `rows` as one forward page from the start.
+fn offer(gate: &Gate, rows: Vec<Row>) {
+    gate.offer(Scan::Forward, None, rows, false);
+}
+
 fn take(gate: &Arc<Gate>, max: usize) -> Vec<Lease> {
     let picks = gate.pick(max, 0);
     let got: HashSet<String> = picks.iter().map(|p| p.id.clone()).collect();
@@ -33,7 +38,7 @@ fn keys_take_turns_and_a_full_key_waits_without_holding_others_up() {
     let gate = Gate::new("h", spec(1), Arc::default());
     let mut rows: Vec<Row> = (0..500).map(|i| row(i, "flood")).collect();
     rows.extend((500..505).map(|i| row(i, "quiet")));
-    gate.offer(rows);
+    offer(&gate, rows);
     let first = take(&gate, 4);
     // One of each key: the flood's limit is 1.
     let keys: Vec<&str> = first.iter().map(Lease::key).collect();
@@ -43,7 +48,9 @@ fn keys_take_turns_and_a_full_key_waits_without_holding_others_up() {
         Some(Waiting::Concurrency("flood".into()))
     );
     assert!(take(&gate, 4).is_empty(), "both keys are at their limit");
-    assert_eq!(gate.waiting_counts(), (499 + 4, 0));
+    // The flood buffers `per_key_cap` of its jobs (the rest stays in the
+    // store), one of which runs.
+    assert_eq!(gate.waiting_counts(), (63 + 4, 0));
     drop(first);
     let next = take(&gate, 4);
     assert_eq!(
@@ -55,7 +62,7 @@ fn keys_take_turns_and_a_full_key_waits_without_holding_others_up() {
 #[test]
 fn a_pick_the_store_did_not_hand_out_frees_its_place() {
     let gate = Gate::new("h", spec(1), Arc::default());
-    gate.offer(vec![row(0, "a"), row(1, "a")]);
+    offer(&gate, vec![row(0, "a"), row(1, "a")]);
     let picks = gate.pick(2, 0);
     assert_eq!(picks.len(), 1);
     assert!(gate.claimed(picks, &HashSet::new()).is_empty());
@@ -67,18 +74,153 @@ fn a_pick_the_store_did_not_hand_out_frees_its_place() {
 fn rows_seen_before_are_not_queued_twice_and_the_buffer_is_bounded() {
     let gate = Gate::new("h", spec(2), Arc::default());
     assert_eq!(
-        gate.scan_from(),
-        Some(None),
+        gate.next_page(false, false),
+        Some((Scan::Forward, None)),
         "the first read is from the start"
     );
-    gate.offer((0..10).map(|i| row(i, "a")).collect());
-    assert_eq!(gate.scan_from(), Some(Some((9, "000009".into()))));
-    gate.offer((0..10).map(|i| row(i, "a")).collect());
+    gate.offer(
+        Scan::Forward,
+        None,
+        (0..10).map(|i| row(i, "a")).collect(),
+        false,
+    );
+    assert_eq!(
+        gate.next_page(false, false),
+        Some((Scan::Forward, Some((9, "000009".into()))))
+    );
+    offer(&gate, (0..10).map(|i| row(i, "a")).collect());
     assert_eq!(take(&gate, 100).len(), 2);
     assert_eq!(gate.waiting_counts(), (8, 0));
+    assert_eq!(gate.next_page(true, true), None, "nothing more to read");
+    // Very many keys fill the buffer; then it reads no further, and the
+    // row it could not take is read again.
     let big = Gate::new("h", spec(1), Arc::default());
-    big.offer((0..MAX_BUFFERED + 10).map(|i| row(i, "k")).collect());
-    assert_eq!(big.scan_from(), None, "a full buffer reads no further");
+    let rows = (0..MAX_BUFFERED + 10)
+        .map(|i| row(i, &format!("k{i}")))
+        .collect();
+    big.offer(Scan::Forward, None, rows, true);
+    assert_eq!(big.next_page(false, false), None, "a full buffer");
+    drop(take(&big, 1));
+    let (_, after) = big.next_page(false, false).expect("room again");
+    assert_eq!(
+        after,
+        Some((
+            (MAX_BUFFERED - 1) as i64,
+            format!("{:06}", MAX_BUFFERED - 1)
+        ))
+    );
+}
+
+/// The store as the gate reads it: due rows by index, each a tenant.
+struct Table(std::collections::BTreeMap<usize, String>);
+
+impl Table {
+    fn page(&self, after: &Option<Position>) -> Vec<Row> {
+        let from = after.as_ref().map_or(0, |(at, _)| *at as usize + 1);
+        self.0
+            .range(from..)
+            .take(SCAN_PAGE)
+            .map(|(i, t)| row(*i, t))
+            .collect()
+    }
+
+    /// One claim of up to `max`, as `store::flow` makes it.
+    fn claim(&mut self, gate: &Arc<Gate>, max: usize) -> Vec<Lease> {
+        let mut out = Vec::new();
+        let mut forward_done = false;
+        for page in 0..SCAN_PAGES {
+            let next = gate.next_page(page % 2 == 1, forward_done);
+            let read = next.is_some();
+            if let Some((which, after)) = next {
+                let rows = self.page(&after);
+                let full = rows.len() == SCAN_PAGE;
+                forward_done |= which == Scan::Forward && !full;
+                gate.offer(which, after, rows, full);
+            }
+            let picks = gate.pick(max - out.len(), 0);
+            let got: HashSet<String> = picks
+                .iter()
+                .filter(|p| self.0.remove(&p.id.parse::<usize>().unwrap()).is_some())
+                .map(|p| p.id.clone())
+                .collect();
+            out.extend(gate.claimed(picks, &got));
+            if out.len() >= max || !read {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Review #8: the buffer filled in queue order, so a flood of one key
+/// bigger than it hid every later key's job until the flood drained.
+#[test]
+fn one_keys_flood_bigger_than_the_buffer_never_hides_another_keys_job() {
+    let gate = Gate::new("h", spec(1), Arc::default());
+    let flood = MAX_BUFFERED + 10_000;
+    let mut table = Table(
+        (0..flood)
+            .map(|i| (i, "flood".to_owned()))
+            .chain([(flood, "quiet".to_owned())])
+            .collect(),
+    );
+    let mut running = Vec::new();
+    let mut claims = 0;
+    while !running.iter().any(|l: &Lease| l.key() == "quiet") {
+        claims += 1;
+        // The flood's one job runs all along: only the quiet one can start.
+        running.extend(table.claim(&gate, 4));
+        assert!(
+            claims < 40,
+            "the quiet job did not start in {claims} claims"
+        );
+    }
+    assert_eq!(gate.running("flood"), 1);
+    // The flood's rows passed over come back as its queue runs low: one
+    // job per claim, never a claim with nothing while it has rows.
+    running.clear();
+    for n in 0..500 {
+        let got = table.claim(&gate, 4);
+        assert_eq!(got.len(), 1, "claim {n} after the quiet one");
+        assert_eq!(got[0].key(), "flood");
+    }
+    assert_eq!(table.0.len(), flood - 501);
+}
+
+#[test]
+fn full_rate_buckets_are_dropped_once_there_are_many() {
+    let gate = Gate::new(
+        "h",
+        FlowSpec {
+            concurrency: None,
+            rate: Some(RateLimit {
+                key: Some(KeySource::Header("tenant".into())),
+                rate: Rate::parse("10/1s", Some(1)).expect("rate"),
+            }),
+        },
+        Arc::default(),
+    );
+    // Each minute 1000 new keys start a job each (emptying their bucket);
+    // a minute on, every earlier bucket is full again, as good as none.
+    for minute in 0..20 {
+        let now = minute * 60_000;
+        let rows = (0..1000)
+            .map(|i| {
+                let n = minute as usize * 1000 + i;
+                row(n, &format!("k{n}"))
+            })
+            .collect();
+        offer(&gate, rows);
+        let picks = gate.pick(1000, now);
+        assert_eq!(picks.len(), 1000);
+        let got: HashSet<String> = picks.iter().map(|p| p.id.clone()).collect();
+        drop(gate.claimed(picks, &got));
+        let kept = lock(&gate.shared.counts).buckets.len();
+        assert!(
+            kept <= 3 * 1024,
+            "{kept} buckets kept after minute {minute}"
+        );
+    }
 }
 
 #[test]
@@ -94,7 +236,7 @@ fn a_rate_limit_lets_the_burst_through_then_waits() {
         },
         Arc::default(),
     );
-    gate.offer((0..10).map(|i| row(i, "a")).collect());
+    offer(&gate, (0..10).map(|i| row(i, "a")).collect());
     assert_eq!(gate.pick(10, 0).len(), 3);
     assert_eq!(gate.pick(10, 100).len(), 0);
     assert_eq!(
