@@ -80,4 +80,32 @@ fn twenty_posts_in_the_window_run_once_with_the_last_body_on_jetstream() {
         .filter(|m| m.subject.as_str() == "sluice.test.counter")
         .count();
     assert_eq!(fired, 1);
+    // A window or delay past what the stream keeps (max_age, 7 days) is
+    // refused: accepted, its schedule would be dropped before it fired.
+    for query in [
+        "debounce=k&delay=10d",
+        "debounce=k&debounce_for=1d&delay=6d23h59m30s",
+    ] {
+        let r = api.post(&format!("/v1/channels/test.counter/messages?{query}"), "{}");
+        assert_eq!(r.status, 400, "{query}: {}", r.text);
+        assert!(
+            r.text.contains("longer than the stream keeps"),
+            "{}",
+            r.text
+        );
+    }
+    let out = env.sluice(&[
+        "post",
+        "test.counter",
+        "{}",
+        "--debounce",
+        "k",
+        "--delay",
+        "30d",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("longer than the stream keeps"),
+        "{stderr}"
+    );
 }

@@ -122,15 +122,22 @@ impl Control {
     }
 
     /// The flow gate of `sub` under `spec` (made on first use; a handler's
-    /// gates share its counts).
+    /// gates share its counts). A pump started again under other rules
+    /// (review #13) gets a new gate with them; the handler's running counts
+    /// and buckets carry over (they are shared), and leases of the old gate
+    /// give their places back to the same counts.
     pub fn gate(&self, sub: &Subscription, spec: &FlowSpec) -> Arc<Gate> {
         let mut gates = lock(&self.gates);
         let h = gates.entry(sub.consumer.clone()).or_default();
         let shared = h.shared.clone();
-        h.by_channel
+        let gate = h
+            .by_channel
             .entry(sub.channel.clone())
-            .or_insert_with(|| Gate::new(&sub.consumer, spec.clone(), shared))
-            .clone()
+            .or_insert_with(|| Gate::new(&sub.consumer, spec.clone(), shared.clone()));
+        if gate.spec() != spec {
+            *gate = Gate::new(&sub.consumer, spec.clone(), shared);
+        }
+        gate.clone()
     }
 
     /// Why a job with this record waits now, if it does: as its handler's
@@ -335,6 +342,31 @@ mod tests {
         let running = control.start("j1", &token);
         token.cancel();
         assert!(!running.cancelled_by_operator());
+    }
+
+    #[test]
+    fn a_pump_started_again_under_new_rules_gets_them_and_keeps_the_counts() {
+        use crate::flow::{Concurrency, KeySource};
+        let control = Control::default();
+        let sub = Subscription {
+            channel: "c".into(),
+            consumer: "h".into(),
+        };
+        let rules = |limit| FlowSpec {
+            concurrency: Some(Concurrency {
+                key: KeySource::Header("t".into()),
+                limit,
+            }),
+            rate: None,
+        };
+        let old = control.gate(&sub, &rules(1));
+        let running = old.admit("j1", "k".into());
+        assert!(Arc::ptr_eq(&old, &control.gate(&sub, &rules(1))));
+        let new = control.gate(&sub, &rules(3));
+        assert_eq!(new.spec(), &rules(3));
+        assert_eq!(new.running("k"), 1, "the running job still counts");
+        drop(running);
+        assert_eq!(new.running("k"), 0);
     }
 
     #[test]

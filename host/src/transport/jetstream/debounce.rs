@@ -49,6 +49,9 @@ impl JetStream {
         }
         let now = now_ms();
         let at = m.visible_at.max(now.saturating_add(window_ms));
+        // A schedule past the stream's `max_age` would be dropped before
+        // it fires: refused like any other delay too long.
+        self.wants_schedule(at, now).map_err(rejected)?;
         let mut headers = wire::headers(&Envelope {
             message: &m.message,
             dedupe_id: &m.message.id,
