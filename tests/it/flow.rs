@@ -77,13 +77,13 @@ per_key_concurrency = {per_key}
     )
 }
 
-fn bodies(n: usize, tenant: &str, millis: u64) -> String {
+pub(crate) fn bodies(n: usize, tenant: &str, millis: u64) -> String {
     (0..n)
         .map(|_| format!("{{\"millis\": {millis}, \"tenant\": \"{tenant}\"}}\n"))
         .collect()
 }
 
-fn post_lines(env: &Env, input: &str) -> Vec<String> {
+pub(crate) fn post_lines(env: &Env, input: &str) -> Vec<String> {
     let out = env.sluice_stdin(&["post", "test.spin"], input);
     assert!(
         out.status.success(),
@@ -103,7 +103,7 @@ fn started_before(jobs: &[JobRecord], tenant: &str, t: i64) -> usize {
         .count()
 }
 
-fn tenant_of(j: &JobRecord) -> String {
+pub(crate) fn tenant_of(j: &JobRecord) -> String {
     serde_json::from_str::<serde_json::Value>(&j.body)
         .ok()
         .and_then(|v| v.get("tenant").and_then(|t| t.as_str()).map(str::to_owned))
@@ -165,7 +165,7 @@ fn on_jetstream(nats: &NatsServer, per_key: u32) -> String {
 /// Every host's records, one per job: the one of the host that started
 /// it (a host that turned a job back may also hold the final status it
 /// took from the status board, with no start of its own).
-fn records(envs: &[&Env]) -> Vec<JobRecord> {
+pub(crate) fn records(envs: &[&Env]) -> Vec<JobRecord> {
     let mut by_id: std::collections::BTreeMap<String, JobRecord> = Default::default();
     for job in envs.iter().flat_map(|e| e.jobs("test.spin")) {
         let ran = |j: &JobRecord| j.started_at.is_some();

@@ -2,9 +2,15 @@
 //! (`transport::jetstream::flow`): what a slot is held by, how it comes
 //! back, and what a dead host or a restarted server does to the limit.
 
+use std::time::Duration;
+
+use sluice::message::now_ms;
+use sluice::store::{JobRecord, JobState};
 use sluice::transport::{Got, SharedFlow};
 
+use crate::flow::{bodies, post_lines, records, tenant_of};
 use crate::nats::NatsServer;
+use crate::util::{Env, wait_until};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -58,4 +64,154 @@ fn a_late_give_back_of_one_delivery_never_frees_the_next_deliverys_slot() {
             Ok(Got::Yes)
         );
     });
+}
+
+/// The live holders of tenant `k`'s slots of test-spin.
+fn holders(nats: &NatsServer) -> Vec<String> {
+    runtime().block_on(async {
+        host(nats)
+            .await
+            .holders("test-spin", "k")
+            .await
+            .expect("holders")
+    })
+}
+
+/// Spans `[start, end)` of `tenant`'s jobs that succeeded, each from the
+/// host that ran it last (the latest start: a host that ran it earlier, or
+/// learned its outcome from the status board, keeps its own start), plus
+/// `extra`.
+fn spans(envs: &[&Env], tenant: &str, extra: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut last: std::collections::BTreeMap<String, JobRecord> = Default::default();
+    for job in envs.iter().flat_map(|e| e.jobs("test.spin")) {
+        if tenant_of(&job) != tenant || job.state != JobState::Succeeded {
+            continue;
+        }
+        match last.get(&job.id) {
+            Some(seen) if seen.started_at >= job.started_at => {}
+            _ => {
+                last.insert(job.id.clone(), job);
+            }
+        }
+    }
+    last.values()
+        .filter_map(|j| Some((j.started_at?, j.finished_at?)))
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+fn most_at_once(spans: &[(i64, i64)]) -> usize {
+    spans
+        .iter()
+        .map(|(s, _)| spans.iter().filter(|(s2, e2)| s2 <= s && s < e2).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Issue 14 item 4: two hosts, one job of a key at a time. The host
+/// running one is killed with SIGKILL, then nats-server is killed and
+/// started again while the other host runs the key's next job, then the
+/// killed host comes back. No job is lost, and no two jobs of the key ever
+/// ran at once: the dead host's slot stays taken (nobody renews it, nobody
+/// may take it) until its lease runs out, and a server restart shorter
+/// than a lease takes no slot from the job running through it.
+#[test]
+fn a_host_killed_mid_job_and_a_server_restart_lose_no_job_and_never_run_two_of_a_key() {
+    let mut nats = NatsServer::start();
+    let cfg = format!(
+        r#"poll_interval = "20ms"
+drain_timeout = "10s"
+[plugin.test-spin]
+fuel = 10_000_000_000_000
+timeout = "120s"
+concurrency = 2
+concurrency_key = "/tenant"
+per_key_concurrency = 1
+[nats]
+url = "{}"
+ack_wait = "5s"
+"#,
+        nats.url()
+    );
+    let (a, b) = (
+        Env::new(&["test-spin"], &cfg),
+        Env::new(&["test-spin"], &cfg),
+    );
+    let (host_a, host_b) = (a.start(), b.start());
+    for host in [&host_a, &host_b] {
+        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    }
+    assert_eq!(post_lines(&a, &bodies(4, "k", 2_000)).len(), 4);
+    let running = |env: &Env| {
+        env.jobs("test.spin")
+            .into_iter()
+            .find(|j| j.state == JobState::Running)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&a).is_some()
+            || running(&b).is_some()),
+        "nothing started\nA:\n{}\nB:\n{}",
+        host_a.log_text(),
+        host_b.log_text()
+    );
+    // Kill whichever host runs the key's job, mid-job.
+    let (dead_env, dead, live_env, live) = if running(&a).is_some() {
+        (&a, host_a, &b, host_b)
+    } else {
+        (&b, host_b, &a, host_a)
+    };
+    let killed_job = running(dead_env).expect("a running job");
+    dead.kill();
+    let killed_at = now_ms();
+    // As the dead host left it: still running (or, killed just after it
+    // finished, done).
+    let left = dead_env.job(&killed_job.id);
+    let killed_run = match left.state {
+        JobState::Running => {
+            let held = holders(&nats);
+            assert!(
+                held.len() == 1 && held[0].starts_with(&format!("{}@", killed_job.id)),
+                "the dead host's slot is still held: {held:?}"
+            );
+            (killed_job.started_at.expect("started"), killed_at)
+        }
+        _ => (
+            left.started_at.expect("started"),
+            left.finished_at.unwrap_or(killed_at),
+        ),
+    };
+    // The live host takes the key only once the dead host's lease ran out.
+    assert!(
+        wait_until(Duration::from_secs(90), || running(live_env).is_some()),
+        "the live host never took the key\n{}",
+        live.log_text()
+    );
+    nats.restart();
+    let dead = dead_env.start();
+    let done = || {
+        records(&[&a, &b])
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || done() == 4),
+        "{} of 4 done (none may be lost)\nlive:\n{}\nrestarted:\n{}",
+        done(),
+        live.log_text(),
+        dead.log_text()
+    );
+    let spans = spans(&[&a, &b], "k", &[killed_run]);
+    assert_eq!(
+        most_at_once(&spans),
+        1,
+        "two jobs of the key ran at once: {spans:?}"
+    );
+    // Once every job is done, no slot stays taken (the dead host's expired,
+    // the others were given back).
+    assert!(
+        wait_until(Duration::from_secs(40), || holders(&nats).is_empty()),
+        "slots still held after every job ended: {:?}",
+        holders(&nats)
+    );
 }
