@@ -268,3 +268,114 @@ fn two_hosts_store_each_tick_once_and_a_restart_after_the_duplicate_window_fires
     let view = list(&a);
     assert_eq!(view["fired"], all.len() as u64, "{view}");
 }
+
+/// Review #5: a host that moved a tick's record but died before its
+/// message was known to be stored (every host down, none back within the
+/// duplicate window) leaves the tick pending in the record. The next host
+/// looks for the tick in the stream: stored already, it is not stored
+/// again; not stored, it is stored once. Two yearly crons, so no tick of
+/// theirs falls due during the test: one left pending after its message
+/// was published, one before.
+#[test]
+fn a_tick_left_pending_by_a_dead_host_is_stored_once_after_the_duplicate_window() {
+    use sluice::cron::{CronEntry, Missed, Pending, Record, Schedule};
+    let nats = NatsServer::start();
+    let entry = |name: &str| CronEntry {
+        name: name.into(),
+        schedule: Schedule::parse("0 0 1 1 *", "UTC").expect("schedule"),
+        channel: "test.counter".into(),
+        kind: sluice::message::MessageKind::Command,
+        body: br#"{"amount":1}"#.to_vec(),
+        headers: Vec::new(),
+        missed: Missed::Once,
+        deadline: Duration::from_secs(60),
+    };
+    let yearly: String = ["stored", "lost"]
+        .iter()
+        .map(|n| {
+            format!(
+                "[[cron]]\nname = \"{n}\"\nschedule = \"0 0 1 1 *\"\nchannel = \"test.counter\"\nbody = '{{\"amount\":1}}'\n"
+            )
+        })
+        .collect();
+    let config = nats
+        .config("10s", &yearly)
+        .replace("[nats]\n", "[nats]\nduplicate_window = \"1s\"\n");
+    let env = Env::new(&["test-counter"], &config);
+    // A first run makes the stream and the records (nothing due), then the
+    // records are set back as a host killed mid-fire leaves them.
+    let host = env.start();
+    host.wait_log(&["cron scheduled"], 2, Duration::from_secs(60));
+    host.stop(Duration::from_secs(30));
+    let now = sluice::message::now_ms();
+    let (stored, lost) = (entry("stored"), entry("lost"));
+    let tick = stored.schedule.latest_until(now).expect("a past instant");
+    let dir = tempfile::tempdir().expect("tempdir");
+    env.block_on(async {
+        let store = sluice::store::Store::open(&dir.path().join("t.db"), &Default::default())
+            .expect("store");
+        let settings = sluice::transport::JetStreamSettings {
+            url: nats.url(),
+            ..Default::default()
+        };
+        let js = sluice::transport::JetStream::connect(settings, store)
+            .await
+            .expect("connect");
+        let context = async_nats::jetstream::new(js.client().clone());
+        let last = context
+            .get_stream("SLUICE")
+            .await
+            .expect("stream")
+            .cached_info()
+            .state
+            .last_sequence;
+        // "stored": its tick reached the stream before the host died.
+        let sent = js.publish_each(vec![stored.message(tick)]).await;
+        assert!(sent.iter().all(Result::is_ok));
+        let kv = context.get_key_value("SLUICE_CRON").await.expect("bucket");
+        for e in [&stored, &lost] {
+            let record = Record {
+                spec: e.schedule.fingerprint(),
+                handled: tick,
+                fired: Some(tick),
+                fired_at: Some(now - 10_000),
+                fired_count: 1,
+                skipped_count: 0,
+                pending: Some(Pending {
+                    tick,
+                    after_seq: last,
+                    since: now - 10_000,
+                }),
+            };
+            let value = serde_json::to_vec(&record).expect("json");
+            kv.put(e.record_key(), value.into()).await.expect("put");
+        }
+    });
+    // Past the window of the publish: the stream would keep a second copy.
+    std::thread::sleep(Duration::from_secs(2));
+    let host = env.start();
+    host.wait_log(
+        &["settled a tick a host left pending"],
+        2,
+        Duration::from_secs(60),
+    );
+    let count = |id: &str| stored_ticks(&nats).iter().filter(|t| *t == id).count();
+    assert_eq!(
+        count(&stored.message(tick).message.id),
+        1,
+        "{}",
+        host.log_text()
+    );
+    assert_eq!(
+        count(&lost.message(tick).message.id),
+        1,
+        "{}",
+        host.log_text()
+    );
+    let jobs = env.wait_settled("test.counter", 2, Duration::from_secs(60));
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    // Settled: the next look at the records fires nothing more.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(stored_ticks(&nats).len(), 2, "{}", host.log_text());
+    host.stop(Duration::from_secs(30));
+}

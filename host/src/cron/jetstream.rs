@@ -2,22 +2,41 @@
 //! [`BUCKET`], shared by every host; a tick is published to the work
 //! stream before its record moves past it.
 //!
-//! Order of a fire: (1) publish the tick's message with `Nats-Msg-Id` =
-//! its tick id, (2) update the record at the revision read (CAS). Two
-//! hosts firing one tick both publish; the stream's duplicate window keeps
-//! one copy, and one record update wins. A host killed between (1) and
-//! (2) leaves the record behind: the next step of any host reads it, fires
-//! the same tick again (same id: dropped within the window) and moves the
-//! record. Killed before (1): nothing happened; the tick is fired by the
-//! next step (late, so the `missed` policy applies).
+//! Order of a fire (review #5: publishing first and moving the record
+//! after left a tick fired twice when every host died in between and none
+//! came back within the stream's duplicate window):
+//! 1. move the record to the tick at the revision read (CAS), marking it
+//!    `pending` with the stream's last sequence and the time: only the
+//!    host whose write wins goes on, so two hosts never both publish;
+//! 2. publish the tick's message with `Nats-Msg-Id` = its tick id;
+//! 3. clear `pending` (CAS again).
+//!
+//! A host killed before (1): nothing happened; the next step fires the
+//! tick (late, so the `missed` policy applies). Killed between (1) and
+//! (3): the record says which tick may or may not be stored. The next
+//! step of any host settles it (`settle_pending`): it takes the pending
+//! tick on by CAS (so one host does this too, and the time it took it on
+//! is now); then, within the duplicate window of when the tick was last
+//! taken on, it publishes the tick again (a copy stored already makes
+//! the server drop this one); past the window it first looks for the
+//! tick's message in the stream after the recorded sequence, on the
+//! tick's channel subject (the work stream keeps messages for `max_age`,
+//! limits retention), and publishes only if it is not there. Then it
+//! clears `pending`.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use super::{CronError, Ledger, Posted, Record, Versioned, Written, decode, encode};
+use super::{CronError, Ledger, Pending, Posted, Record, Versioned, Written, decode, encode};
+use crate::message::now_ms;
 use crate::store::NewMessage;
-use crate::transport::JetStream;
+use crate::transport::{JetStream, STREAM};
+
+/// Messages on a tick's channel subject looked through at most for a
+/// pending tick (past that it is published: a duplicate is then possible,
+/// and logged).
+const SEARCHED: usize = 10_000;
 
 /// The bucket of cron records (one key per cron name, no expiry).
 pub const BUCKET: &str = "SLUICE_CRON";
@@ -51,6 +70,84 @@ impl JetStreamLedger {
     }
 }
 
+impl JetStreamLedger {
+    /// Writes `record` over `expected` (None: no record yet): its revision,
+    /// or None if another host wrote first.
+    async fn cas(
+        &self,
+        name: &str,
+        record: &Record,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, CronError> {
+        let value = encode(record).into_bytes().into();
+        // Revision 0: the key must not exist yet.
+        match self.kv.update(name, value, expected.unwrap_or(0)).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(CronError::Nats(format!(
+                "cannot write {BUCKET} {name}: {e}"
+            ))),
+        }
+    }
+
+    /// The work stream's (last sequence, duplicate window).
+    async fn stream_now(&self) -> Result<(u64, Duration), CronError> {
+        let context = async_nats::jetstream::new(self.js.client().clone());
+        let stream = context
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| CronError::Nats(format!("cannot read stream {STREAM}: {e}")))?;
+        let info = stream.cached_info();
+        Ok((info.state.last_sequence, info.config.duplicate_window))
+    }
+
+    /// Publishes `tick` (its id as `Nats-Msg-Id`).
+    async fn publish(&self, tick: NewMessage) -> Result<Posted, CronError> {
+        match self.js.publish_each(vec![tick]).await.into_iter().next() {
+            Some(Ok(p)) => Ok(Posted::from_duplicate(p.duplicate)),
+            Some(Err(e)) => Err(CronError::Nats(e.to_string())),
+            None => Err(CronError::Nats("the tick got no answer".into())),
+        }
+    }
+
+    /// Whether `tick`'s message is in the work stream after sequence
+    /// `after` (`None`: not known after [`SEARCHED`] messages).
+    async fn stored(&self, tick: &NewMessage, after: u64) -> Result<Option<bool>, CronError> {
+        let context = async_nats::jetstream::new(self.js.client().clone());
+        let stream = context
+            .get_stream_no_info(STREAM)
+            .await
+            .map_err(|e| CronError::Nats(format!("cannot read stream {STREAM}: {e}")))?;
+        let subject = crate::transport::wire::subject(&tick.message.channel);
+        let mut seq = after.saturating_add(1);
+        for _ in 0..SEARCHED {
+            let msg = match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                Ok(m) => m,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    return Ok(Some(false));
+                }
+                Err(e) => {
+                    return Err(CronError::Nats(format!("cannot read stream {STREAM}: {e}")));
+                }
+            };
+            let id = msg
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned());
+            if id.as_deref() == Some(&*crate::transport::wire::encode(&tick.message.id)) {
+                return Ok(Some(true));
+            }
+            seq = msg.sequence.saturating_add(1);
+        }
+        Ok(None)
+    }
+}
+
 impl Ledger for JetStreamLedger {
     async fn read(&self, name: &str) -> Result<Option<Versioned>, CronError> {
         read(&self.kv, name).await
@@ -63,27 +160,98 @@ impl Ledger for JetStreamLedger {
         expected: Option<u64>,
         tick: Option<NewMessage>,
     ) -> Result<Written, CronError> {
-        let mut posted = Posted::Nothing;
-        if let Some(tick) = tick {
-            let published = self.js.publish_each(vec![tick]).await.into_iter().next();
-            match published {
-                Some(Ok(p)) => posted = Posted::from_duplicate(p.duplicate),
-                Some(Err(e)) => return Err(CronError::Nats(e.to_string())),
-                None => return Err(CronError::Nats("the tick got no answer".into())),
-            }
+        let Some(tick) = tick else {
+            let won = self.cas(name, &record, expected).await?.is_some();
+            return Ok(Written {
+                won,
+                posted: Posted::Nothing,
+            });
+        };
+        // (1) The record first, pending: only the winner publishes.
+        let (after_seq, _) = self.stream_now().await?;
+        let pending = Record {
+            pending: Some(Pending {
+                tick: record.handled,
+                after_seq,
+                since: now_ms(),
+            }),
+            ..record.clone()
+        };
+        let Some(revision) = self.cas(name, &pending, expected).await? else {
+            return Ok(Written {
+                won: false,
+                posted: Posted::Nothing,
+            });
+        };
+        // (2) The tick; a failure leaves it pending, for the next step.
+        let posted = self.publish(tick).await?;
+        // (3) Done; a lost or failed write leaves it pending, settled by
+        // the next step (the copy it publishes is dropped as a duplicate).
+        if let Err(e) = self.cas(name, &record, Some(revision)).await {
+            tracing::warn!(cron = %name, error = %e, "cannot clear a fired tick's pending mark; the next step does");
         }
-        let value = encode(&record).into_bytes().into();
-        // Revision 0: the key must not exist yet.
-        match self.kv.update(name, value, expected.unwrap_or(0)).await {
-            Ok(_) => Ok(Written { won: true, posted }),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Ok(Written { won: false, posted })
-            }
-            Err(e) => Err(CronError::Nats(format!(
-                "cannot write {BUCKET} {name}: {e}"
-            ))),
-        }
+        Ok(Written { won: true, posted })
     }
+
+    async fn settle_pending(
+        &self,
+        name: &str,
+        current: Versioned,
+        tick: NewMessage,
+    ) -> Result<Written, CronError> {
+        let Some(mut pending) = current.record.pending.clone() else {
+            return Ok(Written {
+                won: false,
+                posted: Posted::Nothing,
+            });
+        };
+        let (_, window) = self.stream_now().await?;
+        let now = now_ms();
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        // Within the window of the last take-on (with half of it to spare
+        // for this publish), a second copy is dropped by the server.
+        let fresh = now.saturating_sub(pending.since) < window_ms / 2;
+        let since = pending.since;
+        pending.since = now;
+        let taken = Record {
+            pending: Some(pending.clone()),
+            ..current.record.clone()
+        };
+        // Taken on by one host, now: a host that reads it next is within
+        // the window of this publish.
+        let Some(revision) = self.cas(name, &taken, Some(current.revision)).await? else {
+            return Ok(Written {
+                won: false,
+                posted: Posted::Nothing,
+            });
+        };
+        let posted = if fresh {
+            self.publish(tick).await?
+        } else {
+            match self.stored(&tick, pending.after_seq).await? {
+                Some(true) => Posted::Duplicate,
+                Some(false) => self.publish(tick).await?,
+                None => {
+                    tracing::warn!(cron = %name, tick = %tick.message.id, searched = SEARCHED, "cannot tell whether a pending tick was stored (too many messages on its channel since); publishing it, it may run twice");
+                    self.publish(tick).await?
+                }
+            }
+        };
+        tracing::info!(cron = %name, tick = %tick_name(&taken), taken_on_ms_ago = now - since, ?posted, "settled a tick a host left pending");
+        let done = Record {
+            pending: None,
+            ..current.record
+        };
+        let won = self.cas(name, &done, Some(revision)).await?.is_some();
+        Ok(Written { won, posted })
+    }
+}
+
+fn tick_name(record: &Record) -> String {
+    record
+        .pending
+        .as_ref()
+        .map_or_else(String::new, |p| super::utc(p.tick))
 }
 
 /// The records of `entries` in [`BUCKET`] through `client` (no bucket

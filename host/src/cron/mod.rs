@@ -166,6 +166,24 @@ pub struct Record {
     /// missed ticks of a run of them).
     #[serde(default)]
     pub skipped_count: u64,
+    /// JetStream: the tick this record was moved to before its message was
+    /// known to be stored (see `jetstream.rs`); cleared once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A tick whose record moved before its message was known to be stored
+/// (JetStream's order: record first, then the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The tick's instant (ms).
+    pub tick: i64,
+    /// The work stream's last sequence before the tick was published: its
+    /// message, if stored, is after it.
+    pub after_seq: u64,
+    /// When a host took it on (ms): within the stream's duplicate window
+    /// of this, a publish of the tick's id stores nothing twice.
+    pub since: i64,
 }
 
 /// A record and the revision it was read at (the compare-and-set token).
@@ -245,6 +263,24 @@ pub trait Ledger: Send + Sync + 'static {
         expected: Option<u64>,
         tick: Option<NewMessage>,
     ) -> impl Future<Output = Result<Written, CronError>> + Send;
+
+    /// Makes sure the tick a record says is pending (`Record::pending`,
+    /// read at `current`) is stored exactly once, and clears it; what the
+    /// post did. Only JetStream's records are ever pending.
+    fn settle_pending(
+        &self,
+        name: &str,
+        current: Versioned,
+        tick: NewMessage,
+    ) -> impl Future<Output = Result<Written, CronError>> + Send {
+        let _ = (name, current, tick);
+        async {
+            Ok(Written {
+                won: false,
+                posted: Posted::Nothing,
+            })
+        }
+    }
 
     /// The records of `entries` (`sluice cron list`, the API); a cron
     /// with no record yet is left out.

@@ -193,15 +193,29 @@ mod tests {
     }
 
     #[test]
-    fn a_daylight_saving_gap_moves_no_tick_twice() {
-        // 02:30 does not exist in Berlin on 2027-03-28; croner fires at the
-        // first instant after the gap, once.
+    fn a_daylight_saving_gap_fires_once_after_it_and_a_repeated_hour_once() {
         let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap_or_else(|e| panic!("{e}"));
-        let day = s.upcoming(ms("2027-03-27T12:00:00Z"), 2);
-        assert_eq!(day.len(), 2);
-        assert!(
-            day[0] < day[1] && day[1] - day[0] >= 23 * 3_600_000,
-            "{day:?}"
+        // 02:30 does not exist in Berlin on 2027-03-28 (02:00 CET is 03:00
+        // CEST): the tick fires once, at the first instant after the gap
+        // (03:00 CEST = 01:00Z), neither lost nor twice.
+        assert_eq!(
+            s.upcoming(ms("2027-03-27T12:00:00Z"), 2),
+            vec![ms("2027-03-28T01:00:00Z"), ms("2027-03-29T00:30:00Z")]
+        );
+        assert_eq!(
+            s.latest_until(ms("2027-03-28T03:00:00Z")),
+            Some(ms("2027-03-28T01:00:00Z"))
+        );
+        // 02:30 happens twice on 2026-10-25 (CEST, then CET an hour
+        // later): the tick fires at the first only, and the second is no
+        // instant of the schedule, so the ticker never fires it.
+        assert_eq!(
+            s.upcoming(ms("2026-10-24T12:00:00Z"), 2),
+            vec![ms("2026-10-25T00:30:00Z"), ms("2026-10-26T01:30:00Z")]
+        );
+        assert_eq!(
+            s.latest_until(ms("2026-10-25T01:45:00Z")),
+            Some(ms("2026-10-25T00:30:00Z"))
         );
     }
 

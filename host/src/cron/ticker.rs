@@ -132,6 +132,17 @@ async fn step<L: Ledger>(
     let key = entry.record_key();
     let current = ledger.read(&key).await?;
     let (record, revision) = match current {
+        // A tick whose record moved but whose message may not be stored
+        // (a host died in between): stored once, then looked at again.
+        Some(v) if v.record.spec == spec && v.record.pending.is_some() => {
+            let tick = v.record.pending.as_ref().map_or(0, |p| p.tick);
+            let written = ledger.settle_pending(&key, v, entry.message(tick)).await?;
+            if written.posted == Posted::New {
+                counters.add(&entry.name, 1, 0, 0);
+                tracing::info!(cron = %entry.name, tick = %utc(tick), late_ms = now - tick, channel = %entry.channel, "cron tick fired (left pending by a host that stopped)");
+            }
+            return Ok(Some(now));
+        }
         Some(v) if v.record.spec == spec => (v.record, v.revision),
         other => {
             let (previous, expected) =
@@ -143,6 +154,7 @@ async fn step<L: Ledger>(
                 fired_at: previous.as_ref().and_then(|r| r.fired_at),
                 fired_count: previous.as_ref().map_or(0, |r| r.fired_count),
                 skipped_count: previous.as_ref().map_or(0, |r| r.skipped_count),
+                pending: None,
             };
             if ledger.write(&key, fresh, expected, None).await?.won {
                 tracing::info!(cron = %entry.name, schedule = %spec, next = %entry.schedule.next_after(now).map_or_else(|| "never".into(), utc), "cron scheduled");
@@ -168,6 +180,7 @@ async fn step<L: Ledger>(
     let mut next = Record {
         handled: tick,
         skipped_count: record.skipped_count + skipped,
+        pending: None,
         ..record
     };
     if fire {
