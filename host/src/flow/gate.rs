@@ -128,6 +128,27 @@ impl std::fmt::Display for Waiting {
 struct Ready {
     id: String,
     rate_key: String,
+    /// Its message's `sluice-priority` (0: none).
+    priority: u8,
+}
+
+/// Which of a key's queued jobs starts next: the most urgent (the oldest
+/// among equals), except one pick in [`super::priority::FIFO_ONE_IN`]
+/// that takes the oldest whatever its priority (as the plain claim
+/// shares its room, `flow::priority`), so a key's old jobs are not starved
+/// by its urgent ones. With no priorities, the oldest.
+fn next_of(queue: &VecDeque<Ready>) -> usize {
+    let mut best = 0;
+    for (i, r) in queue.iter().enumerate() {
+        if r.priority > queue[best].priority {
+            best = i;
+        }
+    }
+    if best > 0 && fastrand::u32(0..super::priority::FIFO_ONE_IN) == 0 {
+        0
+    } else {
+        best
+    }
 }
 
 /// What every gate of one handler shares (a handler may read several
@@ -286,6 +307,7 @@ impl Gate {
                     }
                 } else {
                     let rate_key = self.spec.rate_key(&row.headers, &row.body);
+                    let priority = crate::message::options::Options::of(&row.headers).priority;
                     g.known.insert(row.id.clone());
                     if queue.is_empty() {
                         g.turns.push_back(key.clone());
@@ -293,6 +315,7 @@ impl Gate {
                     queue.push_back(Ready {
                         id: row.id,
                         rate_key,
+                        priority,
                     });
                     let refilled = queue.len() >= cap;
                     if scan == Scan::Back
@@ -351,14 +374,16 @@ impl Gate {
                 let mut taken = None;
                 if room
                     && let Some(queue) = g.queues.get_mut(&key)
-                    && let Some(front) = queue.front()
+                    && !queue.is_empty()
                 {
+                    let at = next_of(queue);
+                    let next = &queue[at];
                     let ok = match &self.spec.rate {
                         None => true,
                         Some(r) => {
                             let b = c
                                 .buckets
-                                .entry(front.rate_key.clone())
+                                .entry(next.rate_key.clone())
                                 .or_insert_with(|| Bucket::full(&r.rate, now));
                             let (got, after) = b.take(&r.rate, now, 1);
                             *b = after;
@@ -366,7 +391,7 @@ impl Gate {
                         }
                     };
                     if ok {
-                        taken = queue.pop_front();
+                        taken = queue.remove(at);
                     }
                 }
                 if let Some(ready) = taken {
