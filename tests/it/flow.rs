@@ -6,7 +6,7 @@ use std::time::Duration;
 use sluice::store::{JobRecord, JobState};
 
 use crate::nats::NatsServer;
-use crate::util::{Env, wait_until};
+use crate::util::{Daemon, Env, wait_until};
 
 #[test]
 fn a_priority_is_checked_where_it_enters_and_carried_with_the_message() {
@@ -162,6 +162,16 @@ fn on_jetstream(nats: &NatsServer, per_key: u32) -> String {
     )
 }
 
+/// Two hosts of test-spin under `cfg`, each running.
+pub(crate) fn two_hosts(cfg: &str) -> ((Env, Daemon), (Env, Daemon)) {
+    let (a, b) = (Env::new(&["test-spin"], cfg), Env::new(&["test-spin"], cfg));
+    let (host_a, host_b) = (a.start(), b.start());
+    for host in [&host_a, &host_b] {
+        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    }
+    ((a, host_a), (b, host_b))
+}
+
 /// Every host's records, one per job: the one of the host that started
 /// it (a host that turned a job back may also hold the final status it
 /// took from the status board, with no start of its own).
@@ -183,14 +193,7 @@ pub(crate) fn records(envs: &[&Env]) -> Vec<JobRecord> {
 fn jetstream_two_hosts_hold_a_key_to_its_limit_and_serve_the_other_tenant_between() {
     let nats = NatsServer::start();
     let cfg = on_jetstream(&nats, 1);
-    let (a, b) = (
-        Env::new(&["test-spin"], &cfg),
-        Env::new(&["test-spin"], &cfg),
-    );
-    let (host_a, host_b) = (a.start(), b.start());
-    for host in [&host_a, &host_b] {
-        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
-    }
+    let ((a, host_a), (b, host_b)) = two_hosts(&cfg);
     assert_eq!(post_lines(&a, &bodies(200, "flood", 100)).len(), 200);
     assert_eq!(post_lines(&a, &bodies(5, "quiet", 100)).len(), 5);
     let quiet_done = || {
@@ -385,14 +388,7 @@ ack_wait = "10s"
 "#,
         nats.url()
     );
-    let (a, b) = (
-        Env::new(&["test-spin"], &cfg),
-        Env::new(&["test-spin"], &cfg),
-    );
-    let (host_a, host_b) = (a.start(), b.start());
-    for host in [&host_a, &host_b] {
-        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
-    }
+    let ((a, host_a), (b, host_b)) = two_hosts(&cfg);
     assert_eq!(post_lines(&a, &bodies(40, "t", 1)).len(), 40);
     let done = || {
         records(&[&a, &b])

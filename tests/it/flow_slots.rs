@@ -8,7 +8,7 @@ use sluice::message::now_ms;
 use sluice::store::{JobRecord, JobState};
 use sluice::transport::{Got, SharedFlow};
 
-use crate::flow::{bodies, post_lines, records, tenant_of};
+use crate::flow::{bodies, post_lines, records, tenant_of, two_hosts};
 use crate::nats::NatsServer;
 use crate::util::{Env, wait_until};
 
@@ -133,14 +133,7 @@ ack_wait = "5s"
 "#,
         nats.url()
     );
-    let (a, b) = (
-        Env::new(&["test-spin"], &cfg),
-        Env::new(&["test-spin"], &cfg),
-    );
-    let (host_a, host_b) = (a.start(), b.start());
-    for host in [&host_a, &host_b] {
-        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
-    }
+    let ((a, host_a), (b, host_b)) = two_hosts(&cfg);
     assert_eq!(post_lines(&a, &bodies(4, "k", 2_000)).len(), 4);
     let running = |env: &Env| {
         env.jobs("test.spin")
