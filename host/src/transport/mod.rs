@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::Embedded;
-pub use jetstream::{JetStream, JetStreamError, JetStreamSettings, STREAM, SharedState};
+pub use jetstream::{
+    JetStream, JetStreamError, JetStreamSettings, STREAM, SharedState, server_addrs,
+};
 pub use wire::WireError;
 
 use crate::flow::{Gate, Hold};
