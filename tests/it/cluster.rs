@@ -340,3 +340,63 @@ fn each_host_runs_its_own_concurrency_of_a_shared_consumer() {
         );
     }
 }
+
+/// The handler's consumer (test-wire's on test.wire) has settled its
+/// first `n` deliveries and holds nothing else, whatever other consumers
+/// the stream has.
+fn wire_consumer_settled(nats: &NatsServer, n: u64) -> bool {
+    nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let Ok(stream) = js.get_stream("SLUICE").await else {
+            return false;
+        };
+        let mut consumers = stream.consumers();
+        while let Some(Ok(info)) = consumers.next().await {
+            if info.name.starts_with("test-wire__") {
+                return info.num_pending == 0
+                    && info.num_ack_pending == 0
+                    && info.ack_floor.consumer_sequence >= n;
+            }
+        }
+        false
+    })
+}
+
+#[test]
+fn a_cancel_made_before_any_host_has_the_job_drops_it_when_it_arrives() {
+    let nats = NatsServer::start();
+    // A runs no handler of test.wire: its message waits in the stream,
+    // recorded by no host.
+    let a_addr = format!("127.0.0.1:{}", free_port());
+    let a = Env::new(
+        &["test-counter"],
+        &nats.config("10s", &format!("[http]\naddr = \"{a_addr}\"\n")),
+    );
+    let (a_host, a_api) = started(&a, &a_addr);
+    a.ok(&["post", "test.wire", r#"{"spin_ms": 1}"#, "--id", "early-1"]);
+    let id = job_id_for("early-1", "test-wire");
+    let cancel = a_api.delete(&format!("/v1/jobs/{id}"));
+    assert_eq!(cancel.status, 202, "{}", cancel.text);
+    assert_eq!(cancel.json()["state"], "cancelled", "{}", cancel.text);
+    // A typo waits for nothing.
+    let typo = a_api.delete("/v1/jobs/not-a-job");
+    assert_eq!(typo.status, 404, "{}", typo.text);
+
+    // B, which runs test-wire, starts later: its message is dropped unrun.
+    let (b, b_addr) = host(&nats);
+    let (b_host, _b_api) = started(&b, &b_addr);
+    assert!(
+        wait_until(Duration::from_secs(60), || wire_consumer_settled(&nats, 1)),
+        "the message was settled\n{}",
+        b_host.log_text()
+    );
+    let job = b.job(&id);
+    assert_eq!(job.state, JobState::Cancelled, "{}", b_host.log_text());
+    assert_eq!(
+        (job.message_id.as_str(), job.channel.as_str()),
+        ("early-1", "test.wire"),
+        "the record learned its message"
+    );
+    assert_eq!(calls(&b), 0, "B never ran the cancelled job");
+    drop(a_host);
+}
