@@ -400,3 +400,41 @@ fn a_cancel_made_before_any_host_has_the_job_drops_it_when_it_arrives() {
     assert_eq!(calls(&b), 0, "B never ran the cancelled job");
     drop(a_host);
 }
+
+/// A host whose commit got no answer (its nats-server killed while the job
+/// ran, shared state on) leaves the delivery to come back; when another
+/// host runs the job, the first host's record and API take that outcome
+/// instead of answering `running` for good.
+#[test]
+fn a_job_whose_outcome_was_lost_here_resolves_when_another_host_runs_it() {
+    let mut nats = NatsServer::start();
+    let shared = |nats: &NatsServer| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = nats.config("4s", &format!("[http]\naddr = \"{addr}\"\n{POLICY}"));
+        (
+            Env::new(&["test-wire"], &format!("{config}shared_state = true\n")),
+            addr,
+        )
+    };
+    let (a, a_addr) = shared(&nats);
+    let (a_host, a_api) = started(&a, &a_addr);
+    // A first job leaves the state key in A's ledger, so the next call
+    // reads it from memory and meets the dead server only when it commits.
+    let first = post(&a, "{}");
+    wait_state(&a, &first, JobState::Succeeded, &a_host);
+    let id = post(&a, r#"{"spin_ms": 3000}"#);
+    wait_state(&a, &id, JobState::Running, &a_host);
+    nats.kill();
+    a_host.wait_log(&["cannot record job outcome"], 1, Duration::from_secs(60));
+    // B, not A, gets the delivery when it comes back.
+    a_host.signal("STOP");
+    nats.start_again();
+    let (b, b_addr) = shared(&nats);
+    let (b_host, _b_api) = started(&b, &b_addr);
+    wait_state(&b, &id, JobState::Succeeded, &b_host);
+    a_host.signal("CONT");
+    wait_state(&a, &id, JobState::Succeeded, &a_host);
+    a_api.wait_job(&id, Duration::from_secs(30), |r| {
+        r.json()["state"] == "succeeded"
+    });
+}

@@ -178,7 +178,13 @@ async fn find<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Option<JobV
         return Ok(local);
     };
     match local {
-        Some(view) if is_final(view.state) || view.state == JobState::Running => Ok(Some(view)),
+        Some(view) if is_final(view.state) => Ok(Some(view)),
+        // A record `running` with no call of it here (its outcome could not
+        // be recorded, and the store could not even put it back) may have
+        // gone on elsewhere.
+        Some(view) if view.state == JobState::Running && state.deps.control.is_running(id) => {
+            Ok(Some(view))
+        }
         Some(view) => Ok(Some(match cluster.board.get(id).await {
             Some(shared) if newer(&shared, &view) => shared,
             _ => view,
