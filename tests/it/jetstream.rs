@@ -390,3 +390,45 @@ fn a_stale_run_never_settles_the_live_delivery() {
         other.log_text()
     );
 }
+
+/// An operator removes a handler's durable consumer (`nats consumer rm`)
+/// while the host runs: the host creates it again and the channel runs on.
+#[test]
+fn a_consumer_removed_while_the_host_runs_is_created_again() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-counter"], &config(&nats, "10s", ""));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    env.post("test.counter", r#"{"amount": 1}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&env, "test.counter")
+            .len()
+            == 1),
+        "{}",
+        host.log_text()
+    );
+    let removed = nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let stream = js.get_stream("SLUICE").await.expect("stream");
+        let mut names = stream.consumer_names();
+        let mut removed = 0;
+        while let Some(Ok(name)) = names.next().await {
+            stream
+                .delete_consumer(&name)
+                .await
+                .expect("delete consumer");
+            removed += 1;
+        }
+        removed
+    });
+    assert!(removed >= 1);
+    env.post("test.counter", r#"{"amount": 1}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&env, "test.counter")
+            .len()
+            == 2),
+        "the channel never ran again\n{}",
+        host.log_text()
+    );
+    assert!(!host.log_lines(&["consumer", "created again"]).is_empty());
+}

@@ -271,29 +271,13 @@ impl JetStream {
             })?;
         let js = jetstream::new(client.clone());
         let server_version = client.server_info().version;
-        let wanted = schedule::server_supports(&server_version);
-        let mut subjects = vec![
-            format!("{}.>", wire::PREFIX),
-            format!("{}.>", wire::CONT_PREFIX),
-        ];
-        if wanted {
-            subjects.push(format!("{}.>", schedule::SCHED_PREFIX));
-        }
-        let schedules = streams::ensure_stream(&js, STREAM, subjects, &settings, wanted).await?;
+        let schedules = streams::ensure_streams(&js, &settings, &server_version).await?;
         if !schedules {
             tracing::warn!(
                 server = %server_version,
                 "this nats-server cannot schedule messages (2.12 or later can): delayed posts and retries are held in the local outbox until due, and `sluice post --delay` is refused"
             );
         }
-        streams::ensure_stream(
-            &js,
-            DLQ_STREAM,
-            vec![format!("{}.>", wire::DLQ_PREFIX)],
-            &settings,
-            false,
-        )
-        .await?;
         if settings.shared_state {
             state::ensure_state_stream(&js, &settings, &server_version).await?;
         }
