@@ -432,3 +432,25 @@ fn a_consumer_removed_while_the_host_runs_is_created_again() {
     );
     assert!(!host.log_lines(&["consumer", "created again"]).is_empty());
 }
+
+/// Hosts that disagree on `ack_wait` share one consumer, so a later host
+/// changes it under the others: it says so loudly.
+#[test]
+fn a_host_with_another_ack_wait_than_its_consumer_warns() {
+    let nats = NatsServer::start();
+    let first = Env::new(&["test-counter"], &config(&nats, "20s", ""));
+    let host = first.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    assert!(host.log_lines(&["ack_wait is not this host's"]).is_empty());
+    let second = Env::new(&["test-counter"], &config(&nats, "5s", ""));
+    let other = second.start();
+    other.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    let warned = other.log_lines(&["ack_wait is not this host's"]);
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("consumer_ack_wait=20s") && l.contains("ack_wait=5s")),
+        "{}",
+        other.log_text()
+    );
+}

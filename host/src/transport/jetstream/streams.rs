@@ -237,6 +237,12 @@ impl JetStream {
                 || info.max_ack_pending != config.max_ack_pending
                 || info.filter_subjects != config.filter_subjects
             {
+                if info.ack_wait != config.ack_wait {
+                    // One consumer, one ack wait: a host whose own is longer
+                    // heartbeats too slowly for the consumer's, and its long
+                    // jobs go to another host and run twice.
+                    tracing::warn!(consumer = %name, consumer_ack_wait = ?info.ack_wait, ack_wait = ?config.ack_wait, "the consumer's ack_wait is not this host's [nats] ack_wait; setting it to this host's: give every host the same ack_wait, or hosts with a longer one have their long jobs handed on and run twice");
+                }
                 tracing::info!(consumer = %name, "updating consumer settings");
                 c = stream
                     .update_consumer(config)
