@@ -340,3 +340,101 @@ fn each_host_runs_its_own_concurrency_of_a_shared_consumer() {
         );
     }
 }
+
+/// The handler's consumer (test-wire's on test.wire) has settled its
+/// first `n` deliveries and holds nothing else, whatever other consumers
+/// the stream has.
+fn wire_consumer_settled(nats: &NatsServer, n: u64) -> bool {
+    nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let Ok(stream) = js.get_stream("SLUICE").await else {
+            return false;
+        };
+        let mut consumers = stream.consumers();
+        while let Some(Ok(info)) = consumers.next().await {
+            if info.name.starts_with("test-wire__") {
+                return info.num_pending == 0
+                    && info.num_ack_pending == 0
+                    && info.ack_floor.consumer_sequence >= n;
+            }
+        }
+        false
+    })
+}
+
+#[test]
+fn a_cancel_made_before_any_host_has_the_job_drops_it_when_it_arrives() {
+    let nats = NatsServer::start();
+    // A runs no handler of test.wire: its message waits in the stream,
+    // recorded by no host.
+    let a_addr = format!("127.0.0.1:{}", free_port());
+    let a = Env::new(
+        &["test-counter"],
+        &nats.config("10s", &format!("[http]\naddr = \"{a_addr}\"\n")),
+    );
+    let (a_host, a_api) = started(&a, &a_addr);
+    a.ok(&["post", "test.wire", r#"{"spin_ms": 1}"#, "--id", "early-1"]);
+    let id = job_id_for("early-1", "test-wire");
+    let cancel = a_api.delete(&format!("/v1/jobs/{id}"));
+    assert_eq!(cancel.status, 202, "{}", cancel.text);
+    assert_eq!(cancel.json()["state"], "cancelled", "{}", cancel.text);
+    // A typo waits for nothing.
+    let typo = a_api.delete("/v1/jobs/not-a-job");
+    assert_eq!(typo.status, 404, "{}", typo.text);
+
+    // B, which runs test-wire, starts later: its message is dropped unrun.
+    let (b, b_addr) = host(&nats);
+    let (b_host, _b_api) = started(&b, &b_addr);
+    assert!(
+        wait_until(Duration::from_secs(60), || wire_consumer_settled(&nats, 1)),
+        "the message was settled\n{}",
+        b_host.log_text()
+    );
+    let job = b.job(&id);
+    assert_eq!(job.state, JobState::Cancelled, "{}", b_host.log_text());
+    assert_eq!(
+        (job.message_id.as_str(), job.channel.as_str()),
+        ("early-1", "test.wire"),
+        "the record learned its message"
+    );
+    assert_eq!(calls(&b), 0, "B never ran the cancelled job");
+    drop(a_host);
+}
+
+/// A host whose commit got no answer (its nats-server killed while the job
+/// ran, shared state on) leaves the delivery to come back; when another
+/// host runs the job, the first host's record and API take that outcome
+/// instead of answering `running` for good.
+#[test]
+fn a_job_whose_outcome_was_lost_here_resolves_when_another_host_runs_it() {
+    let mut nats = NatsServer::start();
+    let shared = |nats: &NatsServer| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = nats.config("4s", &format!("[http]\naddr = \"{addr}\"\n{POLICY}"));
+        (
+            Env::new(&["test-wire"], &format!("{config}shared_state = true\n")),
+            addr,
+        )
+    };
+    let (a, a_addr) = shared(&nats);
+    let (a_host, a_api) = started(&a, &a_addr);
+    // A first job leaves the state key in A's ledger, so the next call
+    // reads it from memory and meets the dead server only when it commits.
+    let first = post(&a, "{}");
+    wait_state(&a, &first, JobState::Succeeded, &a_host);
+    let id = post(&a, r#"{"spin_ms": 3000}"#);
+    wait_state(&a, &id, JobState::Running, &a_host);
+    nats.kill();
+    a_host.wait_log(&["cannot record job outcome"], 1, Duration::from_secs(60));
+    // B, not A, gets the delivery when it comes back.
+    a_host.signal("STOP");
+    nats.start_again();
+    let (b, b_addr) = shared(&nats);
+    let (b_host, _b_api) = started(&b, &b_addr);
+    wait_state(&b, &id, JobState::Succeeded, &b_host);
+    a_host.signal("CONT");
+    wait_state(&a, &id, JobState::Succeeded, &a_host);
+    a_api.wait_job(&id, Duration::from_secs(30), |r| {
+        r.json()["state"] == "succeeded"
+    });
+}

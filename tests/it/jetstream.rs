@@ -390,3 +390,67 @@ fn a_stale_run_never_settles_the_live_delivery() {
         other.log_text()
     );
 }
+
+/// An operator removes a handler's durable consumer (`nats consumer rm`)
+/// while the host runs: the host creates it again and the channel runs on.
+#[test]
+fn a_consumer_removed_while_the_host_runs_is_created_again() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-counter"], &config(&nats, "10s", ""));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    env.post("test.counter", r#"{"amount": 1}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&env, "test.counter")
+            .len()
+            == 1),
+        "{}",
+        host.log_text()
+    );
+    let removed = nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let stream = js.get_stream("SLUICE").await.expect("stream");
+        let mut names = stream.consumer_names();
+        let mut removed = 0;
+        while let Some(Ok(name)) = names.next().await {
+            stream
+                .delete_consumer(&name)
+                .await
+                .expect("delete consumer");
+            removed += 1;
+        }
+        removed
+    });
+    assert!(removed >= 1);
+    env.post("test.counter", r#"{"amount": 1}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || succeeded(&env, "test.counter")
+            .len()
+            == 2),
+        "the channel never ran again\n{}",
+        host.log_text()
+    );
+    assert!(!host.log_lines(&["consumer", "created again"]).is_empty());
+}
+
+/// Hosts that disagree on `ack_wait` share one consumer, so a later host
+/// changes it under the others: it says so loudly.
+#[test]
+fn a_host_with_another_ack_wait_than_its_consumer_warns() {
+    let nats = NatsServer::start();
+    let first = Env::new(&["test-counter"], &config(&nats, "20s", ""));
+    let host = first.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    assert!(host.log_lines(&["ack_wait is not this host's"]).is_empty());
+    let second = Env::new(&["test-counter"], &config(&nats, "5s", ""));
+    let other = second.start();
+    other.wait_log(&["sluice running"], 1, Duration::from_secs(30));
+    let warned = other.log_lines(&["ack_wait is not this host's"]);
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("consumer_ack_wait=20s") && l.contains("ack_wait=5s")),
+        "{}",
+        other.log_text()
+    );
+}

@@ -1,7 +1,7 @@
 //! Starting on JetStream before JetStream can serve: the daemon waits for
 //! it (one log line per attempt, alive but not ready meanwhile, its API
 //! up) and runs jobs once it is there; only an error that cannot heal (the
-//! server refuses the client) ends the start.
+//! server refuses the client, the URL names no NATS server) ends the start.
 
 use std::time::Duration;
 
@@ -92,5 +92,27 @@ fn a_server_that_refuses_the_daemon_ends_its_start_with_one_clear_line() {
     );
     let log = daemon.log_text();
     assert!(log.contains("refused the connection"), "{log}");
+    assert!(!log.contains("trying again"), "{log}");
+}
+
+#[test]
+fn a_url_that_names_no_nats_server_ends_the_start_with_one_clear_line() {
+    let env = Env::new(&["test-wire"], "[nats]\nurl = \"http://127.0.0.1:4222\"\n");
+    let mut daemon = env.start();
+    assert!(
+        wait_until(Duration::from_secs(60), || daemon.exited().is_some()),
+        "still running:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.exited().is_some_and(|s| !s.success()),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("is not a NATS server URL") && log.contains("http"),
+        "{log}"
+    );
     assert!(!log.contains("trying again"), "{log}");
 }

@@ -178,7 +178,13 @@ async fn find<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Option<JobV
         return Ok(local);
     };
     match local {
-        Some(view) if is_final(view.state) || view.state == JobState::Running => Ok(Some(view)),
+        Some(view) if is_final(view.state) => Ok(Some(view)),
+        // A record `running` with no call of it here (its outcome could not
+        // be recorded, and the store could not even put it back) may have
+        // gone on elsewhere.
+        Some(view) if view.state == JobState::Running && state.deps.control.is_running(id) => {
+            Ok(Some(view))
+        }
         Some(view) => Ok(Some(match cluster.board.get(id).await {
             Some(shared) if newer(&shared, &view) => shared,
             _ => view,
@@ -352,7 +358,8 @@ fn parse_cursor(s: &str) -> Result<(i64, String), ApiError> {
 
 /// `DELETE /v1/jobs/{id}`: a waiting job is cancelled at once; a job
 /// running on this host is interrupted (the sandbox stops the guest) and
-/// recorded as cancelled; a finished job is a 409.
+/// recorded as cancelled; a finished job is a 409. On JetStream a job
+/// another host has, or none has yet, is cancelled on every host (202).
 pub async fn cancel<T: Transport>(
     State(state): State<Arc<ApiState<T>>>,
     Path(id): Path<String>,
@@ -391,9 +398,7 @@ pub async fn cancel<T: Transport>(
                     return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
                 }
                 if state.cluster.is_some() {
-                    return Err(ApiError::not_found(format!(
-                        "no job {id} on this host, and no host has shared one (a job is known from its post through a host, or once delivered)"
-                    )));
+                    return cancel_unseen(&state, &id).await;
                 }
                 return Err(ApiError::not_found(format!("no job {id}")));
             }
@@ -436,6 +441,35 @@ pub async fn cancel<T: Transport>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// On JetStream, a cancel of a job no host has recorded or shared yet (its
+/// message is still on its way: a backlog, a delay, a producer that
+/// posted around every host): the cancel waits for it in `SLUICE_CANCELS`
+/// (as long as the stream keeps messages), every host records the job
+/// cancelled, and whichever host its message reaches acks it without
+/// running it. A 202 with this host's record (cancelled; message and
+/// channel empty until the message arrives). An id that is not a job id's
+/// shape is a 404, so a typo waits for nothing.
+async fn cancel_unseen<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Response, ApiError> {
+    if !crate::store::is_job_id(id) {
+        return Err(ApiError::not_found(format!(
+            "no job {id} (a job id is 36 characters, 8-4-4-4-12 lowercase hex)"
+        )));
+    }
+    tell_every_host(state, id, "", "", "").await?;
+    let store = &state.deps.store;
+    // This host applies it now too (its watch will again: the same), so
+    // the answer shows it and a delivery arriving here next is dropped.
+    match store.cancel_from_elsewhere(id, "", "", "").await? {
+        crate::store::RemoteCancel::Running => {
+            state.deps.control.interrupt(id);
+        }
+        _ => state.deps.control.changed(id),
+    }
+    tracing::info!(job_id = %id, "cancel of a job no host has yet sent to every host; it is dropped when its message arrives");
+    let view = store.job(id).await?.map(|job| JobView::of(job, now_ms()));
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
 /// On JetStream: writes the cancel where every host sees it. A 503 if it

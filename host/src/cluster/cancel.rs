@@ -5,7 +5,10 @@
 //! On each cancel a host interrupts the job if it runs it (recorded
 //! `cancelled`, acked), cancels its waiting record, and records the job as
 //! cancelled even when it has never seen it, so a delivery that reaches
-//! it later is acked without running. A watch starts with the last value
+//! it later is acked without running. A cancel of a job no host has
+//! recorded yet (the API knows only its id) carries an empty message,
+//! channel and handler; the record it makes learns them from the delivery
+//! (`store::inbox`). A watch starts with the last value
 //! of every key, so a host that was down or disconnected catches up on
 //! what it missed. What is not covered: a delivery that starts on a host
 //! before the cancel reaches it runs to its end if it is not running

@@ -45,6 +45,11 @@ pub(super) fn nats_settings(
         }
         return Ok(None);
     };
+    if let Err(reason) = crate::transport::server_addrs(&url) {
+        return Err(ConfigError::Invalid(format!(
+            "[nats] url {url:?} is not a NATS server URL: {reason}"
+        )));
+    }
     let d = JetStreamSettings::default();
     let raw = raw.cloned().unwrap_or_default();
     let s = JetStreamSettings {

@@ -241,6 +241,31 @@ fn nats_comes_from_the_file_or_the_flag() -> Result<(), String> {
     assert_eq!(c.nats.map(|n| n.url), Some("nats://x:1".into()));
     let err = parse("[nats]\nack_wait = \"5s\"").err().unwrap_or_default();
     assert!(err.contains("url is missing"), "{err}");
+    // Every form the client takes, one or several; anything else is an
+    // error at once, naming the server that is wrong.
+    for ok in [
+        "nats://h:4222",
+        "h:4222",
+        "tls://h:4222",
+        "nats://a:1, nats://b:2,nats://c:3",
+    ] {
+        parse(&format!("[nats]\nurl = \"{ok}\""))?;
+    }
+    for (bad, says) in [
+        ("http://h:4222", "invalid scheme"),
+        ("nats://a:1,,nats://b:2", "empty server"),
+        ("nats://a:1,", "empty server"),
+        ("nats://h:port", "\"nats://h:port\""),
+        ("", "empty server"),
+    ] {
+        let err = parse(&format!("[nats]\nurl = \"{bad}\""))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("is not a NATS server URL") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
     Ok(())
 }
 

@@ -695,7 +695,7 @@ async fn commit<T: Transport>(
             outcome,
         } => (handed.finish().await, settle, outcome, None),
         Recording::Lost(e) => {
-            tracing::error!(job_id = %job.job_id, error = %e, "cannot record job outcome; it will be redelivered");
+            lost(deps, job, &e).await;
             return None;
         }
     };
@@ -717,7 +717,7 @@ async fn commit<T: Transport>(
         // left to the live delivery, or to the ack wait.
         Ok(FinishResult::Stale) => ("stale", None),
         Err(e) => {
-            tracing::error!(job_id = %job.job_id, error = %e, "cannot record job outcome; it will be redelivered");
+            lost(deps, job, &e.to_string()).await;
             return None;
         }
     };
@@ -728,6 +728,31 @@ async fn commit<T: Transport>(
         error,
         conflicts,
     })
+}
+
+/// A delivery whose outcome could not be recorded (the store failed, or
+/// a shared state batch got no answer): it is left unsettled, so it comes
+/// back after the ack wait, to any host. Its record goes back to waiting
+/// (the attempt not charged) while the store can still write: left
+/// `running`, it would stay so for good here once another host took the
+/// job, since only waiting records are reconciled with what other hosts
+/// share.
+async fn lost<T: Transport>(deps: &Deps<T>, job: &crate::store::ClaimedJob, reason: &str) {
+    tracing::error!(job_id = %job.job_id, error = %reason, "cannot record job outcome; it will be redelivered");
+    let back = Finish::Release {
+        visible_at: now_ms().saturating_add(1000),
+        reason: format!("its outcome could not be recorded ({reason}); it is delivered again"),
+    };
+    match deps
+        .store
+        .finish(&job.job_id, job.attempt, CallRecord::default(), back)
+        .await
+    {
+        Ok(_) => deps.control.changed(&job.job_id),
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, error = %e, "cannot put the job back to waiting either; its record here stays running until it is delivered here again or the host restarts");
+        }
+    }
 }
 
 /// When a delivery started, and its phases' instants if spans are exported.

@@ -145,7 +145,9 @@ impl Store {
     }
 
     /// Applies a cancel an operator made on another host to job `id` (of
-    /// `message_id` for handler `consumer` on `channel`).
+    /// `message_id` for handler `consumer` on `channel`; all three empty
+    /// when no host had the job yet: its record is filled in when its
+    /// message arrives, see `inbox`).
     pub async fn cancel_from_elsewhere(
         &self,
         id: &str,
@@ -161,7 +163,11 @@ impl Store {
         );
         self.call(move |conn| {
             let now = now_ms();
-            let reason = "cancelled by an operator (on another host)";
+            let reason = if message_id.is_empty() {
+                "cancelled by an operator before any host had it"
+            } else {
+                "cancelled by an operator (on another host)"
+            };
             let state: Option<String> = conn
                 .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
                 .query_row(params![id], |r| r.get(0))

@@ -66,6 +66,20 @@ pub fn job_id_for(message_id: &str, consumer: &str) -> String {
     )
 }
 
+/// Whether `id` has the shape [`job_id_for`] gives every job on JetStream
+/// (8-4-4-4-12 lowercase hex), so a cancel of a job no host has seen yet
+/// can be told from a typo.
+pub fn is_job_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+            }
+        })
+}
+
 /// A delivery as the transport decoded it.
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -231,11 +245,12 @@ pub(super) fn receive_one(
         Option<i64>,
         Option<i64>,
         Option<String>,
+        String,
     );
     let row: Option<Row> = conn
         .prepare_cached(
             "SELECT state, attempts, slices, visible_at, replays, delivery_seq, delivery_count,
-                 last_error
+                 last_error, message_id
              FROM jobs WHERE id = ?1",
         )?
         .query_row(params![id], |r| {
@@ -248,6 +263,7 @@ pub(super) fn receive_one(
                 r.get(5)?,
                 r.get(6)?,
                 r.get(7)?,
+                r.get(8)?,
             ))
         })
         .optional()?;
@@ -303,9 +319,42 @@ pub(super) fn receive_one(
             }
             attempts
         }
-        Some((state, attempts, slices, visible_at, replays, last_seq, last_count, error)) => {
+        Some((
+            state,
+            attempts,
+            slices,
+            visible_at,
+            replays,
+            last_seq,
+            last_count,
+            error,
+            known,
+        )) => {
             let state = JobState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?;
+            if state == JobState::Cancelled && known.is_empty() {
+                // Cancelled before any host had it (the cancel named only
+                // the job id): its record learns what it was.
+                let headers = serde_json::to_string(&d.message.headers)
+                    .map_err(|e| StoreError::Corrupt(format!("headers: {e}")))?;
+                conn.prepare_cached(
+                    "UPDATE jobs SET message_id = ?2, channel = ?3, consumer = ?4, kind = ?5,
+                         headers = ?6, body = ?7, expires_at = ?8, updated_at = ?9
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    d.message.id,
+                    d.message.channel,
+                    d.consumer,
+                    d.message.kind.as_str(),
+                    headers,
+                    d.message.body,
+                    d.expires_at,
+                    now,
+                ])?;
+                return Ok(Received::Done(state));
+            }
             // A message of an earlier life (before a replay this host
             // knows of) is over with.
             if d.replay < replays {

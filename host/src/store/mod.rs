@@ -53,7 +53,7 @@ pub use cluster::{EndedElsewhere, RemoteCancel, Waiting};
 pub use control::{Cancel, OutboxLag};
 pub use finish::next_slice;
 pub use flow::GatedReceipt;
-pub use inbox::{Delivered, Received, ServerDelivery, job_id_for};
+pub use inbox::{Delivered, Received, ServerDelivery, is_job_id, job_id_for};
 pub use jobs::{CallRecord, Commit, Finish, FinishResult, JobFilter, NewMessage, Published};
 pub use listing::{CENSUS_BUDGET, COUNT_CAP, Census, ChannelCensus, Posted};
 pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, RelayOutcome};

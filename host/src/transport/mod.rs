@@ -21,6 +21,7 @@ use std::time::Duration;
 pub use embedded::Embedded;
 pub use jetstream::{
     Got, JetStream, JetStreamError, JetStreamSettings, STREAM, SharedFlow, SharedState,
+    server_addrs,
 };
 pub use wire::WireError;
 

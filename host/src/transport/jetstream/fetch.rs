@@ -110,10 +110,19 @@ impl JetStream {
             // nothing to take now, so wait for the next message like an
             // empty pull does, instead of failing the pump's round.
             Err(e) if e.to_string().contains("409") => Vec::new(),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.recreate_if_removed(subscription).await;
+                return Err(e.into());
+            }
         };
         if messages.is_empty() {
-            messages = pull(true).await?;
+            messages = match pull(true).await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.recreate_if_removed(subscription).await;
+                    return Err(e.into());
+                }
+            };
         }
         let mut pulled = Vec::with_capacity(messages.len());
         for msg in messages {

@@ -60,10 +60,18 @@ pub enum JetStreamError {
         /// Why.
         reason: String,
     },
-    /// The server refused this client (credentials, TLS) or the URL is
-    /// not one: trying again cannot help.
+    /// The server refused this client (credentials, TLS): trying again
+    /// cannot help.
     #[error("NATS at {url} refused the connection: {reason}")]
     Refused {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The URL is not a NATS server URL: trying again cannot help.
+    #[error("[nats] url {url:?} is not a NATS server URL: {reason}")]
+    BadUrl {
         /// The URL.
         url: String,
         /// Why.
@@ -137,7 +145,9 @@ impl JetStreamError {
     pub fn heals(&self) -> bool {
         !matches!(
             self,
-            JetStreamError::Refused { .. } | JetStreamError::Incompatible { .. }
+            JetStreamError::Refused { .. }
+                | JetStreamError::BadUrl { .. }
+                | JetStreamError::Incompatible { .. }
         )
     }
 }
@@ -203,6 +213,24 @@ struct Inner {
     unique: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
+/// The servers of a `[nats] url`: one URL, or several (a cluster) comma
+/// separated, which the client takes as a list and fails over between.
+/// Each is `nats://`, `tls://`, `ws://` or `wss://` (`host:port` alone
+/// means `nats://`). The config checks it when it is read, so a typo ends
+/// a start at once instead of being tried again forever.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() {
+                return Err("an empty server in the list".to_owned());
+            }
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{s:?}: {e} (use nats://host:port, tls://, ws:// or wss://, several comma separated)"))
+        })
+        .collect()
+}
+
 /// 9999-12-31T23:59:59.999Z: the longest schedule time there is, for size
 /// checks.
 const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_999;
@@ -214,16 +242,10 @@ impl JetStream {
         store: Store,
     ) -> Result<JetStream, JetStreamError> {
         let url = settings.url.clone();
-        // Several servers (a cluster) are given comma separated; the client
-        // takes them as a list and fails over between them.
-        let servers = url
-            .split(',')
-            .map(|s| s.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| JetStreamError::Connect {
-                url: url.clone(),
-                reason: format!("not a server URL (or a comma-separated list of them): {e}"),
-            })?;
+        let servers = server_addrs(&url).map_err(|reason| JetStreamError::BadUrl {
+            url: url.clone(),
+            reason,
+        })?;
         let client = async_nats::ConnectOptions::new()
             .name("sluice")
             .connection_timeout(Duration::from_secs(5))
@@ -250,29 +272,13 @@ impl JetStream {
             })?;
         let js = jetstream::new(client.clone());
         let server_version = client.server_info().version;
-        let wanted = schedule::server_supports(&server_version);
-        let mut subjects = vec![
-            format!("{}.>", wire::PREFIX),
-            format!("{}.>", wire::CONT_PREFIX),
-        ];
-        if wanted {
-            subjects.push(format!("{}.>", schedule::SCHED_PREFIX));
-        }
-        let schedules = streams::ensure_stream(&js, STREAM, subjects, &settings, wanted).await?;
+        let schedules = streams::ensure_streams(&js, &settings, &server_version).await?;
         if !schedules {
             tracing::warn!(
                 server = %server_version,
                 "this nats-server cannot schedule messages (2.12 or later can): delayed posts and retries are held in the local outbox until due, and `sluice post --delay` is refused"
             );
         }
-        streams::ensure_stream(
-            &js,
-            DLQ_STREAM,
-            vec![format!("{}.>", wire::DLQ_PREFIX)],
-            &settings,
-            false,
-        )
-        .await?;
         if settings.shared_state {
             state::ensure_state_stream(&js, &settings, &server_version).await?;
         }

@@ -28,6 +28,34 @@ pub fn consumer_name(sub: &Subscription) -> String {
     format!("{}__{}__{tag}", clean(&sub.consumer), clean(&sub.channel))
 }
 
+/// Creates or checks the work stream and the dead-letter stream; returns
+/// whether the work stream has message schedules (asked for when the
+/// server supports them).
+pub(super) async fn ensure_streams(
+    js: &jetstream::Context,
+    settings: &JetStreamSettings,
+    server_version: &str,
+) -> Result<bool, JetStreamError> {
+    let wanted = super::schedule::server_supports(server_version);
+    let mut subjects = vec![
+        format!("{}.>", wire::PREFIX),
+        format!("{}.>", wire::CONT_PREFIX),
+    ];
+    if wanted {
+        subjects.push(format!("{}.>", super::schedule::SCHED_PREFIX));
+    }
+    let schedules = ensure_stream(js, STREAM, subjects, settings, wanted).await?;
+    ensure_stream(
+        js,
+        super::DLQ_STREAM,
+        vec![format!("{}.>", wire::DLQ_PREFIX)],
+        settings,
+        false,
+    )
+    .await?;
+    Ok(schedules)
+}
+
 /// Creates `name` or checks it, and brings an older stream up to date
 /// (a subject it lacks, schedules it does not allow yet: both are stream
 /// updates the server applies to a non-empty stream). `schedules` asks for
@@ -107,6 +135,51 @@ pub(super) async fn ensure_stream(
 }
 
 impl JetStream {
+    /// After a failed pull of `sub`: if its durable consumer (or the work
+    /// stream) no longer exists (an operator removed it, a server came
+    /// back without its store), creates it again as at start, so the
+    /// channel runs on instead of failing every pull until a restart. A
+    /// check that itself fails changes nothing (the pump tries again).
+    pub(super) async fn recreate_if_removed(&self, sub: &Subscription) {
+        let name = consumer_name(sub);
+        let stream = match self.inner.js.get_stream(STREAM).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                tracing::warn!(
+                    stream = STREAM,
+                    "the work stream was removed; creating it again"
+                );
+                let inner = &self.inner;
+                if let Err(e) =
+                    ensure_streams(&inner.js, &inner.settings, &inner.server_version).await
+                {
+                    tracing::warn!(error = %e, "cannot create the streams again yet");
+                    return;
+                }
+                match self.inner.js.get_stream(STREAM).await {
+                    Ok(s) => s,
+                    Err(_) => return,
+                }
+            }
+            Err(_) => return,
+        };
+        match stream.consumer_info(&name).await {
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            _ => return,
+        }
+        match self.register_consumers(std::slice::from_ref(sub)).await {
+            Ok(()) => {
+                tracing::warn!(consumer = %name, channel = %sub.channel, handler = %sub.consumer, "durable consumer was removed; created again")
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "durable consumer was removed and cannot be created again yet")
+            }
+        }
+    }
+
     /// Creates (or updates) the durable consumer of each subscription.
     pub(super) async fn register_consumers(
         &self,
@@ -164,6 +237,12 @@ impl JetStream {
                 || info.max_ack_pending != config.max_ack_pending
                 || info.filter_subjects != config.filter_subjects
             {
+                if info.ack_wait != config.ack_wait {
+                    // One consumer, one ack wait: a host whose own is longer
+                    // heartbeats too slowly for the consumer's, and its long
+                    // jobs go to another host and run twice.
+                    tracing::warn!(consumer = %name, consumer_ack_wait = ?info.ack_wait, ack_wait = ?config.ack_wait, "the consumer's ack_wait is not this host's [nats] ack_wait; setting it to this host's: give every host the same ack_wait, or hosts with a longer one have their long jobs handed on and run twice");
+                }
                 tracing::info!(consumer = %name, "updating consumer settings");
                 c = stream
                     .update_consumer(config)
