@@ -229,17 +229,22 @@ fn delays_under_two_seconds_wait_on_the_server_too() {
 /// scheduled by the host, both run, once.
 #[test]
 fn a_host_whose_clock_is_behind_the_servers_still_runs_scheduled_messages() {
-    let faketime = "faketime";
-    assert!(
-        std::process::Command::new(faketime)
-            .args(["-f", "-3s", "true"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "this test needs libfaketime's `faketime` (Debian package faketime; scripts/test installs it)"
-    );
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("this test needs libfaketime (Debian package faketime; scripts/test installs it)");
     let nats = NatsServer::start();
     let env = Env::new(&["test-wire"], &nats.config("10s", POLICY));
-    let host = env.start_under(&[faketime, "-f", "-3s"]);
+    let host = env.start_with_env(&[
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", "-3s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
     host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
     let cli = env.ok(&["post", "test.wire", "{}", "--delay", "2s"]);
     let cli = cli.trim().to_owned();

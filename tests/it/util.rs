@@ -74,21 +74,7 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        self.command_under(&[], args)
-    }
-
-    /// `sluice ARGS`, run by `wrapper` (e.g. `["faketime", "-f", "-3s"]`)
-    /// when it is not empty.
-    fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_sluice");
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("--plugins")
             .arg(&self.plugins)
             .arg("--data")
@@ -140,15 +126,19 @@ impl Env {
 
     /// Starts `sluice run`; its log goes to a file in the temp dir.
     pub fn start(&self) -> Daemon {
-        self.start_under(&[])
+        self.start_with_env(&[])
     }
 
-    /// Starts `sluice run` under `wrapper` (see `command_under`).
-    pub fn start_under(&self, wrapper: &[&str]) -> Daemon {
+    /// Starts `sluice run` with extra environment variables (e.g.
+    /// libfaketime's `LD_PRELOAD` and `FAKETIME`: set on the daemon itself,
+    /// not through the `faketime` wrapper, which forks, so that killing the
+    /// daemon kills `sluice` and nothing outlives the test).
+    pub fn start_with_env(&self, vars: &[(&str, &str)]) -> Daemon {
         let log = self.dir.path().join(format!("daemon-{}.log", now_nanos()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = self
-            .command_under(wrapper, &["run"])
+            .command(&["run"])
+            .envs(vars.iter().copied())
             .env("SLUICE_LOG", "info")
             // Plain log lines: tests read fields like `version=2.0.0`.
             .env("NO_COLOR", "1")
