@@ -94,6 +94,17 @@ fn dead_ids(api: &Api, channel: &str) -> Vec<String> {
         .collect()
 }
 
+/// Clicks a button that asks for a second click (`confirmButton` in
+/// app.js), waits for it to arm, and clicks it again.
+fn confirm_click(b: &mut Browser, selector: &str) {
+    b.click(selector);
+    b.wait_for(
+        &format!("document.querySelector('{selector}.armed') !== null"),
+        Duration::from_secs(5),
+    );
+    b.click(&format!("{selector}.armed"));
+}
+
 #[test]
 fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
     let (env, daemon, api, addr, held) = world();
@@ -180,12 +191,7 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
     );
     b.screenshot(&shots.join("job-held.png"));
     // Its Cancel button asks for a second click, then cancels it.
-    b.click("button.cancel");
-    b.wait_for(
-        "document.querySelector('button.cancel.armed') !== null",
-        Duration::from_secs(5),
-    );
-    b.click("button.cancel.armed");
+    confirm_click(&mut b, "button.cancel");
     let ok = wait_until(Duration::from_secs(20), || {
         env.job(&held).state == JobState::Cancelled
     });
@@ -280,12 +286,7 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
         "document.querySelectorAll('tr[data-job] button.replay').length === 2",
         Duration::from_secs(20),
     );
-    b.click("button.replay-all");
-    b.wait_for(
-        "document.querySelector('button.replay-all.armed') !== null",
-        Duration::from_secs(5),
-    );
-    b.click("button.replay-all.armed");
+    confirm_click(&mut b, "button.replay-all");
     let ok = wait_until(Duration::from_secs(30), || {
         env.job(&dead[0]).replays == 2
             && env.job(&poison[0]).replays == 1
