@@ -94,6 +94,17 @@ fn dead_ids(api: &Api, channel: &str) -> Vec<String> {
         .collect()
 }
 
+/// Clicks a button that asks for a second click (`confirmButton` in
+/// app.js), waits for it to arm, and clicks it again.
+fn confirm_click(b: &mut Browser, selector: &str) {
+    b.click(selector);
+    b.wait_for(
+        &format!("document.querySelector('{selector}.armed') !== null"),
+        Duration::from_secs(5),
+    );
+    b.click(&format!("{selector}.armed"));
+}
+
 #[test]
 fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
     let (env, daemon, api, addr, held) = world();
@@ -179,6 +190,12 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
         Duration::from_secs(20),
     );
     b.screenshot(&shots.join("job-held.png"));
+    // Its Cancel button asks for a second click, then cancels it.
+    confirm_click(&mut b, "button.cancel");
+    let ok = wait_until(Duration::from_secs(20), || {
+        env.job(&held).state == JobState::Cancelled
+    });
+    assert!(ok, "the Cancel clicks did not cancel {held}");
 
     // A job that posted: its page lists the message it posted.
     let reminder = env
@@ -261,6 +278,28 @@ fn dashboard_renders_real_data_and_its_replay_and_pause_clicks_work() {
         Duration::from_secs(20),
     );
     b.screenshot(&shots.join("plugins.png"));
+
+    // Replay all (two clicks): both dead letters go round again and end
+    // dead once more, each with one more replay.
+    b.goto(&format!("{base}#/dead"));
+    b.wait_for(
+        "document.querySelectorAll('tr[data-job] button.replay').length === 2",
+        Duration::from_secs(20),
+    );
+    confirm_click(&mut b, "button.replay-all");
+    let ok = wait_until(Duration::from_secs(30), || {
+        env.job(&dead[0]).replays == 2
+            && env.job(&poison[0]).replays == 1
+            && api.get("/v1/dead-letters").json()["jobs"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 2
+    });
+    assert!(
+        ok,
+        "Replay all did not replay both; log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]

@@ -619,9 +619,12 @@ async function refresh() {
   } finally {
     state.busy = false;
   }
-  // Keep a half-typed token or an open select: no refresh under the user.
+  // Keep a half-typed token, an open select or a button waiting for its
+  // confirming click: no refresh under the user.
   const focused = document.activeElement;
-  if (focused && main.contains(focused) && (focused.tagName === "INPUT" || focused.tagName === "SELECT") && main.dataset.rendered === location.hash) return;
+  const same = main.dataset.rendered === location.hash;
+  if (focused && main.contains(focused) && (focused.tagName === "INPUT" || focused.tagName === "SELECT") && same) return;
+  if (same && main.querySelector("button.armed")) return;
   main.replaceChildren(...content.flat(Infinity).filter(Boolean));
   main.dataset.rendered = location.hash;
   main.dataset.loadedAt = String(Date.now());
