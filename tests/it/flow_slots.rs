@@ -10,7 +10,7 @@ use sluice::transport::{Got, SharedFlow};
 
 use crate::flow::{bodies, post_lines, records, tenant_of, two_hosts};
 use crate::nats::NatsServer;
-use crate::util::{Env, wait_until};
+use crate::util::{Env, log_field, wait_until};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -80,8 +80,18 @@ fn holders(nats: &NatsServer) -> Vec<String> {
 /// Spans `[start, end)` of `tenant`'s jobs that succeeded, each from the
 /// host that ran it last (the latest start: a host that ran it earlier, or
 /// learned its outcome from the status board, keeps its own start), plus
-/// `extra`.
-fn spans(envs: &[&Env], tenant: &str, extra: &[(i64, i64)]) -> Vec<(i64, i64)> {
+/// `extra`. A record keeps the start of its job's first run: the killed
+/// job (`killed`: its id and the start of the run that was killed) run
+/// again by the same host would span both runs and the lease wait between
+/// them, so its last run is taken from that host's log line for the
+/// success (`duration_ms` before `finished_at`).
+fn spans(
+    envs: &[&Env],
+    tenant: &str,
+    extra: &[(i64, i64)],
+    killed: (&str, i64),
+    logs: &[String],
+) -> Vec<(i64, i64)> {
     let mut last: std::collections::BTreeMap<String, JobRecord> = Default::default();
     for job in envs.iter().flat_map(|e| e.jobs("test.spin")) {
         if tenant_of(&job) != tenant || job.state != JobState::Succeeded {
@@ -94,8 +104,26 @@ fn spans(envs: &[&Env], tenant: &str, extra: &[(i64, i64)]) -> Vec<(i64, i64)> {
             }
         }
     }
+    let last_run_ms = |id: &str| {
+        logs.iter()
+            .flat_map(|log| log.lines())
+            .filter(|l| {
+                log_field(l, "job_id") == Some(id) && log_field(l, "outcome") == Some("succeeded")
+            })
+            .filter_map(|l| log_field(l, "duration_ms")?.parse::<f64>().ok())
+            .next_back()
+    };
     last.values()
-        .filter_map(|j| Some((j.started_at?, j.finished_at?)))
+        .filter_map(|j| {
+            let (start, end) = (j.started_at?, j.finished_at?);
+            if j.id == killed.0
+                && start <= killed.1
+                && let Some(ms) = last_run_ms(&j.id)
+            {
+                return Some((end - ms.ceil() as i64, end));
+            }
+            Some((start, end))
+        })
         .chain(extra.iter().copied())
         .collect()
 }
@@ -194,7 +222,14 @@ ack_wait = "5s"
         live.log_text(),
         dead.log_text()
     );
-    let spans = spans(&[&a, &b], "k", &[killed_run]);
+    let logs = [live.log_text(), dead.log_text()];
+    let spans = spans(
+        &[&a, &b],
+        "k",
+        &[killed_run],
+        (&killed_job.id, killed_run.0),
+        &logs,
+    );
     assert_eq!(
         most_at_once(&spans),
         1,
