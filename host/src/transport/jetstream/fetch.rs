@@ -194,8 +194,8 @@ impl JetStream {
                 // The settle's copy failed after the store recorded the
                 // job dead (a server restart, a refusing stream): copy it
                 // now, with the same dedupe id, then end it. If it fails
-                // again the message is left to come back after the ack
-                // wait; nothing is lost.
+                // again the message is asked back soon (`copy_again_soon`);
+                // nothing is lost.
                 let sub = subscription;
                 match self
                     .dead_letter(&msg, &sub.channel, id, &sub.consumer, &reason)
@@ -207,6 +207,7 @@ impl JetStream {
                     }
                     Err(e) => {
                         tracing::warn!(message_id = %id, error = %e, "dead letter not copied yet; its message will come back");
+                        self.copy_again_soon(&msg).await;
                     }
                 }
                 None

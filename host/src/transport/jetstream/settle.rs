@@ -2,6 +2,8 @@
 //! delay, or dead letter (a copy to `SLUICE_DLQ`, then term so JetStream
 //! never redelivers it).
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, AckKind};
 
 use super::super::wire;
@@ -42,14 +44,19 @@ impl JetStream {
             Settle::Nak { delay } => ack(AckKind::Nak(Some(delay))).await?,
             Settle::DeadLetter { reason } => {
                 let job = &delivery.job;
-                self.dead_letter(
-                    msg,
-                    &job.message.channel,
-                    &job.message.id,
-                    &job.consumer,
-                    &reason,
-                )
-                .await?;
+                let copied = self
+                    .dead_letter(
+                        msg,
+                        &job.message.channel,
+                        &job.message.id,
+                        &job.consumer,
+                        &reason,
+                    )
+                    .await;
+                if let Err(e) = copied {
+                    self.copy_again_soon(msg).await;
+                    return Err(e);
+                }
                 ack(AckKind::Term).await?;
             }
         }
@@ -80,6 +87,20 @@ impl JetStream {
         let dedupe = format!("{id}/{consumer}/dead/{seq}");
         let subject = wire::dlq_subject(channel);
         self.dead_letter_copy(msg, &subject, reason, &dedupe).await
+    }
+
+    /// Asks for the delivery `msg` of a dead job, whose dead letter could
+    /// not be copied, to come back soon (a NAK: 1 s, doubling with each
+    /// delivery, at most the ack wait), when the inbox has it copied
+    /// again. Left to the ack wait alone, a copy that failed right after a
+    /// server restart was tried again only an ack wait later, and failing
+    /// then too, another one later. A NAK that is lost leaves that.
+    pub(super) async fn copy_again_soon(&self, msg: &jetstream::Message) {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let delay = copy_delay(delivered, self.inner.settings.ack_wait);
+        if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::debug!(error = %e, "cannot ask for the dead letter's message back; it comes back after the ack wait");
+        }
     }
 
     /// Ends a message that cannot even be decoded: kept as a dead letter,
@@ -152,5 +173,28 @@ impl JetStream {
             .await
             .map_err(|e| err(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// How long the `delivered`th delivery of a dead job whose copy failed
+/// waits before it comes back: 1 s doubling, at most `ack_wait`.
+fn copy_delay(delivered: i64, ack_wait: Duration) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    Duration::from_secs(1u64 << doublings).min(ack_wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_copy_comes_back_soon_then_less_often() {
+        let wait = Duration::from_secs(30);
+        assert_eq!(copy_delay(1, wait), Duration::from_secs(1));
+        assert_eq!(copy_delay(2, wait), Duration::from_secs(2));
+        assert_eq!(copy_delay(5, wait), Duration::from_secs(16));
+        assert_eq!(copy_delay(6, wait), wait);
+        assert_eq!(copy_delay(i64::MAX, wait), wait);
+        assert_eq!(copy_delay(0, wait), Duration::from_secs(1));
     }
 }
