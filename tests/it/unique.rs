@@ -222,3 +222,98 @@ fn a_resent_message_on_jetstream_leaves_the_key_free() {
     let r = api.post(POST, "{\"amount\": 2}");
     assert_eq!(r.status, 202, "the key is free: {}", r.text);
 }
+
+/// One JetStream host, its API address.
+fn jetstream_host(nats: &NatsServer) -> (Env, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::new(
+        &["test-counter"],
+        &nats.config("10s", &format!("[http]\naddr = \"{addr}\"\n")),
+    );
+    (env, addr)
+}
+
+/// The race of two 202s: a pump's pull waits up to `fetch_wait` for its
+/// first message, so a pull made before a pause was answered took the
+/// winner's message after it, ran it (the channel paused), and the job's
+/// end freed the key for a post still racing. Posted right after the
+/// pause, the message lands in that pull nearly every time: it must go
+/// back to the stream, not run, and its key stay held.
+#[test]
+fn a_message_pulled_as_its_channel_is_paused_goes_back_and_keeps_its_key() {
+    let nats = NatsServer::start();
+    let (env, addr) = jetstream_host(&nats);
+    let host = env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&host);
+    for round in 0..3 {
+        assert_eq!(api.post("/v1/channels/test.counter/pause", "").status, 200);
+        // A key of its own each round (the last one's is freed just after
+        // its job ended).
+        let post =
+            format!("/v1/channels/test.counter/messages?unique=round%20{round}&unique_for=10m");
+        let r = api.post(&post, &format!("{{\"amount\": {round}}}"));
+        assert_eq!(r.status, 202, "{}", r.text);
+        let job = r.json()["job_ids"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        // Recorded once a pull took it; running only until it is decided.
+        let mut last = None;
+        let pulled = wait_until(Duration::from_secs(5), || {
+            last = env.jobs("test.counter").into_iter().find(|j| j.id == job);
+            last.as_ref()
+                .is_some_and(|j| j.state != sluice::store::JobState::Running)
+        });
+        if pulled {
+            assert_eq!(
+                last.as_ref().map(|j| j.state),
+                Some(sluice::store::JobState::Queued),
+                "round {round}: a paused channel ran a job\n{}",
+                host.log_text()
+            );
+        }
+        let again = api.post(&post, "{\"amount\": 1000}");
+        assert_eq!(again.status, 409, "round {round}: {}", again.text);
+        assert_eq!(api.post("/v1/channels/test.counter/resume", "").status, 200);
+        assert!(succeeded(&api, &job), "{}", host.log_text());
+    }
+    assert_eq!(env.state("test-counter", "total"), Some("3".into()));
+}
+
+/// A key released (its job ended) and taken again keeps its
+/// time-to-live: it used to be written over the delete marker without
+/// one, and a host killed before its release left it held for ever.
+#[test]
+fn a_key_taken_again_after_its_release_still_expires() {
+    const SHORT: &str = "/v1/channels/test.counter/messages?unique=order%202&unique_for=2s";
+    let nats = NatsServer::start();
+    let (_env, addr) = jetstream_host(&nats);
+    let host = _env.start();
+    let api = Api::new(&addr, None);
+    api.wait_up(&host);
+    let r = api.post(SHORT, "{\"amount\": 1}");
+    assert_eq!(r.status, 202, "{}", r.text);
+    let first = r.json()["job_ids"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(succeeded(&api, &first), "{}", host.log_text());
+    // Taken again, by a job that will not end for an hour.
+    let held = || api.post(&format!("{SHORT}&delay=1h"), "{\"amount\": 2}");
+    assert!(
+        wait_until(Duration::from_secs(30), || held().status == 202),
+        "the released key was never free again\n{}",
+        host.log_text()
+    );
+    assert_eq!(held().status, 409);
+    // Its two seconds end; the job holding it has not.
+    assert!(
+        wait_until(Duration::from_secs(60), || api
+            .post(SHORT, "{\"amount\": 3}")
+            .status
+            == 202),
+        "the key never expired\n{}",
+        host.log_text()
+    );
+}

@@ -137,6 +137,14 @@ async fn decide<T: Transport>(
         );
     };
     mark(clock, Phase::Receive);
+    // Paused while it was fetched (a JetStream pull waits for its first
+    // message): it goes back, costing no attempt, and holds its unique key.
+    if deps.control.is_paused(&sub.channel) {
+        return (
+            Some(handler),
+            Recording::Submit(release("channel paused; handed back", Duration::ZERO)),
+        );
+    }
     // With shared state, a job committed before (by any host: the
     // delivery came back after a crash, or a slow host's was handed on) is
     // recorded from its marker, never run again.

@@ -1,7 +1,8 @@
 //! Unique jobs on JetStream (`sluice-unique`, see
 //! `crate::message::options`): the key is an entry of the KV bucket
 //! [`BUCKET`] (key: sha256 of channel and uniqueness key; value: the
-//! message id holding it), created with revision 0 ("must not exist") and
+//! message id holding it), created with revision 0 ("must not exist", or
+//! the revision of the delete marker a release left) and
 //! a per-entry time-to-live (`sluice-unique-for`), before the message is
 //! published. So of 64 posts of one key at once, on any number of hosts,
 //! exactly one creates the entry and is published; the others read the
@@ -12,6 +13,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv;
 use sha2::{Digest as _, Sha256};
 
@@ -80,27 +82,64 @@ impl JetStream {
     ) -> Result<Option<String>, JetStreamError> {
         let kv = self.unique_bucket().await?;
         let key = entry_key(channel, &unique.key);
+        // The revision the entry must be at for this create to take it:
+        // 0 (no entry yet), or the delete marker a release (or the TTL)
+        // left. Either way it is one atomic expected-revision publish.
+        let mut expect = 0;
         for _ in 0..TRIES {
-            match kv
-                .create_with_ttl(&key, id.as_bytes().to_vec().into(), unique.ttl)
-                .await
-            {
-                Ok(_) => return Ok(None),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            match self.create_entry(kv, &key, id, unique.ttl, expect).await {
+                Ok(()) => return Ok(None),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
                 Err(e) => return Err(failed(e)),
             }
             match kv.entry(&key).await.map_err(failed)? {
                 Some(e) if e.operation == kv::Operation::Put => {
                     return Ok(Some(String::from_utf8_lossy(&e.value).into_owned()));
                 }
-                // Released (or expired) in between: try again.
-                _ => {}
+                // Released (or expired): take it at the marker's revision.
+                Some(e) => expect = e.revision,
+                None => expect = 0,
             }
         }
         Err(failed(format!(
             "uniqueness key {:?} changed hands {TRIES} times in a row",
             unique.key
         )))
+    }
+
+    /// Writes entry `key` holding `id` with time-to-live `ttl`, if the
+    /// key's last revision is `expect` (0: none). Not `kv::Store::create`:
+    /// over a delete marker it writes the entry without its TTL, so a key
+    /// released once and taken again was held for ever by a host killed
+    /// before its release.
+    async fn create_entry(
+        &self,
+        kv: &kv::Store,
+        key: &str,
+        id: &str,
+        ttl: Duration,
+        expect: u64,
+    ) -> Result<(), PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expect.to_string().as_str(),
+        );
+        // Whole seconds, at least one (the server's smallest TTL).
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            ttl.as_secs().max(1).to_string().as_str(),
+        );
+        let subject = format!(
+            "{}{key}",
+            kv.put_prefix.as_deref().unwrap_or(kv.prefix.as_str())
+        );
+        self.inner
+            .js
+            .publish_with_headers(subject, headers, id.as_bytes().to_vec().into())
+            .await?
+            .await
+            .map(|_| ())
     }
 
     /// Frees the key of a delivery that ended without running here (the
