@@ -317,3 +317,75 @@ fn a_key_taken_again_after_its_release_still_expires() {
         host.log_text()
     );
 }
+
+/// Outbox rows of `env` as `sluice outbox list --json` shows them.
+fn outbox_rows(env: &Env) -> Vec<serde_json::Value> {
+    env.ok(&["outbox", "list", "--json"])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Issue 14 on JetStream: a handler's posts with a uniqueness key leave
+/// through the outbox, and the relay claims the key as the API does. Of
+/// twenty jobs on two hosts each posting the same key, one message is
+/// published; every other row leaves the outbox unpublished, saying which
+/// message holds the key.
+#[test]
+fn handler_posts_of_one_key_over_two_jetstream_hosts_publish_one_message() {
+    let nats = NatsServer::start();
+    let config = nats.config("10s", "");
+    let (a, b) = (
+        Env::new(&["test-wire"], &config),
+        Env::new(&["test-wire"], &config),
+    );
+    let (a_host, b_host) = (a.start(), b.start());
+    for host in [&a_host, &b_host] {
+        host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    }
+    let post =
+        r#"{"posts": [{"channel": "test.sink", "headers": [["sluice-unique", "order 1"]]}]}"#;
+    let input: String = (0..20).map(|_| format!("{post}\n")).collect();
+    assert!(
+        a.sluice_stdin(&["post", "test.wire"], &input)
+            .status
+            .success()
+    );
+    let mut rows = Vec::new();
+    let left = wait_until(Duration::from_secs(60), || {
+        rows = outbox_rows(&a).into_iter().chain(outbox_rows(&b)).collect();
+        rows.iter().filter(|r| !r["sent_at"].is_null()).count() == 20
+    });
+    assert!(
+        left,
+        "{rows:?}\n{}\n{}",
+        a_host.log_text(),
+        b_host.log_text()
+    );
+    let refused: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("holds its unique key"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 19, "{rows:?}");
+    assert_eq!(
+        nats.count("SLUICE", "sluice.test.sink"),
+        1,
+        "one message published"
+    );
+    let holder = nats
+        .messages("SLUICE")
+        .into_iter()
+        .find(|m| m.subject.as_str() == "sluice.test.sink")
+        .and_then(|m| m.headers.get("Sluice-Id").map(|v| v.as_str().to_owned()))
+        .unwrap_or_default();
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["error"].as_str().is_some_and(|e| e.contains(&holder))),
+        "{holder}: {refused:?}"
+    );
+}

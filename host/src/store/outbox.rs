@@ -97,6 +97,13 @@ pub enum RelayOutcome {
         /// Why.
         error: String,
     },
+    /// Not published, and never will be: another message holds its
+    /// uniqueness key (JetStream). It leaves the outbox like a sent row,
+    /// with why in its `error`.
+    Refused {
+        /// Why.
+        note: String,
+    },
 }
 
 /// Writes a post (or, with `consumer`, a message for one handler) to the
@@ -239,6 +246,9 @@ impl Store {
                      failed_at = CASE WHEN attempts + 1 >= ?4 THEN ?5 ELSE NULL END
                  WHERE seq = ?1",
             )?;
+            let mut refused = conn.prepare_cached(
+                "UPDATE outbox SET sent_at = ?2, retry_at = NULL, error = ?3 WHERE seq = ?1",
+            )?;
             let mut poison = conn.prepare_cached(
                 "UPDATE outbox SET attempts = attempts + 1, error = ?2, failed_at = ?3,
                      retry_at = NULL
@@ -251,6 +261,7 @@ impl Store {
                         retry.execute(params![seq, retry_at, error, MAX_ATTEMPTS, now])?
                     }
                     RelayOutcome::Poison { error } => poison.execute(params![seq, error, now])?,
+                    RelayOutcome::Refused { note } => refused.execute(params![seq, now, note])?,
                 };
             }
             Ok(())

@@ -14,6 +14,10 @@
 //! - a failure of the connection or of the whole stream (timeouts, no
 //!   connection, no responders, every row refused alike) charges no row:
 //!   the pass ends and the relay tries again shortly.
+//!
+//! A post row with a uniqueness key claims it first (`unique.rs`), as the
+//! API's posts do: a row whose key another message holds is not published
+//! and leaves the outbox `Refused`, the reason in its error.
 
 use std::time::Duration;
 
@@ -25,6 +29,7 @@ use super::super::wire::{self, Envelope, WireError};
 use super::schedule::ScheduleError;
 use super::{JetStream, JetStreamError};
 use crate::message::now_ms;
+use crate::message::options::{self, Unique};
 use crate::store::{OutboxRow, RelayOutcome};
 
 /// Rows per pass.
@@ -144,7 +149,23 @@ impl JetStream {
         let mut refused: Vec<(&OutboxRow, String)> = Vec::new();
         let mut transient: Option<String> = None;
         let mut pending: Vec<(&OutboxRow, PublishAckFuture)> = Vec::with_capacity(rows.len());
+        // Keys this pass claimed, by row: freed again if the row stores
+        // nothing after all.
+        let mut claimed: Vec<(&OutboxRow, Unique)> = Vec::new();
         for row in &rows {
+            match self.claim_row_key(row).await {
+                Ok(RowKey::Free) => {}
+                Ok(RowKey::Claimed(unique)) => claimed.push((row, unique)),
+                Ok(RowKey::Held(note)) => {
+                    outcomes.push((row.seq, RelayOutcome::Refused { note }));
+                    continue;
+                }
+                Err(e) => {
+                    // The bucket is unreachable: so is the stream, likely.
+                    transient = Some(e.to_string());
+                    break;
+                }
+            }
             match self.send_row(row).await {
                 Ok(ack) => pending.push((row, ack)),
                 Err(Failure::Poison(e)) => outcomes.push(poison(row, e)),
@@ -157,9 +178,15 @@ impl JetStream {
                 }
             }
         }
+        let mut stored_before = Vec::new();
         for (row, ack) in pending {
             match ack.await {
-                Ok(_) => outcomes.push((row.seq, RelayOutcome::Sent)),
+                Ok(ack) => {
+                    if ack.duplicate {
+                        stored_before.push(row.seq);
+                    }
+                    outcomes.push((row.seq, RelayOutcome::Sent));
+                }
                 Err(e) => match classify(&e) {
                     Failure::Poison(e) => outcomes.push(poison(row, e)),
                     Failure::Refused(e) => refused.push((row, e)),
@@ -193,6 +220,18 @@ impl JetStream {
             }
         }
         outcomes.extend(charged);
+        // A key claimed for a row that stores nothing is freed: a poisoned
+        // row, or one the stream had already (sent before a crash kept the
+        // outbox from recording it; its job may be over).
+        for (row, unique) in &claimed {
+            let poisoned = outcomes
+                .iter()
+                .any(|(seq, o)| *seq == row.seq && matches!(o, RelayOutcome::Poison { .. }));
+            if poisoned || stored_before.contains(&row.seq) {
+                self.release_unique(&row.channel, &row.message.id, unique)
+                    .await;
+            }
+        }
         let settled = outcomes.len();
         store
             .outbox_record(outcomes, now_ms())
@@ -204,6 +243,32 @@ impl JetStream {
                 reason,
             }),
             _ => Ok(settled),
+        }
+    }
+
+    /// Claims the uniqueness key of a post row (`unique`), as the API
+    /// does for its posts. A row for one handler (a retry, the next slice,
+    /// a replay) carries its job's headers, key included, but is the job
+    /// holding the key, not a new post: it claims nothing.
+    async fn claim_row_key(&self, row: &OutboxRow) -> Result<RowKey, JetStreamError> {
+        if row.consumer.is_some() {
+            return Ok(RowKey::Free);
+        }
+        let Some(unique) = options::unique(&row.message.headers) else {
+            return Ok(RowKey::Free);
+        };
+        let id = &row.message.id;
+        match self.claim_unique(&row.channel, id, &unique).await? {
+            None => Ok(RowKey::Claimed(unique)),
+            // Its own key: a row sent before whose outbox record was lost.
+            Some(holder) if holder == *id => Ok(RowKey::Free),
+            Some(holder) => {
+                tracing::info!(channel = %row.channel, key = %unique.key, message_id = %id, %holder, "post refused: another message holds its unique key");
+                Ok(RowKey::Held(format!(
+                    "not published: message {holder} holds its unique key {:?}",
+                    unique.key
+                )))
+            }
         }
     }
 
@@ -250,6 +315,16 @@ impl JetStream {
             .await
             .map_err(|e| classify(&e))
     }
+}
+
+/// What a row's uniqueness key says.
+enum RowKey {
+    /// No key to claim: send it.
+    Free,
+    /// This pass claimed it: send it.
+    Claimed(Unique),
+    /// Another message holds it: not sent, for this reason.
+    Held(String),
 }
 
 fn poison(row: &OutboxRow, error: String) -> (i64, RelayOutcome) {

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv;
 use sha2::{Digest as _, Sha256};
@@ -38,6 +39,16 @@ fn entry_key(channel: &str, key: &str) -> String {
 
 fn failed(e: impl std::fmt::Display) -> JetStreamError {
     JetStreamError::Unique(e.to_string())
+}
+
+/// Whether a create lost its expected-revision check to another write:
+/// 10071, or 10164 from a replicated stream while another write to the
+/// key is in flight (async-nats maps only the first to `WrongLastSequence`).
+fn lost_race(e: &PublishError) -> bool {
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|api| api.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
 }
 
 impl JetStream {
@@ -89,7 +100,7 @@ impl JetStream {
         for _ in 0..TRIES {
             match self.create_entry(kv, &key, id, unique.ttl, expect).await {
                 Ok(()) => return Ok(None),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
+                Err(e) if lost_race(&e) => {}
                 Err(e) => return Err(failed(e)),
             }
             match kv.entry(&key).await.map_err(failed)? {
