@@ -15,10 +15,11 @@
 //! tick (late, so the `missed` policy applies). Killed between (1) and
 //! (3): the record says which tick may or may not be stored. The next
 //! step of any host settles it (`settle_pending`): it takes the pending
-//! tick on by CAS (so one host does this too, and the time it took it on
-//! is now); then, within the duplicate window of when the tick was last
-//! taken on, it publishes the tick again (a copy stored already makes
-//! the server drop this one); past the window it first looks for the
+//! tick on by CAS (so one host does this too); then, within the duplicate
+//! window of when the tick was first marked pending (no copy can have been
+//! stored before that, so every stored copy's window is still open), it
+//! publishes the tick again (a copy stored already makes the server drop
+//! this one); past the window it first looks for the
 //! tick's message in the stream after the recorded sequence, on the
 //! tick's channel subject (the work stream keeps messages for `max_age`,
 //! limits retention), and publishes only if it is not there. Then it
@@ -199,7 +200,7 @@ impl Ledger for JetStreamLedger {
         current: Versioned,
         tick: NewMessage,
     ) -> Result<Written, CronError> {
-        let Some(mut pending) = current.record.pending.clone() else {
+        let Some(pending) = current.record.pending.clone() else {
             return Ok(Written {
                 won: false,
                 posted: Posted::Nothing,
@@ -207,18 +208,14 @@ impl Ledger for JetStreamLedger {
         };
         let (_, window) = self.stream_now().await?;
         let now = now_ms();
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        // Within the window of the last take-on (with half of it to spare
-        // for this publish), a second copy is dropped by the server.
-        let fresh = now.saturating_sub(pending.since) < window_ms / 2;
+        let fresh = within_first_window(&pending, now, window);
         let since = pending.since;
-        pending.since = now;
         let taken = Record {
-            pending: Some(pending.clone()),
+            pending: Some(take_on(pending.clone())),
             ..current.record.clone()
         };
-        // Taken on by one host, now: a host that reads it next is within
-        // the window of this publish.
+        // Taken on by one host (the CAS): hosts that read it next wait for
+        // this one or take it on after it.
         let Some(revision) = self.cas(name, &taken, Some(current.revision)).await? else {
             return Ok(Written {
                 won: false,
@@ -245,6 +242,26 @@ impl Ledger for JetStreamLedger {
         let won = self.cas(name, &done, Some(revision)).await?.is_some();
         Ok(Written { won, posted })
     }
+}
+
+/// Whether a publish of `pending`'s tick at `now` is surely dropped by
+/// the server if a copy is stored already: a copy can only have been
+/// stored after the tick was first marked pending (`since`), and the
+/// server's duplicate window runs from when a copy was stored (a dropped
+/// duplicate does not extend it), so within half the window of `since`
+/// (the other half to spare for this publish) every stored copy's window
+/// is still open.
+fn within_first_window(pending: &Pending, now: i64, window: Duration) -> bool {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    now.saturating_sub(pending.since) < window_ms / 2
+}
+
+/// `pending` as a host taking it on writes it back: unchanged, `since`
+/// included (review3 R17: refreshing it at each take-on let a fourth
+/// host, after three take-ons that each died before clearing, publish a
+/// second copy past the first copy's window).
+fn take_on(pending: Pending) -> Pending {
+    pending
 }
 
 fn tick_name(record: &Record) -> String {
@@ -285,5 +302,31 @@ async fn read(kv: &kv::Store, name: &str) -> Result<Option<Versioned>, CronError
             revision: e.revision,
         })),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review3 R17: take-ons at 0, 0.4, 0.8 and 1.2 windows after the
+    /// first copy may have been stored: the fourth is past that copy's
+    /// window, so it must search the stream, not publish blindly.
+    #[test]
+    fn take_ons_measure_freshness_from_the_first_pending_mark() {
+        let window = Duration::from_secs(120);
+        let w = 120_000;
+        let mut pending = Pending {
+            tick: 0,
+            after_seq: 7,
+            since: 1_000,
+        };
+        let mut fresh = Vec::new();
+        for at in [0, w * 4 / 10, w * 8 / 10, w * 12 / 10] {
+            fresh.push(within_first_window(&pending, 1_000 + at, window));
+            pending = take_on(pending);
+        }
+        assert_eq!(fresh, [true, true, false, false]);
+        assert_eq!(pending.since, 1_000);
     }
 }

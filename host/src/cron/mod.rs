@@ -181,8 +181,9 @@ pub struct Pending {
     /// The work stream's last sequence before the tick was published: its
     /// message, if stored, is after it.
     pub after_seq: u64,
-    /// When a host took it on (ms): within the stream's duplicate window
-    /// of this, a publish of the tick's id stores nothing twice.
+    /// When the tick was first marked pending (ms; hosts taking it on keep
+    /// it): no copy was stored before, so within the stream's duplicate
+    /// window of this, a publish of the tick's id stores nothing twice.
     pub since: i64,
 }
 
