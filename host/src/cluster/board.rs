@@ -31,7 +31,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::UpdateErrorKind;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -194,7 +193,7 @@ impl StatusBoard {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(Refused::Raced),
+            Err(e) if crate::transport::cas::lost_race(&e) => Err(Refused::Raced),
             Err(e) => Err(Refused::Failed(e.to_string())),
         }
     }

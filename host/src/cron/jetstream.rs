@@ -84,7 +84,7 @@ impl JetStreamLedger {
         // Revision 0: the key must not exist yet.
         match self.kv.update(name, value, expected.unwrap_or(0)).await {
             Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) if crate::transport::cas::lost_race(&e) => Ok(None),
             Err(e) => Err(CronError::Nats(format!(
                 "cannot write {BUCKET} {name}: {e}"
             ))),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use embedded::Embedded;
+pub(crate) use jetstream::cas;
 pub use jetstream::{
     Got, JetStream, JetStreamError, JetStreamSettings, STREAM, SharedFlow, SharedState,
     server_addrs,

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -160,7 +160,7 @@ impl SharedFlow {
     async fn write(&self, key: &str, value: Vec<u8>, revision: u64) -> Result<bool, String> {
         match self.kv.update(key, Bytes::from(value), revision).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) if super::cas::lost_race(&e) => Ok(false),
             Err(e) => Err(format!("{BUCKET}: {e}")),
         }
     }

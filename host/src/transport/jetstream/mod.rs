@@ -17,6 +17,7 @@
 //! `publish` (direct publishes: posts from the CLI and API, replays),
 //! `schedule` (delays kept by the server: ADR-51 message schedules).
 
+pub(crate) mod cas;
 mod debounce;
 mod fetch;
 mod flow;
