@@ -40,6 +40,7 @@ mod sandbox;
 mod schedules;
 mod send;
 mod shared_state;
+mod shared_state_faults;
 mod startup;
 mod state;
 mod trace_context;

@@ -15,15 +15,23 @@ use crate::util::{Daemon, Env, wait_until};
 
 const CHANNEL: &str = "test.state";
 
-fn config(nats: &NatsServer) -> String {
+pub(crate) fn config(nats: &NatsServer) -> String {
+    config_with(nats, "")
+}
+
+/// [`config`] with more of test-state's table.
+pub(crate) fn config_with(nats: &NatsServer, plugin: &str) -> String {
     format!(
         "{}shared_state = true\n",
-        nats.config("3s", "[plugin.test-state]\nconcurrency = 64\n")
+        nats.config(
+            "3s",
+            &format!("[plugin.test-state]\nconcurrency = 64\n{plugin}")
+        )
     )
 }
 
 /// The value of test-state's `key` in the shared store.
-fn shared_value(nats: &NatsServer, key: &str) -> Option<String> {
+pub(crate) fn shared_value(nats: &NatsServer, key: &str) -> Option<String> {
     let subject = format!("sluice-state.k.test-state.v{key}");
     nats.with_js(|js| async move {
         let stream = js.get_stream("SLUICE_STATE").await.ok()?;
@@ -84,7 +92,7 @@ fn post(env: &Env, n: usize) {
     );
 }
 
-fn wait_running(hosts: &[&Daemon]) {
+pub(crate) fn wait_running(hosts: &[&Daemon]) {
     for host in hosts {
         assert!(
             wait_until(Duration::from_secs(60), || host

@@ -198,6 +198,11 @@ impl Env {
             .unwrap_or_else(|| panic!("no job {id}"))
     }
 
+    /// One job, if this host has a record of it.
+    pub fn try_job(&self, id: &str) -> Option<JobRecord> {
+        self.block_on(self.store().job(id)).expect("job")
+    }
+
     /// A plugin's committed state value, as UTF-8.
     pub fn state(&self, plugin: &str, key: &str) -> Option<String> {
         self.block_on(self.store().state_get(plugin, key))

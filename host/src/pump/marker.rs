@@ -5,6 +5,15 @@
 //! handed to another) records exactly that outcome and those posts
 //! instead of running it again. The marker is stored in the same atomic
 //! batch as the state writes, so outcome, posts and state are one fact.
+//!
+//! The body is [`MAGIC`], the length of a JSON head (4 bytes, big endian),
+//! the head (outcome, progress, each post without its body but with the
+//! body's length), then the posts' bodies as they are, one after another.
+//! Post bodies are not put in JSON: serde writes a `Vec<u8>` as an array
+//! of numbers, up to 4 bytes per byte, so a post of a quarter of the
+//! server's `max_payload` made a marker too large to store and the job
+//! was dead-lettered. A body that is JSON from its first byte is a marker
+//! written before this layout (bodies as arrays) and is still read.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -13,21 +22,43 @@ use crate::message::{Message, SLICE_HEADER, now_ms};
 use crate::store::{ClaimedJob, Commit, Finish, NewMessage};
 use crate::transport::Settle;
 
-/// The marker's body (JSON).
+/// The first bytes of a marker body (never `{`, so an older JSON marker is
+/// told apart).
+const MAGIC: &[u8; 4] = b"SLM2";
+
+/// The marker's head (JSON); the post bodies follow it.
 #[derive(Debug, Serialize, Deserialize)]
-struct Marker {
+struct Head {
     /// The handler's result (a finished job).
     result: Option<String>,
     /// The next slice: cursor and Unix ms it runs at (a continued job).
     next: Option<(String, i64)>,
     /// Last progress reported.
     progress: Option<(u8, Option<String>)>,
-    /// The posts, mapped to wire form, with their deterministic ids.
-    posts: Vec<Post>,
+    /// The posts, mapped to wire form, with their deterministic ids; each
+    /// message's body is empty here and `body_len` bytes follow the head.
+    posts: Vec<PostHead>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Post {
+struct PostHead {
+    message: Message,
+    body_len: usize,
+    visible_at: i64,
+    expires_at: Option<i64>,
+}
+
+/// A marker written before [`MAGIC`] (whole JSON, bodies as arrays).
+#[derive(Debug, Deserialize)]
+struct Legacy {
+    result: Option<String>,
+    next: Option<(String, i64)>,
+    progress: Option<(u8, Option<String>)>,
+    posts: Vec<LegacyPost>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LegacyPost {
     message: Message,
     visible_at: i64,
     expires_at: Option<i64>,
@@ -36,12 +67,17 @@ struct Post {
 /// Names one commit of `job`: its id, its slice number and cursor (a
 /// handler that polls may continue with the same cursor twice), the same
 /// on every host (a hash, so any id fits in one subject token).
-pub(super) fn commit_name(job: &ClaimedJob) -> String {
+pub(crate) fn commit_name(job: &ClaimedJob) -> String {
+    commit_name_of(&job.job_id, &job.message, job.cursor.as_deref())
+}
+
+/// [`commit_name`] from the parts of a delivery.
+pub(crate) fn commit_name_of(job_id: &str, message: &Message, cursor: Option<&str>) -> String {
     let mut h = Sha256::new();
-    h.update(job.job_id.as_bytes());
+    h.update(job_id.as_bytes());
     h.update([0]);
-    h.update(job.message.header(SLICE_HEADER).unwrap_or("0").as_bytes());
-    match &job.cursor {
+    h.update(message.header(SLICE_HEADER).unwrap_or("0").as_bytes());
+    match cursor {
         None => h.update([0]),
         Some(cursor) => {
             h.update([1]);
@@ -53,7 +89,7 @@ pub(super) fn commit_name(job: &ClaimedJob) -> String {
 
 /// The marker of a success (`None` for any other finish: only a success
 /// commits state).
-pub(super) fn encode(finish: &Finish) -> Option<Vec<u8>> {
+pub(crate) fn encode(finish: &Finish) -> Option<Vec<u8>> {
     let (result, next, commit) = match finish {
         Finish::Succeeded { result, commit } => (result.clone(), None, commit),
         Finish::Continue {
@@ -63,31 +99,49 @@ pub(super) fn encode(finish: &Finish) -> Option<Vec<u8>> {
         } => (None, Some((cursor.clone(), *visible_at)), commit),
         _ => return None,
     };
-    let marker = Marker {
+    let head = Head {
         result,
         next,
         progress: commit.progress.clone(),
         posts: commit
             .posts
             .iter()
-            .map(|p| Post {
-                message: p.message.clone(),
+            .map(|p| PostHead {
+                message: Message {
+                    body: Vec::new(),
+                    ..p.message.clone()
+                },
+                body_len: p.message.body.len(),
                 visible_at: p.visible_at,
                 expires_at: p.expires_at,
             })
             .collect(),
     };
-    serde_json::to_vec(&marker).ok()
+    let head = serde_json::to_vec(&head).ok()?;
+    let head_len = u32::try_from(head.len()).ok()?;
+    let bodies: usize = commit.posts.iter().map(|p| p.message.body.len()).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + head.len() + bodies);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&head_len.to_be_bytes());
+    out.extend_from_slice(&head);
+    for p in &commit.posts {
+        out.extend_from_slice(&p.message.body);
+    }
+    Some(out)
 }
 
-/// What to record and how to settle, from a marker's body.
-pub(super) fn decode(body: &[u8]) -> Result<(Finish, Settle), String> {
-    let m: Marker =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable commit marker: {e}"))?;
-    let commit = Commit {
-        progress: m.progress,
-        state: Default::default(),
-        posts: m
+/// The head and posts of a marker body, in either layout.
+fn parse(body: &[u8]) -> Result<(Head, Vec<NewMessage>), String> {
+    let bad = |why: &str| format!("unreadable commit marker: {why}");
+    let Some(rest) = body.strip_prefix(MAGIC.as_slice()) else {
+        let m: Legacy = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
+        let head = Head {
+            result: m.result,
+            next: m.next,
+            progress: m.progress,
+            posts: Vec::new(),
+        };
+        let posts = m
             .posts
             .into_iter()
             .map(|p| NewMessage {
@@ -95,7 +149,41 @@ pub(super) fn decode(body: &[u8]) -> Result<(Finish, Settle), String> {
                 visible_at: p.visible_at,
                 expires_at: p.expires_at,
             })
-            .collect(),
+            .collect();
+        return Ok((head, posts));
+    };
+    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("truncated"))?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let (head, mut bodies) = rest.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
+    let mut head: Head = serde_json::from_slice(head).map_err(|e| bad(&e.to_string()))?;
+    let mut posts = Vec::with_capacity(head.posts.len());
+    for p in std::mem::take(&mut head.posts) {
+        let (body, rest) = bodies
+            .split_at_checked(p.body_len)
+            .ok_or_else(|| bad("a post body is cut short"))?;
+        bodies = rest;
+        posts.push(NewMessage {
+            message: Message {
+                body: body.to_vec(),
+                ..p.message
+            },
+            visible_at: p.visible_at,
+            expires_at: p.expires_at,
+        });
+    }
+    if !bodies.is_empty() {
+        return Err(bad("bytes after the last post"));
+    }
+    Ok((head, posts))
+}
+
+/// What to record and how to settle, from a marker's body.
+pub(crate) fn decode(body: &[u8]) -> Result<(Finish, Settle), String> {
+    let (m, posts) = parse(body)?;
+    let commit = Commit {
+        progress: m.progress,
+        state: Default::default(),
+        posts,
     };
     Ok(match m.next {
         None => (
@@ -193,5 +281,65 @@ mod tests {
         assert_eq!(commit.posts[0].expires_at, Some(9));
         assert!(encode(&Finish::Expired).is_none());
         assert!(decode(b"{").is_err());
+    }
+
+    fn with_post(body: Vec<u8>) -> Finish {
+        Finish::Succeeded {
+            result: None,
+            commit: Commit {
+                progress: None,
+                state: Default::default(),
+                posts: vec![NewMessage {
+                    message: Message {
+                        id: "m/h/0".into(),
+                        channel: "out".into(),
+                        kind: MessageKind::Event,
+                        headers: Vec::new(),
+                        body,
+                    },
+                    visible_at: 0,
+                    expires_at: None,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn a_large_post_costs_its_marker_about_its_own_size() {
+        // A 600 KB post must fit a marker under the server's default
+        // max_payload (1 MiB); as a JSON array of numbers it took ~2.3 MB.
+        let body: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let marker = encode(&with_post(body.clone())).expect("encoded");
+        assert!(marker.len() < body.len() + 512, "{} bytes", marker.len());
+        let (Finish::Succeeded { commit, .. }, _) = decode(&marker).expect("decoded") else {
+            panic!("a success");
+        };
+        assert_eq!(commit.posts[0].message.body, body);
+        assert!(decode(&marker[..marker.len() - 1]).is_err(), "cut short");
+        let mut longer = marker.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn a_marker_written_as_json_by_an_older_host_is_still_read() {
+        let legacy = serde_json::json!({
+            "result": "{\"value\":41}",
+            "next": null,
+            "progress": null,
+            "posts": [{
+                "message": {"id": "m/h/0", "channel": "out", "kind": "command",
+                    "headers": [], "body": [123, 125]},
+                "visible_at": 0,
+                "expires_at": null,
+            }],
+        });
+        let (Finish::Succeeded { result, commit }, _) =
+            decode(legacy.to_string().as_bytes()).expect("decoded")
+        else {
+            panic!("a success");
+        };
+        assert_eq!(result.as_deref(), Some("{\"value\":41}"));
+        assert_eq!(commit.posts[0].message.body, b"{}");
     }
 }

@@ -12,7 +12,7 @@
 
 mod control;
 mod mapping;
-mod marker;
+pub(crate) mod marker;
 mod policy;
 mod process;
 

@@ -17,7 +17,7 @@ use crate::config::Policy;
 use crate::message::{Request, now_ms};
 use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
-use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
+use crate::state::{CallState, HandOff, Handed, RemoteCommitted, Session};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
 use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Subscription, Transport};
@@ -71,6 +71,9 @@ struct Cost {
     fuel: u64,
     /// Re-runs because state changed under the call.
     conflicts: u32,
+    /// Of them, shared state: re-runs because another host changed a key
+    /// (bounded by [`MAX_SHARED_RERUNS`]).
+    lost: u32,
 }
 
 pub(super) async fn process<T: Transport>(
@@ -262,15 +265,49 @@ impl<T: Transport> Call<'_, T> {
                 Ok(outcome) => outcome,
                 Err(CallFailure::StateWait { key }) => {
                     // Another job holds a key it read (nobody waits for a
-                    // turn in a sandbox): run again, taking the turns
-                    // first, outside the sandbox.
+                    // turn in a sandbox), or the read outlasted the call's
+                    // time: run again, taking the turns first, outside
+                    // the sandbox.
                     cost.conflicts += 1;
                     telemetry::conflict(clock, cost.conflicts);
+                    if cost.conflicts >= MAX_RERUNS {
+                        return Recording::Submit(host_fault(
+                            "its state reads kept waiting; handed back".into(),
+                        ));
+                    }
                     hold = session.touched();
                     hold.push(key);
                     continue;
                 }
-                Err(failure) => return Recording::Submit(self.failure(failure)),
+                Err(failure) => {
+                    // With shared state the failure may have been decided
+                    // on a value another host has changed since: checked
+                    // before it is recorded (a re-run if so).
+                    let read = CallState {
+                        reads: report.effects.state_reads,
+                        ..CallState::default()
+                    };
+                    let decided = !matches!(
+                        failure,
+                        CallFailure::Host(_) | CallFailure::Trap(TrapKind::Cancelled)
+                    );
+                    if decided {
+                        match self.stale(&session, &read, cancel, cost, clock).await {
+                            Stale::No => {}
+                            Stale::Rerun(keys) => {
+                                hold = keys;
+                                continue;
+                            }
+                            Stale::Record(recording) => return recording,
+                        }
+                    }
+                    return Recording::Submit(self.failure(failure));
+                }
+            };
+            let state = CallState {
+                reads: report.effects.state_reads,
+                writes: report.effects.state_writes,
+                adds: report.effects.state_adds,
             };
             let posts = mapping::to_messages(
                 self.set,
@@ -297,16 +334,25 @@ impl<T: Transport> Call<'_, T> {
             });
             let posts = match posts {
                 Ok(posts) => posts,
-                Err(MapError::Poison(reason)) => return Recording::Submit(dead(reason, "dead")),
-                Err(MapError::Fault(reason)) => {
-                    return Recording::Submit(failed(
-                        self.policy,
-                        self.breaker,
-                        job.attempt,
-                        reason,
-                    ));
-                }
                 Err(MapError::Host(reason)) => return Recording::Submit(host_fault(reason)),
+                Err(e) => {
+                    // The posts came from the call, which read state: as
+                    // for a failed call, checked first.
+                    match self.stale(&session, &state, cancel, cost, clock).await {
+                        Stale::No => {}
+                        Stale::Rerun(keys) => {
+                            hold = keys;
+                            continue;
+                        }
+                        Stale::Record(recording) => return recording,
+                    }
+                    return Recording::Submit(match e {
+                        MapError::Poison(reason) => dead(reason, "dead"),
+                        MapError::Fault(reason) | MapError::Host(reason) => {
+                            failed(self.policy, self.breaker, job.attempt, reason)
+                        }
+                    });
+                }
             };
             self.breaker.success();
             let commit = Commit {
@@ -320,11 +366,6 @@ impl<T: Transport> Call<'_, T> {
                 outcome,
                 ..
             } = succeeded(outcome, commit);
-            let state = CallState {
-                reads: report.effects.state_reads,
-                writes: report.effects.state_writes,
-                adds: report.effects.state_adds,
-            };
             let handoff = if self.deps.state.is_shared() {
                 if state.is_empty() {
                     // No state: nothing another host could disagree with.
@@ -350,21 +391,11 @@ impl<T: Transport> Call<'_, T> {
                     }
                     Ok(RemoteCommitted::Already(body)) => return from_marker(&body),
                     Err(HandOff::Conflict { keys }) => {
-                        cost.conflicts += 1;
-                        telemetry::conflict(clock, cost.conflicts);
-                        if cost.conflicts >= MAX_SHARED_RERUNS {
-                            return Recording::Submit(release(
-                                "shared state: other hosts kept changing its keys; handed back",
-                                shared_backoff(cost.conflicts),
-                            ));
-                        }
-                        // Another host won the key: let it (and the jobs
-                        // chained behind it) move on before reading the
-                        // fresh value, holding nothing meanwhile.
-                        session.release_all();
-                        tokio::select! {
-                            () = tokio::time::sleep(shared_backoff(cost.conflicts)) => {}
-                            () = cancel.cancelled() => return Recording::Submit(self.interrupted()),
+                        if let Some(recording) = self
+                            .lost_to_another_host(&session, cancel, cost, clock)
+                            .await
+                        {
+                            return recording;
                         }
                         hold = keys;
                         continue;
@@ -408,7 +439,88 @@ impl<T: Transport> Call<'_, T> {
                 // The batch may have been stored: the delivery comes back
                 // (to any host), which finds the marker if it was.
                 HandOff::Remote(e) => return Recording::Lost(format!("shared state store: {e}")),
+                // Nothing was stored: run it again later, at no attempt's
+                // cost (a full disk must not dead-letter every job).
+                HandOff::Unavailable(e) => {
+                    let mut verdict = release(
+                        &format!(
+                            "the shared state store refused its commit ({e}); run again later"
+                        ),
+                        STORE_REFUSED_RETRY,
+                    );
+                    verdict.outcome = "host fault";
+                    return Recording::Submit(verdict);
+                }
             }
+        }
+    }
+
+    /// With shared state, before a failure (a failed call, posts that
+    /// cannot be mapped) is recorded: whether the reads it was decided on
+    /// were stale (see `state/remote.rs`), and whether another host
+    /// committed the job meanwhile (a slow host's delivery handed on: the
+    /// marker is the outcome, not this failure).
+    async fn stale(
+        &self,
+        session: &Session,
+        state: &CallState,
+        cancel: &CancellationToken,
+        cost: &mut Cost,
+        clock: &mut Option<JobSpan>,
+    ) -> Stale {
+        if !self.deps.state.is_shared() {
+            return Stale::No;
+        }
+        match session.check_reads(state).await {
+            Ok(()) => {
+                let name = marker::commit_name(&self.delivery.job);
+                match self.deps.state.marker(&name).await {
+                    Ok(None) => Stale::No,
+                    Ok(Some(body)) => Stale::Record(from_marker(&body)),
+                    Err(e) => Stale::Record(Recording::Submit(host_fault(format!(
+                        "shared state store: cannot look for the commit marker of a failed call: {e}"
+                    )))),
+                }
+            }
+            Err(HandOff::Conflict { keys }) => {
+                match self
+                    .lost_to_another_host(session, cancel, cost, clock)
+                    .await
+                {
+                    Some(recording) => Stale::Record(recording),
+                    None => Stale::Rerun(keys),
+                }
+            }
+            Err(e) => Stale::Record(Recording::Submit(host_fault(format!(
+                "shared state store: cannot check the reads of a failed call: {e:?}"
+            )))),
+        }
+    }
+
+    /// Another host changed a key this call read: counts the re-run and
+    /// pauses before it, holding nothing (so that host, and the jobs
+    /// chained behind it, move on first); `Some`: what to record instead
+    /// (handed back after too many, or interrupted meanwhile).
+    async fn lost_to_another_host(
+        &self,
+        session: &Session,
+        cancel: &CancellationToken,
+        cost: &mut Cost,
+        clock: &mut Option<JobSpan>,
+    ) -> Option<Recording> {
+        cost.conflicts += 1;
+        cost.lost += 1;
+        telemetry::conflict(clock, cost.conflicts);
+        if cost.lost >= MAX_SHARED_RERUNS {
+            return Some(Recording::Submit(release(
+                "shared state: other hosts kept changing its keys; handed back",
+                shared_backoff(cost.lost),
+            )));
+        }
+        session.release_all();
+        tokio::select! {
+            () = tokio::time::sleep(shared_backoff(cost.lost)) => None,
+            () = cancel.cancelled() => Some(Recording::Submit(self.interrupted())),
         }
     }
 
@@ -436,6 +548,16 @@ impl<T: Transport> Call<'_, T> {
             release("interrupted by shutdown; handed back", Duration::ZERO)
         }
     }
+}
+
+/// What [`Call::stale`] found.
+enum Stale {
+    /// The reads were current: record the failure.
+    No,
+    /// Run again, first taking these keys' turns.
+    Rerun(Vec<String>),
+    /// Record this instead.
+    Record(Recording),
 }
 
 /// What to record for a job whose commit marker exists: its outcome and
@@ -561,6 +683,10 @@ fn host_fault(reason: String) -> Verdict {
 
 /// How long a job waits after a host fault before it runs again.
 const HOST_FAULT_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a job whose shared state commit the store refused outright
+/// (full, an API error) waits before it runs again.
+const STORE_REFUSED_RETRY: Duration = Duration::from_secs(5);
 
 fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
     match outcome {

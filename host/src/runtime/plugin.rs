@@ -202,11 +202,17 @@ impl Plugin {
             Err(f) => Err(call_failure(f)),
         };
         CallReport {
-            // Effects of a failed call must never be applied: drop them here.
+            // Effects of a failed call must never be applied: drop them
+            // here. Its reads stay (nothing applies them): with shared
+            // state the pump checks that the failure was not decided on a
+            // value another host had changed (`state/remote.rs`).
             effects: if result.is_ok() {
                 finished.effects
             } else {
-                Effects::default()
+                Effects {
+                    state_reads: finished.effects.state_reads,
+                    ..Effects::default()
+                }
             },
             result,
             fuel_used: finished.fuel_used,

@@ -197,6 +197,10 @@ pub enum HandOff {
     /// The shared store failed or did not answer (the commit may have been
     /// stored: the job's marker tells, see `remote.rs`).
     Remote(String),
+    /// The shared store refused the commit outright (its storage is full,
+    /// an API error) or it never reached the store: nothing was stored;
+    /// the job runs again later, without it costing an attempt.
+    Unavailable(String),
 }
 
 /// The state effects of one call, as the runtime buffered them.

@@ -32,6 +32,14 @@
 //! A batch the store refused because the job's marker exists means the job
 //! committed already (on this host or another, e.g. before a crash): the
 //! caller takes the job's outcome and posts from the marker instead.
+//!
+//! **A failure is checked too.** The ledger's values are a cache another
+//! host may have made stale, and a call that fails (a trap, an error, an
+//! add that cannot add) commits nothing the store could check. So before
+//! such a failure is recorded, [`Session::check_reads`] asks the store
+//! whether every key it read is still at the version read (a pending
+//! write of this host is waited for); if one is not, the keys become
+//! `Unknown` and the call runs again, as after a conflict.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -57,6 +65,10 @@ pub trait Remote: Send + Sync {
     fn submit(&self, batch: RemoteBatch) -> RemoteFuture<'static, RemoteOutcome>;
     /// The marker of the commit `job` (see [`RemoteBatch::job`]), if any.
     fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>>;
+    /// Whether each of `plugin`'s keys is at the version given (0: absent;
+    /// negative: the version the write holding that ticket gets, waited
+    /// for; not stored: false).
+    fn check<'a>(&'a self, plugin: &'a str, reads: Vec<(String, i64)>) -> RemoteFuture<'a, bool>;
 }
 
 /// One call's state commit for a [`Remote`] store.
@@ -97,6 +109,10 @@ pub enum RemoteOutcome {
     /// It can never be stored (too many keys, a value too large for the
     /// store's messages): retrying cannot help.
     Invalid(String),
+    /// The store refused it for a reason of its own (its storage is full,
+    /// an API error), or it never reached the store: nothing of it was
+    /// stored, and the same commit may pass later.
+    Unavailable(String),
 }
 
 /// What a remote commit came to.
@@ -129,8 +145,25 @@ impl Session {
             match self.submit(remote.as_ref(), state, job, &marker) {
                 Ok(Some(submitted)) => break submitted,
                 Ok(None) => {}
-                Err(Ok(keys)) => self.acquire(&keys).await,
-                Err(Err(handoff)) => return Err(handoff),
+                Err(NotSubmitted::Wait(keys)) => self.acquire(&keys).await,
+                Err(NotSubmitted::HandOff(handoff)) => return Err(handoff),
+                Err(NotSubmitted::BadAdd {
+                    key,
+                    version,
+                    reason,
+                }) => {
+                    // Decided on the ledger's value: invalid only if the
+                    // store still holds it.
+                    let reads = vec![(key.clone(), version)];
+                    let current = remote
+                        .check(&self.plugin, reads)
+                        .await
+                        .map_err(HandOff::Remote)?;
+                    if current {
+                        return Err(HandOff::Invalid(reason));
+                    }
+                    self.forget(&key, version);
+                }
             }
         };
         let inner = Arc::clone(&self.inner);
@@ -153,31 +186,86 @@ impl Session {
             .map_err(|e| HandOff::Remote(format!("the state commit's task ended: {e}")))?;
         match answer {
             Ok(RemoteOutcome::Committed(_)) => Ok(RemoteCommitted::Stored),
-            Ok(RemoteOutcome::Refused) => {
-                match remote.marker(job).await.map_err(HandOff::Remote)? {
-                    Some(body) => Ok(RemoteCommitted::Already(body)),
-                    None => Err(self.conflict(state)),
-                }
-            }
+            // Refused, so this batch stored nothing: a marker that
+            // cannot be read is looked for again when the job runs again.
+            Ok(RemoteOutcome::Refused) => match remote.marker(job).await {
+                Ok(Some(body)) => Ok(RemoteCommitted::Already(body)),
+                Ok(None) => Err(self.conflict(state)),
+                Err(e) => Err(HandOff::Unavailable(e)),
+            },
             Ok(RemoteOutcome::Invalid(reason)) => Err(HandOff::Invalid(reason)),
+            Ok(RemoteOutcome::Unavailable(reason)) => Err(HandOff::Unavailable(reason)),
             Err(e) => Err(HandOff::Remote(e)),
+        }
+    }
+
+    /// Before a failed call is recorded: `Ok` when every key it read is
+    /// still at the version it read in the shared store (or there is none:
+    /// one host's SQLite is never stale); else, the keys made `Unknown`,
+    /// a conflict (the call runs again on fresh values). See the module
+    /// docs.
+    pub async fn check_reads(&self, state: &CallState) -> Result<(), HandOff> {
+        let Some(remote) = self.inner.remote.clone() else {
+            return Ok(());
+        };
+        if state.reads.is_empty() {
+            return Ok(());
+        }
+        let reads: Vec<(String, i64)> = {
+            let table = self.inner.lock();
+            state
+                .reads
+                .iter()
+                .map(|(key, seen)| match table.alias(&self.plugin, key) {
+                    Some((ticket, stored)) if ticket == *seen => (key.clone(), stored),
+                    _ => (key.clone(), *seen),
+                })
+                .collect()
+        };
+        let current = remote
+            .check(&self.plugin, reads.clone())
+            .await
+            .map_err(HandOff::Remote)?;
+        if current {
+            return Ok(());
+        }
+        for (key, seen) in &state.reads {
+            self.forget(key, *seen);
+        }
+        for (key, stored) in &reads {
+            self.forget(key, *stored);
+        }
+        Err(self.conflict(state))
+    }
+
+    /// Makes `key` `Unknown` (read from the store next) if the ledger
+    /// still shows it at `version`: a value found stale.
+    fn forget(&self, key: &str, version: i64) {
+        let mut table = self.inner.lock();
+        let at = matches!(
+            table.entry(&self.plugin, key).map(|e| &e.slot),
+            Some(Slot::Known { version: v, .. }) if *v == version
+        );
+        if at {
+            table.set_slot(&self.plugin, key, Slot::Unknown);
         }
     }
 
     /// Under the lock: builds the batch and submits it, taking the turn of
     /// every key in it, then shows its writes at their tickets and gives up
-    /// every turn; `Err(Ok(keys))`: turns to wait for first, or why it
-    /// cannot commit; `Ok(None)`: load again.
-    #[allow(clippy::type_complexity)]
+    /// every turn; `Ok(None)`: load again.
     fn submit(
         &self,
         remote: &dyn Remote,
         state: &CallState,
         job: &str,
         marker: &[u8],
-    ) -> Result<Submitted, Result<Vec<String>, HandOff>> {
+    ) -> Result<Submitted, NotSubmitted> {
         let mut table = self.inner.lock();
-        self.check_turns(&table, state)?;
+        self.check_turns(&table, state).map_err(|e| match e {
+            Ok(keys) => NotSubmitted::Wait(keys),
+            Err(handoff) => NotSubmitted::HandOff(handoff),
+        })?;
         let keys: BTreeSet<&String> = state.keys();
         let mut changes = Vec::with_capacity(keys.len());
         for key in keys {
@@ -197,7 +285,7 @@ impl Session {
             if let (Some(seen), Some((_, version))) = (read, &known)
                 && seen != *version
             {
-                return Err(Err(self.conflict(state)));
+                return Err(NotSubmitted::HandOff(self.conflict(state)));
             }
             let ticket = self.inner.next_ticket();
             let change = if let Some(value) = state.writes.get(key) {
@@ -212,9 +300,13 @@ impl Session {
                     return Ok(None);
                 };
                 let Some(sum) = int::add(value.as_deref(), *delta) else {
-                    return Err(Err(HandOff::Invalid(format!(
-                        "state-add on key {key:?}: its value is not an integer, or adding {delta} overflows"
-                    ))));
+                    return Err(NotSubmitted::BadAdd {
+                        key: key.clone(),
+                        version,
+                        reason: format!(
+                            "state-add on key {key:?}: its value is not an integer, or adding {delta} overflows"
+                        ),
+                    });
                 };
                 RemoteChange {
                     key: key.clone(),
@@ -227,7 +319,7 @@ impl Session {
                 // the read. The ledger has the value it showed the call
                 // (same version); if it lost it, the call runs again.
                 let (Some(seen), Some((value, _))) = (read, known) else {
-                    return Err(Err(self.conflict(state)));
+                    return Err(NotSubmitted::HandOff(self.conflict(state)));
                 };
                 RemoteChange {
                     key: key.clone(),
@@ -243,7 +335,7 @@ impl Session {
                 table.take(self.id, &self.plugin, &change.key, false),
                 Turn::Held
             ) {
-                return Err(Err(self.conflict(state)));
+                return Err(NotSubmitted::HandOff(self.conflict(state)));
             }
         }
         let tickets: Vec<(String, i64)> =
@@ -277,3 +369,18 @@ impl Session {
 
 /// A submitted commit: the store's answer to come, and each key's ticket.
 type Submitted = Option<(RemoteFuture<'static, RemoteOutcome>, Vec<(String, i64)>)>;
+
+/// Why [`Session::submit`] submitted nothing.
+enum NotSubmitted {
+    /// Other calls hold these keys: take their turns (in order) first.
+    Wait(Vec<String>),
+    /// It cannot commit.
+    HandOff(HandOff),
+    /// An add met a value it cannot add to, as the ledger shows `key` at
+    /// `version`: invalid only if the store holds that version still.
+    BadAdd {
+        key: String,
+        version: i64,
+        reason: String,
+    },
+}

@@ -9,6 +9,8 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::finish::{FinishCtx, finish_job};
+use super::jobs::{CallRecord, Finish, FinishResult};
 use super::records::JobState;
 use super::{Store, StoreError};
 use crate::message::now_ms;
@@ -194,6 +196,46 @@ impl Store {
                     Ok(RemoteCancel::Cancelled)
                 }
                 _ => Ok(RemoteCancel::Finished),
+            }
+        })
+        .await
+    }
+
+    /// Shared state: job `id` is recorded cancelled here, but its commit
+    /// is in the shared store (its marker was found): a host stored its
+    /// state batch before the cancel reached it. The marker is the fact, so
+    /// its outcome and posts (`finish`, from the marker) are recorded over
+    /// the cancel, in one transaction. False when the job is not
+    /// cancelled here (nothing changed).
+    pub async fn overturn_cancel(&self, id: &str, finish: Finish) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let outbox = self.outbox;
+        let versions = std::sync::Arc::clone(&self.versions);
+        self.call(move |conn| {
+            let attempts: Option<u32> = conn
+                .prepare_cached("SELECT attempts FROM jobs WHERE id = ?1 AND state = 'cancelled'")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?;
+            let Some(attempts) = attempts else {
+                return Ok(false);
+            };
+            let now = now_ms();
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'running', finished_at = NULL, last_error = NULL,
+                     updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+            let ctx = FinishCtx {
+                outbox,
+                versions: &versions,
+                now,
+            };
+            match finish_job(conn, &id, attempts, &CallRecord::default(), finish, &ctx)? {
+                FinishResult::Committed { .. } => Ok(true),
+                // A marker's outcome carries no state to check.
+                other => Err(StoreError::Corrupt(format!(
+                    "recording a committed job over its cancel: {other:?}"
+                ))),
             }
         })
         .await

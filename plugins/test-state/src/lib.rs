@@ -9,7 +9,11 @@
 //! - `{"op": "transfer", "from": a, "to": b, "by": n}`: reads `a` then `b`,
 //!   moves n from one to the other; returns `{"from": .., "to": ..}`;
 //! - `{"op": "none"}`: the same request parsing and result, no state (the
-//!   stateless baseline of the same shape).
+//!   stateless baseline of the same shape);
+//! - `{"op": "need", "key": k, "by": n}`: reads `k`; a permanent error if it
+//!   is below n, else returns `{"value": v}` (a failure decided on state);
+//! - `{"op": "post", "key": k, "bytes": n}`: getset on `k`, and posts a
+//!   JSON string of n bytes to `test.after`; returns `{"value": new}`.
 //!
 //! `"hold_ms": t` keeps the call busy (spinning on the clock) for t ms
 //! after its reads, as a long job would hold the keys it read.
@@ -32,6 +36,8 @@ struct Op {
     by: i64,
     #[serde(default)]
     hold_ms: u64,
+    #[serde(default)]
+    bytes: usize,
 }
 
 fn getset() -> String {
@@ -59,6 +65,12 @@ impl Handler for TestState {
     }
 
     fn handle(ctx: &mut Context, req: Op) -> Result<Outcome, Error> {
+        if req.op == "post" {
+            let n: i64 = ctx.state().get(&req.key)?.unwrap_or(0);
+            ctx.state().set(&req.key, &(n + 1))?;
+            ctx.post("test.after", &"x".repeat(req.bytes))?;
+            return Outcome::done_with(&serde_json::json!({ "value": n + 1 }));
+        }
         let state = ctx.state();
         match req.op.as_str() {
             "getset" => {
@@ -84,6 +96,16 @@ impl Handler for TestState {
                 state.set(&req.from, &(from - req.by))?;
                 state.set(&req.to, &(to + req.by))?;
                 Outcome::done_with(&serde_json::json!({ "from": from - req.by, "to": to + req.by }))
+            }
+            "need" => {
+                let n: i64 = state.get(&req.key)?.unwrap_or(0);
+                if n < req.by {
+                    return Err(Error::permanent(format!(
+                        "{} is {n}, below {}",
+                        req.key, req.by
+                    )));
+                }
+                Outcome::done_with(&serde_json::json!({ "value": n }))
             }
             "none" => {
                 hold(req.hold_ms);

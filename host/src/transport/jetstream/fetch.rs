@@ -11,7 +11,11 @@ use super::super::wire;
 use super::super::{Delivery, Receipt, Subscription, TransportError};
 use super::{JetStream, JetStreamError, consumer_name};
 use crate::message::now_ms;
-use crate::store::{Delivered, Received, ServerDelivery};
+use crate::store::{Delivered, JobState, Received, ServerDelivery};
+
+/// How soon a cancelled job's delivery comes back when its commit marker
+/// could not be read.
+const MARKER_RETRY: Duration = Duration::from_secs(1);
 
 fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
     move |reason| JetStreamError::Fetch {
@@ -184,6 +188,14 @@ impl JetStream {
                 hold: None,
             }),
             Received::Done(state) => {
+                if state == JobState::Cancelled
+                    && self.inner.settings.shared_state
+                    && !self.cancel_lost_to_a_commit(subscription, &msg, id).await
+                {
+                    // The marker could not be read: the delivery comes back.
+                    let _ = msg.ack_with(AckKind::Nak(Some(MARKER_RETRY))).await;
+                    return None;
+                }
                 tracing::debug!(%state, "redelivered message already handled here; acking");
                 let _ = msg.ack().await;
                 // Its job is over: a uniqueness key it holds is free.
@@ -215,6 +227,63 @@ impl JetStream {
             Received::NotYet(at) => {
                 self.not_yet(&msg, subscription, id, at).await;
                 None
+            }
+        }
+    }
+
+    /// Shared state: a delivery of a job recorded cancelled here whose
+    /// state batch a host stored before the cancel reached it (the host
+    /// was killed after the batch, or its answer was lost, and an operator
+    /// cancelled the job meanwhile). The marker is the fact: its outcome
+    /// and posts are recorded over the cancel (else the state would be
+    /// applied and the posts lost). True when settled either way (the
+    /// delivery can be acked); false when the marker could not be read.
+    async fn cancel_lost_to_a_commit(
+        &self,
+        sub: &Subscription,
+        msg: &jetstream::Message,
+        id: &str,
+    ) -> bool {
+        let Ok(decoded) = wire::decode(
+            msg.subject.as_str(),
+            msg.headers.as_ref(),
+            &msg.payload,
+            stored_id(msg),
+        ) else {
+            return true;
+        };
+        let job_id = crate::store::job_id_for(id, &sub.consumer);
+        let name = crate::pump::marker::commit_name_of(
+            &job_id,
+            &decoded.message,
+            decoded.cursor.as_deref(),
+        );
+        let body = match super::state::marker_body(&self.inner.client, &name).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(%job_id, error = %e, "cannot look for the commit marker of a cancelled job; its message comes back");
+                return false;
+            }
+        };
+        let finish = match crate::pump::marker::decode(&body) {
+            Ok((finish, _)) => finish,
+            Err(e) => {
+                tracing::error!(%job_id, error = %e, "a cancelled job's commit marker is unreadable; the cancel stands");
+                return true;
+            }
+        };
+        match self.inner.store.overturn_cancel(&job_id, finish).await {
+            Ok(overturned) => {
+                if overturned {
+                    tracing::warn!(%job_id, "job cancelled after its state commit was stored: recorded as committed (its outcome and posts, from the commit marker)");
+                    self.inner.relay_wake.notify_one();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%job_id, error = %e, "cannot record a cancelled job's stored commit; its message comes back");
+                false
             }
         }
     }

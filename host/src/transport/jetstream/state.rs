@@ -23,7 +23,11 @@
 //! The stream keeps state forever (`max_age` 0). Markers carry a
 //! per-message TTL (`Nats-TTL`, the stream allows them) of twice the work
 //! stream's `max_age` (see [`marker_ttl`] for why no job can come back
-//! after that), so they do not pile up.
+//! after that), so they do not pile up. So do a deleted key's tombstones
+//! ([`tombstone_ttl`]): once pruned the key reads as absent at version 0,
+//! which is the value the tombstone stood for, so a commit that read
+//! "absent" and passes after the prune built on the same value; one that
+//! read the tombstone's version fails its check and runs again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +111,8 @@ pub struct SharedState {
     committer: Arc<Committer>,
     /// How long the server keeps a commit marker (`None`: forever).
     marker_ttl: Option<Duration>,
+    /// How long it keeps a deleted key's tombstone.
+    tombstone_ttl: Duration,
 }
 
 impl SharedState {
@@ -117,6 +123,7 @@ impl SharedState {
             committer: Committer::new(client.clone()),
             client,
             marker_ttl: marker_ttl(work_max_age),
+            tombstone_ttl: tombstone_ttl(work_max_age),
         })
     }
 
@@ -168,6 +175,17 @@ pub fn marker_ttl(work_max_age: Duration) -> Option<Duration> {
     (!work_max_age.is_zero()).then(|| work_max_age.saturating_mul(2))
 }
 
+/// How long a deleted key's tombstone is kept: as long as a marker, or
+/// [`TOMBSTONE_TTL`] when markers are kept forever. Any time would do (a
+/// pruned tombstone reads as the same value, see the module docs); this
+/// keeps deleted keys from piling up in the stream.
+pub fn tombstone_ttl(work_max_age: Duration) -> Duration {
+    marker_ttl(work_max_age).unwrap_or(TOMBSTONE_TTL)
+}
+
+/// A tombstone's life when the work stream keeps messages forever.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// The last message on `subject`.
 async fn last(
     client: &async_nats::Client,
@@ -212,6 +230,16 @@ fn header<'a>(m: &'a async_nats::Message, name: &str) -> Option<&'a str> {
     m.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
 
+/// The body of commit `name`'s marker, if the store holds one.
+pub(super) async fn marker_body(
+    client: &async_nats::Client,
+    name: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    Ok(last(client, &marker_subject(name))
+        .await?
+        .map(|m| m.payload.to_vec()))
+}
+
 impl Remote for SharedState {
     fn get<'a>(
         &'a self,
@@ -238,16 +266,36 @@ impl Remote for SharedState {
             batch,
             |key| key_subject(&plugin, key),
             (marker, self.marker_ttl),
-            (H_STATE, "deleted"),
+            ((H_STATE, "deleted"), self.tombstone_ttl),
         )
     }
 
-    fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>> {
+    fn check<'a>(&'a self, plugin: &'a str, reads: Vec<(String, i64)>) -> RemoteFuture<'a, bool> {
         Box::pin(async move {
-            Ok(last(&self.client, &marker_subject(job))
-                .await?
-                .map(|m| m.payload.to_vec()))
+            let checks = reads.into_iter().map(|(key, seen)| async move {
+                let want = if seen < 0 {
+                    match self.committer.settled(seen).await {
+                        Some(version) => version,
+                        None => return Ok(false),
+                    }
+                } else {
+                    seen
+                };
+                Ok::<_, String>(
+                    last_version(&self.client, &key_subject(plugin, &key)).await? == want,
+                )
+            });
+            for current in futures_util::future::join_all(checks).await {
+                if !current? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         })
+    }
+
+    fn marker<'a>(&'a self, job: &'a str) -> RemoteFuture<'a, Option<Vec<u8>>> {
+        Box::pin(marker_body(&self.client, job))
     }
 }
 

@@ -48,14 +48,20 @@
 //! - **No answer** (timeout, a lost connection) fails every job of the
 //!   batch as "may have been stored": each delivery comes back and finds
 //!   its marker, or runs again.
+//! - **A definite no** (the server answered with an error other than a
+//!   stale version: its storage is full, a JetStream API error; or the
+//!   batch's commit message never left this host) stored nothing: every
+//!   job of it is answered [`RemoteOutcome::Unavailable`], and runs again
+//!   later without it costing an attempt.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::super::wire;
 use super::state::{TIMEOUT, last_version};
@@ -117,10 +123,13 @@ struct Queue {
     resolved: HashMap<i64, Option<i64>>,
     /// `resolved`'s tickets, oldest first, for forgetting.
     order: VecDeque<i64>,
+    /// Tickets submitted and not answered yet.
+    unanswered: HashSet<i64>,
 }
 
 impl Queue {
     fn resolve(&mut self, ticket: i64, version: Option<i64>) {
+        self.unanswered.remove(&ticket);
         if self.resolved.insert(ticket, version).is_none() {
             self.order.push_back(ticket);
         }
@@ -133,11 +142,28 @@ impl Queue {
 
     /// Answers `pending` as refused, and its tickets as not stored.
     fn refuse(&mut self, pending: Pending) {
+        self.answer(pending, Ok(RemoteOutcome::Refused));
+    }
+
+    /// Answers `pending` with something other than a stored commit (its
+    /// tickets: not stored; a job chained to one is refused).
+    fn answer(&mut self, pending: Pending, outcome: Result<RemoteOutcome, String>) {
         for t in pending.messages.iter().filter_map(|m| m.ticket) {
             self.resolve(t, None);
         }
-        let _ = pending.reply.send(Ok(RemoteOutcome::Refused));
+        let _ = pending.reply.send(outcome);
     }
+}
+
+/// What the server made of one atomic batch (an `Err` of [`Committer::publish`]
+/// is no answer: it may have been stored).
+enum Published {
+    /// Stored: the stream sequence of its last message.
+    Stored(i64),
+    /// Refused for a version or a marker (nothing stored).
+    Stale,
+    /// Refused for another reason, or never sent whole (nothing stored).
+    NotStored(String),
 }
 
 impl Pending {
@@ -152,6 +178,8 @@ pub(super) struct Committer {
     queue: Mutex<Queue>,
     /// A flush task is running.
     flushing: AtomicBool,
+    /// Told whenever tickets are answered (see [`Committer::settled`]).
+    answered: Notify,
 }
 
 impl Committer {
@@ -160,7 +188,32 @@ impl Committer {
             client,
             queue: Mutex::new(Queue::default()),
             flushing: AtomicBool::new(false),
+            answered: Notify::new(),
         })
+    }
+
+    /// The version the write holding pending `ticket` got, once the store
+    /// answered it (`None`: not stored, forgotten, or no answer within
+    /// three commit timeouts).
+    pub(super) async fn settled(&self, ticket: i64) -> Option<i64> {
+        let until = tokio::time::Instant::now() + TIMEOUT * 3;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            {
+                let queue = self.queue();
+                if let Some(version) = queue.resolved.get(&ticket) {
+                    return *version;
+                }
+                if !queue.unanswered.contains(&ticket) {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(until, answered).await.is_err() {
+                return None;
+            }
+        }
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -178,26 +231,31 @@ impl Committer {
         self: &Arc<Self>,
         batch: RemoteBatch,
         key_subject: impl Fn(&str) -> String,
-        (marker_subject, marker_ttl): (String, Option<std::time::Duration>),
-        deleted_header: (&str, &str),
+        (marker_subject, marker_ttl): (String, Option<Duration>),
+        (deleted_header, tombstone_ttl): ((&str, &str), Duration),
     ) -> RemoteFuture<'static, RemoteOutcome> {
         let pending = match self.prepare(
             batch,
             key_subject,
             marker_subject,
             marker_ttl,
-            deleted_header,
+            (deleted_header, tombstone_ttl),
         ) {
             Ok(Ok(messages)) => messages,
             Ok(Err(invalid)) => return Box::pin(std::future::ready(Ok(invalid))),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let (reply, answer) = oneshot::channel();
-        self.queue().jobs.push_back(Pending {
-            messages: pending,
-            reply,
-            requeued: 0,
-        });
+        {
+            let mut queue = self.queue();
+            let tickets = pending.iter().filter_map(|m| m.ticket);
+            queue.unanswered.extend(tickets);
+            queue.jobs.push_back(Pending {
+                messages: pending,
+                reply,
+                requeued: 0,
+            });
+        }
         if !self.flushing.swap(true, Ordering::AcqRel) {
             tokio::spawn(Arc::clone(self).flush());
         }
@@ -214,8 +272,8 @@ impl Committer {
         batch: RemoteBatch,
         key_subject: impl Fn(&str) -> String,
         marker_subject: String,
-        marker_ttl: Option<std::time::Duration>,
-        deleted_header: (&str, &str),
+        marker_ttl: Option<Duration>,
+        (deleted_header, tombstone_ttl): ((&str, &str), Duration),
     ) -> Result<Result<Vec<Msg>, RemoteOutcome>, String> {
         let n = batch.changes.len() + 1;
         if n > MAX_BATCH {
@@ -230,7 +288,12 @@ impl Committer {
         for change in batch.changes {
             let mut headers = HeaderMap::new();
             if change.value.is_none() {
+                // A tombstone: kept for a while, then pruned by the
+                // server (a pruned key reads as absent, version 0: the
+                // same value, see `state.rs`).
                 wire::append(&mut headers, deleted_header.0, deleted_header.1)
+                    .map_err(|e| e.to_string())?;
+                wire::append(&mut headers, "Nats-TTL", &ttl_header(tombstone_ttl))
                     .map_err(|e| e.to_string())?;
             }
             messages.push(Msg {
@@ -248,12 +311,7 @@ impl Committer {
         }
         let mut headers = HeaderMap::new();
         if let Some(ttl) = marker_ttl {
-            wire::append(
-                &mut headers,
-                "Nats-TTL",
-                &format!("{}s", ttl.as_secs().max(1)),
-            )
-            .map_err(|e| e.to_string())?;
+            wire::append(&mut headers, "Nats-TTL", &ttl_header(ttl)).map_err(|e| e.to_string())?;
         }
         messages.push(Msg {
             subject: marker_subject,
@@ -284,6 +342,8 @@ impl Committer {
         loop {
             let group = self.take_group();
             if group.is_empty() {
+                // `take_group` may have refused jobs.
+                self.answered.notify_waiters();
                 self.flushing.store(false, Ordering::Release);
                 // A commit queued after the look and before the store
                 // found the flag still set: flush it, unless a new task
@@ -294,6 +354,7 @@ impl Committer {
                 continue;
             }
             self.commit_group(group).await;
+            self.answered.notify_waiters();
         }
     }
 
@@ -362,7 +423,7 @@ impl Committer {
     async fn commit_group(&self, group: Vec<Pending>) {
         tracing::trace!(jobs = group.len(), "state batch");
         match self.publish(&group).await {
-            Ok(Some(last)) => {
+            Ok(Published::Stored(last)) => {
                 let total: usize = group.iter().map(|p| p.messages.len()).sum();
                 let mut seq = last - total as i64;
                 let mut queue = self.queue();
@@ -378,13 +439,20 @@ impl Committer {
                     let _ = pending.reply.send(Ok(RemoteOutcome::Committed(versions)));
                 }
             }
-            Ok(None) if group.len() == 1 => {
+            Ok(Published::Stale) if group.len() == 1 => {
                 let mut queue = self.queue();
                 for pending in group {
                     queue.refuse(pending);
                 }
             }
-            Ok(None) => self.sort_out(group).await,
+            Ok(Published::Stale) => self.sort_out(group).await,
+            Ok(Published::NotStored(reason)) => {
+                tracing::warn!(jobs = group.len(), %reason, "the state store refused a commit; its jobs run again later");
+                let mut queue = self.queue();
+                for pending in group {
+                    queue.answer(pending, Ok(RemoteOutcome::Unavailable(reason.clone())));
+                }
+            }
             Err(e) => {
                 let mut queue = self.queue();
                 for pending in group {
@@ -399,31 +467,41 @@ impl Committer {
         }
     }
 
-    /// One atomic batch of `group`'s messages: the stream sequence of its
-    /// last message, or `None` when refused for a version or a marker.
-    async fn publish(&self, group: &[Pending]) -> Result<Option<i64>, String> {
+    /// One atomic batch of `group`'s messages, and what the server made
+    /// of it; `Err`: no answer (it may have been stored).
+    async fn publish(&self, group: &[Pending]) -> Result<Published, String> {
+        let not_stored = |e: String| Ok(Published::NotStored(e));
         let id = crate::message::new_id();
         let total: usize = group.iter().map(|p| p.messages.len()).sum();
         let mut messages = group.iter().flat_map(|p| &p.messages).enumerate();
         let mut last = None;
         for (i, m) in messages.by_ref() {
             let mut headers = m.headers.clone();
-            if let Some(v) = m.check {
-                wire::append(&mut headers, EXPECT, &v.to_string()).map_err(|e| e.to_string())?;
+            if let Some(v) = m.check
+                && let Err(e) = wire::append(&mut headers, EXPECT, &v.to_string())
+            {
+                return not_stored(e.to_string());
             }
             let commit = i + 1 == total;
-            batch_headers(&mut headers, &id, i + 1, commit)?;
+            if let Err(e) = batch_headers(&mut headers, &id, i + 1, commit) {
+                return not_stored(e);
+            }
             if commit {
                 last = Some((m, headers));
                 break;
             }
-            self.client
+            // A batch whose commit message is never sent is never stored
+            // (the server drops an incomplete batch).
+            if let Err(e) = self
+                .client
                 .publish_with_headers(m.subject.clone(), headers, m.body.clone().into())
                 .await
-                .map_err(|e| format!("publishing to {}: {e}", m.subject))?;
+            {
+                return not_stored(format!("publishing to {}: {e}", m.subject));
+            }
         }
         let Some((m, headers)) = last else {
-            return Err("an empty state batch".into());
+            return not_stored("an empty state batch".into());
         };
         let reply = tokio::time::timeout(
             TIMEOUT,
@@ -431,15 +509,37 @@ impl Committer {
                 .request_with_headers(m.subject.clone(), headers, m.body.clone().into()),
         )
         .await
-        .map_err(|_| format!("no answer to a state commit in {TIMEOUT:?}"))?
-        .map_err(|e| format!("committing state ({}): {e}", m.subject))?;
+        .map_err(|_| format!("no answer to a state commit in {TIMEOUT:?}"))?;
+        let reply = match reply {
+            Ok(reply) => reply,
+            // Nothing listens on the subject (no stream took it), or the
+            // client refused to send it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::RequestErrorKind::NoResponders
+                        | async_nats::RequestErrorKind::InvalidSubject
+                        | async_nats::RequestErrorKind::MaxPayloadExceeded
+                ) =>
+            {
+                return not_stored(format!("committing state ({}): {e}", m.subject));
+            }
+            Err(e) => return Err(format!("committing state ({}): {e}", m.subject)),
+        };
         let ack: serde_json::Value = serde_json::from_slice(&reply.payload)
             .map_err(|e| format!("unreadable answer to a state commit: {e}"))?;
         if let Some(error) = ack.get("error") {
-            if error.get("err_code").and_then(serde_json::Value::as_u64) == Some(10071) {
-                return Ok(None);
+            // 10071: a stale expectation (or the marker exists); 10164:
+            // the same on a replicated stream, where another proposal on
+            // the subject is in flight (nats-server's batching).
+            if matches!(
+                error.get("err_code").and_then(serde_json::Value::as_u64),
+                Some(10071 | 10164)
+            ) {
+                return Ok(Published::Stale);
             }
-            return Err(format!("state commit refused: {error}"));
+            // An error answer is a refusal: the server stored none of it.
+            return not_stored(format!("the state store refused a commit: {error}"));
         }
         let seq = ack
             .get("seq")
@@ -451,7 +551,7 @@ impl Committer {
                 "a state commit of {total} messages stored {count:?}"
             ));
         }
-        Ok(Some(seq))
+        Ok(Published::Stored(seq))
     }
 
     /// After a refused batch of several jobs: refuses the jobs that cannot
@@ -501,12 +601,15 @@ impl Committer {
                     back.push(pending);
                 }
                 Ok(_) => queue.refuse(pending),
-                Err(e) => {
-                    for t in pending.messages.iter().filter_map(|m| m.ticket) {
-                        queue.resolve(t, None);
-                    }
-                    let _ = pending.reply.send(Err(e));
-                }
+                // The batch was refused, so nothing of it is stored; this
+                // job's expectations could not be read: it runs again
+                // later.
+                Err(e) => queue.answer(
+                    pending,
+                    Ok(RemoteOutcome::Unavailable(format!(
+                        "cannot sort out a refused state batch: {e}"
+                    ))),
+                ),
             }
         }
         for pending in back.into_iter().rev() {
@@ -517,6 +620,11 @@ impl Committer {
 
 /// The expected-version header.
 const EXPECT: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// A `Nats-TTL` value (whole seconds, at least one).
+fn ttl_header(ttl: Duration) -> String {
+    format!("{}s", ttl.as_secs().max(1))
+}
 
 /// Adds the ADR-50 headers of message `seq` (from 1) of batch `id`.
 fn batch_headers(h: &mut HeaderMap, id: &str, seq: usize, commit: bool) -> Result<(), String> {
@@ -536,8 +644,13 @@ struct FlushGuard<'a>(&'a Committer);
 impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.queue().jobs.clear();
+            {
+                let mut queue = self.0.queue();
+                queue.jobs.clear();
+                queue.unanswered.clear();
+            }
             self.0.flushing.store(false, Ordering::Release);
+            self.0.answered.notify_waiters();
         }
     }
 }
