@@ -340,6 +340,12 @@ async fn connect(
                     let js = JetStream::connect(settings.clone(), store.clone())
                         .await
                         .map_err(TransportError::from)?;
+                    if settings.shared_state {
+                        // Before any pump: no job reads the shared store
+                        // before this host's keys are in it.
+                        step = "moving this host's plugin state to the shared store";
+                        js.move_local_state().await.map_err(TransportError::from)?;
+                    }
                     step = "creating consumers";
                     js.register(subscriptions).await?;
                     step = "opening the shared buckets";

@@ -41,6 +41,7 @@ mod schedules;
 mod send;
 mod shared_state;
 mod shared_state_faults;
+mod shared_state_move;
 mod startup;
 mod state;
 mod trace_context;

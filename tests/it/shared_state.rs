@@ -75,7 +75,7 @@ fn assert_exact(nats: &NatsServer, envs: &[Env], n: usize) {
     assert_eq!(shared_value(nats, "hot"), Some(n.to_string()));
     for env in envs {
         assert_eq!(
-            env.state("test-state", "hot"),
+            env.local_state("test-state", "hot"),
             None,
             "no host keeps its own copy"
         );
@@ -397,7 +397,7 @@ fn sluice_send_reads_the_shared_store_when_state_is_shared() {
 
 #[test]
 fn hosts_that_do_not_share_state_say_it_is_split() {
-    // Two hosts on one JetStream, shared_state off: each counts its own
+    // Two hosts on one JetStream, shared_state switched off: each counts its own
     // share. Each host sees the other in SLUICE_HOSTS; one with the
     // plugin's state in its SQLite warns and `/v1/plugins` says so.
     let nats = NatsServer::start();
@@ -406,7 +406,8 @@ fn hosts_that_do_not_share_state_say_it_is_split() {
     for _ in 0..2 {
         let (_, addr) = crate::api::http_config("");
         let extra = format!("[plugin.test-state]\nconcurrency = 4\n[http]\naddr = \"{addr}\"\n");
-        envs.push(Env::new(&["test-state"], &nats.config("3s", &extra)));
+        let cfg = format!("{}shared_state = false\n", nats.config("3s", &extra));
+        envs.push(Env::new(&["test-state"], &cfg));
         addrs.push(addr);
     }
     let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();

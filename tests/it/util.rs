@@ -203,8 +203,50 @@ impl Env {
         self.block_on(self.store().job(id)).expect("job")
     }
 
-    /// A plugin's committed state value, as UTF-8.
+    /// A plugin's committed state value, as UTF-8, where this host keeps
+    /// it: on JetStream with `[nats] shared_state` (the default) the store
+    /// every host shares, else this host's SQLite.
     pub fn state(&self, plugin: &str, key: &str) -> Option<String> {
+        match self.shared_settings() {
+            Some(settings) => self.shared_state(&settings, plugin, key),
+            None => self.local_state(plugin, key),
+        }
+    }
+
+    /// The `[nats]` settings when this env's config shares state.
+    fn shared_settings(&self) -> Option<sluice::transport::JetStreamSettings> {
+        let text = std::fs::read_to_string(&self.config).ok()?;
+        let config: toml::Value = toml::from_str(&text).ok()?;
+        let nats = config.get("nats")?;
+        let shared = nats.get("shared_state").and_then(toml::Value::as_bool);
+        if shared == Some(false) {
+            return None;
+        }
+        Some(sluice::transport::JetStreamSettings {
+            url: nats.get("url")?.as_str()?.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    fn shared_state(
+        &self,
+        settings: &sluice::transport::JetStreamSettings,
+        plugin: &str,
+        key: &str,
+    ) -> Option<String> {
+        use sluice::state::Remote as _;
+        self.block_on(async {
+            // No state stream yet: no host has committed state.
+            let remote = sluice::transport::SharedState::connect(settings)
+                .await
+                .ok()?;
+            let (value, _) = remote.get(plugin, key).await.expect("shared state read");
+            value.map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+    }
+
+    /// A plugin's committed state value in this host's SQLite, as UTF-8.
+    pub fn local_state(&self, plugin: &str, key: &str) -> Option<String> {
         self.block_on(self.store().state_get(plugin, key))
             .expect("state")
             .value

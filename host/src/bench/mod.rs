@@ -564,6 +564,9 @@ async fn jetstream_run(
 ) -> anyhow::Result<drive::RunReport> {
     let settings = JetStreamSettings {
         url: url.to_owned(),
+        // This run keeps state in the host's SQLite (`--hosts` measures
+        // the shared store, off and on).
+        shared_state: false,
         ..config.nats.clone().unwrap_or_default()
     };
     let js = JetStream::connect(settings, store)

@@ -16,8 +16,9 @@
 //!
 //! [nats]                         # run on JetStream instead of the embedded queue
 //! url = "nats://127.0.0.1:4222"  # or --nats URL
-//! shared_state = false           # true: plugin state is one store for every
-//!                                # host (the SLUICE_STATE stream), not SQLite
+//! shared_state = true            # plugin state is one store for every host
+//!                                # (the SLUICE_STATE stream, nats-server 2.12+);
+//!                                # false: each host's own SQLite
 //! ack_wait = "30s"               # no ack or heartbeat for this long: redelivered
 //! replicas = 1                   # 3 on a production cluster
 //! max_age = "7d"                 # how long the stream keeps messages

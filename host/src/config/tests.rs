@@ -229,9 +229,9 @@ fn nats_comes_from_the_file_or_the_flag() -> Result<(), String> {
         (n.url.as_str(), n.ack_wait),
         ("nats://h:4222", Duration::from_secs(5))
     );
-    assert!(!n.shared_state, "off by default");
-    let c = parse("[nats]\nurl = \"nats://h\"\nshared_state = true")?;
-    assert!(c.nats.ok_or("nats")?.shared_state);
+    assert!(n.shared_state, "on by default");
+    let c = parse("[nats]\nurl = \"nats://h\"\nshared_state = false")?;
+    assert!(!c.nats.ok_or("nats")?.shared_state);
     let raw: RawFile = toml::from_str("").map_err(|e| e.to_string())?;
     let flag = Overrides {
         nats_url: Some("nats://x:1".into()),

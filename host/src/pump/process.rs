@@ -13,14 +13,17 @@ use super::control::Running;
 use super::mapping::{self, MapError};
 use super::marker;
 use super::policy::{Breaker, backoff};
+
+mod shared;
 use crate::config::Policy;
 use crate::message::{Request, now_ms};
 use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
-use crate::state::{CallState, HandOff, Handed, RemoteCommitted, Session};
+use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
 use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Subscription, Transport};
+use shared::Stale;
 
 /// Re-runs of one attempt after state conflicts before the job is handed
 /// back. Never reached by design (each conflict adds a key the re-run
@@ -30,17 +33,8 @@ const MAX_RERUNS: u32 = 1000;
 /// commit (another host changed a key) before the job is handed back,
 /// without losing its attempt, to whichever host gets it next: across
 /// hosts a re-run holds its keys on its own host only, so it can lose
-/// again (see `shared_backoff`).
+/// again (see `shared::shared_backoff`).
 const MAX_SHARED_RERUNS: u32 = 32;
-
-/// The pause before the `n`th re-run of a job whose shared state commit
-/// lost to another host: doubling from 1 ms up to 64 ms, a random point in
-/// its upper half (so the hosts that lost together do not retry together).
-fn shared_backoff(n: u32) -> Duration {
-    let ceiling = Duration::from_millis(1 << n.saturating_sub(1).min(6));
-    let half = ceiling / 2;
-    half + half.mul_f64(fastrand::f64())
-}
 
 /// What to record for a finished call and how to settle the delivery.
 struct Verdict {
@@ -455,75 +449,6 @@ impl<T: Transport> Call<'_, T> {
         }
     }
 
-    /// With shared state, before a failure (a failed call, posts that
-    /// cannot be mapped) is recorded: whether the reads it was decided on
-    /// were stale (see `state/remote.rs`), and whether another host
-    /// committed the job meanwhile (a slow host's delivery handed on: the
-    /// marker is the outcome, not this failure).
-    async fn stale(
-        &self,
-        session: &Session,
-        state: &CallState,
-        cancel: &CancellationToken,
-        cost: &mut Cost,
-        clock: &mut Option<JobSpan>,
-    ) -> Stale {
-        if !self.deps.state.is_shared() {
-            return Stale::No;
-        }
-        match session.check_reads(state).await {
-            Ok(()) => {
-                let name = marker::commit_name(&self.delivery.job);
-                match self.deps.state.marker(&name).await {
-                    Ok(None) => Stale::No,
-                    Ok(Some(body)) => Stale::Record(from_marker(&body)),
-                    Err(e) => Stale::Record(Recording::Submit(host_fault(format!(
-                        "shared state store: cannot look for the commit marker of a failed call: {e}"
-                    )))),
-                }
-            }
-            Err(HandOff::Conflict { keys }) => {
-                match self
-                    .lost_to_another_host(session, cancel, cost, clock)
-                    .await
-                {
-                    Some(recording) => Stale::Record(recording),
-                    None => Stale::Rerun(keys),
-                }
-            }
-            Err(e) => Stale::Record(Recording::Submit(host_fault(format!(
-                "shared state store: cannot check the reads of a failed call: {e:?}"
-            )))),
-        }
-    }
-
-    /// Another host changed a key this call read: counts the re-run and
-    /// pauses before it, holding nothing (so that host, and the jobs
-    /// chained behind it, move on first); `Some`: what to record instead
-    /// (handed back after too many, or interrupted meanwhile).
-    async fn lost_to_another_host(
-        &self,
-        session: &Session,
-        cancel: &CancellationToken,
-        cost: &mut Cost,
-        clock: &mut Option<JobSpan>,
-    ) -> Option<Recording> {
-        cost.conflicts += 1;
-        cost.lost += 1;
-        telemetry::conflict(clock, cost.conflicts);
-        if cost.lost >= MAX_SHARED_RERUNS {
-            return Some(Recording::Submit(release(
-                "shared state: other hosts kept changing its keys; handed back",
-                shared_backoff(cost.lost),
-            )));
-        }
-        session.release_all();
-        tokio::select! {
-            () = tokio::time::sleep(shared_backoff(cost.lost)) => None,
-            () = cancel.cancelled() => Some(Recording::Submit(self.interrupted())),
-        }
-    }
-
     /// The verdict for a call that failed.
     fn failure(&self, failure: CallFailure) -> Verdict {
         match failure {
@@ -548,16 +473,6 @@ impl<T: Transport> Call<'_, T> {
             release("interrupted by shutdown; handed back", Duration::ZERO)
         }
     }
-}
-
-/// What [`Call::stale`] found.
-enum Stale {
-    /// The reads were current: record the failure.
-    No,
-    /// Run again, first taking these keys' turns.
-    Rerun(Vec<String>),
-    /// Record this instead.
-    Record(Recording),
 }
 
 /// What to record for a job whose commit marker exists: its outcome and

@@ -239,6 +239,17 @@ const MIGRATIONS: &[&str] = &[
     UPDATE debounce_keys SET created_at = CAST(unixepoch('subsec') * 1000 AS INTEGER);
     CREATE INDEX debounce_keys_age ON debounce_keys (created_at);
     "#,
+    // 16: plugins whose state this host moved to the shared store on
+    // JetStream (`[nats] shared_state`), once each (store/state_moved.rs).
+    r#"
+    CREATE TABLE state_moved (
+        plugin    TEXT PRIMARY KEY,
+        moved_at  INTEGER NOT NULL, -- ms
+        moved     INTEGER NOT NULL, -- keys stored in the shared store
+        kept      INTEGER NOT NULL, -- keys it had already (its value kept)
+        left_here INTEGER NOT NULL  -- keys too large to move (still here)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// How many prepared statements a connection keeps (more than the store

@@ -41,6 +41,7 @@ mod priority;
 mod reader;
 mod records;
 mod state;
+mod state_moved;
 mod unique;
 mod writer;
 
@@ -60,6 +61,7 @@ pub use outbox::{MAX_ATTEMPTS as OUTBOX_MAX_ATTEMPTS, OutboxFilter, OutboxRow, R
 pub use plugins::{PluginFile, ServingPlugin};
 pub use records::{ClaimedJob, JobRecord, JobState};
 pub use state::{StateChange, StateCommit, StateValue};
+pub use state_moved::Moved;
 
 use reader::Reader;
 use writer::Writer;

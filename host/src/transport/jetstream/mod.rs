@@ -27,6 +27,7 @@ mod schedule;
 mod settle;
 mod state;
 mod state_commit;
+mod state_move;
 mod streams;
 mod unique;
 
@@ -96,6 +97,10 @@ pub enum JetStreamError {
         /// What differs.
         reason: String,
     },
+    /// The server lacks what the config asks for (shared state on a
+    /// nats-server older than 2.12): an operator's to fix.
+    #[error("{0}")]
+    Unsupported(String),
     /// A consumer could not be created or updated.
     #[error("JetStream consumer {name}: {reason}")]
     Consumer {
@@ -149,6 +154,7 @@ impl JetStreamError {
             JetStreamError::Refused { .. }
                 | JetStreamError::BadUrl { .. }
                 | JetStreamError::Incompatible { .. }
+                | JetStreamError::Unsupported(_)
         )
     }
 }
@@ -170,7 +176,8 @@ pub struct JetStreamSettings {
     /// How long one pull waits for messages before returning empty.
     pub fetch_wait: Duration,
     /// Plugin state lives in the `SLUICE_STATE` stream, one store for
-    /// every host (`state.rs`), instead of in each host's SQLite.
+    /// every host (`state.rs`), instead of in each host's SQLite (the
+    /// default; `false`: each host's own).
     pub shared_state: bool,
 }
 
@@ -183,7 +190,7 @@ impl Default for JetStreamSettings {
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             fetch_wait: Duration::from_millis(500),
-            shared_state: false,
+            shared_state: true,
         }
     }
 }

@@ -72,8 +72,9 @@ pub(super) async fn ensure_state_stream(
         reason,
     };
     if !super::schedule::server_supports(server_version) {
-        return Err(err(format!(
-            "[nats] shared_state needs atomic batch publish (nats-server 2.12 or later); this server is {server_version}"
+        // Not something waiting can heal: the start ends, saying what to do.
+        return Err(JetStreamError::Unsupported(format!(
+            "plugin state shared by every host ([nats] shared_state, on by default) needs atomic batch publish, nats-server 2.12 or later, and this server is {server_version}: upgrade nats-server, or set [nats] shared_state = false to keep each host's state in its own SQLite"
         )));
     }
     let config = stream::Config {
