@@ -19,7 +19,7 @@ mod process;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +54,22 @@ pub struct Deps<T> {
 /// loaded or its transport failed.
 const IDLE_RETRY: Duration = Duration::from_secs(1);
 
+/// The permit of the next round, or `None` once `shutdown` is cancelled.
+/// The stop is looked at first: an unbiased `select!` picked a free permit
+/// over a stop that had already come half the time, so a stopping pump
+/// kept fetching (and, past the drain period, handing each job straight
+/// back to be fetched again).
+async fn next_permit(
+    gate: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        permit = gate.clone().acquire_owned() => permit.ok(),
+    }
+}
+
 /// Runs the pump for `sub` until `shutdown` is cancelled, then drains.
 /// `hard_stop` is cancelled when the drain period is over (or on a second
 /// signal): in-flight guests are then interrupted and their jobs handed back.
@@ -75,12 +91,8 @@ pub async fn run<T: Transport>(
     tracing::info!(channel = %sub.channel, handler = %sub.consumer, concurrency = policy.concurrency, "pump started");
     let mut paused_logged = false;
     loop {
-        let first = tokio::select! {
-            permit = gate.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.cancelled() => break,
+        let Some(first) = next_permit(&gate, &shutdown).await else {
+            break;
         };
         // Checked after a permit frees up: the job that just released it may
         // be the failure that opened the breaker.
@@ -115,6 +127,12 @@ pub async fn run<T: Transport>(
             }
         }
         paused_logged = false;
+        // A stop that came while this round waited (for the breaker, a
+        // pause) takes no more work: after the drain period every job taken
+        // now would only be handed straight back.
+        if shutdown.is_cancelled() {
+            break;
+        }
         // Made before the claim, so a lease dropped meanwhile wakes the
         // wait below (see `Gate::freed`).
         let freed = flow.as_ref().map(|g| g.freed());
@@ -170,4 +188,30 @@ pub async fn run<T: Transport>(
         _ = hard_stop.cancelled() => tasks.wait().await,
     }
     tracing::info!(channel = %sub.channel, handler = %sub.consumer, "pump stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_pump_takes_no_permit_even_when_permits_are_free() {
+        let gate = Arc::new(Semaphore::new(64));
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        // Unbiased, a free permit won about half of these.
+        for _ in 0..200 {
+            assert!(next_permit(&gate, &shutdown).await.is_none());
+        }
+        assert_eq!(gate.available_permits(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_running_pump_gets_a_permit() {
+        let gate = Arc::new(Semaphore::new(1));
+        let shutdown = CancellationToken::new();
+        let permit = next_permit(&gate, &shutdown).await;
+        assert!(permit.is_some());
+        assert_eq!(gate.available_permits(), 0);
+    }
 }
