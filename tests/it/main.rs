@@ -46,5 +46,6 @@ mod startup;
 mod state;
 mod trace_context;
 mod unique;
+mod unique_replace;
 mod wire;
 mod wit;

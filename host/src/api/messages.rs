@@ -106,6 +106,9 @@ pub async fn post<T: Transport>(
         )
             .into_response());
     }
+    if let Some(holder) = published.replaced_message.take() {
+        published.replaced = cancel_replaced(&state, &channel, &holder).await;
+    }
     if !published.replaced.is_empty() {
         state.deps.control.metrics.unique_outcome("replaced");
     }
@@ -130,6 +133,55 @@ pub async fn post<T: Transport>(
         headers.insert(LOCATION, v);
     }
     Ok(response)
+}
+
+/// JetStream: the jobs of `holder` (on `channel`), whose key a replace
+/// post took. No host runs them any more (the key's entry and tombstone
+/// say so to whichever host starts one, see `transport::jetstream::
+/// unique`); this records them cancelled here and on every host, so
+/// their status says so at once and a delivery is dropped on receipt.
+/// Their ids, for the answer's `replaced`.
+async fn cancel_replaced<T: Transport>(
+    state: &ApiState<T>,
+    channel: &str,
+    holder: &str,
+) -> Vec<String> {
+    let handlers: Vec<String> = state
+        .deps
+        .registry
+        .current()
+        .handlers_of(channel)
+        .iter()
+        .map(|h| h.info().name.clone())
+        .collect();
+    let mut ids = Vec::with_capacity(handlers.len());
+    for handler in handlers {
+        let id = job_id_for(holder, &handler);
+        if let Some(cluster) = &state.cluster {
+            let note = crate::cluster::CancelNote {
+                message_id: holder.to_owned(),
+                channel: channel.to_owned(),
+                handler: handler.clone(),
+            };
+            if let Err(e) = cluster.cancels.send(&id, &note).await {
+                tracing::warn!(job_id = %id, error = %e, "replaced job not recorded cancelled on the other hosts yet; whichever host receives it records it so");
+            }
+        }
+        // Never interrupted: a job that started would have kept its key.
+        match state
+            .deps
+            .store
+            .cancel_from_elsewhere(&id, holder, channel, &handler)
+            .await
+        {
+            Ok(_) => state.deps.control.changed(&id),
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "cannot record a replaced job cancelled here");
+            }
+        }
+        ids.push(id);
+    }
+    ids
 }
 
 fn body_error(status: StatusCode) -> &'static str {
@@ -206,12 +258,6 @@ fn build<T: Transport>(
             return Err(ApiError::bad_request(format!("priority: {rule}")));
         }
         options::set(&mut headers, options::PRIORITY_HEADER, p.trim().to_owned());
-    }
-    if params.on_duplicate.as_deref().map(str::trim) == Some("replace") && state.jetstream.is_some()
-    {
-        return Err(ApiError::bad_request(
-            "on_duplicate=replace is not available on JetStream yet (use reject, the default)",
-        ));
     }
     set_options(
         &mut headers,

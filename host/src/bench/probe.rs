@@ -212,6 +212,10 @@ impl<T: Transport> Transport for Timed<T> {
         result
     }
 
+    fn start(&self, delivery: &Delivery) -> impl Future<Output = crate::transport::Start> + Send {
+        self.inner.start(delivery)
+    }
+
     fn heartbeat_every(&self) -> Option<Duration> {
         self.inner.heartbeat_every()
     }

@@ -69,7 +69,8 @@ pub struct PostArgs {
     #[arg(long, value_name = "DURATION", requires = "unique")]
     pub unique_for: Option<String>,
     /// What a post whose key is held does: reject (default) or replace
-    /// (cancel the waiting holder, queue this one; embedded queue).
+    /// (cancel the waiting holder, queue this one; a holder that has
+    /// started keeps its key, and the post is refused).
     #[arg(long, value_parser = ["reject", "replace"], requires = "unique")]
     pub on_duplicate: Option<String>,
     /// Debounce key: of a burst of posts with this key on the channel only
@@ -428,6 +429,9 @@ impl Printer {
             if !p.replaced.is_empty() {
                 v["replaced"] = p.replaced.clone().into();
             }
+            if let Some(holder) = &p.replaced_message {
+                v["replaced_message"] = holder.as_str().into();
+            }
             if let Some(line) = line {
                 v["line"] = line.into();
             }
@@ -440,6 +444,12 @@ impl Printer {
                 eprintln!(
                     "note: message {} holds this post's unique key; nothing new queued",
                     p.message_id
+                );
+            }
+            if let Some(holder) = &p.replaced_message {
+                let _ = self.out.flush();
+                eprintln!(
+                    "note: replaced the key's previous holder: message {holder} (its jobs will not run)"
                 );
             }
         } else {

@@ -22,7 +22,7 @@ use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, Trap
 use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
 use crate::telemetry::{self, JobSpan, Phase, mark};
-use crate::transport::{Delivery, Settle, Subscription, Transport};
+use crate::transport::{Delivery, Settle, Start, Subscription, Transport};
 use shared::Stale;
 
 /// Re-runs of one attempt after state conflicts before the job is handed
@@ -153,6 +153,16 @@ async fn decide<T: Transport>(
                 let reason = format!("shared state store: {e}");
                 return (Some(handler), Recording::Submit(host_fault(reason)));
             }
+        }
+    }
+    // A message holding a uniqueness key: marked running now, unless a
+    // `replace` post took its key first (JetStream; see `Transport::start`).
+    match deps.transport.start(delivery).await {
+        Start::Run => {}
+        Start::Replaced { by } => return (Some(handler), Recording::Submit(replaced(&by))),
+        Start::Fault(e) => {
+            let reason = format!("uniqueness key: {e}");
+            return (Some(handler), Recording::Submit(host_fault(reason)));
         }
     }
     let recording = if expired(job) {
@@ -645,6 +655,20 @@ fn expiry() -> Verdict {
 /// acked so no host runs it again.
 fn cancelled() -> Verdict {
     let reason = "cancelled by an operator while running".to_owned();
+    Verdict {
+        finish: Finish::Cancelled {
+            reason: reason.clone(),
+        },
+        settle: Settle::Ack,
+        outcome: "cancelled",
+        error: Some(reason),
+    }
+}
+
+/// A `replace` post of its uniqueness key took the key before the job
+/// started (message `by`): recorded as final, acked, never run.
+fn replaced(by: &str) -> Verdict {
+    let reason = format!("replaced by message {by} (unique key)");
     Verdict {
         finish: Finish::Cancelled {
             reason: reason.clone(),

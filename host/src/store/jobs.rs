@@ -45,6 +45,10 @@ pub struct Published {
     /// Jobs of the key's previous holder this post cancelled
     /// (`sluice-on-duplicate: replace`).
     pub replaced: Vec<String>,
+    /// JetStream: the key's previous holder this post replaced (its jobs,
+    /// recorded by whichever hosts receive it, are cancelled there; the
+    /// API names them in `replaced`).
+    pub replaced_message: Option<String>,
 }
 
 /// How a job's current call ended, and what to record.
@@ -441,6 +445,7 @@ pub(super) fn publish_one(
                     job_ids,
                     duplicate: true,
                     replaced,
+                    replaced_message: None,
                 });
             }
         }
@@ -460,6 +465,7 @@ pub(super) fn publish_one(
                     duplicate: false,
                     duplicate_of: None,
                     replaced,
+                    replaced_message: None,
                 });
             }
         }
@@ -513,6 +519,7 @@ pub(super) fn publish_one(
         duplicate,
         duplicate_of: None,
         replaced,
+        replaced_message: None,
     })
 }
 

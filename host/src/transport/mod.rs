@@ -94,6 +94,21 @@ pub enum Settle {
     },
 }
 
+/// What [`Transport::start`] says of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Run it.
+    Run,
+    /// Its message was replaced by message `by` (a `replace` post of its
+    /// uniqueness key): record it cancelled, never run it.
+    Replaced {
+        /// The message that replaced it.
+        by: String,
+    },
+    /// It cannot be told now (the server did not answer): hand it back.
+    Fault(String),
+}
+
 /// Transport failures.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -191,6 +206,16 @@ pub trait Transport: Send + Sync + 'static {
         delivery: &Delivery,
         settle: Settle,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Whether `delivery` may run now, asked just before its handler is
+    /// called: a JetStream message holding a uniqueness key marks it
+    /// running (so a `replace` post can no longer take it) or finds it
+    /// was replaced. The embedded queue decides that when the post
+    /// commits, so its deliveries always run.
+    fn start(&self, delivery: &Delivery) -> impl Future<Output = Start> + Send {
+        let _ = delivery;
+        async { Start::Run }
+    }
 
     /// How often a running delivery must say it is still being worked on,
     /// or `None` if the backend does not need to hear it.

@@ -382,6 +382,18 @@ impl Transport for JetStream {
         Ok(self.settle_delivery(delivery, settle).await?)
     }
 
+    async fn start(&self, delivery: &Delivery) -> super::Start {
+        let m = &delivery.job.message;
+        let Some(unique) = crate::message::options::unique(&m.headers) else {
+            return super::Start::Run;
+        };
+        match self.start_unique(&m.channel, &m.id, &unique).await {
+            Ok(unique::UniqueStart::Run) => super::Start::Run,
+            Ok(unique::UniqueStart::Replaced { by }) => super::Start::Replaced { by },
+            Err(e) => super::Start::Fault(e.to_string()),
+        }
+    }
+
     fn heartbeat_every(&self) -> Option<Duration> {
         Some(self.inner.settings.ack_wait / 2)
     }

@@ -17,6 +17,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 
 use super::super::wire::{self, Envelope};
 use super::schedule::ScheduleError;
+use super::unique::Claim;
 use super::{JetStream, JetStreamError};
 use crate::message::{now_ms, options};
 use crate::store::{NewMessage, Published};
@@ -52,25 +53,24 @@ impl JetStream {
         // sent: it is answered with the holder (see `unique`).
         let mut held: Vec<Option<String>> = messages.iter().map(|_| None).collect();
         let mut claimed: Vec<Option<options::Unique>> = messages.iter().map(|_| None).collect();
+        // The waiting holder a `replace` post took its key from.
+        let mut replaced: Vec<Option<String>> = messages.iter().map(|_| None).collect();
         for (i, m) in messages.iter().enumerate() {
             let Some(unique) = options::unique(&m.message.headers) else {
                 continue;
             };
-            if unique.on_duplicate == options::OnDuplicate::Replace {
-                answers[i] = Some(Err(JetStreamError::Unique(
-                    "on-duplicate replace is not available on JetStream yet (use reject, the default)".into(),
-                )));
-                continue;
-            }
             match self
                 .claim_unique(&m.message.channel, &m.message.id, &unique)
                 .await
             {
-                Ok(None) => claimed[i] = Some(unique),
+                Ok(Claim::Taken { replaced: r }) => {
+                    claimed[i] = Some(unique);
+                    replaced[i] = r;
+                }
                 // A repost of the holder: sent, the stream's duplicate
                 // window or the inbox makes it the same message.
-                Ok(Some(holder)) if holder == m.message.id => {}
-                Ok(Some(holder)) => {
+                Ok(Claim::Own) => {}
+                Ok(Claim::Held(holder)) => {
                     held[i] = Some(holder);
                     answers[i] = Some(Ok(true));
                 }
@@ -113,8 +113,12 @@ impl JetStream {
             answers[j] = Some(acked(&subject, ack).await);
         }
         let mut out = Vec::with_capacity(messages.len());
-        for (((m, answer), holder), claimed) in
-            messages.into_iter().zip(answers).zip(held).zip(claimed)
+        for ((((m, answer), holder), claimed), replaced) in messages
+            .into_iter()
+            .zip(answers)
+            .zip(held)
+            .zip(claimed)
+            .zip(replaced)
         {
             if let Some(holder) = holder {
                 out.push(Ok(Published {
@@ -123,6 +127,7 @@ impl JetStream {
                     duplicate: true,
                     duplicate_of: Some(holder),
                     replaced: Vec::new(),
+                    replaced_message: None,
                 }));
                 continue;
             }
@@ -146,11 +151,14 @@ impl JetStream {
             }
             // The key it claimed holds nothing only when the message is
             // surely not stored by this call (see `stored_nothing`).
-            if stored_nothing(&answer, sends)
-                && let Some(unique) = &claimed
-            {
-                self.release_unique(&m.message.channel, &m.message.id, unique)
-                    .await;
+            let nothing = stored_nothing(&answer, sends);
+            if nothing && let Some(unique) = &claimed {
+                let (channel, id) = (&m.message.channel, &m.message.id);
+                match &replaced {
+                    // The holder it replaced gets its key back.
+                    Some(holder) => self.restore_unique(channel, id, unique, holder).await,
+                    None => self.release_unique(channel, id, unique).await,
+                }
             }
             out.push(answer.map(|duplicate| Published {
                 message_id: m.message.id,
@@ -158,6 +166,8 @@ impl JetStream {
                 duplicate,
                 duplicate_of: None,
                 replaced: Vec::new(),
+                // Replaced only if this post is the one that goes on.
+                replaced_message: if nothing { None } else { replaced.clone() },
             }));
         }
         // A delayed message is delivered only when due; this host records

@@ -151,11 +151,11 @@ impl JetStream {
         let mut pending: Vec<(&OutboxRow, PublishAckFuture)> = Vec::with_capacity(rows.len());
         // Keys this pass claimed, by row: freed again if the row stores
         // nothing after all.
-        let mut claimed: Vec<(&OutboxRow, Unique)> = Vec::new();
+        let mut claimed: Vec<(&OutboxRow, Unique, Option<String>)> = Vec::new();
         for row in &rows {
             match self.claim_row_key(row).await {
                 Ok(RowKey::Free) => {}
-                Ok(RowKey::Claimed(unique)) => claimed.push((row, unique)),
+                Ok(RowKey::Claimed(unique, replaced)) => claimed.push((row, unique, replaced)),
                 Ok(RowKey::Held(note)) => {
                     outcomes.push((row.seq, RelayOutcome::Refused { note }));
                     continue;
@@ -223,13 +223,16 @@ impl JetStream {
         // A key claimed for a row that stores nothing is freed: a poisoned
         // row, or one the stream had already (sent before a crash kept the
         // outbox from recording it; its job may be over).
-        for (row, unique) in &claimed {
+        for (row, unique, replaced) in &claimed {
             let poisoned = outcomes
                 .iter()
                 .any(|(seq, o)| *seq == row.seq && matches!(o, RelayOutcome::Poison { .. }));
             if poisoned || stored_before.contains(&row.seq) {
-                self.release_unique(&row.channel, &row.message.id, unique)
-                    .await;
+                let (channel, id) = (&row.channel, &row.message.id);
+                match replaced {
+                    Some(holder) => self.restore_unique(channel, id, unique, holder).await,
+                    None => self.release_unique(channel, id, unique).await,
+                }
             }
         }
         let settled = outcomes.len();
@@ -259,10 +262,10 @@ impl JetStream {
         };
         let id = &row.message.id;
         match self.claim_unique(&row.channel, id, &unique).await? {
-            None => Ok(RowKey::Claimed(unique)),
+            super::unique::Claim::Taken { replaced } => Ok(RowKey::Claimed(unique, replaced)),
             // Its own key: a row sent before whose outbox record was lost.
-            Some(holder) if holder == *id => Ok(RowKey::Free),
-            Some(holder) => {
+            super::unique::Claim::Own => Ok(RowKey::Free),
+            super::unique::Claim::Held(holder) => {
                 tracing::info!(channel = %row.channel, key = %unique.key, message_id = %id, %holder, "post refused: another message holds its unique key");
                 Ok(RowKey::Held(format!(
                     "not published: message {holder} holds its unique key {:?}",
@@ -321,8 +324,9 @@ impl JetStream {
 enum RowKey {
     /// No key to claim: send it.
     Free,
-    /// This pass claimed it: send it.
-    Claimed(Unique),
+    /// This pass claimed it (replacing this waiting holder, if any): send
+    /// it.
+    Claimed(Unique, Option<String>),
     /// Another message holds it: not sent, for this reason.
     Held(String),
 }

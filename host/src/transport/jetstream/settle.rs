@@ -60,12 +60,16 @@ impl JetStream {
                 ack(AckKind::Term).await?;
             }
         }
-        // The job ended: its uniqueness key is free again.
-        if ended
-            && let Some(unique) = crate::message::options::unique(&delivery.job.message.headers)
-        {
+        // The job ended: its uniqueness key is free again. Else it goes
+        // on later (a retry, the next slice, a hand-back): waiting, so a
+        // replace may take it.
+        if let Some(unique) = crate::message::options::unique(&delivery.job.message.headers) {
             let m = &delivery.job.message;
-            self.release_unique(&m.channel, &m.id, &unique).await;
+            if ended {
+                self.release_unique(&m.channel, &m.id, &unique).await;
+            } else {
+                self.unmark_unique(&m.channel, &m.id, &unique).await;
+            }
         }
         Ok(())
     }
