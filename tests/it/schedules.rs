@@ -219,6 +219,20 @@ fn delays_under_two_seconds_wait_on_the_server_too() {
     assert!(fired(cont, Some(&failing)), "the retry");
 }
 
+/// libfaketime's preload library (the daemon runs under it with its
+/// `FAKETIME` offset; the CLI and the server keep real time).
+fn libfaketime() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("this test needs libfaketime (Debian package faketime; scripts/test installs it)")
+}
+
 /// A host whose clock is behind nats-server's gets every scheduled message
 /// early by its own clock (review2 #1). Each such delivery used to be
 /// scheduled again under one fixed id; the second early one was dropped by
@@ -229,15 +243,7 @@ fn delays_under_two_seconds_wait_on_the_server_too() {
 /// scheduled by the host, both run, once.
 #[test]
 fn a_host_whose_clock_is_behind_the_servers_still_runs_scheduled_messages() {
-    let lib = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-        "/usr/local/lib/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("this test needs libfaketime (Debian package faketime; scripts/test installs it)");
+    let lib = libfaketime();
     let nats = NatsServer::start();
     let env = Env::new(&["test-wire"], &nats.config("10s", POLICY));
     let host = env.start_with_env(&[
@@ -278,4 +284,64 @@ fn a_host_whose_clock_is_behind_the_servers_still_runs_scheduled_messages() {
     for id in ids {
         assert_eq!(job(id).map(|j| j.attempts), Some(1), "{id} ran once");
     }
+}
+
+/// Leases on JetStream are judged by host clocks, so a host measures its
+/// clock against the server's stamp of its presence entry: 30 s ahead it
+/// warns (once) and `/metrics` shows the offset; 1 s behind (within the
+/// 2 s bound) it says nothing, but still shows the offset.
+#[test]
+fn a_host_whose_clock_is_far_from_the_servers_says_so() {
+    let lib = libfaketime();
+    let nats = NatsServer::start();
+    let skewed = |offset: &str| {
+        let addr = format!("127.0.0.1:{}", crate::api::free_port());
+        let env = Env::new(
+            &["test-wire"],
+            &nats.config("10s", &format!("[http]\naddr = \"{addr}\"\n")),
+        );
+        let host = env.start_with_env(&[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]);
+        let api = crate::api::Api::new(&addr, None);
+        api.wait_up(&host);
+        (env, host, api)
+    };
+    let gauge = |api: &crate::api::Api| {
+        crate::api::metric(&api.get("/metrics").text, "sluice_clock_offset_seconds")
+    };
+    let (_ahead_env, ahead, ahead_api) = skewed("+30s");
+    let (_behind_env, behind, behind_api) = skewed("-1s");
+    ahead.wait_log(&["CLOCK OFF"], 1, Duration::from_secs(30));
+    let line = ahead.log_lines(&["CLOCK OFF"]).join("\n");
+    assert!(line.contains("NTP"), "{line}");
+    let offset = gauge(&ahead_api);
+    assert!(
+        offset.is_some_and(|o| (-35.0..-25.0).contains(&o)),
+        "{offset:?}"
+    );
+    let mut seen = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        seen = gauge(&behind_api);
+        seen.is_some()
+    }));
+    assert!(
+        seen.is_some_and(|o| (0.0..2.0).contains(&o)),
+        "1 s behind: {seen:?}"
+    );
+    std::thread::sleep(sluice::cluster::BEAT * 2);
+    // Measured twice more meanwhile (a beat is 5 s): still one warning.
+    assert_eq!(
+        ahead.log_lines(&["CLOCK OFF"]).len(),
+        1,
+        "{}",
+        ahead.log_text()
+    );
+    assert!(
+        behind.log_lines(&["CLOCK OFF"]).is_empty(),
+        "{}",
+        behind.log_text()
+    );
 }

@@ -116,6 +116,13 @@ pub async fn metrics<T: Transport>(
             }
         }
     }
+    if let Some(offset) = state.cluster.as_ref().and_then(|c| c.hosts.clock_offset()) {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_clock_offset_seconds The NATS server's clock minus this host's, as its last presence write measured it (positive: the server is ahead; past 2 s the host warns).\n\
+             # TYPE sluice_clock_offset_seconds gauge\nsluice_clock_offset_seconds {offset}"
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP sluice_dead_letters Dead letters waiting for a replay.\n\

@@ -14,6 +14,15 @@
 //! (`state.split`). A host that shares state and sees one that does not
 //! warns too: the jobs that host runs keep their state apart from the
 //! shared store.
+//!
+//! The same beat measures this host's clock against the server's: the
+//! server stamps each entry it stores (`created`), and a stamp far from
+//! this host's clock at the write (more than [`CLOCK_BOUND`] beyond the
+//! round trip) is logged as a warning, once, and again if the offset moves
+//! by more than the bound; `/metrics` shows the last offset
+//! (`sluice_clock_offset_seconds`). Leases on JetStream (flow slots, cron
+//! records, these presence entries) are times written by one host's clock
+//! and judged by another's, so hosts must keep their clocks in step (NTP).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +40,14 @@ use crate::transport::JetStream;
 pub const HOSTS: &str = "SLUICE_HOSTS";
 /// How often a host writes its entry and reads the others'.
 pub const BEAT: Duration = Duration::from_secs(5);
+
+/// How far this host's clock may be from the server's before it warns.
+/// NTP keeps clocks within milliseconds, so 2 s is far past any honest
+/// drift; and it is well below what leases are measured in (a 5 s beat,
+/// presence for three beats, flow slot and cron leases of seconds to
+/// minutes), so a host warns before its clock can make another host take
+/// its lease early, or keep one of its own past its end.
+pub const CLOCK_BOUND: Duration = Duration::from_secs(2);
 
 /// What a host's entry says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +75,9 @@ pub struct Hosts {
     me: String,
     shared: bool,
     seen: Arc<Mutex<StateSplit>>,
+    /// The last measured offset of the server's clock from this host's
+    /// (seconds, positive: the server is ahead), if measured.
+    offset: Arc<Mutex<Option<f64>>>,
 }
 
 impl Hosts {
@@ -83,7 +103,14 @@ impl Hosts {
                 not_shared: usize::from(!shared),
                 plugins: Vec::new(),
             })),
+            offset: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// The server's clock minus this host's, in seconds, as the last beat
+    /// measured it (`None` before the first).
+    pub fn clock_offset(&self) -> Option<f64> {
+        self.offset.lock().ok().and_then(|o| *o)
     }
 
     /// Whether this host shares state (`[nats] shared_state`).
@@ -100,7 +127,19 @@ impl Hosts {
     /// `stop`; a failed beat is logged and the next one tries again.
     pub async fn run(self, store: Store, registry: Arc<Registry>, stop: CancellationToken) {
         let mut warned: Vec<String> = Vec::new();
+        let mut clock = ClockWarning::default();
         loop {
+            match self.measure().await {
+                Ok(offset) => {
+                    if let Ok(mut o) = self.offset.lock() {
+                        *o = Some(offset.seconds);
+                    }
+                    clock.check(offset);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot measure this host's clock against the server's")
+                }
+            }
             match self.beat(&store, &registry).await {
                 Ok(now) => {
                     if let Ok(mut seen) = self.seen.lock() {
@@ -120,15 +159,32 @@ impl Hosts {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.kv.delete(&self.me)).await;
     }
 
-    async fn beat(&self, store: &Store, registry: &Registry) -> Result<StateSplit, String> {
+    /// Writes this host's entry and measures the server's stamp of it
+    /// against this host's clock at the write.
+    async fn measure(&self) -> Result<Offset, String> {
         let entry = serde_json::to_vec(&Entry {
             shared_state: self.shared,
         })
         .map_err(|e| e.to_string())?;
-        self.kv
+        let before = crate::message::now_ms();
+        let revision = self
+            .kv
             .put(&self.me, Bytes::from(entry))
             .await
             .map_err(|e| format!("writing {HOSTS}: {e}"))?;
+        let after = crate::message::now_ms();
+        let stored = self
+            .kv
+            .entry_for_revision(&self.me, revision)
+            .await
+            .map_err(|e| format!("reading {HOSTS}: {e}"))?
+            .ok_or_else(|| format!("{HOSTS}: this host's entry vanished"))?;
+        let server_ms = i64::try_from(stored.created.unix_timestamp_nanos() / 1_000_000)
+            .map_err(|e| e.to_string())?;
+        Ok(Offset::of(server_ms, before, after))
+    }
+
+    async fn beat(&self, store: &Store, registry: &Registry) -> Result<StateSplit, String> {
         let keys: Vec<String> = self
             .kv
             .keys()
@@ -191,5 +247,105 @@ impl Hosts {
             }
             warned.push(plugin.clone());
         }
+    }
+}
+
+/// One measurement of the server's clock against this host's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Offset {
+    /// Server minus host, seconds (positive: the server is ahead).
+    seconds: f64,
+    /// Half the write's round trip, seconds: the stamp was made somewhere
+    /// in it, so the offset is known to within this.
+    within: f64,
+}
+
+impl Offset {
+    /// The offset of a server stamp `server_ms` made during a write that
+    /// this host sent at `before` and saw answered at `after` (its ms).
+    fn of(server_ms: i64, before: i64, after: i64) -> Offset {
+        let mid = before + (after - before) / 2;
+        Offset {
+            seconds: (server_ms - mid) as f64 / 1000.0,
+            within: (after - before).max(0) as f64 / 2000.0,
+        }
+    }
+
+    /// Whether the clocks surely differ by more than [`CLOCK_BOUND`].
+    fn far(&self) -> bool {
+        self.seconds.abs() - self.within > CLOCK_BOUND.as_secs_f64()
+    }
+}
+
+/// When to warn of a far clock: on the first far measurement, and again
+/// when it moved by more than the bound since the last warning.
+#[derive(Debug, Default)]
+struct ClockWarning {
+    /// The offset last warned of, while the clock is still far.
+    warned: Option<f64>,
+}
+
+impl ClockWarning {
+    /// Logs `offset` if it calls for a warning; true if it did.
+    fn check(&mut self, offset: Offset) -> bool {
+        if !offset.far() {
+            if self.warned.take().is_some() {
+                tracing::info!(
+                    offset_seconds = offset.seconds,
+                    "this host's clock is back in step with the NATS server's"
+                );
+            }
+            return false;
+        }
+        let moved = self
+            .warned
+            .is_none_or(|w| (w - offset.seconds).abs() > CLOCK_BOUND.as_secs_f64());
+        if moved {
+            tracing::warn!(
+                offset_seconds = offset.seconds,
+                bound_seconds = CLOCK_BOUND.as_secs_f64(),
+                "CLOCK OFF: the NATS server's clock is {:+.1} s from this host's (more than {} s): \
+                 leases on JetStream (flow slots, cron, host presence) are judged by host clocks, so \
+                 this host may take another's lease early or hold its own too long; keep every host \
+                 in step with NTP",
+                offset.seconds,
+                CLOCK_BOUND.as_secs()
+            );
+            self.warned = Some(offset.seconds);
+        }
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_counts_only_beyond_the_round_trip() {
+        let near = Offset::of(10_500, 10_000, 10_000);
+        assert!((near.seconds - 0.5).abs() < 1e-9 && !near.far());
+        let ahead = Offset::of(40_000, 10_000, 10_000);
+        assert!((ahead.seconds - 30.0).abs() < 1e-9 && ahead.far());
+        let behind = Offset::of(0, 3_000, 3_000);
+        assert!(behind.far() && behind.seconds < 0.0);
+        // 2.5 s off, but the write took 2 s: it may be 1.5 s.
+        assert!(!Offset::of(13_500, 10_000, 12_000).far());
+    }
+
+    #[test]
+    fn a_far_clock_is_warned_of_once_and_again_when_it_moves() {
+        let at = |s: f64| Offset {
+            seconds: s,
+            within: 0.0,
+        };
+        let mut w = ClockWarning::default();
+        assert!(!w.check(at(-1.0)));
+        assert!(w.check(at(30.0)));
+        assert!(!w.check(at(30.5)));
+        assert!(!w.check(at(31.9)));
+        assert!(w.check(at(33.0)));
+        assert!(!w.check(at(0.1)), "back in step");
+        assert!(w.check(at(-30.0)), "far again");
     }
 }
