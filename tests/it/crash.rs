@@ -30,7 +30,7 @@ fn succeeded(env: &Env) -> usize {
 
 /// Starts and SIGKILLs the host `kills` times, each time after it made some
 /// progress plus a random extra moment; then runs it to the end.
-fn kill_repeatedly(env: &Env, n: usize, kills: usize) -> Daemon {
+pub(crate) fn kill_repeatedly(env: &Env, n: usize, kills: usize) -> Daemon {
     for round in 0..kills {
         let host = env.start();
         let before = succeeded(env);
@@ -62,7 +62,7 @@ fn post_amounts(env: &Env, n: usize) -> i64 {
     (n * (n + 1) / 2) as i64
 }
 
-fn assert_every_job_succeeded_once(env: &Env, n: usize, sum: i64, host: &Daemon) {
+pub(crate) fn assert_every_job_succeeded_once(env: &Env, n: usize, sum: i64, host: &Daemon) {
     assert!(
         wait_until(Duration::from_secs(180), || succeeded(env) == n),
         "{} of {n} succeeded\n{}",

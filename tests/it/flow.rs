@@ -299,7 +299,7 @@ rate_burst = 5
     assert!(span >= 2_500, "60 jobs started within {span} ms");
 }
 
-fn spin_one_at_a_time() -> &'static str {
+pub(crate) fn spin_one_at_a_time() -> &'static str {
     r#"poll_interval = "20ms"
 [plugin.test-spin]
 fuel = 10_000_000_000_000
@@ -308,7 +308,7 @@ concurrency = 1
 "#
 }
 
-fn post_with_priority(env: &Env, n: usize, priority: &str) -> Vec<String> {
+pub(crate) fn post_with_priority(env: &Env, n: usize, priority: &str) -> Vec<String> {
     let input: String = (0..n).map(|_| "{\"millis\": 1}\n").collect();
     let out = env.sluice_stdin(&["post", "test.spin", "--priority", priority], &input);
     assert!(
@@ -323,7 +323,7 @@ fn post_with_priority(env: &Env, n: usize, priority: &str) -> Vec<String> {
 }
 
 /// Start order of `ids` among every job's, 0-based.
-fn positions(jobs: &[JobRecord], ids: &[String]) -> Vec<usize> {
+pub(crate) fn positions(jobs: &[JobRecord], ids: &[String]) -> Vec<usize> {
     let mut order: Vec<&JobRecord> = jobs.iter().collect();
     order.sort_by_key(|j| (j.started_at, j.id.clone()));
     ids.iter()

@@ -28,6 +28,7 @@ mod flow;
 mod flow_slots;
 mod isolation;
 mod jetstream;
+mod jetstream_priority;
 mod lifecycle;
 mod mapper_outputs;
 mod new;

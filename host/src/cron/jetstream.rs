@@ -119,7 +119,8 @@ impl JetStreamLedger {
             .get_stream_no_info(STREAM)
             .await
             .map_err(|e| CronError::Nats(format!("cannot read stream {STREAM}: {e}")))?;
-        let subject = crate::transport::wire::subject(&tick.message.channel);
+        let subject =
+            crate::transport::wire::target(&tick.message.channel, None, &tick.message.headers);
         let mut seq = after.saturating_add(1);
         for _ in 0..SEARCHED {
             let msg = match stream.get_first_raw_message_by_subject(&subject, seq).await {

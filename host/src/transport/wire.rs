@@ -3,7 +3,13 @@
 //!
 //! Subjects: `sluice.<channel>` for a channel, `sluice-cont.<handler>.<channel>`
 //! for a message addressed to one handler (a continuation, a replay, a
-//! retry), `sluice-dlq.<channel>` for dead letters. The handler part is ONE
+//! retry), `sluice-dlq.<channel>` for dead letters. A message with a
+//! priority above 0 (`sluice-priority`) goes to its level's subjects
+//! instead, `sluice-p.<level>.<channel>` and
+//! `sluice-pc.<level>.<handler>.<channel>`, which a consumer of that level
+//! reads (`jetstream/priority.rs`); [`target`] is the one place that picks
+//! a message's subject, from its headers, so its retries, waiting copies
+//! and next slices keep its level. The handler part is ONE
 //! subject token whatever the handler's name: bytes other than
 //! `[A-Za-z0-9_-]` (a `.` in `billing.v2`, say) are written `~XX` (and `~`
 //! itself `~7E`), so the channel starts after the second dot and the
@@ -39,6 +45,10 @@ pub const PREFIX: &str = "sluice";
 pub const CONT_PREFIX: &str = "sluice-cont";
 /// Subject prefix of dead letters.
 pub const DLQ_PREFIX: &str = "sluice-dlq";
+/// Subject prefix of a channel's messages above priority 0.
+pub const PRIO_PREFIX: &str = "sluice-p";
+/// Subject prefix of messages above priority 0 addressed to one handler.
+pub const PRIO_CONT_PREFIX: &str = "sluice-pc";
 
 /// The message id (percent-encoded).
 pub const H_ID: &str = "Sluice-Id";
@@ -117,6 +127,75 @@ pub fn subject(channel: &str) -> String {
 /// reads it.
 pub fn continuation_subject(consumer: &str, channel: &str) -> String {
     format!("{CONT_PREFIX}.{}.{channel}", handler_token(consumer))
+}
+
+/// The subject of a message of `channel` with `headers`, addressed to
+/// handler `to` or to every handler of the channel: its priority's level
+/// subjects ([`subject_at`], [`continuation_subject_at`]).
+pub fn target(channel: &str, to: Option<&str>, headers: &Headers) -> String {
+    let level = crate::message::options::Options::of(headers).priority;
+    match to {
+        Some(handler) => continuation_subject_at(handler, channel, level),
+        None => subject_at(channel, level),
+    }
+}
+
+/// [`target`] for a delivery's raw headers (a copy that travels again).
+pub fn target_of(channel: &str, to: Option<&str>, headers: Option<&HeaderMap>) -> String {
+    let level = headers
+        .and_then(|h| {
+            h.iter()
+                .find(|(name, _)| {
+                    let name: &str = name.as_ref();
+                    name.eq_ignore_ascii_case(crate::message::options::PRIORITY_HEADER)
+                })
+                .and_then(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    let first = values.first()?;
+                    let pair = vec![(name.to_owned(), first.as_str().to_owned())];
+                    Some(crate::message::options::Options::of(&pair).priority)
+                })
+        })
+        .unwrap_or(0);
+    match to {
+        Some(handler) => continuation_subject_at(handler, channel, level),
+        None => subject_at(channel, level),
+    }
+}
+
+/// `sluice.<channel>` at level 0, `sluice-p.<level>.<channel>` above.
+pub fn subject_at(channel: &str, level: u8) -> String {
+    if level == 0 {
+        subject(channel)
+    } else {
+        format!("{PRIO_PREFIX}.{level}.{channel}")
+    }
+}
+
+/// `sluice-cont.<handler token>.<channel>` at level 0,
+/// `sluice-pc.<level>.<handler token>.<channel>` above.
+pub fn continuation_subject_at(consumer: &str, channel: &str, level: u8) -> String {
+    if level == 0 {
+        continuation_subject(consumer, channel)
+    } else {
+        format!(
+            "{PRIO_CONT_PREFIX}.{level}.{}.{channel}",
+            handler_token(consumer)
+        )
+    }
+}
+
+/// The priority level of a message on `subject` (0 on the plain subjects
+/// and on anything else).
+pub fn level_of(subject: &str) -> u8 {
+    match subject.split_once('.') {
+        Some((PRIO_PREFIX | PRIO_CONT_PREFIX, rest)) => rest
+            .split_once('.')
+            .and_then(|(level, _)| level.parse::<u8>().ok())
+            .filter(|l| (1..=crate::message::options::MAX_PRIORITY).contains(l))
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// `sluice-dlq.<channel>`.
@@ -331,17 +410,25 @@ pub struct Decoded {
     pub expires_at: Option<i64>,
 }
 
-/// The channel of a message on `subject` (`sluice.<channel>` or
-/// `sluice-cont.<handler token>.<channel>`).
+/// The channel of a message on `subject` (`sluice.<channel>`,
+/// `sluice-cont.<handler token>.<channel>`, or either at a level:
+/// `sluice-p.<level>.<channel>`, `sluice-pc.<level>.<handler token>.<channel>`).
 pub fn channel_of(subject: &str) -> Result<&str, String> {
-    let channel = if let Some(rest) = subject.strip_prefix(CONT_PREFIX) {
-        rest.strip_prefix('.')
-            .and_then(|r| r.split_once('.'))
-            .map(|(_, c)| c)
-    } else {
-        subject
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_prefix('.'))
+    fn level(rest: &str) -> Option<&str> {
+        let (l, after) = rest.split_once('.')?;
+        let l: u8 = l.parse().ok()?;
+        (1..=crate::message::options::MAX_PRIORITY)
+            .contains(&l)
+            .then_some(after)
+    }
+    let channel = match subject.split_once('.') {
+        Some((PREFIX, rest)) => Some(rest),
+        Some((CONT_PREFIX, rest)) => rest.split_once('.').map(|(_, c)| c),
+        Some((PRIO_PREFIX, rest)) => level(rest),
+        Some((PRIO_CONT_PREFIX, rest)) => {
+            level(rest).and_then(|r| r.split_once('.')).map(|(_, c)| c)
+        }
+        _ => None,
     };
     let channel = channel.ok_or_else(|| format!("subject {subject:?} is not a sluice channel"))?;
     crate::names::check_channel(channel).map_err(|e| format!("subject {subject:?}: {e}"))?;
@@ -584,6 +671,53 @@ mod tests {
         for s in [&a, &b] {
             assert_eq!(check_subject(s), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_priority_picks_its_levels_subjects_and_decodes_back() {
+        let urgent: Headers = vec![("Sluice-Priority".into(), "7".into())];
+        let plain: Headers = vec![("sluice-priority".into(), "0".into())];
+        assert_eq!(target("a.b", None, &urgent), "sluice-p.7.a.b");
+        assert_eq!(target("a.b", None, &plain), "sluice.a.b");
+        assert_eq!(target("a.b", None, &Vec::new()), "sluice.a.b");
+        let cont = target("v2.orders", Some("billing.v2"), &urgent);
+        assert_eq!(cont, "sluice-pc.7.billing~2Ev2.v2.orders");
+        assert_eq!(
+            target("c", Some("h"), &plain),
+            continuation_subject("h", "c")
+        );
+        // A foreign producer's bad value reads as 0.
+        let bad: Headers = vec![("sluice-priority".into(), "12".into())];
+        assert_eq!(target("c", None, &bad), "sluice.c");
+        let mut raw = HeaderMap::new();
+        raw.insert("SLUICE-PRIORITY", "3");
+        assert_eq!(target_of("c", Some("h"), Some(&raw)), "sluice-pc.3.h.c");
+        assert_eq!(target_of("c", Some("h"), None), "sluice-cont.h.c");
+        for (subject, channel, level) in [
+            ("sluice-p.7.a.b", "a.b", 7),
+            ("sluice-pc.7.billing~2Ev2.v2.orders", "v2.orders", 7),
+            ("sluice-p.1.x", "x", 1),
+            ("sluice.a.b", "a.b", 0),
+            ("sluice-cont.h.a.b", "a.b", 0),
+        ] {
+            assert_eq!(channel_of(subject), Ok(channel), "{subject}");
+            assert_eq!(level_of(subject), level, "{subject}");
+            assert_eq!(check_subject(subject), Ok(()));
+        }
+        for bad in [
+            "sluice-p.0.x",
+            "sluice-p.10.x",
+            "sluice-p.x",
+            "sluice-p.7",
+            "sluice-pc.7.h",
+            "sluice-px.7.x",
+        ] {
+            assert!(channel_of(bad).is_err(), "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(H_ID, "m1");
+        let d = decode("sluice-pc.9.h.x.y", Some(&h), b"{}", None).expect("decode");
+        assert_eq!(d.message.channel, "x.y");
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl JetStream {
         key: &str,
         window_ms: i64,
     ) -> Result<PublishAckFuture, JetStreamError> {
-        let target = wire::subject(&m.message.channel);
+        let target = wire::target(&m.message.channel, None, &m.message.headers);
         let rejected = |reason| JetStreamError::Rejected {
             subject: target.clone(),
             reason,

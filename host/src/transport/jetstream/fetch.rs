@@ -5,24 +5,16 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use futures_util::TryStreamExt;
 
 use super::super::wire;
 use super::super::{Delivery, Receipt, Subscription, TransportError};
-use super::{JetStream, JetStreamError, consumer_name};
+use super::{JetStream, consumer_name};
 use crate::message::now_ms;
 use crate::store::{Delivered, JobState, Received, ServerDelivery};
 
 /// How soon a cancelled job's delivery comes back when its commit marker
 /// could not be read.
 const MARKER_RETRY: Duration = Duration::from_secs(1);
-
-fn nats_err(consumer: &str) -> impl Fn(String) -> JetStreamError + '_ {
-    move |reason| JetStreamError::Fetch {
-        consumer: consumer.to_owned(),
-        reason,
-    }
-}
 
 /// The id of a message published without one (a plain `js.publish` from
 /// any NATS client): its stream sequence and the time the server stored
@@ -76,58 +68,12 @@ impl JetStream {
         };
         let name = consumer_name(subscription);
         // Take what is there now without waiting (a batch pull would hold
-        // its messages until it is full or expires); only when nothing is
-        // there, wait up to `fetch_wait` for the first message to arrive.
-        // Both pulls are bounded on the client too: a pull request lost in a
-        // reconnect would otherwise never be answered.
-        let wait = self.inner.settings.fetch_wait;
-        let pull = |batch: bool| {
-            let consumer = consumer.clone();
-            let err = nats_err(&name);
-            async move {
-                let stream = if batch {
-                    consumer
-                        .batch()
-                        .max_messages(1)
-                        .expires(wait)
-                        .messages()
-                        .await
-                } else {
-                    consumer
-                        .fetch()
-                        .max_messages(max)
-                        .expires(wait)
-                        .messages()
-                        .await
-                }
-                .map_err(|e| err(e.to_string()))?;
-                match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
-                    Ok(r) => r.map_err(|e| err(e.to_string())),
-                    Err(_) => Ok(Vec::new()),
-                }
-            }
-        };
-        let mut messages: Vec<jetstream::Message> = match pull(false).await {
-            Ok(m) => m,
-            // The consumer's own limits reached (a server-side cap on ack
-            // pending, a consumer made by an older version with one):
-            // nothing to take now, so wait for the next message like an
-            // empty pull does, instead of failing the pump's round.
-            Err(e) if e.to_string().contains("409") => Vec::new(),
-            Err(e) => {
-                self.recreate_if_removed(subscription).await;
-                return Err(e.into());
-            }
-        };
-        if messages.is_empty() {
-            messages = match pull(true).await {
-                Ok(m) => m,
-                Err(e) => {
-                    self.recreate_if_removed(subscription).await;
-                    return Err(e.into());
-                }
-            };
-        }
+        // its messages until it is full or expires), shared between the
+        // priority levels (`priority.rs`); only when nothing is there, wait
+        // up to `fetch_wait` for the first message to arrive.
+        let messages = self
+            .pull_levels(subscription, &consumer, &name, max)
+            .await?;
         let mut pulled = Vec::with_capacity(messages.len());
         for msg in messages {
             let decoded = match wire::decode(
@@ -305,7 +251,7 @@ impl JetStream {
             // also came early) is not dropped as a duplicate and lost.
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             let dedupe = format!("{id}/{}/at/{at}/{seq}", sub.consumer);
-            let target = wire::continuation_subject(&sub.consumer, &sub.channel);
+            let target = wire::target_of(&sub.channel, Some(&sub.consumer), msg.headers.as_ref());
             let sent = match wire::forwarded_headers(msg.headers.as_ref(), id, &dedupe) {
                 Ok(headers) => match self
                     .publish_schedule(&target, headers, msg.payload.clone(), at, &dedupe)

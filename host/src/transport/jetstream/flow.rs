@@ -568,7 +568,8 @@ impl super::JetStream {
         let at = now.saturating_add(millis(wait));
         let copied = match self.wants_schedule(at, now) {
             Ok(true) => {
-                let target = wire::continuation_subject(&sub.consumer, &sub.channel);
+                let target =
+                    wire::target_of(&sub.channel, Some(&sub.consumer), msg.headers.as_ref());
                 let headers =
                     wire::forwarded_headers(msg.headers.as_ref(), &job.message.id, &dedupe)
                         .and_then(|mut h| {

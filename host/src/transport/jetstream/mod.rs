@@ -15,12 +15,15 @@
 //! Files: `streams` (stream and consumer setup), `fetch` (pulling and the
 //! inbox), `settle` (ack, NAK, dead letters), `relay` (the outbox),
 //! `publish` (direct publishes: posts from the CLI and API, replays),
-//! `schedule` (delays kept by the server: ADR-51 message schedules).
+//! `schedule` (delays kept by the server: ADR-51 message schedules),
+//! `priority` (a consumer per priority level, and the pull that shares
+//! its room between them).
 
 pub(crate) mod cas;
 mod debounce;
 mod fetch;
 mod flow;
+mod priority;
 mod publish;
 mod relay;
 mod schedule;
@@ -219,6 +222,8 @@ struct Inner {
     flow_turns: Mutex<HashMap<String, u32>>,
     /// The bucket of uniqueness keys, opened on first use (`unique.rs`).
     unique: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Each subscription's priority levels (`priority`).
+    levels: Mutex<HashMap<Subscription, Arc<priority::Levels>>>,
 }
 
 /// The servers of a `[nats] url`: one URL, or several (a cluster) comma
@@ -303,6 +308,7 @@ impl JetStream {
                 flow: tokio::sync::OnceCell::new(),
                 flow_turns: Mutex::default(),
                 unique: tokio::sync::OnceCell::new(),
+                levels: Mutex::default(),
             }),
         })
     }
@@ -412,10 +418,7 @@ impl Transport for JetStream {
 
     fn check_message(&self, message: &NewMessage, to: Option<&str>) -> Result<(), String> {
         let m = &message.message;
-        let subject = match to {
-            Some(handler) => wire::continuation_subject(handler, &m.channel),
-            None => wire::subject(&m.channel),
-        };
+        let subject = wire::target(&m.channel, to, &m.headers);
         // The dedupe id is at most the message id plus a short suffix (a
         // retry's is the longest).
         let most = u32::MAX;

@@ -96,7 +96,7 @@ impl JetStream {
             {
                 answers[j] = Some(acked(&subject, ack).await);
             }
-            let subject = wire::subject(&m.message.channel);
+            let subject = wire::target(&m.message.channel, None, &m.message.headers);
             let sent = match options::debounce(&m.message.headers) {
                 Some((key, window)) => {
                     let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
@@ -136,7 +136,7 @@ impl JetStream {
             // A message the wire refused is refused again: not resent.
             while matches!(answer, Err(JetStreamError::Publish { .. })) && sends < ATTEMPTS {
                 sends += 1;
-                let subject = wire::subject(&m.message.channel);
+                let subject = wire::target(&m.message.channel, None, &m.message.headers);
                 let sent = match options::debounce(&m.message.headers) {
                     Some((key, window)) => {
                         let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);

@@ -278,10 +278,7 @@ impl JetStream {
     /// Builds and sends one row; the returned future resolves to the
     /// stream's ack.
     async fn send_row(&self, row: &OutboxRow) -> Result<PublishAckFuture, Failure> {
-        let subject = match &row.consumer {
-            Some(c) => wire::continuation_subject(c, &row.channel),
-            None => wire::subject(&row.channel),
-        };
+        let subject = wire::target(&row.channel, row.consumer.as_deref(), &row.message.headers);
         let now = now_ms();
         let not_before = (row.visible_at > now).then_some(row.visible_at);
         let framed = wire::check_subject(&subject).and_then(|()| {

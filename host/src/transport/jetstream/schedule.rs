@@ -131,11 +131,13 @@ impl JetStream {
     ) -> Result<PublishAckFuture, ScheduleError> {
         add_headers(&mut headers, at, target)?;
         wire::check_size(&headers, body.len(), self.inner.client.max_payload())?;
-        Ok(self
+        let ack = self
             .inner
             .js
             .publish_with_headers(subject(dedupe_id), headers, body)
-            .await?)
+            .await?;
+        self.expect_at(target, at);
+        Ok(ack)
     }
 }
 

@@ -40,6 +40,8 @@ pub(super) async fn ensure_streams(
     let mut subjects = vec![
         format!("{}.>", wire::PREFIX),
         format!("{}.>", wire::CONT_PREFIX),
+        format!("{}.>", wire::PRIO_PREFIX),
+        format!("{}.>", wire::PRIO_CONT_PREFIX),
     ];
     if wanted {
         subjects.push(format!("{}.>", super::schedule::SCHED_PREFIX));
@@ -195,64 +197,94 @@ impl JetStream {
                     reason: e.to_string(),
                 })?;
         for sub in subscriptions {
-            let name = consumer_name(sub);
-            let err = |e: String| JetStreamError::Consumer {
-                name: name.clone(),
-                reason: e,
-            };
-            let config = consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!(
-                    "sluice handler {} on {}",
-                    sub.consumer, sub.channel
-                )),
-                filter_subjects: vec![
-                    wire::subject(&sub.channel),
-                    wire::continuation_subject(&sub.consumer, &sub.channel),
-                ],
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: self.inner.settings.ack_wait,
-                max_deliver: -1,
-                // Unlimited: each host takes at most its own free permits
-                // (its `concurrency`), so hosts add capacity. A limit of one
-                // host's concurrency here was shared by every host: three
-                // hosts ran as many jobs at once as one, and each got `409
-                // Exceeded MaxAckPending` on its pulls while the others held
-                // the slots.
-                max_ack_pending: -1,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            };
-            let mut c: consumer::PullConsumer = stream
-                .get_or_create_consumer(&name, config.clone())
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            let info = c
-                .info()
-                .await
-                .map_err(|e| err(e.to_string()))?
-                .config
-                .clone();
-            if info.ack_wait != config.ack_wait
-                || info.max_ack_pending != config.max_ack_pending
-                || info.filter_subjects != config.filter_subjects
-            {
-                if info.ack_wait != config.ack_wait {
-                    // One consumer, one ack wait: a host whose own is longer
-                    // heartbeats too slowly for the consumer's, and its long
-                    // jobs go to another host and run twice.
-                    tracing::warn!(consumer = %name, consumer_ack_wait = ?info.ack_wait, ack_wait = ?config.ack_wait, "the consumer's ack_wait is not this host's [nats] ack_wait; setting it to this host's: give every host the same ack_wait, or hosts with a longer one have their long jobs handed on and run twice");
-                }
-                tracing::info!(consumer = %name, "updating consumer settings");
-                c = stream
-                    .update_consumer(config)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-            }
+            let c = ensure_consumer(&stream, sub, 0, self.inner.settings.ack_wait).await?;
             if let Ok(mut map) = self.inner.consumers.lock() {
                 map.insert(sub.clone(), c);
             }
+            self.watch_levels(sub).await;
         }
         Ok(())
+    }
+}
+
+/// Creates or brings up to date the durable consumer of `sub` at priority
+/// `level`: level 0 reads the channel's plain subjects (the consumer every
+/// version of Sluice made), a level above reads that level's subjects
+/// (`wire::subject_at`) under the name [`level_consumer_name`].
+pub(super) async fn ensure_consumer<I>(
+    stream: &jetstream::stream::Stream<I>,
+    sub: &Subscription,
+    level: u8,
+    ack_wait: std::time::Duration,
+) -> Result<consumer::PullConsumer, JetStreamError> {
+    let name = level_consumer_name(sub, level);
+    let err = |e: String| JetStreamError::Consumer {
+        name: name.clone(),
+        reason: e,
+    };
+    let description = if level == 0 {
+        format!("sluice handler {} on {}", sub.consumer, sub.channel)
+    } else {
+        format!(
+            "sluice handler {} on {}, priority {level}",
+            sub.consumer, sub.channel
+        )
+    };
+    let config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(description),
+        filter_subjects: vec![
+            wire::subject_at(&sub.channel, level),
+            wire::continuation_subject_at(&sub.consumer, &sub.channel, level),
+        ],
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        // Unlimited: each host takes at most its own free permits
+        // (its `concurrency`), so hosts add capacity. A limit of one
+        // host's concurrency here was shared by every host: three
+        // hosts ran as many jobs at once as one, and each got `409
+        // Exceeded MaxAckPending` on its pulls while the others held
+        // the slots.
+        max_ack_pending: -1,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let mut c: consumer::PullConsumer = stream
+        .get_or_create_consumer(&name, config.clone())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let info = c
+        .info()
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .config
+        .clone();
+    if info.ack_wait != config.ack_wait
+        || info.max_ack_pending != config.max_ack_pending
+        || info.filter_subjects != config.filter_subjects
+    {
+        if info.ack_wait != config.ack_wait {
+            // One consumer, one ack wait: a host whose own is longer
+            // heartbeats too slowly for the consumer's, and its long
+            // jobs go to another host and run twice.
+            tracing::warn!(consumer = %name, consumer_ack_wait = ?info.ack_wait, ack_wait = ?config.ack_wait, "the consumer's ack_wait is not this host's [nats] ack_wait; setting it to this host's: give every host the same ack_wait, or hosts with a longer one have their long jobs handed on and run twice");
+        }
+        tracing::info!(consumer = %name, "updating consumer settings");
+        c = stream
+            .update_consumer(config)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    Ok(c)
+}
+
+/// The durable consumer name of `sub` at priority `level`: level 0's is
+/// [`consumer_name`], a level above adds `__p<level>`.
+pub fn level_consumer_name(sub: &Subscription, level: u8) -> String {
+    if level == 0 {
+        consumer_name(sub)
+    } else {
+        format!("{}__p{level}", consumer_name(sub))
     }
 }
