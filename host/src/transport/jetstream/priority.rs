@@ -37,7 +37,8 @@
 //! its own task: a notification wakes the pull, which leaves that request
 //! running instead of dropping it (the server would still hand a message
 //! to a dropped request, which would then wait out the ack wait); the
-//! next pull takes what it got.
+//! next pull takes what it got, or hands it back (a NAK) if it waited
+//! more than half the ack wait for a pull (the pump was busy).
 
 use std::cmp::Reverse;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -75,8 +76,9 @@ pub(super) struct Levels {
     state: Mutex<State>,
     /// A level got work.
     wake: Notify,
-    /// Level 0's waiting pull, left running by a pull a notification woke.
-    idle: Mutex<Option<JoinHandle<Pulled>>>,
+    /// Level 0's waiting pull, left running by a pull a notification
+    /// woke, with when it ended.
+    idle: Mutex<Option<JoinHandle<(Pulled, Instant)>>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -134,8 +136,11 @@ impl Levels {
         lock(&self.state).consumers[level] = c;
     }
 
-    /// What level 0's waiting pull got, if it ended.
-    async fn idle_result(&self) -> Option<Pulled> {
+    /// What level 0's waiting pull got, if it ended. A message it got
+    /// more than `stale` ago (the pump was busy since: no permit asked
+    /// for more) is handed back instead: nothing heartbeats it, and past
+    /// the ack wait the server gives it to another host too.
+    async fn idle_result(&self, stale: Duration) -> Option<Pulled> {
         let handle = {
             let mut idle = lock(&self.idle);
             if !idle.as_ref().is_some_and(|h| h.is_finished()) {
@@ -143,7 +148,18 @@ impl Levels {
             }
             idle.take()?
         };
-        Some(handle.await.unwrap_or_else(|e| Err(e.to_string())))
+        match handle.await {
+            Ok((Ok(msgs), ended)) if ended.elapsed() > stale => {
+                for m in msgs {
+                    if let Err(e) = m.ack_with(jetstream::AckKind::Nak(None)).await {
+                        tracing::debug!(error = %e, "cannot hand a held message back; it comes back after the ack wait");
+                    }
+                }
+                Some(Ok(Vec::new()))
+            }
+            Ok((r, _)) => Some(r),
+            Err(e) => Some(Err(e.to_string())),
+        }
     }
 
     /// Waits for level 0's first message (up to `wait`), or for a level
@@ -152,7 +168,7 @@ impl Levels {
         let taken = lock(&self.idle).take();
         let mut handle = taken.unwrap_or_else(|| tokio::spawn(long_poll(plain.clone(), wait)));
         tokio::select! {
-            r = &mut handle => Some(r.unwrap_or_else(|e| Err(e.to_string()))),
+            r = &mut handle => Some(r.map_or_else(|e| Err(e.to_string()), |(r, _)| r)),
             _ = self.wake.notified() => {
                 *lock(&self.idle) = Some(handle);
                 None
@@ -235,19 +251,23 @@ pub(super) async fn fetch_now(consumer: &PullConsumer, n: usize, wait: Duration)
     }
 }
 
-/// Waits up to `wait` for one message.
-async fn long_poll(consumer: PullConsumer, wait: Duration) -> Pulled {
-    let stream = consumer
-        .batch()
-        .max_messages(1)
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Ok(Vec::new()),
-    }
+/// Waits up to `wait` for one message; says when it ended.
+async fn long_poll(consumer: PullConsumer, wait: Duration) -> (Pulled, Instant) {
+    let pulled = async {
+        let stream = consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Ok(Vec::new()),
+        }
+    };
+    let r = pulled.await;
+    (r, Instant::now())
 }
 
 /// Whether `fetched` of `asked` leaves the level with nothing to deliver.
@@ -350,8 +370,11 @@ impl JetStream {
             reason,
         };
         let deadline = Instant::now() + wait;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         loop {
-            let mut out = match levels.idle_result().await {
+            let mut out = match levels.idle_result(self.inner.settings.ack_wait / 2).await {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     self.recreate_if_removed(sub).await;
@@ -359,9 +382,6 @@ impl JetStream {
                 }
                 None => Vec::new(),
             };
-            if max == 0 {
-                return Ok(out);
-            }
             self.pull_round(sub, &levels, plain, max, &mut out)
                 .await
                 .map_err(err)?;
