@@ -242,3 +242,39 @@ fn jetstream_urgent_effects_are_exactly_once_across_kill_9() {
     let host = crate::crash::kill_repeatedly(&env, n, 5);
     crate::crash::assert_every_job_succeeded_once(&env, n, sum, &host);
 }
+
+#[test]
+fn jetstream_a_plain_publish_to_a_level_subject_runs_and_the_old_subject_still_does() {
+    let nats = NatsServer::start();
+    let env = Env::new(&["test-spin"], &nats.config("10s", ""));
+    let host = env.start();
+    host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
+    // Any NATS client: level 5 by its subject (and its header, which the
+    // host reads for the level of a retry), and a plain one on the old
+    // subject without any Sluice header.
+    nats.with_js(|js| async move {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", "raw-5");
+        h.insert("sluice-priority", "5");
+        js.publish_with_headers("sluice-p.5.test.spin", h, r#"{"millis": 1}"#.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", "raw-0");
+        js.publish_with_headers("sluice.test.spin", h, r#"{"millis": 1}"#.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    });
+    for id in ["raw-5", "raw-0"] {
+        assert!(
+            wait_until(Duration::from_secs(60), || succeeded(&env, "test.spin", id)
+                .is_some()),
+            "{id}\n{}",
+            host.log_text()
+        );
+    }
+}

@@ -58,8 +58,9 @@ use crate::message::options::MAX_PRIORITY;
 const LEVELS: usize = MAX_PRIORITY as usize + 1;
 /// How often a host asks the server which levels have messages.
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(2);
-/// A schedule this host sent to a level fires about now plus this.
-const FIRE_MARGIN: Duration = Duration::from_millis(5);
+/// A schedule this host sent to a level fires about its time plus
+/// these: its level is marked (as notified) at each.
+const FIRE_MARGINS: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(1100)];
 /// Schedules due later than this are left to the probes (no timer).
 const LONGEST_TIMER: Duration = Duration::from_secs(600);
 /// How long a notified level stays marked whatever a fetch says.
@@ -345,8 +346,10 @@ impl JetStream {
                 lock(&l.state).known[level] = true;
             }
             tokio::spawn(async move {
-                tokio::time::sleep(delay + FIRE_MARGIN).await;
-                if let Some(l) = levels.upgrade() {
+                let start = tokio::time::Instant::now() + delay;
+                for margin in FIRE_MARGINS {
+                    tokio::time::sleep_until(start + margin).await;
+                    let Some(l) = levels.upgrade() else { return };
                     l.mark(level, true);
                     l.wake.notify_one();
                 }
@@ -442,7 +445,13 @@ impl JetStream {
                     }
                 })
                 .collect();
-            (plan(room, share, &s.work, &s.starved), consumers)
+            // A level whose consumer is not made yet cannot take the rest
+            // part (level 0 would lose its quarter meanwhile).
+            let mut ready = [false; LEVELS];
+            for (l, c) in consumers.iter().enumerate() {
+                ready[l] = c.is_some();
+            }
+            (plan(room, share, &ready, &s.starved), consumers)
         };
         // The rest part, then the levels from 9 down, then level 0.
         let mut order = Vec::with_capacity(LEVELS + 1);
