@@ -11,6 +11,7 @@ use serde_json::Value;
 use sluice::store::JobState;
 
 use crate::nats::NatsServer;
+use crate::state::post_lines;
 use crate::util::{Daemon, Env, wait_until};
 
 const CHANNEL: &str = "test.state";
@@ -43,7 +44,7 @@ pub(crate) fn shared_value(nats: &NatsServer, key: &str) -> Option<String> {
 /// Message id -> the counter value its job returned, over every host's
 /// records; a job recorded by two hosts (the second from its commit
 /// marker) must have returned the same value on both.
-fn results(envs: &[Env]) -> BTreeMap<String, i64> {
+pub(crate) fn results(envs: &[Env]) -> BTreeMap<String, i64> {
     let mut out: BTreeMap<String, i64> = BTreeMap::new();
     for env in envs {
         for job in env.jobs(CHANNEL) {
@@ -84,12 +85,73 @@ fn assert_exact(nats: &NatsServer, envs: &[Env], n: usize) {
 
 fn post(env: &Env, n: usize) {
     let lines: String = (0..n).map(|_| "{\"key\": \"hot\"}\n").collect();
-    let out = env.sluice_stdin(&["post", CHANNEL], &lines);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    post_lines(env, &lines);
+}
+
+/// One host of test-state on `cfg`, started and running.
+pub(crate) fn start_host(cfg: &str) -> (Env, Daemon) {
+    let env = Env::new(&["test-state"], cfg);
+    let host = env.start();
+    wait_running(&[&host]);
+    (env, host)
+}
+
+/// `n` hosts of test-state on `cfg`, each with a data dir of its own,
+/// started and running.
+pub(crate) fn start_hosts(n: usize, cfg: &str) -> (Vec<Env>, Vec<Daemon>) {
+    let envs: Vec<Env> = (0..n).map(|_| Env::new(&["test-state"], cfg)).collect();
+    let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();
+    wait_running(&hosts.iter().collect::<Vec<_>>());
+    (envs, hosts)
+}
+
+/// Stores, the way a host's commit of job `id` (message `id`, slice 0, no
+/// cursor) would: test-state's `hot` = 41, and the job's marker (result
+/// `{"value":41}`, one post to `test.after`). A host that gets the
+/// message must record it from the marker, not run it.
+pub(crate) fn commit_by_hand(nats: &NatsServer, id: &str) {
+    let job = sluice::store::job_id_for(id, "test-state");
+    let commit: String = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Job id, slice ("0": the message itself), no cursor.
+        h.update(job.as_bytes());
+        h.update([0]);
+        h.update(b"0");
+        h.update([0]);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let marker = serde_json::json!({
+        "result": "{\"value\":41}",
+        "next": null,
+        "progress": null,
+        "posts": [{
+            "message": {
+                "id": format!("{id}/test-state/0"),
+                "channel": "test.after",
+                "kind": "command",
+                "headers": [],
+                "body": b"{}".to_vec(),
+            },
+            "visible_at": 0,
+            "expires_at": null,
+        }],
+    });
+    nats.with_js(|js| async move {
+        for (subject, body) in [
+            ("sluice-state.k.test-state.vhot".to_owned(), b"41".to_vec()),
+            (
+                format!("sluice-state.c.{commit}"),
+                marker.to_string().into_bytes(),
+            ),
+        ] {
+            js.publish(subject, body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    });
 }
 
 pub(crate) fn wait_running(hosts: &[&Daemon]) {
@@ -105,7 +167,7 @@ pub(crate) fn wait_running(hosts: &[&Daemon]) {
 }
 
 /// Waits until `n` messages succeeded over the hosts' records.
-fn wait_all(envs: &[Env], hosts: &[&Daemon], n: usize) {
+pub(crate) fn wait_all(envs: &[Env], hosts: &[&Daemon], n: usize) {
     let ok = wait_until(Duration::from_secs(240), || results(envs).len() >= n);
     let logs: Vec<String> = hosts.iter().map(|h| h.log_text()).collect();
     assert!(
@@ -120,9 +182,7 @@ fn wait_all(envs: &[Env], hosts: &[&Daemon], n: usize) {
 fn three_hosts_share_one_counter_exactly() {
     let nats = NatsServer::start();
     let cfg = config(&nats);
-    let envs: Vec<Env> = (0..3).map(|_| Env::new(&["test-state"], &cfg)).collect();
-    let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();
-    wait_running(&hosts.iter().collect::<Vec<_>>());
+    let (envs, hosts) = start_hosts(3, &cfg);
     let n = 300;
     post(&envs[0], n);
     wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), n);
@@ -158,19 +218,12 @@ fn a_hot_key_and_spread_keys_from_three_hosts_commit_exactly_in_shared_batches()
     // and every stale one runs again.
     let nats = NatsServer::start();
     let cfg = config(&nats);
-    let envs: Vec<Env> = (0..3).map(|_| Env::new(&["test-state"], &cfg)).collect();
-    let hosts: Vec<Daemon> = envs.iter().map(Env::start).collect();
-    wait_running(&hosts.iter().collect::<Vec<_>>());
+    let (envs, hosts) = start_hosts(3, &cfg);
     let n = 200;
     let lines: String = (0..n)
         .map(|i| format!("{{\"key\": \"hot\"}}\n{{\"key\": \"k{i}\"}}\n"))
         .collect();
-    let out = envs[0].sluice_stdin(&["post", CHANNEL], &lines);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    post_lines(&envs[0], &lines);
     wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), 2 * n);
     let got = results(&envs);
     assert_eq!(got.len(), 2 * n, "every message succeeded once");
@@ -277,48 +330,7 @@ fn a_job_whose_commit_is_in_the_shared_store_is_recorded_from_it_not_run_again()
     wait_running(&[&host]);
     host.kill();
     let id = "crashed-after-commit";
-    let job = sluice::store::job_id_for(id, "test-state");
-    let commit: String = {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        // Job id, slice ("0": the message itself), no cursor.
-        h.update(job.as_bytes());
-        h.update([0]);
-        h.update(b"0");
-        h.update([0]);
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-    };
-    let marker = serde_json::json!({
-        "result": "{\"value\":41}",
-        "next": null,
-        "progress": null,
-        "posts": [{
-            "message": {
-                "id": format!("{id}/test-state/0"),
-                "channel": "test.after",
-                "kind": "command",
-                "headers": [],
-                "body": b"{}".to_vec(),
-            },
-            "visible_at": 0,
-            "expires_at": null,
-        }],
-    });
-    nats.with_js(|js| async move {
-        for (subject, body) in [
-            ("sluice-state.k.test-state.vhot".to_owned(), b"41".to_vec()),
-            (
-                format!("sluice-state.c.{commit}"),
-                marker.to_string().into_bytes(),
-            ),
-        ] {
-            js.publish(subject, body.into())
-                .await
-                .expect("publish")
-                .await
-                .expect("stored");
-        }
-    });
+    commit_by_hand(&nats, id);
     env.ok(&["post", CHANNEL, r#"{"key": "hot"}"#, "--id", id]);
     let host = env.start();
     let jobs = env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
@@ -415,12 +427,7 @@ fn hosts_that_do_not_share_state_say_it_is_split() {
     let lines: String = (0..20)
         .map(|i| format!("{{\"key\": \"k{i}\"}}\n"))
         .collect();
-    let out = envs[0].sluice_stdin(&["post", CHANNEL], &lines);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    post_lines(&envs[0], &lines);
     wait_all(&envs, &hosts.iter().collect::<Vec<_>>(), 20);
     let warned = |h: &Daemon| h.log_text().contains("STATE IS SPLIT");
     assert!(

@@ -9,7 +9,9 @@ use serde_json::Value;
 use sluice::store::{JobState, job_id_for};
 
 use crate::nats::NatsServer;
-use crate::shared_state::{config, config_with, shared_value, wait_running};
+use crate::shared_state::{
+    commit_by_hand, config, config_with, shared_value, start_host, wait_running,
+};
 use crate::util::{Env, wait_until};
 
 const CHANNEL: &str = "test.state";
@@ -17,6 +19,14 @@ const CHANNEL: &str = "test.state";
 fn value(result: Option<&str>) -> Option<i64> {
     let v: Value = serde_json::from_str(result?).ok()?;
     v["value"].as_i64()
+}
+
+/// A commit marker in the shared store.
+fn a_marker(nats: &NatsServer) -> async_nats::jetstream::message::StreamMessage {
+    nats.messages("SLUICE_STATE")
+        .into_iter()
+        .find(|m| m.subject.starts_with("sluice-state.c."))
+        .expect("a marker")
 }
 
 /// Stores `body` as test-state's `key` the way another host's commit
@@ -42,9 +52,7 @@ fn a_failure_decided_on_a_value_another_host_changed_runs_again_on_the_stored_on
     // store, found stale, and the call runs again on 5.
     let nats = NatsServer::start();
     let cfg = config_with(&nats, "max_attempts = 1\n");
-    let env = Env::new(&["test-state"], &cfg);
-    let host = env.start();
-    wait_running(&[&host]);
+    let (env, host) = start_host(&cfg);
     env.ok(&["post", CHANNEL, r#"{"key": "gate"}"#]);
     env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
     write_by_hand(&nats, "gate", "5");
@@ -69,9 +77,7 @@ fn a_stateful_call_may_post_600_kb() {
     // body written as a JSON array of numbers took ~4 bytes a byte and the
     // marker outgrew the server's max_payload (1 MiB), so the job died.
     let nats = NatsServer::start();
-    let env = Env::new(&["test-state"], &config(&nats));
-    let host = env.start();
-    wait_running(&[&host]);
+    let (env, host) = start_host(&config(&nats));
     env.ok(&[
         "post",
         CHANNEL,
@@ -87,11 +93,7 @@ fn a_stateful_call_may_post_600_kb() {
         "the post went out\n{}",
         host.log_text()
     );
-    let marker = nats
-        .messages("SLUICE_STATE")
-        .into_iter()
-        .find(|m| m.subject.starts_with("sluice-state.c."))
-        .expect("a marker");
+    let marker = a_marker(&nats);
     assert!(
         marker.payload.len() < 600_000 + 4096,
         "the marker holds the body as it is: {} bytes",
@@ -119,9 +121,7 @@ fn a_state_store_that_refuses_commits_costs_the_job_no_attempts() {
     // the store stays full; it was dead after max_attempts redeliveries.
     let nats = NatsServer::start();
     let cfg = config_with(&nats, "max_attempts = 2\n");
-    let env = Env::new(&["test-state"], &cfg);
-    let host = env.start();
-    wait_running(&[&host]);
+    let (env, host) = start_host(&cfg);
     env.ok(&["post", CHANNEL, r#"{"key": "k0"}"#]);
     env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
     limit_state_stream(&nats, 2);
@@ -162,40 +162,7 @@ fn a_job_cancelled_after_its_commit_was_stored_is_recorded_from_the_marker() {
     wait_running(&[&host]);
     let id = "cancelled-after-commit";
     let job = job_id_for(id, "test-state");
-    let commit: String = {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(job.as_bytes());
-        h.update([0]);
-        h.update(b"0");
-        h.update([0]);
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-    };
-    let marker = serde_json::json!({
-        "result": "{\"value\":41}",
-        "next": null,
-        "progress": null,
-        "posts": [{
-            "message": {
-                "id": format!("{id}/test-state/0"),
-                "channel": "test.after",
-                "kind": "command",
-                "headers": [],
-                "body": b"{}".to_vec(),
-            },
-            "visible_at": 0,
-            "expires_at": null,
-        }],
-    });
-    write_by_hand(&nats, "hot", "41");
-    let subject = format!("sluice-state.c.{commit}");
-    nats.with_js(|js| async move {
-        js.publish(subject, marker.to_string().into_bytes().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
-    });
+    commit_by_hand(&nats, id);
     let cancel = api.delete(&format!("/v1/jobs/{job}"));
     assert_eq!(cancel.status, 202, "{}", cancel.text);
     let cancelled = || {
@@ -236,9 +203,7 @@ fn a_deleted_keys_tombstone_is_pruned_and_the_key_reads_absent() {
         "{}max_age = \"10s\"\nduplicate_window = \"1s\"\n",
         config(&nats)
     );
-    let env = Env::new(&["test-state"], &cfg);
-    let host = env.start();
-    wait_running(&[&host]);
+    let (env, host) = start_host(&cfg);
     env.ok(&["post", CHANNEL, r#"{"key": "gone"}"#]);
     env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
     env.ok(&["post", CHANNEL, r#"{"op": "delete", "key": "gone"}"#]);

@@ -20,7 +20,8 @@ fn config(extra: &str) -> String {
     format!("{FAST}\n[plugin.test-state]\nconcurrency = 64\n{extra}")
 }
 
-fn post_lines(env: &Env, lines: &str) {
+/// Posts `lines` (one message body a line) to test-state's channel.
+pub(crate) fn post_lines(env: &Env, lines: &str) {
     let out = env.sluice_stdin(&["post", CHANNEL], lines);
     assert!(
         out.status.success(),

@@ -11,19 +11,23 @@ use tokio_util::sync::CancellationToken;
 use super::Deps;
 use super::control::Running;
 use super::mapping::{self, MapError};
-use super::marker;
-use super::policy::{Breaker, backoff};
+use super::policy::Breaker;
 
 mod shared;
+mod verdict;
 use crate::config::Policy;
 use crate::message::{Request, now_ms};
 use crate::registry::PluginSet;
 use crate::runtime::{CallFailure, JobContext, Outcome, Plugin, StateSource, TrapKind};
-use crate::state::{CallState, HandOff, Handed, RemoteCommitted};
+use crate::state::{CallState, HandOff, Handed};
 use crate::store::{CallRecord, Commit, Finish, FinishResult, StateCommit};
 use crate::telemetry::{self, JobSpan, Phase, mark};
 use crate::transport::{Delivery, Settle, Start, Subscription, Transport};
-use shared::Stale;
+use shared::{SharedCommit, Stale};
+use verdict::{
+    STORE_REFUSED_RETRY, Verdict, cancelled, dead, expiry, failed, host_fault, release, replaced,
+    succeeded,
+};
 
 /// Re-runs of one attempt after state conflicts before the job is handed
 /// back. Never reached by design (each conflict adds a key the re-run
@@ -35,15 +39,6 @@ const MAX_RERUNS: u32 = 1000;
 /// hosts a re-run holds its keys on its own host only, so it can lose
 /// again (see `shared::shared_backoff`).
 const MAX_SHARED_RERUNS: u32 = 32;
-
-/// What to record for a finished call and how to settle the delivery.
-struct Verdict {
-    finish: Finish,
-    settle: Settle,
-    /// For the log line.
-    outcome: &'static str,
-    error: Option<String>,
-}
 
 /// How a delivery's outcome reaches the store.
 enum Recording {
@@ -142,18 +137,8 @@ async fn decide<T: Transport>(
             Recording::Submit(release("channel paused; handed back", Duration::ZERO)),
         );
     }
-    // With shared state, a job committed before (by any host: the
-    // delivery came back after a crash, or a slow host's was handed on) is
-    // recorded from its marker, never run again.
-    if deps.state.is_shared() {
-        match deps.state.marker(&marker::commit_name(job)).await {
-            Ok(Some(body)) => return (Some(handler), from_marker(&body)),
-            Ok(None) => {}
-            Err(e) => {
-                let reason = format!("shared state store: {e}");
-                return (Some(handler), Recording::Submit(host_fault(reason)));
-            }
-        }
+    if let Some(recording) = shared::committed_before(deps, job).await {
+        return (Some(handler), recording);
     }
     // A message holding a uniqueness key: marked running now, unless a
     // `replace` post took its key first (JetStream; see `Transport::start`).
@@ -371,40 +356,22 @@ impl<T: Transport> Call<'_, T> {
                 ..
             } = succeeded(outcome, commit);
             let handoff = if self.deps.state.is_shared() {
-                if state.is_empty() {
-                    // No state: nothing another host could disagree with.
-                    return Recording::Submit(Verdict {
-                        finish,
-                        settle,
-                        outcome,
-                        error: None,
-                    });
-                }
-                let Some(body) = marker::encode(&finish) else {
-                    return Recording::Submit(host_fault("no commit marker for a success".into()));
+                let verdict = Verdict {
+                    finish,
+                    settle,
+                    outcome,
+                    error: None,
                 };
-                let name = marker::commit_name(job);
-                match session.commit_remote(&state, &name, body).await {
-                    Ok(RemoteCommitted::Stored) => {
-                        return Recording::Submit(Verdict {
-                            finish,
-                            settle,
-                            outcome,
-                            error: None,
-                        });
-                    }
-                    Ok(RemoteCommitted::Already(body)) => return from_marker(&body),
-                    Err(HandOff::Conflict { keys }) => {
-                        if let Some(recording) = self
-                            .lost_to_another_host(&session, cancel, cost, clock)
-                            .await
-                        {
-                            return recording;
-                        }
+                match self
+                    .commit_shared(&session, &state, verdict, cancel, cost, clock)
+                    .await
+                {
+                    SharedCommit::Record(recording) => return recording,
+                    SharedCommit::Rerun(keys) => {
                         hold = keys;
                         continue;
                     }
-                    Err(e) => e,
+                    SharedCommit::Failed(handoff) => handoff,
                 }
             } else {
                 let record = call_record(Some(self.handler), *cost);
@@ -482,20 +449,6 @@ impl<T: Transport> Call<'_, T> {
         } else {
             release("interrupted by shutdown; handed back", Duration::ZERO)
         }
-    }
-}
-
-/// What to record for a job whose commit marker exists: its outcome and
-/// posts as committed.
-fn from_marker(body: &[u8]) -> Recording {
-    match marker::decode(body) {
-        Ok((finish, settle)) => Recording::Submit(Verdict {
-            finish,
-            settle,
-            outcome: "succeeded",
-            error: None,
-        }),
-        Err(e) => Recording::Submit(host_fault(e)),
     }
 }
 
@@ -597,140 +550,9 @@ fn check_outgoing<T: Transport>(
     Ok(())
 }
 
-/// The host could not run the call (instance pool exhausted, a removed
-/// mapper, the state store failing): not the message's fault, so it is
-/// handed back without costing an attempt or counting for the breaker.
-fn host_fault(reason: String) -> Verdict {
-    let mut verdict = release(&reason, HOST_FAULT_RETRY);
-    verdict.outcome = "host fault";
-    verdict
-}
-
-/// How long a job waits after a host fault before it runs again.
-const HOST_FAULT_RETRY: Duration = Duration::from_secs(1);
-
-/// How long a job whose shared state commit the store refused outright
-/// (full, an API error) waits before it runs again.
-const STORE_REFUSED_RETRY: Duration = Duration::from_secs(5);
-
-fn succeeded(outcome: Outcome, commit: Commit) -> Verdict {
-    match outcome {
-        Outcome::Done { result } => Verdict {
-            finish: Finish::Succeeded { result, commit },
-            settle: Settle::Ack,
-            outcome: "succeeded",
-            error: None,
-        },
-        Outcome::Continue { cursor, delay_ms } => Verdict {
-            finish: Finish::Continue {
-                cursor,
-                visible_at: now_ms().saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
-                commit,
-            },
-            settle: Settle::Continue {
-                delay: Duration::from_millis(delay_ms),
-            },
-            outcome: "continued",
-            error: None,
-        },
-    }
-}
-
 /// Whether the job's message expired (`expires_at` passed).
 fn expired(job: &crate::store::ClaimedJob) -> bool {
     job.expires_at.is_some_and(|at| at <= now_ms())
-}
-
-/// The verdict for an expired message: recorded, acked, never run.
-fn expiry() -> Verdict {
-    Verdict {
-        finish: Finish::Expired,
-        settle: Settle::Ack,
-        outcome: "expired",
-        error: None,
-    }
-}
-
-/// An operator cancelled the job while it ran: recorded as final, and
-/// acked so no host runs it again.
-fn cancelled() -> Verdict {
-    let reason = "cancelled by an operator while running".to_owned();
-    Verdict {
-        finish: Finish::Cancelled {
-            reason: reason.clone(),
-        },
-        settle: Settle::Ack,
-        outcome: "cancelled",
-        error: Some(reason),
-    }
-}
-
-/// A `replace` post of its uniqueness key took the key before the job
-/// started (message `by`): recorded as final, acked, never run.
-fn replaced(by: &str) -> Verdict {
-    let reason = format!("replaced by message {by} (unique key)");
-    Verdict {
-        finish: Finish::Cancelled {
-            reason: reason.clone(),
-        },
-        settle: Settle::Ack,
-        outcome: "cancelled",
-        error: Some(reason),
-    }
-}
-
-fn dead(reason: String, outcome: &'static str) -> Verdict {
-    Verdict {
-        finish: Finish::Dead {
-            error: reason.clone(),
-        },
-        settle: Settle::DeadLetter {
-            reason: reason.clone(),
-        },
-        outcome,
-        error: Some(reason),
-    }
-}
-
-/// A retryable failure: retry with backoff, or dead-letter on the last
-/// attempt.
-fn failed(policy: &Policy, breaker: &Breaker, attempt: u32, reason: String) -> Verdict {
-    if breaker.failure() {
-        tracing::warn!(cooldown = ?policy.breaker_cooldown, "circuit breaker open: pausing this handler's pump");
-    }
-    if attempt >= policy.max_attempts {
-        return dead(
-            format!(
-                "{reason} (gave up after {attempt} of {} attempts)",
-                policy.max_attempts
-            ),
-            "dead",
-        );
-    }
-    let delay = backoff(policy, attempt);
-    Verdict {
-        finish: Finish::Retry {
-            error: reason.clone(),
-            visible_at: now_ms()
-                .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-        },
-        settle: Settle::Retry { delay },
-        outcome: "retrying",
-        error: Some(reason),
-    }
-}
-
-fn release(reason: &str, after: Duration) -> Verdict {
-    Verdict {
-        finish: Finish::Release {
-            visible_at: now_ms()
-                .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
-            reason: reason.to_owned(),
-        },
-        settle: Settle::Nak { delay: after },
-        outcome: "released",
-        error: Some(reason.to_owned()),
-    }
 }
 
 /// What the store recorded for a delivery, and how to settle it.

@@ -1,16 +1,65 @@
 //! The shared-state side of a delivery's call(s) (`[nats] shared_state`):
-//! a failure is checked against the store before it is recorded, and a
-//! re-run after another host changed a key pauses first (see
-//! `crate::state`'s `remote.rs` and ARCHITECTURE.md).
+//! a job committed before is recorded from its commit marker, a success
+//! commits with its marker, a failure is checked against the store before
+//! it is recorded, and a re-run after another host changed a key pauses
+//! first (see `crate::state`'s `remote.rs` and ARCHITECTURE.md).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Call, Cost, MAX_SHARED_RERUNS, Recording, from_marker, host_fault, marker, release};
-use crate::state::{CallState, HandOff, Session};
+use super::super::{Deps, marker};
+use super::verdict::{Verdict, host_fault, release};
+use super::{Call, Cost, MAX_SHARED_RERUNS, Recording};
+use crate::state::{CallState, HandOff, RemoteCommitted, Session};
+use crate::store::ClaimedJob;
 use crate::telemetry::{self, JobSpan};
 use crate::transport::Transport;
+
+/// With shared state, a job committed before (by any host: the delivery
+/// came back after a crash, or a slow host's was handed on) is recorded
+/// from its marker, never run again: `Some` is what to record (the
+/// marker's outcome, or a host fault when the store cannot be read).
+pub(super) async fn committed_before<T: Transport>(
+    deps: &Deps<T>,
+    job: &ClaimedJob,
+) -> Option<Recording> {
+    if !deps.state.is_shared() {
+        return None;
+    }
+    match deps.state.marker(&marker::commit_name(job)).await {
+        Ok(Some(body)) => Some(from_marker(&body)),
+        Ok(None) => None,
+        Err(e) => Some(Recording::Submit(host_fault(format!(
+            "shared state store: {e}"
+        )))),
+    }
+}
+
+/// What to record for a job whose commit marker exists: its outcome and
+/// posts as committed.
+fn from_marker(body: &[u8]) -> Recording {
+    match marker::decode(body) {
+        Ok((finish, settle)) => Recording::Submit(Verdict {
+            finish,
+            settle,
+            outcome: "succeeded",
+            error: None,
+        }),
+        Err(e) => Recording::Submit(host_fault(e)),
+    }
+}
+
+/// What [`Call::commit_shared`] came to.
+pub(super) enum SharedCommit {
+    /// Record this.
+    Record(Recording),
+    /// Another host changed a key: run again, first taking these keys'
+    /// turns.
+    Rerun(Vec<String>),
+    /// It could not commit (the caller decides what that costs).
+    Failed(HandOff),
+}
 
 /// What [`Call::stale`] found.
 pub(super) enum Stale {
@@ -23,6 +72,45 @@ pub(super) enum Stale {
 }
 
 impl<T: Transport> Call<'_, T> {
+    /// With shared state, a success: its state changes, the checks of
+    /// what it read and its marker go to the store as one batch
+    /// (`state/remote.rs`); `verdict` is recorded once they are stored. A
+    /// call that touched no state has nothing another host could disagree
+    /// with and is recorded as it is.
+    pub(super) async fn commit_shared(
+        &self,
+        session: &Session,
+        state: &CallState,
+        verdict: Verdict,
+        cancel: &CancellationToken,
+        cost: &mut Cost,
+        clock: &mut Option<JobSpan>,
+    ) -> SharedCommit {
+        if state.is_empty() {
+            return SharedCommit::Record(Recording::Submit(verdict));
+        }
+        let Some(body) = marker::encode(&verdict.finish) else {
+            return SharedCommit::Record(Recording::Submit(host_fault(
+                "no commit marker for a success".into(),
+            )));
+        };
+        let name = marker::commit_name(&self.delivery.job);
+        match session.commit_remote(state, &name, body).await {
+            Ok(RemoteCommitted::Stored) => SharedCommit::Record(Recording::Submit(verdict)),
+            Ok(RemoteCommitted::Already(body)) => SharedCommit::Record(from_marker(&body)),
+            Err(HandOff::Conflict { keys }) => {
+                match self
+                    .lost_to_another_host(session, cancel, cost, clock)
+                    .await
+                {
+                    Some(recording) => SharedCommit::Record(recording),
+                    None => SharedCommit::Rerun(keys),
+                }
+            }
+            Err(e) => SharedCommit::Failed(e),
+        }
+    }
+
     /// With shared state, before a failure (a failed call, posts that
     /// cannot be mapped) is recorded: whether the reads it was decided on
     /// were stale (see `state/remote.rs`), and whether another host
