@@ -43,6 +43,7 @@ mod send;
 mod shared_state;
 mod shared_state_faults;
 mod shared_state_move;
+mod shared_state_reads;
 mod startup;
 mod state;
 mod trace_context;

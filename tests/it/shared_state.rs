@@ -33,7 +33,7 @@ pub(crate) fn config_with(nats: &NatsServer, plugin: &str) -> String {
 
 /// The value of test-state's `key` in the shared store.
 pub(crate) fn shared_value(nats: &NatsServer, key: &str) -> Option<String> {
-    let subject = format!("sluice-state.k.test-state.v{key}");
+    let subject = sluice::transport::state_key_subject("test-state", key);
     nats.with_js(|js| async move {
         let stream = js.get_stream("SLUICE_STATE").await.ok()?;
         let m = stream.direct_get_last_for_subject(subject).await.ok()?;

@@ -67,7 +67,9 @@ pub mod int;
 mod remote;
 mod table;
 
-pub use remote::{Remote, RemoteBatch, RemoteChange, RemoteCommitted, RemoteFuture, RemoteOutcome};
+pub use remote::{
+    Remote, RemoteBatch, RemoteChange, RemoteCommitted, RemoteFuture, RemoteOutcome, RemoteRead,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -6,10 +6,11 @@
 //! two differences, both because the shared store, not this host, decides
 //! a commit:
 //! - **A commit is one atomic batch**, checked by the store: each key the
-//!   call touched is written with the version it was read at as the
-//!   expected version (a key only read is written back unchanged, so its
-//!   read is checked too), plus the job's commit marker, which must not
-//!   exist yet. All of it is stored, or nothing.
+//!   call changed is written with the version it was read at as the
+//!   expected version, each key it only read is checked at that version
+//!   without being written (so two calls that only read a key never
+//!   conflict over it, as on one host), plus the job's commit marker,
+//!   which must not exist yet. All of it is stored, or nothing.
 //! - **Versions are the store's** (stream sequences), known only once the
 //!   store answered. Turns are still given up at hand-over, as on one
 //!   host: each change gets a pending version, a *ticket* (negative,
@@ -78,6 +79,8 @@ pub struct RemoteBatch {
     pub plugin: String,
     /// In key order.
     pub changes: Vec<RemoteChange>,
+    /// The keys the call only read, in key order: checked, not written.
+    pub reads: Vec<RemoteRead>,
     /// Names the commit: one per (job, slice), the same on every host.
     pub job: String,
     /// The marker's body: what the job's outcome and posts are.
@@ -97,6 +100,17 @@ pub struct RemoteChange {
     /// This write's pending version until the store answers (negative,
     /// unique on this host).
     pub ticket: i64,
+}
+
+/// A key a [`RemoteBatch`] only read: the batch is stored only if the key
+/// is still at `version` (0: absent; negative: the version the write
+/// holding that ticket gets), and the key is not written.
+#[derive(Debug, Clone)]
+pub struct RemoteRead {
+    /// The key.
+    pub key: String,
+    /// The version read.
+    pub version: i64,
 }
 
 /// The store's answer to a batch.
@@ -138,7 +152,7 @@ impl Session {
         let Some(remote) = self.inner.remote.clone() else {
             return Err(HandOff::Remote("no shared state store".into()));
         };
-        let (answer, tickets) = loop {
+        let (answer, tickets, reads) = loop {
             for key in state.adds.keys() {
                 self.ensure_known(key).await?;
             }
@@ -190,7 +204,14 @@ impl Session {
             // cannot be read is looked for again when the job runs again.
             Ok(RemoteOutcome::Refused) => match remote.marker(job).await {
                 Ok(Some(body)) => Ok(RemoteCommitted::Already(body)),
-                Ok(None) => Err(self.conflict(state)),
+                Ok(None) => {
+                    // A key only read may be the stale one: it has no
+                    // write whose refusal made it unknown.
+                    for read in &reads {
+                        self.forget(&read.key, read.version);
+                    }
+                    Err(self.conflict(state))
+                }
                 Err(e) => Err(HandOff::Unavailable(e)),
             },
             Ok(RemoteOutcome::Invalid(reason)) => Err(HandOff::Invalid(reason)),
@@ -268,6 +289,7 @@ impl Session {
         })?;
         let keys: BTreeSet<&String> = state.keys();
         let mut changes = Vec::with_capacity(keys.len());
+        let mut reads = Vec::new();
         for key in keys {
             let known = match table.entry(&self.plugin, key).map(|e| &e.slot) {
                 Some(Slot::Known { value, version, .. }) => Some((value.clone(), *version)),
@@ -287,13 +309,12 @@ impl Session {
             {
                 return Err(NotSubmitted::HandOff(self.conflict(state)));
             }
-            let ticket = self.inner.next_ticket();
             let change = if let Some(value) = state.writes.get(key) {
                 RemoteChange {
                     key: key.clone(),
                     value: value.clone(),
                     expect: read,
-                    ticket,
+                    ticket: self.inner.next_ticket(),
                 }
             } else if let Some(delta) = state.adds.get(key) {
                 let Some((value, version)) = known else {
@@ -312,29 +333,30 @@ impl Session {
                     key: key.clone(),
                     value: Some(sum),
                     expect: Some(version),
-                    ticket,
+                    ticket: self.inner.next_ticket(),
                 }
             } else {
-                // Only read: written back unchanged, so the store checks
-                // the read. The ledger has the value it showed the call
-                // (same version); if it lost it, the call runs again.
-                let (Some(seen), Some((value, _))) = (read, known) else {
+                // Only read: checked by the store at the version read, not
+                // written (no new version, so other calls that read it do
+                // not conflict with this one), and the ledger's view of it
+                // stays as it is.
+                let Some(version) = read else {
                     return Err(NotSubmitted::HandOff(self.conflict(state)));
                 };
-                RemoteChange {
+                reads.push(RemoteRead {
                     key: key.clone(),
-                    value,
-                    expect: Some(seen),
-                    ticket,
-                }
+                    version,
+                });
+                continue;
             };
             changes.push(change);
         }
-        for change in &changes {
-            if !matches!(
-                table.take(self.id, &self.plugin, &change.key, false),
-                Turn::Held
-            ) {
+        let touched = changes
+            .iter()
+            .map(|c| &c.key)
+            .chain(reads.iter().map(|r| &r.key));
+        for key in touched {
+            if !matches!(table.take(self.id, &self.plugin, key, false), Turn::Held) {
                 return Err(NotSubmitted::HandOff(self.conflict(state)));
             }
         }
@@ -347,6 +369,7 @@ impl Session {
         let answer = remote.submit(RemoteBatch {
             plugin: self.plugin.clone(),
             changes,
+            reads: reads.clone(),
             job: job.to_owned(),
             marker: marker.to_vec(),
         });
@@ -363,12 +386,17 @@ impl Session {
         }
         let held = table.held_keys(self.id);
         table.release(self.id, &held);
-        Ok(Some((answer, tickets)))
+        Ok(Some((answer, tickets, reads)))
     }
 }
 
-/// A submitted commit: the store's answer to come, and each key's ticket.
-type Submitted = Option<(RemoteFuture<'static, RemoteOutcome>, Vec<(String, i64)>)>;
+/// A submitted commit: the store's answer to come, each changed key's
+/// ticket, and the keys only read.
+type Submitted = Option<(
+    RemoteFuture<'static, RemoteOutcome>,
+    Vec<(String, i64)>,
+    Vec<RemoteRead>,
+)>;
 
 /// Why [`Session::submit`] submitted nothing.
 enum NotSubmitted {

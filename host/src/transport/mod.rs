@@ -22,7 +22,7 @@ pub use embedded::Embedded;
 pub(crate) use jetstream::cas;
 pub use jetstream::{
     Got, JetStream, JetStreamError, JetStreamSettings, STREAM, SharedFlow, SharedState,
-    server_addrs,
+    server_addrs, state_key_subject,
 };
 pub use wire::WireError;
 

@@ -13,7 +13,9 @@
 //! - `{"op": "need", "key": k, "by": n}`: reads `k`; a permanent error if it
 //!   is below n, else returns `{"value": v}` (a failure decided on state);
 //! - `{"op": "post", "key": k, "bytes": n}`: getset on `k`, and posts a
-//!   JSON string of n bytes to `test.after`; returns `{"value": new}`.
+//!   JSON string of n bytes to `test.after`; returns `{"value": new}`;
+//! - `{"op": "copy", "from": a, "to": b}`: reads `a` (only), sets `b` to
+//!   its value (0 if absent); returns `{"value": v}`.
 //!
 //! `"hold_ms": t` keeps the call busy (spinning on the clock) for t ms
 //! after its reads, as a long job would hold the keys it read.
@@ -96,6 +98,12 @@ impl Handler for TestState {
                 state.set(&req.from, &(from - req.by))?;
                 state.set(&req.to, &(to + req.by))?;
                 Outcome::done_with(&serde_json::json!({ "from": from - req.by, "to": to + req.by }))
+            }
+            "copy" => {
+                let n: i64 = state.get(&req.from)?.unwrap_or(0);
+                hold(req.hold_ms);
+                state.set(&req.to, &n)?;
+                Outcome::done_with(&serde_json::json!({ "value": n }))
             }
             "need" => {
                 let n: i64 = state.get(&req.key)?.unwrap_or(0);

@@ -42,7 +42,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use tokio::sync::Notify;
 
 pub use flow::{Got, SharedFlow};
-pub use state::SharedState;
+pub use state::{SharedState, key_subject as state_key_subject};
 pub use streams::consumer_name;
 
 use super::wire;

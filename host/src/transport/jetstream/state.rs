@@ -11,9 +11,10 @@
 //! - Reads are direct gets of the key's last message: the latest committed
 //!   value, whichever host committed it.
 //! - A commit is one ADR-50 atomic batch (nats-server 2.12 or later): every
-//!   key with `Nats-Expected-Last-Subject-Sequence` (its version when read;
-//!   0: absent), and last the job's marker `sluice-state.c.<commit name>`
-//!   expected absent. The server stores all of it or nothing; a stale read
+//!   key it changes with `Nats-Expected-Last-Subject-Sequence` (its version
+//!   when read; 0: absent), a check of every key it only read (not a
+//!   write: `state_commit.rs`), and last the job's marker
+//!   `sluice-state.c.<commit name>` expected absent. The server stores all of it or nothing; a stale read
 //!   or a second commit of the same job (from any host, at any time) is
 //!   refused with "wrong last sequence". The messages of a batch get
 //!   consecutive sequences, the marker last, so the commit's answer gives

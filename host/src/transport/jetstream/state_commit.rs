@@ -14,7 +14,8 @@
 //! task (started by the first commit that finds none running, ending when
 //! the queue is empty) takes everything queued, up to the server's 1000
 //! messages per batch, and publishes it as one batch: each job's key
-//! messages (with their expected versions) then its marker, the last
+//! messages (with their expected versions), its checks of the keys it only
+//! read, then its marker, the last
 //! message of the last job carrying the commit. One batch is in flight at
 //! a time; commits queue behind it and go together in the next.
 //!
@@ -30,14 +31,27 @@
 //!   without an expectation: the batch is all or nothing, so it is stored
 //!   exactly when the write it read is. Any other job that shares a
 //!   subject with the batch waits for the next one.
+//! - **A key a job only read is checked, not written**, so jobs that only
+//!   read a key never conflict over it (as on one host) and leave no
+//!   revision of it. The check is a message on the job's marker subject
+//!   with `Nats-Expected-Last-Subject-Sequence` and
+//!   `Nats-Expected-Last-Subject-Sequence-Subject` naming the key's subject
+//!   ([`Pending::outgoing`]): the server checks it against the stream
+//!   before the batch like any expectation, so it is part of the batch's
+//!   all or nothing. The server refuses (10164) a check of a subject
+//!   written before it in the batch, so a read follows a write of its key
+//!   in a batch only as a chain (then unchecked, as above); reads of one
+//!   key by several jobs go together, and a later job may write the key
+//!   after them (they read the value before it, and come first in the
+//!   batch: the order of the batch is a serial order of its jobs).
 //! - **A chain across batches is resolved here.** A job whose predecessor
 //!   went in an earlier batch expects the version that batch gave the
 //!   key; one whose predecessor was refused or got no answer is refused
 //!   (its call runs again on the value read from the store).
 //! - **A refused batch of several jobs is sorted out**: the server refuses
 //!   the whole batch for one stale expectation (or one job committed
-//!   before). The committer then reads every expected key's version and
-//!   every marker (direct gets, all at once): a job whose expectation no
+//!   before). The committer then reads the version of every key expected
+//!   or checked and every marker (direct gets, all at once): a job whose expectation no
 //!   longer holds, or whose marker exists, is refused; the others go into
 //!   the next batch; a job chained to a refused one is refused with it.
 //!   Versions only grow and markers are never removed while
@@ -59,13 +73,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use futures_util::future::join_all;
 use tokio::sync::{Notify, oneshot};
 
 use super::super::wire;
 use super::state::{TIMEOUT, last_version};
 use crate::state::{RemoteBatch, RemoteFuture, RemoteOutcome};
+
+mod job;
+use job::{EXPECT, EXPECT_SUBJECT, Expect, Out, Pending, batch_headers, prepare};
 
 /// The most messages the server takes in one atomic batch (its default).
 pub(super) const MAX_BATCH: usize = 1000;
@@ -80,40 +96,6 @@ const MAX_REQUEUES: u8 = 3;
 /// committer but before the ledger saw it). One forgotten is refused,
 /// which is always safe.
 const RESOLVED_KEPT: usize = 65_536;
-
-/// What a message expects of its subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Nothing (a blind write).
-    Nothing,
-    /// The stream's version of the subject (0: none).
-    Version(i64),
-    /// The version the write holding this pending ticket gets (it was
-    /// submitted before on this host).
-    After(i64),
-}
-
-/// One message of a commit, before the batch's headers are added.
-struct Msg {
-    subject: String,
-    /// Without the expectation (added when the batch is built).
-    headers: HeaderMap,
-    body: Vec<u8>,
-    expect: Expect,
-    /// The pending ticket this write answers for (key messages).
-    ticket: Option<i64>,
-    /// Set when the batch is built: the version the server checks
-    /// (`None`: unchecked, or chained to a job before it in the batch).
-    check: Option<i64>,
-}
-
-/// One job's commit, waiting for its batch.
-struct Pending {
-    /// Key messages, then the marker last.
-    messages: Vec<Msg>,
-    reply: oneshot::Sender<Result<RemoteOutcome, String>>,
-    requeued: u8,
-}
 
 /// The queue and what it knows of pending tickets.
 #[derive(Default)]
@@ -164,12 +146,6 @@ enum Published {
     Stale,
     /// Refused for another reason, or never sent whole (nothing stored).
     NotStored(String),
-}
-
-impl Pending {
-    fn bytes(&self) -> usize {
-        self.messages.iter().map(|m| m.body.len()).sum()
-    }
 }
 
 /// Batches the state commits of one host (see the module docs).
@@ -234,14 +210,15 @@ impl Committer {
         (marker_subject, marker_ttl): (String, Option<Duration>),
         (deleted_header, tombstone_ttl): ((&str, &str), Duration),
     ) -> RemoteFuture<'static, RemoteOutcome> {
-        let pending = match self.prepare(
+        let prepared = prepare(
             batch,
             key_subject,
-            marker_subject,
-            marker_ttl,
+            (marker_subject, marker_ttl),
             (deleted_header, tombstone_ttl),
-        ) {
-            Ok(Ok(messages)) => messages,
+            self.client.max_payload(),
+        );
+        let (pending, reads) = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(invalid)) => return Box::pin(std::future::ready(Ok(invalid))),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
@@ -252,6 +229,7 @@ impl Committer {
             queue.unanswered.extend(tickets);
             queue.jobs.push_back(Pending {
                 messages: pending,
+                reads,
                 reply,
                 requeued: 0,
             });
@@ -264,76 +242,6 @@ impl Committer {
                 .await
                 .map_err(|_| "the state commit was lost (its batch task ended)".to_owned())?
         })
-    }
-
-    /// The messages of `batch`, or why it can never be stored.
-    fn prepare(
-        &self,
-        batch: RemoteBatch,
-        key_subject: impl Fn(&str) -> String,
-        marker_subject: String,
-        marker_ttl: Option<Duration>,
-        (deleted_header, tombstone_ttl): ((&str, &str), Duration),
-    ) -> Result<Result<Vec<Msg>, RemoteOutcome>, String> {
-        let n = batch.changes.len() + 1;
-        if n > MAX_BATCH {
-            return Ok(Err(RemoteOutcome::Invalid(format!(
-                "a call with shared state may change at most {} keys, not {}",
-                MAX_BATCH - 1,
-                n - 1
-            ))));
-        }
-        let max = self.client.max_payload();
-        let mut messages = Vec::with_capacity(n);
-        for change in batch.changes {
-            let mut headers = HeaderMap::new();
-            if change.value.is_none() {
-                // A tombstone: kept for a while, then pruned by the
-                // server (a pruned key reads as absent, version 0: the
-                // same value, see `state.rs`).
-                wire::append(&mut headers, deleted_header.0, deleted_header.1)
-                    .map_err(|e| e.to_string())?;
-                wire::append(&mut headers, "Nats-TTL", &ttl_header(tombstone_ttl))
-                    .map_err(|e| e.to_string())?;
-            }
-            messages.push(Msg {
-                subject: key_subject(&change.key),
-                headers,
-                body: change.value.unwrap_or_default(),
-                expect: match change.expect {
-                    None => Expect::Nothing,
-                    Some(t) if t < 0 => Expect::After(t),
-                    Some(v) => Expect::Version(v),
-                },
-                ticket: Some(change.ticket),
-                check: None,
-            });
-        }
-        let mut headers = HeaderMap::new();
-        if let Some(ttl) = marker_ttl {
-            wire::append(&mut headers, "Nats-TTL", &ttl_header(ttl)).map_err(|e| e.to_string())?;
-        }
-        messages.push(Msg {
-            subject: marker_subject,
-            headers,
-            body: batch.marker,
-            expect: Expect::Version(0),
-            ticket: None,
-            check: None,
-        });
-        for m in &messages {
-            // With the largest batch headers it can get.
-            let mut h = m.headers.clone();
-            wire::append(&mut h, EXPECT, &i64::MAX.to_string()).map_err(|e| e.to_string())?;
-            batch_headers(&mut h, &crate::message::new_id(), MAX_BATCH, true)?;
-            if let Err(e) = wire::check_size(&h, m.body.len(), max) {
-                return Ok(Err(RemoteOutcome::Invalid(format!(
-                    "a shared state commit message for {} is too large: {e}",
-                    m.subject
-                ))));
-            }
-        }
-        Ok(Ok(messages))
     }
 
     /// Commits batches while commits are queued.
@@ -370,19 +278,29 @@ impl Committer {
         let (mut count, mut bytes) = (0, 0);
         while let Some(next) = queue.jobs.front() {
             let fits = group.is_empty()
-                || (count + next.messages.len() <= MAX_BATCH
+                || (count + next.most_messages() <= MAX_BATCH
                     && bytes + next.bytes() <= MAX_GROUP_BYTES);
             // None: it cannot go in this batch; Some(false): it can never
-            // be stored.
+            // be stored. A read is checked against the stream before the
+            // batch, like a write's expectation, so it follows a write of
+            // its key in the batch only as a chain (the server refuses a
+            // check of a subject written before it in the batch); reads
+            // of one key by several jobs go together.
             let mut ok = Some(true);
-            for m in &next.messages {
-                let chained = matches!(m.expect, Expect::After(t) if subjects.get(&m.subject) == Some(&Some(t)));
-                let blind = m.expect == Expect::Nothing;
-                if subjects.contains_key(&m.subject) && !chained && !blind {
+            let touches = next
+                .messages
+                .iter()
+                .map(|m| (&m.subject, m.expect))
+                .chain(next.reads.iter().map(|r| (&r.subject, r.expect)));
+            for (subject, expect) in touches {
+                let chained =
+                    matches!(expect, Expect::After(t) if subjects.get(subject) == Some(&Some(t)));
+                let blind = expect == Expect::Nothing;
+                if subjects.contains_key(subject) && !chained && !blind {
                     ok = None;
                     break;
                 }
-                if let Expect::After(t) = m.expect
+                if let Expect::After(t) = expect
                     && !chained
                     && !matches!(queue.resolved.get(&t), Some(Some(_)))
                 {
@@ -401,18 +319,14 @@ impl Committer {
                 queue.refuse(next);
                 continue;
             }
+            for r in &mut next.reads {
+                r.check = check_of(&subjects, &queue.resolved, &r.subject, r.expect);
+            }
             for m in &mut next.messages {
-                m.check = match m.expect {
-                    Expect::Nothing => None,
-                    Expect::Version(v) => Some(v),
-                    Expect::After(t) => match subjects.get(&m.subject) {
-                        Some(Some(last)) if *last == t => None,
-                        _ => queue.resolved.get(&t).copied().flatten(),
-                    },
-                };
+                m.check = check_of(&subjects, &queue.resolved, &m.subject, m.expect);
                 subjects.insert(m.subject.clone(), m.ticket);
             }
-            count += next.messages.len();
+            count += next.outgoing().len();
             bytes += next.bytes();
             group.push(next);
         }
@@ -424,18 +338,21 @@ impl Committer {
         tracing::trace!(jobs = group.len(), "state batch");
         match self.publish(&group).await {
             Ok(Published::Stored(last)) => {
-                let total: usize = group.iter().map(|p| p.messages.len()).sum();
+                let total: usize = group.iter().map(|p| p.outgoing().len()).sum();
+                // The sequence before the job's first message; its key
+                // messages come first, in order.
                 let mut seq = last - total as i64;
                 let mut queue = self.queue();
                 for pending in group {
                     let mut versions = Vec::with_capacity(pending.messages.len());
-                    for m in &pending.messages {
-                        seq += 1;
+                    for (i, m) in pending.messages.iter().enumerate() {
                         if let Some(t) = m.ticket {
-                            queue.resolve(t, Some(seq));
-                            versions.push(seq);
+                            let version = seq + i as i64 + 1;
+                            queue.resolve(t, Some(version));
+                            versions.push(version);
                         }
                     }
+                    seq += pending.outgoing().len() as i64;
                     let _ = pending.reply.send(Ok(RemoteOutcome::Committed(versions)));
                 }
             }
@@ -472,15 +389,22 @@ impl Committer {
     async fn publish(&self, group: &[Pending]) -> Result<Published, String> {
         let not_stored = |e: String| Ok(Published::NotStored(e));
         let id = crate::message::new_id();
-        let total: usize = group.iter().map(|p| p.messages.len()).sum();
-        let mut messages = group.iter().flat_map(|p| &p.messages).enumerate();
+        let messages: Vec<Out<'_>> = group.iter().flat_map(Pending::outgoing).collect();
+        let total = messages.len();
         let mut last = None;
-        for (i, m) in messages.by_ref() {
+        for (i, m) in messages.iter().enumerate() {
             let mut headers = m.headers.clone();
-            if let Some(v) = m.check
-                && let Err(e) = wire::append(&mut headers, EXPECT, &v.to_string())
-            {
-                return not_stored(e.to_string());
+            if let Some((subject, v)) = m.check {
+                let mut add = || {
+                    wire::append(&mut headers, EXPECT, &v.to_string())?;
+                    match subject {
+                        Some(subject) => wire::append(&mut headers, EXPECT_SUBJECT, subject),
+                        None => Ok(()),
+                    }
+                };
+                if let Err(e) = add() {
+                    return not_stored(e.to_string());
+                }
             }
             let commit = i + 1 == total;
             if let Err(e) = batch_headers(&mut headers, &id, i + 1, commit) {
@@ -494,7 +418,7 @@ impl Committer {
             // (the server drops an incomplete batch).
             if let Err(e) = self
                 .client
-                .publish_with_headers(m.subject.clone(), headers, m.body.clone().into())
+                .publish_with_headers(m.subject.to_owned(), headers, m.body.to_vec().into())
                 .await
             {
                 return not_stored(format!("publishing to {}: {e}", m.subject));
@@ -506,7 +430,7 @@ impl Committer {
         let reply = tokio::time::timeout(
             TIMEOUT,
             self.client
-                .request_with_headers(m.subject.clone(), headers, m.body.clone().into()),
+                .request_with_headers(m.subject.to_owned(), headers, m.body.to_vec().into()),
         )
         .await
         .map_err(|_| format!("no answer to a state commit in {TIMEOUT:?}"))?;
@@ -531,7 +455,9 @@ impl Committer {
         if let Some(error) = ack.get("error") {
             // 10071: a stale expectation (or the marker exists); 10164:
             // the same on a replicated stream, where another proposal on
-            // the subject is in flight (nats-server's batching).
+            // the subject is in flight (nats-server's batching), or a
+            // check of a subject written before it in the batch (which
+            // `take_group` never builds; sorted out like the others).
             if matches!(
                 error.get("err_code").and_then(serde_json::Value::as_u64),
                 Some(10071 | 10164)
@@ -560,9 +486,17 @@ impl Committer {
     /// the queue, in order.
     async fn sort_out(&self, group: Vec<Pending>) {
         let checks = group.iter().map(|p| async move {
-            let reads = p.messages.iter().filter_map(|m| {
-                m.check
-                    .map(|want| async move { (last_version(&self.client, &m.subject).await, want) })
+            let expected = p
+                .messages
+                .iter()
+                .filter_map(|m| m.check.map(|want| (&m.subject, want)))
+                .chain(
+                    p.reads
+                        .iter()
+                        .filter_map(|r| r.check.map(|want| (&r.subject, want))),
+                );
+            let reads = expected.map(|(subject, want)| async move {
+                (last_version(&self.client, subject).await, want)
             });
             let mut valid = Ok(true);
             for (now, want) in join_all(reads).await {
@@ -579,9 +513,12 @@ impl Committer {
         // earlier job of the group).
         let mut refused: HashSet<i64> = HashSet::new();
         for (pending, verdict) in group.iter().zip(verdicts.iter_mut()) {
-            let follows_refused = pending.messages.iter().any(|m| {
-                matches!(m.expect, Expect::After(t) if m.check.is_none() && refused.contains(&t))
-            });
+            let chained_to = |expect: Expect, check: Option<i64>| matches!(expect, Expect::After(t) if check.is_none() && refused.contains(&t));
+            let follows_refused = pending
+                .messages
+                .iter()
+                .any(|m| chained_to(m.expect, m.check))
+                || pending.reads.iter().any(|r| chained_to(r.expect, r.check));
             if follows_refused {
                 *verdict = Ok(false);
             }
@@ -618,22 +555,25 @@ impl Committer {
     }
 }
 
-/// The expected-version header.
-const EXPECT: &str = "Nats-Expected-Last-Subject-Sequence";
-
-/// A `Nats-TTL` value (whole seconds, at least one).
-fn ttl_header(ttl: Duration) -> String {
-    format!("{}s", ttl.as_secs().max(1))
-}
-
-/// Adds the ADR-50 headers of message `seq` (from 1) of batch `id`.
-fn batch_headers(h: &mut HeaderMap, id: &str, seq: usize, commit: bool) -> Result<(), String> {
-    wire::append(h, "Nats-Batch-Id", id).map_err(|e| e.to_string())?;
-    wire::append(h, "Nats-Batch-Sequence", &seq.to_string()).map_err(|e| e.to_string())?;
-    if commit {
-        wire::append(h, "Nats-Batch-Commit", "1").map_err(|e| e.to_string())?;
+/// The version the server is to check for a message or read on `subject`
+/// expecting `expect`, as it goes into a batch whose writes so far are
+/// `subjects` (subject -> the ticket of its last write): `None` for a
+/// blind write, or one chained to the batch's last write of the subject
+/// (stored exactly when that write is).
+fn check_of(
+    subjects: &HashMap<String, Option<i64>>,
+    resolved: &HashMap<i64, Option<i64>>,
+    subject: &str,
+    expect: Expect,
+) -> Option<i64> {
+    match expect {
+        Expect::Nothing => None,
+        Expect::Version(v) => Some(v),
+        Expect::After(t) => match subjects.get(subject) {
+            Some(Some(last)) if *last == t => None,
+            _ => resolved.get(&t).copied().flatten(),
+        },
     }
-    Ok(())
 }
 
 /// Resets the flush flag if the flush task panics (its jobs' answers are
