@@ -349,7 +349,8 @@ async fn connect(
                     step = "creating consumers";
                     js.register(subscriptions).await?;
                     step = "opening the shared buckets";
-                    let cluster = Cluster::open(&js, settings.replicas, settings.max_age, settings.shared_state)
+                    // The work stream's own max_age, which may not be the config's.
+                    let cluster = Cluster::open(&js, settings.replicas, js.max_age(), settings.shared_state)
                         .await
                         .map_err(crate::api::ServeError::Cluster)?;
                     Ok::<_, RunError>((js, cluster))

@@ -225,3 +225,67 @@ fn a_deleted_keys_tombstone_is_pruned_and_the_key_reads_absent() {
         host.log_text()
     );
 }
+
+#[test]
+fn commit_markers_last_as_long_as_the_work_stream_keeps_messages_whatever_the_config_says() {
+    // The work stream keeps the max_age it was created with (a host never
+    // changes it): here 7 days, the first host's default. A host set to
+    // max_age = 4s gave its markers 8 s while the job's message stayed in
+    // the stream for a week: once the marker was gone, a consumer created
+    // again from the start (an operator removed it) delivered the message
+    // to a host that did not know the job, which ran it again and applied
+    // its state twice. Markers follow the stream's max_age now.
+    let nats = NatsServer::start();
+    let (_first, host) = start_host(&config(&nats));
+    assert!(host.stop(Duration::from_secs(30)).success());
+    let short = format!(
+        "{}max_age = \"4s\"\nduplicate_window = \"1s\"\n",
+        config(&nats)
+    );
+    let (env, host) = start_host(&short);
+    assert!(
+        host.log_text()
+            .contains("keeps messages for its own max_age"),
+        "said so: {}",
+        host.log_text()
+    );
+    env.ok(&["post", CHANNEL, r#"{"key": "once"}"#]);
+    let jobs = env.wait_settled(CHANNEL, 1, Duration::from_secs(60));
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{}", host.log_text());
+    let marker = a_marker(&nats);
+    let ttl = marker
+        .headers
+        .get("Nats-TTL")
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(
+        ttl.as_deref(),
+        Some("1209600s"),
+        "twice the stream's 7 days"
+    );
+    assert!(host.stop(Duration::from_secs(30)).success());
+    // Past the 8 s the config's max_age would have given the marker.
+    std::thread::sleep(Duration::from_secs(10));
+    nats.with_js(|js| async move {
+        use futures_util::StreamExt;
+        let stream = js.get_stream("SLUICE").await.expect("stream");
+        let mut names = stream.consumer_names();
+        while let Some(Ok(name)) = names.next().await {
+            stream
+                .delete_consumer(&name)
+                .await
+                .expect("delete consumer");
+        }
+    });
+    // A host that never saw the job: its consumer starts from the first
+    // message again.
+    let other = Env::new(&["test-state"], &short);
+    let host = other.start();
+    let jobs = other.wait_settled(CHANNEL, 1, Duration::from_secs(60));
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{}", host.log_text());
+    assert_eq!(value(jobs[0].result.as_deref()), Some(1), "from the marker");
+    assert_eq!(
+        shared_value(&nats, "once"),
+        Some("1".into()),
+        "not applied twice"
+    );
+}

@@ -285,7 +285,24 @@ impl JetStream {
             })?;
         let js = jetstream::new(client.clone());
         let server_version = client.server_info().version;
-        let schedules = streams::ensure_streams(&js, &settings, &server_version).await?;
+        let kept = streams::ensure_streams(&js, &settings, &server_version).await?;
+        let schedules = kept.schedules;
+        let mut settings = settings;
+        if kept.max_age != settings.max_age {
+            // What keeps a message is the stream's own max_age: commit
+            // markers (kept twice that, `state.rs::marker_ttl`), tombstones
+            // and the schedule horizon must follow it, not the config. A
+            // marker gone while its message is still in the stream would
+            // let a delivery of it (a consumer created again from the
+            // start) run the job and apply its state a second time.
+            tracing::warn!(
+                stream = STREAM,
+                stream_max_age = %humantime::format_duration(kept.max_age),
+                max_age = %humantime::format_duration(settings.max_age),
+                "the work stream keeps messages for its own max_age, not [nats] max_age (a host never changes it on an existing stream); going by the stream's: set [nats] max_age to it, or change the stream on the server and restart every host"
+            );
+            settings.max_age = kept.max_age;
+        }
         if !schedules {
             tracing::warn!(
                 server = %server_version,
@@ -321,6 +338,12 @@ impl JetStream {
         let remote: Arc<dyn crate::state::Remote> =
             SharedState::new(self.inner.client.clone(), self.inner.settings.max_age);
         Some(remote)
+    }
+
+    /// How long the work stream keeps messages: its own `max_age` as the
+    /// server has it (see [`JetStream::connect`]).
+    pub fn max_age(&self) -> Duration {
+        self.inner.settings.max_age
     }
 
     /// The NATS client (for tests and diagnostics).

@@ -162,8 +162,9 @@ impl SharedState {
     }
 }
 
-/// How long a commit marker is kept: twice the work stream's `max_age`
-/// (`None`, forever, when that keeps messages forever). A marker only
+/// How long a commit marker is kept: twice the work stream's `max_age`, as
+/// the server has it (`mod.rs::connect` reads it; `None`, forever, when it
+/// keeps messages forever). A marker only
 /// matters to a delivery of its job that comes after the commit, and every
 /// such delivery comes from a message of the work stream stored no later
 /// than the job's last run (the message itself, or a copy a host made while

@@ -29,13 +29,14 @@ pub fn consumer_name(sub: &Subscription) -> String {
 }
 
 /// Creates or checks the work stream and the dead-letter stream; returns
-/// whether the work stream has message schedules (asked for when the
-/// server supports them).
+/// the work stream's: whether it has message schedules (asked for when the
+/// server supports them), and how long it keeps messages (its own
+/// `max_age`, which a host never changes on an existing stream).
 pub(super) async fn ensure_streams(
     js: &jetstream::Context,
     settings: &JetStreamSettings,
     server_version: &str,
-) -> Result<bool, JetStreamError> {
+) -> Result<Kept, JetStreamError> {
     let wanted = super::schedule::server_supports(server_version);
     let mut subjects = vec![
         format!("{}.>", wire::PREFIX),
@@ -46,7 +47,7 @@ pub(super) async fn ensure_streams(
     if wanted {
         subjects.push(format!("{}.>", super::schedule::SCHED_PREFIX));
     }
-    let schedules = ensure_stream(js, STREAM, subjects, settings, wanted).await?;
+    let work = ensure_stream(js, STREAM, subjects, settings, wanted).await?;
     ensure_stream(
         js,
         super::DLQ_STREAM,
@@ -55,20 +56,31 @@ pub(super) async fn ensure_streams(
         false,
     )
     .await?;
-    Ok(schedules)
+    Ok(work)
+}
+
+/// What a stream is, as the server has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Kept {
+    /// It allows message schedules.
+    pub(super) schedules: bool,
+    /// Its `max_age` (zero: messages are kept until removed).
+    pub(super) max_age: std::time::Duration,
 }
 
 /// Creates `name` or checks it, and brings an older stream up to date
 /// (a subject it lacks, schedules it does not allow yet: both are stream
 /// updates the server applies to a non-empty stream). `schedules` asks for
-/// message schedules; returns whether the stream has them.
+/// message schedules; returns whether the stream has them and its
+/// `max_age` (left as it is on an existing stream: lowering it would drop
+/// messages, and either way it is the operator's).
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
     name: &str,
     subjects: Vec<String>,
     settings: &JetStreamSettings,
     schedules: bool,
-) -> Result<bool, JetStreamError> {
+) -> Result<Kept, JetStreamError> {
     let config = stream::Config {
         name: name.to_owned(),
         subjects: subjects.clone(),
@@ -133,7 +145,10 @@ pub(super) async fn ensure_stream(
             "stream uses memory storage: messages are lost if the server restarts"
         );
     }
-    Ok(have.allow_message_schedules)
+    Ok(Kept {
+        schedules: have.allow_message_schedules,
+        max_age: have.max_age,
+    })
 }
 
 impl JetStream {
