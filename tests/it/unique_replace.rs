@@ -181,8 +181,17 @@ fn replace_on_two_jetstream_hosts_cancels_the_waiting_holder_everywhere() {
         "only the last holder (and the later post) ran"
     );
     assert_eq!(nats.count("SLUICE", "sluice.test.counted"), 2);
-    for id in &replaced_set {
-        assert_eq!(state_of(&b_api, id), "cancelled", "{id}");
+    for api in [&a_api, &b_api] {
+        for id in &replaced_set {
+            let v = api.get(&format!("/v1/jobs/{id}")).json();
+            assert_eq!(v["state"], "cancelled", "{id}: {v}");
+            assert!(
+                v["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("replaced by message ")),
+                "{id}: {v}"
+            );
+        }
     }
     let metrics = a_api.get("/metrics").text;
     let b_metrics = b_api.get("/metrics").text;

@@ -461,7 +461,7 @@ async fn cancel_unseen<T: Transport>(state: &ApiState<T>, id: &str) -> Result<Re
     let store = &state.deps.store;
     // This host applies it now too (its watch will again: the same), so
     // the answer shows it and a delivery arriving here next is dropped.
-    match store.cancel_from_elsewhere(id, "", "", "").await? {
+    match store.cancel_from_elsewhere(id, "", "", "", None).await? {
         crate::store::RemoteCancel::Running => {
             state.deps.control.interrupt(id);
         }
@@ -489,6 +489,7 @@ async fn tell_every_host<T: Transport>(
         message_id: message_id.to_owned(),
         channel: channel.to_owned(),
         handler: handler.to_owned(),
+        reason: None,
     };
     cluster.cancels.send(id, &note).await.map_err(|e| {
         tracing::error!(job_id = %id, error = %e, "cannot send a cancel to the other hosts");

@@ -107,7 +107,8 @@ pub async fn post<T: Transport>(
             .into_response());
     }
     if let Some(holder) = published.replaced_message.take() {
-        published.replaced = cancel_replaced(&state, &channel, &holder).await;
+        published.replaced =
+            cancel_replaced(&state, &channel, &holder, &published.message_id).await;
     }
     if !published.replaced.is_empty() {
         state.deps.control.metrics.unique_outcome("replaced");
@@ -136,7 +137,7 @@ pub async fn post<T: Transport>(
 }
 
 /// JetStream: the jobs of `holder` (on `channel`), whose key a replace
-/// post took. No host runs them any more (the key's entry and tombstone
+/// post (message `replacer`) took. No host runs them any more (the key's entry and tombstone
 /// say so to whichever host starts one, see `transport::jetstream::
 /// unique`); this records them cancelled here and on every host, so
 /// their status says so at once and a delivery is dropped on receipt.
@@ -145,6 +146,7 @@ async fn cancel_replaced<T: Transport>(
     state: &ApiState<T>,
     channel: &str,
     holder: &str,
+    replacer: &str,
 ) -> Vec<String> {
     let handlers: Vec<String> = state
         .deps
@@ -154,6 +156,7 @@ async fn cancel_replaced<T: Transport>(
         .iter()
         .map(|h| h.info().name.clone())
         .collect();
+    let reason = format!("replaced by message {replacer} (unique key)");
     let mut ids = Vec::with_capacity(handlers.len());
     for handler in handlers {
         let id = job_id_for(holder, &handler);
@@ -162,6 +165,7 @@ async fn cancel_replaced<T: Transport>(
                 message_id: holder.to_owned(),
                 channel: channel.to_owned(),
                 handler: handler.clone(),
+                reason: Some(reason.clone()),
             };
             if let Err(e) = cluster.cancels.send(&id, &note).await {
                 tracing::warn!(job_id = %id, error = %e, "replaced job not recorded cancelled on the other hosts yet; whichever host receives it records it so");
@@ -171,7 +175,7 @@ async fn cancel_replaced<T: Transport>(
         match state
             .deps
             .store
-            .cancel_from_elsewhere(&id, holder, channel, &handler)
+            .cancel_from_elsewhere(&id, holder, channel, &handler, Some(&reason))
             .await
         {
             Ok(_) => state.deps.control.changed(&id),

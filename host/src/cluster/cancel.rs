@@ -40,6 +40,10 @@ pub struct CancelNote {
     pub channel: String,
     /// Its handler.
     pub handler: String,
+    /// Why, when not an operator's cancel (a replace post of the job's
+    /// uniqueness key); absent in older hosts' notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The cancels bucket.
@@ -152,7 +156,13 @@ async fn apply(store: &Store, control: &Control, id: &str, value: &[u8]) {
         }
     };
     match store
-        .cancel_from_elsewhere(id, &note.message_id, &note.channel, &note.handler)
+        .cancel_from_elsewhere(
+            id,
+            &note.message_id,
+            &note.channel,
+            &note.handler,
+            note.reason.as_deref(),
+        )
         .await
     {
         Ok(RemoteCancel::Running) => {

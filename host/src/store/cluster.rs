@@ -149,13 +149,15 @@ impl Store {
     /// Applies a cancel an operator made on another host to job `id` (of
     /// `message_id` for handler `consumer` on `channel`; all three empty
     /// when no host had the job yet: its record is filled in when its
-    /// message arrives, see `inbox`).
+    /// message arrives, see `inbox`). `why`: the reason recorded, when
+    /// it was not an operator (a replace post of its uniqueness key).
     pub async fn cancel_from_elsewhere(
         &self,
         id: &str,
         message_id: &str,
         channel: &str,
         consumer: &str,
+        why: Option<&str>,
     ) -> Result<RemoteCancel, StoreError> {
         let (id, message_id, channel, consumer) = (
             id.to_owned(),
@@ -163,12 +165,13 @@ impl Store {
             channel.to_owned(),
             consumer.to_owned(),
         );
+        let why = why.map(str::to_owned);
         self.call(move |conn| {
             let now = now_ms();
-            let reason = if message_id.is_empty() {
-                "cancelled by an operator before any host had it"
-            } else {
-                "cancelled by an operator (on another host)"
+            let reason = match &why {
+                Some(why) => why.as_str(),
+                None if message_id.is_empty() => "cancelled by an operator before any host had it",
+                None => "cancelled by an operator (on another host)",
             };
             let state: Option<String> = conn
                 .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?

@@ -476,7 +476,9 @@ async fn another_hosts_cancel_and_outcome_reach_this_hosts_records() -> Result<(
     // acked without running.
     let id = job_id_for("m", "h");
     assert_eq!(
-        store.cancel_from_elsewhere(&id, "m", "c", "h").await?,
+        store
+            .cancel_from_elsewhere(&id, "m", "c", "h", None)
+            .await?,
         RemoteCancel::Cancelled
     );
     assert!(matches!(
@@ -489,7 +491,7 @@ async fn another_hosts_cancel_and_outcome_reach_this_hosts_records() -> Result<(
     };
     assert_eq!(
         store
-            .cancel_from_elsewhere(&job.job_id, "n", "c", "h")
+            .cancel_from_elsewhere(&job.job_id, "n", "c", "h", None)
             .await?,
         RemoteCancel::Running
     );
