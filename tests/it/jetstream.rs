@@ -357,7 +357,15 @@ fn a_stale_run_never_settles_the_live_delivery() {
     );
     let host = a.start();
     host.wait_log(&["sluice running"], 1, Duration::from_secs(60));
-    let message = a.ok(&["post", "test.wire", r#"{"spin_ms": 5000}"#]);
+    // The redelivery spins longer than the first run, so it is still
+    // running when the first run ends (both spinning 5 s, they ended
+    // within milliseconds of each other and the live run could succeed
+    // before the stop that is to hand it back).
+    let message = a.ok(&[
+        "post",
+        "test.wire",
+        r#"{"spin_ms": 5000, "retry_spin_ms": 15000}"#,
+    ]);
     let id = sluice::store::job_id_for(message.trim(), "test-wire");
     let attempts = |env: &Env| {
         env.jobs("test.wire")
@@ -381,9 +389,15 @@ fn a_stale_run_never_settles_the_live_delivery() {
     // The live run is handed back by a graceful stop, and runs elsewhere.
     let log_a = host.log.clone();
     assert!(host.stop(Duration::from_secs(30)).success());
+    assert!(
+        !a.jobs("test.wire")
+            .iter()
+            .any(|j| j.id == id && j.state == JobState::Succeeded),
+        "the live run ended before the stop: nothing was handed back"
+    );
     let other = b.start();
     assert!(
-        wait_until(Duration::from_secs(60), || {
+        wait_until(Duration::from_secs(90), || {
             b.jobs("test.wire")
                 .iter()
                 .any(|j| j.id == id && j.state == JobState::Succeeded)

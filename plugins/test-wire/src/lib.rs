@@ -6,6 +6,8 @@
 //!   slice number followed by `cursor_pad` (e.g. a multi-line text);
 //! - `fail_times`: a retryable failure on attempts 1..=fail_times;
 //! - `spin_ms`: busy-wait this long on each call;
+//! - `retry_spin_ms`: busy-wait this long instead on attempts after the
+//!   first (default: `spin_ms`), so a redelivery outlasts the first run;
 //! - `permanent`: fail permanently with this text (any bytes, newlines too).
 //!
 //! It counts calls that committed in state key "calls" and fails
@@ -26,6 +28,7 @@ struct Wire {
     cursor_pad: String,
     fail_times: u32,
     spin_ms: u64,
+    retry_spin_ms: Option<u64>,
     permanent: Option<String>,
 }
 
@@ -79,8 +82,12 @@ impl Handler for TestWire {
                 ctx.attempt()
             )));
         }
+        let spin_ms = match req.retry_spin_ms {
+            Some(ms) if ctx.attempt() > 1 => ms,
+            _ => req.spin_ms,
+        };
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(req.spin_ms) {
+        while start.elapsed() < Duration::from_millis(spin_ms) {
             std::hint::black_box(0u64);
         }
         let calls: u64 = ctx.state().get("calls")?.unwrap_or(0);
