@@ -189,6 +189,15 @@ pub(crate) fn records(envs: &[&Env]) -> Vec<JobRecord> {
     by_id.into_values().collect()
 }
 
+/// How many of the jobs on `envs` (one record each, see `records`)
+/// succeeded.
+pub(crate) fn succeeded_on(envs: &[&Env]) -> usize {
+    records(envs)
+        .iter()
+        .filter(|j| j.state == JobState::Succeeded)
+        .count()
+}
+
 #[test]
 fn jetstream_two_hosts_hold_a_key_to_its_limit_and_serve_the_other_tenant_between() {
     let nats = NatsServer::start();
@@ -322,13 +331,44 @@ pub(crate) fn post_with_priority(env: &Env, n: usize, priority: &str) -> Vec<Str
         .collect()
 }
 
-/// Start order of `ids` among every job's, 0-based.
+/// Start order of `ids` among every job's, 0-based. An id is a job's or
+/// its message's (`sluice post` prints the message id on JetStream).
 pub(crate) fn positions(jobs: &[JobRecord], ids: &[String]) -> Vec<usize> {
     let mut order: Vec<&JobRecord> = jobs.iter().collect();
     order.sort_by_key(|j| (j.started_at, j.id.clone()));
     ids.iter()
-        .map(|id| order.iter().position(|j| &j.id == id).unwrap_or(usize::MAX))
+        .map(|id| {
+            order
+                .iter()
+                .position(|j| &j.id == id || &j.message_id == id)
+                .unwrap_or(usize::MAX)
+        })
         .collect()
+}
+
+/// A steady supply of urgent work does not starve the old jobs: 10 jobs
+/// at 0, then 60 at 9, one at a time on `env`; an old one starts before
+/// the last urgent one. The same bound on the embedded queue and on
+/// JetStream.
+pub(crate) fn assert_old_jobs_not_starved(env: &Env) {
+    let old = post_with_priority(env, 10, "0");
+    let urgent = post_with_priority(env, 60, "9");
+    let host = env.start();
+    let jobs = env.wait_settled("test.spin", 70, Duration::from_secs(60));
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{}",
+        host.log_text()
+    );
+    let last_urgent = positions(&jobs, &urgent).into_iter().max().unwrap_or(0);
+    let first_old = positions(&jobs, &old)
+        .into_iter()
+        .min()
+        .unwrap_or(usize::MAX);
+    assert!(
+        first_old < last_urgent,
+        "the oldest job waited for all 60 urgent ones (first at {first_old} of {last_urgent})"
+    );
 }
 
 #[test]
@@ -350,26 +390,7 @@ fn urgent_jobs_run_first_and_the_oldest_still_get_a_share() {
     assert!(urgent.iter().all(|p| *p < 26), "{urgent:?}");
     drop(host);
 
-    // A steady supply of urgent work does not starve the old jobs.
-    let env = Env::new(&["test-spin"], spin_one_at_a_time());
-    let old = post_with_priority(&env, 10, "0");
-    let urgent = post_with_priority(&env, 60, "9");
-    let host = env.start();
-    let jobs = env.wait_settled("test.spin", 70, Duration::from_secs(60));
-    assert!(
-        jobs.iter().all(|j| j.state == JobState::Succeeded),
-        "{}",
-        host.log_text()
-    );
-    let last_urgent = positions(&jobs, &urgent).into_iter().max().unwrap_or(0);
-    let first_old = positions(&jobs, &old)
-        .into_iter()
-        .min()
-        .unwrap_or(usize::MAX);
-    assert!(
-        first_old < last_urgent,
-        "the oldest job waited for all 60 urgent ones (first at {first_old})"
-    );
+    assert_old_jobs_not_starved(&Env::new(&["test-spin"], spin_one_at_a_time()));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use sluice::message::now_ms;
 use sluice::store::{JobRecord, JobState};
 use sluice::transport::{Got, SharedFlow};
 
-use crate::flow::{bodies, post_lines, records, tenant_of, two_hosts};
+use crate::flow::{bodies, post_lines, succeeded_on, tenant_of, two_hosts};
 use crate::nats::NatsServer;
 use crate::util::{Env, log_field, wait_until};
 
@@ -209,12 +209,7 @@ ack_wait = "5s"
     );
     nats.restart();
     let dead = dead_env.start();
-    let done = || {
-        records(&[&a, &b])
-            .iter()
-            .filter(|j| j.state == JobState::Succeeded)
-            .count()
-    };
+    let done = || succeeded_on(&[&a, &b]);
     assert!(
         wait_until(Duration::from_secs(120), || done() == 4),
         "{} of 4 done (none may be lost)\nlive:\n{}\nrestarted:\n{}",

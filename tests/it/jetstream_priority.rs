@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use sluice::store::{JobRecord, JobState};
 
-use crate::flow::{post_with_priority, records, spin_one_at_a_time};
+use crate::flow::{
+    assert_old_jobs_not_starved, positions, post_with_priority, records, spin_one_at_a_time,
+    succeeded_on,
+};
 use crate::nats::NatsServer;
 use crate::util::{Env, FAST, wait_until};
 
@@ -18,21 +21,6 @@ fn one_at_a_time(nats: &NatsServer) -> String {
         spin_one_at_a_time(),
         nats.url()
     )
-}
-
-/// Start order of the messages `ids` (what `sluice post` prints on
-/// JetStream) among every job's, 0-based.
-fn positions(jobs: &[JobRecord], ids: &[String]) -> Vec<usize> {
-    let mut order: Vec<&JobRecord> = jobs.iter().collect();
-    order.sort_by_key(|j| (j.started_at, j.id.clone()));
-    ids.iter()
-        .map(|id| {
-            order
-                .iter()
-                .position(|j| &j.message_id == id)
-                .unwrap_or(usize::MAX)
-        })
-        .collect()
 }
 
 /// The job of message `id` on `channel`, once it succeeded.
@@ -64,23 +52,8 @@ fn jetstream_urgent_jobs_run_first_and_the_oldest_still_get_a_share() {
     assert!(urgent.iter().all(|p| *p < 26), "{urgent:?}");
     drop(host);
 
-    // A steady supply of urgent work does not starve the old jobs.
     let nats = NatsServer::start();
-    let env = Env::new(&["test-spin"], &one_at_a_time(&nats));
-    let old = post_with_priority(&env, 10, "0");
-    let urgent = post_with_priority(&env, 60, "9");
-    let host = env.start();
-    let jobs = env.wait_settled("test.spin", 70, Duration::from_secs(60));
-    assert!(all_succeeded(&jobs), "{}", host.log_text());
-    let last_urgent = positions(&jobs, &urgent).into_iter().max().unwrap_or(0);
-    let first_old = positions(&jobs, &old)
-        .into_iter()
-        .min()
-        .unwrap_or(usize::MAX);
-    assert!(
-        first_old < last_urgent,
-        "the oldest job waited for all 60 urgent ones (first at {first_old} of {last_urgent})"
-    );
+    assert_old_jobs_not_starved(&Env::new(&["test-spin"], &one_at_a_time(&nats)));
 }
 
 #[test]
@@ -113,12 +86,7 @@ fn jetstream_two_hosts_run_urgent_jobs_first_and_each_once() {
     assert_eq!(post_with_priority(&a, 50, "0").len(), 50);
     let high = post_with_priority(&b, 10, "9");
     let (host_a, host_b) = (a.start(), b.start());
-    let done = || {
-        records(&[&a, &b])
-            .iter()
-            .filter(|j| j.state == JobState::Succeeded)
-            .count()
-    };
+    let done = || succeeded_on(&[&a, &b]);
     assert!(
         wait_until(Duration::from_secs(120), || done() == 60),
         "{} of 60\n{}\n{}",

@@ -72,21 +72,16 @@ pub(super) fn expiry() -> Verdict {
 /// An operator cancelled the job while it ran: recorded as final, and
 /// acked so no host runs it again.
 pub(super) fn cancelled() -> Verdict {
-    let reason = "cancelled by an operator while running".to_owned();
-    Verdict {
-        finish: Finish::Cancelled {
-            reason: reason.clone(),
-        },
-        settle: Settle::Ack,
-        outcome: "cancelled",
-        error: Some(reason),
-    }
+    cancelled_because("cancelled by an operator while running".to_owned())
 }
 
 /// A `replace` post of its uniqueness key took the key before the job
 /// started (message `by`): recorded as final, acked, never run.
 pub(super) fn replaced(by: &str) -> Verdict {
-    let reason = format!("replaced by message {by} (unique key)");
+    cancelled_because(format!("replaced by message {by} (unique key)"))
+}
+
+fn cancelled_because(reason: String) -> Verdict {
     Verdict {
         finish: Finish::Cancelled {
             reason: reason.clone(),

@@ -244,8 +244,17 @@ pub(super) async fn fetch_now(consumer: &PullConsumer, n: usize, wait: Duration)
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    // Bounded on the client too: a pull request lost in a reconnect would
-    // otherwise never be answered.
+    collect_bounded(stream, wait).await
+}
+
+/// The messages of one pull request that expires after `wait`. Bounded on
+/// the client too: a pull request lost in a reconnect would otherwise
+/// never be answered.
+async fn collect_bounded<S, E>(stream: S, wait: Duration) -> Pulled
+where
+    S: futures_util::TryStream<Ok = jetstream::Message, Error = E>,
+    E: std::fmt::Display,
+{
     match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Ok(Vec::new()),
@@ -262,10 +271,7 @@ async fn long_poll(consumer: PullConsumer, wait: Duration) -> (Pulled, Instant) 
             .messages()
             .await
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(wait * 2, stream.try_collect::<Vec<_>>()).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Ok(Vec::new()),
-        }
+        collect_bounded(stream, wait).await
     };
     let r = pulled.await;
     (r, Instant::now())
